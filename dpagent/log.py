@@ -1,0 +1,78 @@
+"""Logging in `text` (key=value) or `json` form, with context such as proxy= and mesh=.
+
+Why our own formatter: journald adds its own timestamp, so under systemd (JOURNAL_STREAM set) the text form
+drops ours; and secrets must never reach a log, so values of known secret keys are masked here, centrally.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+_SECRET_KEYS = frozenset({"token", "dataplane_token", "dataplaneToken", "authorization", "key", "private_key"})
+_CONTEXT: dict[str, str] = {}
+LEVELS = {"off": logging.CRITICAL + 10, "error": logging.ERROR, "warning": logging.WARNING,
+          "info": logging.INFO, "debug": logging.DEBUG, "trace": logging.DEBUG}
+
+
+def set_context(**kv: str) -> None:
+    """Attach process-wide context (proxy=, mesh=) to every later record."""
+    _CONTEXT.update({k: v for k, v in kv.items() if v})
+
+
+def _quote(v: Any) -> str:
+    s = str(v)
+    if not s or any(c in s for c in ' "=\n\t'):
+        return json.dumps(s)
+    return s
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, fmt: str, timestamps: bool) -> None:
+        super().__init__()
+        self.fmt = fmt
+        self.timestamps = timestamps
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = dict(_CONTEXT)
+        fields.update(getattr(record, "kv", {}) or {})
+        for k in list(fields):
+            if k in _SECRET_KEYS:
+                fields[k] = "***"
+        msg = record.getMessage()
+        if record.exc_info and record.levelno >= logging.ERROR:
+            msg += "\n" + self.formatException(record.exc_info)
+        if self.fmt == "json":
+            doc = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+                   "msg": msg, **fields}
+            return json.dumps(doc, default=str)
+        parts = []
+        if self.timestamps:
+            t = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
+            parts.append(f"{t}.{int(record.msecs):03d}")
+        parts.append(f"{record.levelname.lower():<5}")
+        parts.append(f"{record.name}:")
+        parts.append(msg)
+        parts += [f"{k}={_quote(v)}" for k, v in fields.items()]
+        return " ".join(parts)
+
+
+def setup(level: str = "info", fmt: str = "text") -> None:
+    """Configure the root logger once per process; later calls replace the handler (tests call it repeatedly)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(fmt, timestamps="JOURNAL_STREAM" not in os.environ))
+    root.addHandler(handler)
+    root.setLevel(LEVELS.get(level, logging.INFO))
+
+
+def kv(logger: logging.Logger, level: int, msg: str, **fields: Any) -> None:
+    """Log with structured fields; use this rather than formatting values into the message."""
+    if logger.isEnabledFor(level):
+        logger.log(level, msg, extra={"kv": fields})
