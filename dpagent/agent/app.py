@@ -1,0 +1,275 @@
+"""`dpagent run`: wire the components together, supervise Envoy, and stop in order.
+
+Start-up order puts every local check (resource, token, Envoy binary, readiness port) before the first request
+to the control plane, so a typo fails in milliseconds instead of after a bootstrap. Shutdown follows kuma-dp's
+three-signal contract: drain, then stop now, then exit at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dpagent.agent import bootstrap as bs
+from dpagent.agent.dataplane import load_dataplane, resource_json
+from dpagent.agent.envoy import EnvoyAdmin, EnvoyProcess, admin_endpoint, envoy_args, envoy_version, find_envoy
+from dpagent.agent.http import SmallHttpServer
+from dpagent.agent.readiness import Phase, Readiness
+from dpagent.agent.settings import AgentConfig
+from dpagent.errors import EXIT_INTERRUPTED, ConfigError, EnvoyError
+from dpagent.log import kv, set_context
+
+log = logging.getLogger("dpagent.agent")
+T = TypeVar("T")
+
+MAX_RESTART_BACKOFF = 30.0
+STOP_GRACE = 5.0
+
+
+def read_token(cfg: AgentConfig) -> str:
+    if cfg.token:
+        return cfg.token.strip()
+    if not cfg.token_file:
+        return ""
+    try:
+        token = Path(cfg.token_file).read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read the dataplane token file {cfg.token_file}: {e.strerror}; "
+                          "check --dataplane-token-file") from None
+    if not token:
+        raise ConfigError(f"the dataplane token file {cfg.token_file} is empty; generate a token with "
+                          "`dpagent token generate --name NAME --mesh MESH --valid-for 720h` and write it there")
+    return token
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a 0600 file atomically: created with 0600, then renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class StopSignals:
+    """Counts stop signals: 1st drains, 2nd cuts the drain short, 3rd exits at once."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.graceful = asyncio.Event()
+        self.now = asyncio.Event()
+        self.on_third: list[object] = []
+
+    def __call__(self, signum: int) -> None:
+        self.count += 1
+        name = signal.Signals(signum).name
+        if self.count == 1:
+            log.info("received %s: draining (send it again to stop at once)", name)
+            self.graceful.set()
+        elif self.count == 2:
+            log.info("received %s again: stopping without waiting for the drain", name)
+            self.now.set()
+        else:
+            log.warning("received %s a third time: exiting immediately", name)
+            for fn in self.on_third:
+                with contextlib.suppress(Exception):
+                    fn()  # type: ignore[operator]
+            os._exit(EXIT_INTERRUPTED)
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.readiness = Readiness()
+        self.signals = StopSignals()
+        self.envoy: EnvoyProcess | None = None
+        self.admin: EnvoyAdmin | None = None
+        self.tail: collections.deque[str] = collections.deque(maxlen=20)
+        self.work_dir: Path | None = None
+        self._own_work_dir = False
+        self.started = time.monotonic()
+
+    # ---- start-up -------------------------------------------------------------------------------------------
+
+    def _prepare_work_dir(self) -> Path:
+        if self.cfg.work_dir:
+            p = Path(self.cfg.work_dir)
+            try:
+                p.mkdir(parents=True, exist_ok=True, mode=0o711)
+            except OSError as e:
+                raise ConfigError(f"cannot create the work dir {p}: {e.strerror}; check --work-dir") from None
+        else:
+            p = Path(tempfile.mkdtemp(prefix="dpagent-"))
+            os.chmod(p, 0o711)  # other users (the app) may reach sockets inside, not list them
+            self._own_work_dir = True
+        return p.resolve()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.signals, sig)
+        self.signals.on_third.append(self._kill_envoy)
+        server: SmallHttpServer | None = None
+        try:
+            cfg = self.cfg
+            if cfg.resource or cfg.resource_path:
+                dp = load_dataplane(cfg.resource, cfg.resource_path, cfg.resource_vars)
+                name, mesh, rjson = dp.name, dp.mesh, resource_json(dp)
+            else:
+                name, mesh, rjson = cfg.name, cfg.mesh, ""
+            set_context(proxy=name, mesh=mesh)
+            token = read_token(cfg)
+            verify = bs.ssl_context(cfg.ca_cert, cfg.ca_cert_file, cfg.skip_verify)
+            binary = find_envoy(cfg.binary_path)
+            version = await envoy_version(binary)
+            kv(log, logging.INFO, "using Envoy", binary=binary, version=version.version)
+            self.work_dir = self._prepare_work_dir()
+            server = SmallHttpServer(self.readiness.handle, "127.0.0.1", cfg.readiness_port,
+                                     what="readiness endpoint", flag="--readiness-port (KUMA_READINESS_PORT)")
+            await server.start()
+            token_path = cfg.token_file
+            if cfg.token:
+                token_path = str(self.work_dir / f"{name}.token")
+                _write_private(Path(token_path), token)
+            ca_pem = cfg.ca_cert or (Path(cfg.ca_cert_file).read_text() if cfg.ca_cert_file else "")
+            body = bs.build_request(bs.BootstrapRequestParams(
+                mesh=mesh, name=name, token=token, token_path=os.path.abspath(token_path) if token_path else "",
+                resource_json=rjson, envoy=version, ca_cert=ca_pem, dns_port=cfg.dns_port,
+                readiness_port=cfg.readiness_port, workdir=str(self.work_dir), proxy_type=cfg.proxy_type))
+            self.readiness.set(Phase.BOOTSTRAPPING)
+            result = await self._until_stopped(bs.fetch_bootstrap(
+                cfg.cp_url, body, verify=verify, ca_file=cfg.ca_cert_file, backoff=cfg.retry_backoff,
+                max_duration=cfg.retry_max_duration))
+            if result is None:
+                log.info("stopped before the bootstrap completed")
+                return 0
+            bootstrap_path = self.work_dir / "bootstrap.yaml"
+            _write_private(bootstrap_path, result.yaml_text)
+            uds, base = admin_endpoint(result.config)
+            self.admin = EnvoyAdmin(uds, base)
+            self.readiness.admin = self.admin
+            return await self._run_envoy(binary, str(bootstrap_path))
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self._cleanup(server)
+
+    async def _until_stopped(self, coro: Coroutine[Any, Any, T]) -> T | None:
+        """Run `coro` unless the first stop signal arrives first (then cancel it and return None)."""
+        task = asyncio.ensure_future(coro)
+        stop = asyncio.ensure_future(self.signals.graceful.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+
+    # ---- supervision ----------------------------------------------------------------------------------------
+
+    async def _run_envoy(self, binary: str, bootstrap_path: str) -> int:
+        supervise = asyncio.create_task(self._supervise(binary, bootstrap_path), name="envoy-supervisor")
+        stop = asyncio.create_task(self.signals.graceful.wait())
+        await asyncio.wait({supervise, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if supervise.done():
+            stop.cancel()
+            supervise.result()  # raises EnvoyError after a crash loop
+            return 0
+        await self._drain()
+        supervise.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await supervise
+        return 0
+
+    async def _supervise(self, binary: str, bootstrap_path: str) -> None:
+        cfg = self.cfg
+        args = envoy_args(bootstrap_path, drain_time=cfg.drain_time, log_level=cfg.effective_envoy_log_level,
+                          component_log_level=cfg.envoy_component_log_level, concurrency=cfg.concurrency)
+        backoff = cfg.envoy_restart_backoff
+        crashes: collections.deque[float] = collections.deque()
+        assert self.work_dir is not None
+        while True:
+            proc = EnvoyProcess(binary, args, str(self.work_dir), self.tail)
+            self.envoy = proc
+            await proc.start()
+            self.readiness.set(Phase.RUNNING)
+            watcher = asyncio.create_task(self._log_when_ready(proc))
+            code = await proc.wait()
+            watcher.cancel()
+            if self.signals.graceful.is_set():
+                return
+            now = time.monotonic()
+            if now - proc.started_at > cfg.envoy_restart_window:
+                backoff = cfg.envoy_restart_backoff
+            crashes.append(now)
+            while crashes and now - crashes[0] > cfg.envoy_restart_window:
+                crashes.popleft()
+            limit = max(1, cfg.envoy_max_restarts)
+            if len(crashes) >= limit:
+                last = "\n".join(f"    {line}" for line in list(self.tail)[-8:]) or "    (no output)"
+                raise EnvoyError(
+                    f"Envoy exited {len(crashes)} times within {cfg.envoy_restart_window:g}s (last exit code "
+                    f"{code}); giving up so the service manager can take over. Envoy's last lines:\n{last}")
+            kv(log, logging.ERROR, "Envoy exited unexpectedly; restarting", exit_code=code,
+               restart_in=f"{backoff:g}s", crashes_in_window=len(crashes), last_line=self.tail[-1] if self.tail else "")
+            self.readiness.set(Phase.ENVOY_RESTARTING, f"exit code {code}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.signals.graceful.wait(), backoff)
+                return
+            backoff = min(backoff * 2, MAX_RESTART_BACKOFF)
+
+    async def _log_when_ready(self, proc: EnvoyProcess) -> None:
+        assert self.admin is not None
+        while True:
+            ok, _ = await self.admin.ready()
+            if ok:
+                kv(log, logging.INFO, "Envoy is ready", pid=proc.pid,
+                   since_agent_start=f"{time.monotonic() - self.started:.3f}s")
+                return
+            await asyncio.sleep(0.05)
+
+    # ---- shutdown -------------------------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        self.readiness.set(Phase.TERMINATING)
+        proc = self.envoy
+        if proc is None or proc.proc is None or proc.proc.returncode is not None:
+            return
+        assert self.admin is not None
+        if await self.admin.post("/healthcheck/fail"):
+            kv(log, logging.INFO, "draining: Envoy reports unhealthy, waiting before stopping it",
+               drain_time=f"{self.cfg.drain_time:g}s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.signals.now.wait(), self.cfg.drain_time)
+        else:
+            log.warning("could not mark Envoy unhealthy; stopping it without a drain wait")
+        code = await proc.stop(STOP_GRACE)
+        kv(log, logging.INFO, "Envoy stopped", exit_code=code)
+
+    def _kill_envoy(self) -> None:
+        if self.envoy:
+            self.envoy.kill_now()
+
+    async def _cleanup(self, server: SmallHttpServer | None) -> None:
+        if self.envoy:
+            await self.envoy.stop(STOP_GRACE)
+        if server:
+            await server.close()
+        if self.admin:
+            await self.admin.aclose()
+        if self._own_work_dir and self.work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)

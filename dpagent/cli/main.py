@@ -1,0 +1,64 @@
+"""The `dpagent` / `kuma-dp` entry point. Subcommands import their heavy modules lazily to keep start-up fast."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from dpagent import __version__
+from dpagent.errors import EXIT_CODES, EXIT_INTERNAL, DpAgentError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except DpAgentError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(e.exit_code)
+
+
+def _exit_codes_epilog() -> str:
+    return "Exit codes:\n\n" + "\n\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
+
+
+@click.group(cls=_Group, epilog=_exit_codes_epilog(), context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="dpagent")
+def cli() -> None:
+    """dpagent: a service-mesh data plane agent for VMs and bare metal, with a bundled zone control plane."""
+
+
+@cli.command("version")
+@click.option("--binary-path", default="", envvar="KUMA_DATAPLANE_RUNTIME_BINARY_PATH", help="Envoy binary")
+def version_cmd(binary_path: str) -> None:
+    """Print the agent's and Envoy's versions."""
+    import asyncio
+
+    from dpagent.agent.envoy import envoy_version, find_envoy
+
+    click.echo(f"dpagent: {__version__}")
+    binary = find_envoy(binary_path)
+    v = asyncio.run(envoy_version(binary))
+    click.echo(f"envoy:   {v.version} ({v.build}) at {binary}")
+
+
+def _register() -> None:
+    from dpagent.cli.run import config_group, run_cmd
+
+    cli.add_command(run_cmd)
+    cli.add_command(config_group)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=True)
+    except DpAgentError as e:  # errors raised outside invoke (e.g. while parsing)
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except Exception as e:  # pragma: no cover - last resort, keeps the exit code documented
+        click.echo(f"Error: internal error: {e!r}", err=True)
+        sys.exit(EXIT_INTERNAL)
