@@ -52,7 +52,7 @@ def render_template(text: str, variables: Mapping[str, str], source: str = "temp
         problems.append(f"--dataplane-var {name} is not used by the {source} (a typo?); remove it or add "
                         f"{{{{ {name} }}}} to the template")
     if problems:
-        raise ConfigError(f"cannot render the Dataplane {source}:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise ConfigError(f"cannot render the {source}:\n" + "\n".join(f"  - {p}" for p in problems))
     return out
 
 
