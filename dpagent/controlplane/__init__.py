@@ -1,0 +1,1 @@
+"""The bundled zone control plane: store, CA, tokens, dpserver, xDS and REST API."""

@@ -1,0 +1,25 @@
+"""The control plane's resource store: one source of truth for Meshes, Dataplanes, policies and secrets."""
+
+from dpagent.controlplane.store.base import (
+    DEFAULT_MAX_PENDING,
+    ChangeEvent,
+    Record,
+    ResourceStore,
+    StoreClosed,
+    Subscription,
+    SubscriptionOverflow,
+)
+from dpagent.controlplane.store.memory import MemoryStore
+from dpagent.controlplane.store.sqlite import SqliteStore
+
+__all__ = [
+    "DEFAULT_MAX_PENDING",
+    "ChangeEvent",
+    "MemoryStore",
+    "Record",
+    "ResourceStore",
+    "SqliteStore",
+    "StoreClosed",
+    "Subscription",
+    "SubscriptionOverflow",
+]
