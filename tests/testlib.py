@@ -1,14 +1,21 @@
-"""Helpers shared by tests: free ports, throwaway certificates, polling."""
+"""Helpers shared by tests and bench scripts: free ports, throwaway certificates, polling, a fake bootstrap server."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
+import json
 import socket
+import ssl
+import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -64,3 +71,83 @@ def make_ca_and_server_cert(hosts: list[str]) -> dict[str, bytes]:
             .sign(ca_key, hashes.SHA256()))
     return {"ca": ca.public_bytes(serialization.Encoding.PEM), "cert": cert.public_bytes(serialization.Encoding.PEM),
             "key": _pem_key(key)}
+
+
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+
+def envoy_bootstrap(workdir: str, listener_port: int) -> dict[str, Any]:
+    """Admin on a UDS in the agent's work dir and one static listener whose /healthz shows the drain state."""
+    hcm = {
+        "@type": HCM_TYPE,
+        "statPrefix": "probe",
+        "routeConfig": {"virtualHosts": [{"name": "all", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "directResponse": {"status": 200, "body": {"inlineString": "hello"}}}]}]},
+        "httpFilters": [
+            {"name": "envoy.filters.http.health_check", "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck",
+                "passThroughMode": False, "headers": [{"name": ":path", "stringMatch": {"exact": "/healthz"}}]}},
+            {"name": "envoy.filters.http.router", "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+        ],
+    }
+    return {
+        "node": {"id": "default.test", "cluster": "web"},
+        "admin": {"address": {"pipe": {"path": f"{workdir}/envoy-admin.sock", "mode": 384}}},
+        "staticResources": {"listeners": [{
+            "name": "probe",
+            "address": {"socketAddress": {"address": "127.0.0.1", "portValue": listener_port}},
+            "filterChains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                           "typedConfig": hcm}]}],
+        }]},
+    }
+
+
+class BootstrapServer:
+    """Answers POST /bootstrap like a control plane; `script` lists (status, body) answers to give first."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.certs = make_ca_and_server_cert(["localhost", "127.0.0.1"])
+        self.ca_file = tmp / "cp-ca.pem"
+        self.ca_file.write_bytes(self.certs["ca"])
+        (tmp / "cp-cert.pem").write_bytes(self.certs["cert"])
+        (tmp / "cp-key.pem").write_bytes(self.certs["key"])
+        self.requests: list[dict[str, Any]] = []
+        self.script: list[tuple[int, str]] = []
+        self.listener_ports: dict[str, int] = {}
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                outer.requests.append(body)
+                if self.path != "/bootstrap":
+                    return self._send(404, "404: Page Not Found")
+                if outer.script:
+                    return self._send(*outer.script.pop(0))
+                port = outer.listener_ports.setdefault(body["name"], free_port())
+                boot = yaml.safe_dump(envoy_bootstrap(body["workdir"], port))
+                self._send(200, json.dumps({"bootstrap": base64.b64encode(boot.encode()).decode(),
+                                            "kumaSidecarConfiguration": {}}))
+
+            def _send(self, code: int, text: str) -> None:
+                data = text.encode()
+                self.send_response(code)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(tmp / "cp-cert.pem", tmp / "cp-key.pem")
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.url = f"https://localhost:{self.port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import signal
-import ssl
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import pytest
-import yaml
-from testlib import free_port, make_ca_and_server_cert, wait_for
+from testlib import BootstrapServer, free_port, wait_for
 
 DATAPLANE = """\
 type: Dataplane
@@ -34,86 +28,6 @@ networking:
       kuma.io/service: web
       kuma.io/protocol: http
 """
-
-
-HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-
-
-def envoy_bootstrap(workdir: str, listener_port: int) -> dict[str, Any]:
-    """Admin on a UDS in the agent's work dir and one static listener whose /healthz shows the drain state."""
-    hcm = {
-        "@type": HCM_TYPE,
-        "statPrefix": "probe",
-        "routeConfig": {"virtualHosts": [{"name": "all", "domains": ["*"], "routes": [
-            {"match": {"prefix": "/"}, "directResponse": {"status": 200, "body": {"inlineString": "hello"}}}]}]},
-        "httpFilters": [
-            {"name": "envoy.filters.http.health_check", "typedConfig": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck",
-                "passThroughMode": False, "headers": [{"name": ":path", "stringMatch": {"exact": "/healthz"}}]}},
-            {"name": "envoy.filters.http.router", "typedConfig": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
-        ],
-    }
-    return {
-        "node": {"id": "default.test", "cluster": "web"},
-        "admin": {"address": {"pipe": {"path": f"{workdir}/envoy-admin.sock", "mode": 384}}},
-        "staticResources": {"listeners": [{
-            "name": "probe",
-            "address": {"socketAddress": {"address": "127.0.0.1", "portValue": listener_port}},
-            "filterChains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                           "typedConfig": hcm}]}],
-        }]},
-    }
-
-
-class BootstrapServer:
-    """Answers POST /bootstrap like a control plane; `script` lists (status, body) answers to give first."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.certs = make_ca_and_server_cert(["localhost", "127.0.0.1"])
-        self.ca_file = tmp / "cp-ca.pem"
-        self.ca_file.write_bytes(self.certs["ca"])
-        (tmp / "cp-cert.pem").write_bytes(self.certs["cert"])
-        (tmp / "cp-key.pem").write_bytes(self.certs["key"])
-        self.requests: list[dict[str, Any]] = []
-        self.script: list[tuple[int, str]] = []
-        self.listener_ports: dict[str, int] = {}
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                outer.requests.append(body)
-                if self.path != "/bootstrap":
-                    return self._send(404, "404: Page Not Found")
-                if outer.script:
-                    return self._send(*outer.script.pop(0))
-                port = outer.listener_ports.setdefault(body["name"], free_port())
-                boot = yaml.safe_dump(envoy_bootstrap(body["workdir"], port))
-                self._send(200, json.dumps({"bootstrap": base64.b64encode(boot.encode()).decode(),
-                                            "kumaSidecarConfiguration": {}}))
-
-            def _send(self, code: int, text: str) -> None:
-                data = text.encode()
-                self.send_response(code)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(tmp / "cp-cert.pem", tmp / "cp-key.pem")
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
-        self.url = f"https://localhost:{self.port}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
