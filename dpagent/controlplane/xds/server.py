@@ -1,0 +1,337 @@
+"""State-of-the-World ADS server: authenticates each stream, then pushes snapshot changes with per-type nonces.
+
+Follows go-control-plane's stream semantics (stale nonces ignored, ACK/NACK by nonce, CDS/EDS before LDS/RDS)
+and adds what Kuma bolts on as callbacks: stream auth that is re-checked while the stream lives (so a revoked or
+expired token cuts a proxy off, Kuma #3379), a NACK backoff, and connect/disconnect hooks for registration.
+Responses are framed from each Resource's cached bytes, so shared config is never re-serialised per proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+
+from dpagent.controlplane.xds.cache import SnapshotCache, Watch
+from dpagent.controlplane.xds.snapshot import (
+    CLUSTER,
+    ENDPOINT,
+    WILDCARD_TYPES,
+    Snapshot,
+    encode_response,
+    response_rank,
+)
+from dpagent.errors import PortInUseError
+from dpagent.log import kv
+
+log = logging.getLogger(__name__)
+
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+MiB = 1024 * 1024
+
+AuthInfo = Any
+Authenticate = Callable[[dict[str, str], base_pb2.Node], Awaitable[AuthInfo]]
+Revalidate = Callable[[AuthInfo], Awaitable[None]]
+OnConnect = Callable[[str, AuthInfo], Awaitable[None]]
+OnDisconnect = Callable[[str, bool], Awaitable[None]]
+
+
+class StreamError(Exception):
+    """Ends one stream with a gRPC status; the message goes to the proxy, so it must explain the fix."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+_RESEND = frozenset({"\0resend"})  # a `sent_for` that matches no subscription, forcing the next answer
+
+
+@dataclass(slots=True)
+class _TypeState:
+    names: frozenset[str] | None  # None: wildcard (the whole type), otherwise the SotW subscription
+    nonce: str | None = None  # last nonce sent; requests quoting another one are stale
+    version: str | None = None  # last version sent (or that the proxy said it already had)
+    sent_for: frozenset[str] | None = None  # subscription the last response answered
+    not_before: float = 0.0  # NACK backoff: no new version of this type before this loop time
+
+
+class _Stream:
+    """Protocol state of one ADS stream; request handling is synchronous so it cannot interleave with a push."""
+
+    def __init__(self, server: AdsServer, node_id: str, watch: Watch) -> None:
+        self.server = server
+        self.node_id = node_id
+        self.watch = watch
+        self.types: dict[str, _TypeState] = {}
+        self._nonces = itertools.count(1)
+        self._timers: list[asyncio.TimerHandle] = []
+
+    @staticmethod
+    def _subscription(req: discovery_pb2.DiscoveryRequest) -> frozenset[str] | None:
+        if req.type_url in WILDCARD_TYPES:
+            return None
+        return frozenset(req.resource_names)
+
+    def on_request(self, req: discovery_pb2.DiscoveryRequest) -> None:
+        cache = self.server.cache
+        if req.node.id and req.node.id != self.node_id:
+            raise StreamError(grpc.StatusCode.PERMISSION_DENIED,
+                              f"node id changed on an open stream ({self.node_id!r} -> {req.node.id!r}); "
+                              "one stream serves one proxy: reconnect to change identity")
+        t = req.type_url
+        if not t:
+            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "type_url is required on every ADS request")
+        st = self.types.get(t)
+        if st is None:
+            st = self.types[t] = _TypeState(names=self._subscription(req))
+            if req.version_info:
+                # A reconnecting proxy says what it has; if the content hash matches, there is nothing to send.
+                st.version, st.sent_for = req.version_info, st.names
+                cache.record_ack(self.node_id, t, req.version_info)
+            self.watch.mark([t])
+            return
+        if st.nonce is not None and req.response_nonce != st.nonce:
+            kv(log, logging.DEBUG, "stale xDS request ignored", proxy=self.node_id, type=t,
+               nonce=req.response_nonce, latest=st.nonce)
+            return
+        if st.nonce is not None:
+            if req.HasField("error_detail"):
+                error = req.error_detail.message or f"code {req.error_detail.code}"
+                cache.record_nack(self.node_id, t, st.version or "", error)
+                st.not_before = asyncio.get_running_loop().time() + self.server.nack_backoff
+                kv(log, logging.WARNING, "proxy rejected config (NACK)", proxy=self.node_id, type=t,
+                   version=st.version, error=error)
+            else:
+                cache.record_ack(self.node_id, t, req.version_info)
+        names = self._subscription(req)
+        if names != st.names:
+            st.names = names
+            self.watch.mark([t])
+
+    async def send_pending(self, context: grpc.aio.ServicerContext, type_urls: list[str]) -> None:
+        """Answer every marked type that has something new, in response order (clusters before listeners).
+
+        Every CDS push re-sends EDS as well, even if no endpoint changed: Envoy re-creates a changed cluster, and
+        the new one stays warming (for initial_fetch_timeout, 15 s) until an EDS response arrives for it.
+        """
+        snap = self.server.cache.get_snapshot(self.node_id)
+        if snap is None:
+            return
+        remaining = set(type_urls)
+        while remaining:
+            t = min(remaining, key=response_rank)
+            remaining.discard(t)
+            if await self._send(context, snap, t) and t == CLUSTER and ENDPOINT in self.types:
+                self.types[ENDPOINT].sent_for = _RESEND
+                remaining.add(ENDPOINT)
+
+    async def _send(self, context: grpc.aio.ServicerContext, snap: Snapshot, t: str) -> bool:
+        st = self.types.get(t)
+        if st is None or t not in snap or (st.names is not None and not st.names):
+            return False  # not requested yet, not ready yet, or an empty subscription
+        version, body, _ = snap.select(t, st.names)
+        if version == st.version and st.names == st.sent_for:
+            return False  # the proxy has exactly this (also: a NACKed version is never re-sent)
+        loop = asyncio.get_running_loop()
+        wait = st.not_before - loop.time()
+        if wait > 0:
+            self._timers.append(loop.call_later(wait, self.watch.mark, [t]))
+            return False
+        nonce = str(next(self._nonces))
+        # Record before writing: the ACK can be read while the write is still being awaited.
+        st.nonce, st.version, st.sent_for = nonce, version, st.names
+        self.server.cache.record_sent(self.node_id, t, version, nonce)
+        await context.write(encode_response(t, version, body, nonce))
+        return True
+
+    def close(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+
+
+class AdsServer:
+    """`AggregatedDiscoveryService` (SotW only) over a SnapshotCache, with stream auth and lifecycle hooks."""
+
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        authenticate: Authenticate,
+        *,
+        revalidate: Revalidate | None = None,
+        revalidate_interval: float = 5.0,
+        nack_backoff: float = 1.0,
+        on_connect: OnConnect | None = None,
+        on_disconnect: OnDisconnect | None = None,
+    ) -> None:
+        self.cache = cache
+        self.authenticate = authenticate
+        self.revalidate = revalidate
+        self.revalidate_interval = revalidate_interval
+        self.nack_backoff = nack_backoff
+        self.on_connect = on_connect
+        self.on_disconnect = on_disconnect
+        self.bound_port: int | None = None
+
+    def add_to(self, server: grpc.aio.Server) -> None:
+        """Register on a grpc.aio server with a pass-through serializer: responses are already bytes."""
+        handlers = {
+            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self.stream_aggregated_resources,
+                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                response_serializer=bytes,
+            ),
+            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self.delta_aggregated_resources,
+                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString,
+            ),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
+
+    async def delta_aggregated_resources(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            "incremental (delta) xDS is not supported; configure the proxy for SotW ADS (GRPC)")
+
+    async def stream_aggregated_resources(
+        self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        metadata = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        first = await anext(aiter(requests), None)
+        if first is None:
+            return
+        if not first.node.id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first ADS request must carry node.id")
+        node_id = first.node.id
+        try:
+            auth = await self.authenticate(metadata, first.node)
+        except Exception as exc:  # any refusal, whatever its type, is an auth failure for the proxy
+            message = str(exc) or type(exc).__name__
+            kv(log, logging.WARNING, "xDS stream refused", proxy=node_id, reason=message)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        if self.on_connect is not None:
+            try:
+                await self.on_connect(node_id, auth)
+            except Exception as exc:
+                kv(log, logging.ERROR, "xDS connect hook failed", proxy=node_id, error=str(exc))
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"control plane could not register proxy: {exc}")
+        await self._serve_stream(node_id, auth, first, requests, context)
+
+    async def _serve_stream(
+        self,
+        node_id: str,
+        auth: AuthInfo,
+        first: discovery_pb2.DiscoveryRequest,
+        requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        watch = self.cache.watch(node_id)
+        self.cache.stream_opened(node_id)
+        stream = _Stream(self, node_id, watch)
+        kv(log, logging.INFO, "xDS stream opened", proxy=node_id)
+        graceful = False
+        failure: StreamError | None = None
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            stream.on_request(first)
+            tasks.append(asyncio.create_task(self._read(stream, requests)))
+            tasks.append(asyncio.create_task(self._push(stream, context)))
+            if self.revalidate is not None:
+                tasks.append(asyncio.create_task(self._revalidate(auth)))
+            done: set[asyncio.Task[None]] = set()
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+            for task in done:
+                exc = task.exception()
+                if isinstance(exc, StreamError):
+                    failure = exc
+                elif exc is not None:
+                    raise exc
+                elif task is tasks[0]:
+                    graceful = True  # the proxy half-closed its side: an orderly goodbye
+        except StreamError as exc:
+            failure = exc
+        finally:
+            stream.close()
+            self.cache.cancel_watch(watch)
+            self.cache.stream_closed(node_id)
+            kv(log, logging.INFO, "xDS stream closed", proxy=node_id, graceful=graceful,
+               reason=failure.message if failure else "")
+            if self.on_disconnect is not None:
+                try:
+                    await self.on_disconnect(node_id, graceful)
+                except Exception as exc:
+                    kv(log, logging.ERROR, "xDS disconnect hook failed", proxy=node_id, error=str(exc))
+        if failure is not None:
+            await context.abort(failure.code, failure.message)
+
+    @staticmethod
+    async def _read(stream: _Stream, requests: AsyncIterator[discovery_pb2.DiscoveryRequest]) -> None:
+        async for req in requests:
+            stream.on_request(req)
+
+    @staticmethod
+    async def _push(stream: _Stream, context: grpc.aio.ServicerContext) -> None:
+        while True:
+            await stream.send_pending(context, await stream.watch.wait())
+
+    async def _revalidate(self, auth: AuthInfo) -> None:
+        assert self.revalidate is not None
+        while True:
+            await asyncio.sleep(self.revalidate_interval)
+            try:
+                await self.revalidate(auth)
+            except Exception as exc:
+                raise StreamError(grpc.StatusCode.UNAUTHENTICATED, str(exc) or type(exc).__name__) from exc
+
+
+async def serve(
+    server: AdsServer,
+    address: str,
+    port: int,
+    *,
+    tls: tuple[bytes, bytes] | None = None,
+    port_flag: str = "--xds-port",
+) -> grpc.aio.Server:
+    """Start a grpc.aio server for ADS; the bound port (useful with port 0) is left in `server.bound_port`.
+
+    Keepalive pings find proxies that vanished without a FIN, so their disconnect hook runs; the message limit
+    is generous because a large mesh's CDS response easily passes gRPC's 4 MiB default.
+    """
+    grpc_server = grpc.aio.server(options=[
+        ("grpc.keepalive_time_ms", 15_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.max_concurrent_streams", 100_000),
+        ("grpc.max_receive_message_length", 64 * MiB),
+        ("grpc.max_send_message_length", 64 * MiB),
+        ("grpc.so_reuseport", 0),
+    ])
+    server.add_to(grpc_server)
+    target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    try:
+        if tls is None:
+            bound = grpc_server.add_insecure_port(target)
+        else:
+            cert_pem, key_pem = tls
+            bound = grpc_server.add_secure_port(target, grpc.ssl_server_credentials([(key_pem, cert_pem)]))
+    except RuntimeError as exc:
+        raise PortInUseError("xDS (ADS gRPC)", address, port, port_flag) from exc
+    if not bound:
+        raise PortInUseError("xDS (ADS gRPC)", address, port, port_flag)
+    server.bound_port = bound
+    await grpc_server.start()
+    return grpc_server
