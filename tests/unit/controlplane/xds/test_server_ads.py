@@ -142,6 +142,11 @@ async def test_nack_is_recorded_not_resent_and_backoff_delays_next_version(env):
     await envoy.send(CLUSTER)
     r1 = await envoy.recv()
     await envoy.ack(r1)
+    # Wait until the ACK is processed: an ACK that arrives after the next push carries a stale nonce and is ignored.
+    for _ in range(100):
+        if h.cache.status("p1")["types"][CLUSTER]["acked_version"] == r1.version_info:
+            break
+        await asyncio.sleep(0.01)
     h.cache.set_snapshot("p1", snap(timeout=6))
     r2 = await envoy.recv()
     nacked_at = time.monotonic()
