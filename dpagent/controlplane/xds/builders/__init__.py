@@ -1,0 +1,1 @@
+"""Small factories for xds-protos messages; no policy or mesh knowledge, only Envoy shapes."""

@@ -1,0 +1,62 @@
+"""Listener, tcp_proxy and HTTP connection manager factories (routes inline: one route per listener)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from google.protobuf import wrappers_pb2
+
+from dpagent.controlplane.xds.builders.core import pack, socket_address
+
+TCP_PROXY = "envoy.filters.network.tcp_proxy"
+HCM = "envoy.filters.network.http_connection_manager"
+ROUTER = "envoy.filters.http.router"
+HTTP_PROTOCOLS = ("http", "http2", "grpc")
+HTTP2_PROTOCOLS = ("http2", "grpc")
+INBOUND = base_pb2.INBOUND
+OUTBOUND = base_pb2.OUTBOUND
+
+
+def listener(name: str, address: str, port: int, direction: int, filters: Sequence[listener_components_pb2.Filter],
+             transport_socket: base_pb2.TransportSocket | None = None) -> listener_pb2.Listener:
+    chain = listener_components_pb2.FilterChain(filters=list(filters))
+    if transport_socket is not None:
+        chain.transport_socket.CopyFrom(transport_socket)
+    return listener_pb2.Listener(name=name, address=socket_address(address, port), traffic_direction=direction,
+                                 filter_chains=[chain])
+
+
+def tcp_proxy(stat_prefix: str, cluster: str) -> listener_components_pb2.Filter:
+    cfg = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix, cluster=cluster)
+    return listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(cfg))
+
+
+def http_connection_manager(stat_prefix: str, route_name: str, cluster: str,
+                            http_filters: Sequence[hcm_pb2.HttpFilter] = (),
+                            validate_clusters: bool = True) -> listener_components_pb2.Filter:
+    """One virtual host, one catch-all route to `cluster`.
+
+    validate_clusters=False on outbounds: the target service may have no cluster yet (no dataplane), and an inline
+    route to an unknown cluster would make Envoy reject the whole listener instead of answering 503.
+    """
+    route = route_components_pb2.Route(
+        match=route_components_pb2.RouteMatch(prefix="/"),
+        route=route_components_pb2.RouteAction(cluster=cluster),
+    )
+    cfg = hcm_pb2.HttpConnectionManager(
+        stat_prefix=stat_prefix,
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        route_config=route_pb2.RouteConfiguration(
+            name=route_name,
+            virtual_hosts=[route_components_pb2.VirtualHost(name=cluster, domains=["*"], routes=[route])],
+            validate_clusters=wrappers_pb2.BoolValue(value=validate_clusters),
+        ),
+        http_filters=[*http_filters, hcm_pb2.HttpFilter(name=ROUTER, typed_config=pack(router_pb2.Router()))],
+    )
+    return listener_components_pb2.Filter(name=HCM, typed_config=pack(cfg))

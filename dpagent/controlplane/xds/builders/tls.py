@@ -1,0 +1,44 @@
+"""mTLS transport sockets: the proxy presents `identity_cert` and trusts `mesh_ca`, both via file SDS."""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.type.matcher.v3 import string_pb2
+from google.protobuf import wrappers_pb2
+
+from dpagent.controlplane.xds import names
+from dpagent.controlplane.xds.builders.core import file_sds, pack
+
+TLS_SOCKET = "envoy.transport_sockets.tls"
+
+
+def _uri_san(exact: str = "", prefix: str = "") -> common_pb2.SubjectAltNameMatcher:
+    matcher = string_pb2.StringMatcher(exact=exact) if exact else string_pb2.StringMatcher(prefix=prefix)
+    return common_pb2.SubjectAltNameMatcher(san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=matcher)
+
+
+def _common(san: common_pb2.SubjectAltNameMatcher) -> tls_pb2.CommonTlsContext:
+    return tls_pb2.CommonTlsContext(
+        tls_params=common_pb2.TlsParameters(tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_2),
+        tls_certificate_sds_secret_configs=[file_sds(names.IDENTITY_CERT)],
+        combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+            default_validation_context=common_pb2.CertificateValidationContext(match_typed_subject_alt_names=[san]),
+            validation_context_sds_secret_config=file_sds(names.MESH_CA),
+        ),
+    )
+
+
+def upstream_tls(mesh: str, service: str) -> base_pb2.TransportSocket:
+    """Client side: only an endpoint whose certificate says it *is* `service` in `mesh` is accepted."""
+    ctx = tls_pb2.UpstreamTlsContext(common_tls_context=_common(_uri_san(exact=names.spiffe_id(mesh, service))))
+    return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=pack(ctx))
+
+
+def downstream_tls(mesh: str) -> base_pb2.TransportSocket:
+    """Server side: any identity of this mesh gets through TLS; which services may talk is RBAC's job."""
+    ctx = tls_pb2.DownstreamTlsContext(
+        common_tls_context=_common(_uri_san(prefix=names.spiffe_mesh_prefix(mesh))),
+        require_client_certificate=wrappers_pb2.BoolValue(value=True),
+    )
+    return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=pack(ctx))

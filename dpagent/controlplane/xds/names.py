@@ -1,0 +1,55 @@
+"""Every Envoy resource name, stat prefix and well-known path in one place, so generators, the agent and tests
+agree and nothing parses names back (resources are selected by origin, never by their name)."""
+
+from __future__ import annotations
+
+# SDS secrets, served from files on the proxy host (see sds_files.py); fixed names so clusters are shareable.
+IDENTITY_CERT = "identity_cert"
+MESH_CA = "mesh_ca"
+
+# Bootstrap.
+ADS_CLUSTER = "ads_cluster"
+CP_VALIDATION_CTX = "cp_validation_ctx"
+ADMIN_SOCKET = "envoy-admin.sock"
+
+# RBAC policy names inside one filter.
+RBAC_POLICY = "MeshTrafficPermission"
+
+
+def service_cluster(service: str) -> str:
+    """Shared outbound cluster and its ClusterLoadAssignment: the service name itself, as Kuma does."""
+    return service
+
+
+def local_cluster(address: str, port: int) -> str:
+    """The per-proxy cluster pointing at the local workload behind an inbound."""
+    return f"localhost:{port}" if address == "127.0.0.1" else f"localhost:{address}:{port}"
+
+
+def inbound_listener(address: str, port: int) -> str:
+    return f"inbound:{address}:{port}"
+
+
+def outbound_listener(address: str, port: int) -> str:
+    return f"outbound:{address}:{port}"
+
+
+def inbound_route(service: str) -> str:
+    return f"inbound:{service}"
+
+
+def outbound_route(service: str) -> str:
+    return f"outbound:{service}"
+
+
+def spiffe_id(mesh: str, service: str) -> str:
+    return f"spiffe://{mesh}/{service}"
+
+
+def spiffe_mesh_prefix(mesh: str) -> str:
+    return f"spiffe://{mesh}/"
+
+
+def stat_prefix(name: str) -> str:
+    """Stat-friendly form of a resource name (`inbound:10.0.0.1:80` → `inbound_10_0_0_1_80`)."""
+    return name.replace(":", "_").replace(".", "_")

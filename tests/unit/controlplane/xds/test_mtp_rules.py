@@ -1,0 +1,101 @@
+"""MeshTrafficPermission semantics: matching, most-specific-wins, subset widening, deny by default, merge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dpagent.controlplane.policies.merge import merge_confs, merge_patch
+from dpagent.controlplane.policies.meshtrafficpermission.plugin import MtpRules, to_builtins
+from dpagent.controlplane.policies.registry import PLUGINS, plugin_for, proxy_rules
+from dpagent.controlplane.xds.proxy import MeshContext
+from dpagent.model.dataplane import parse_dataplane
+from dpagent.model.mesh import parse_mesh
+
+MESH_ON = parse_mesh({"type": "Mesh", "name": "default",
+                      "mtls": {"enabledBackend": "ca", "backends": [{"name": "ca", "type": "builtin"}]}})
+MESH_OFF = parse_mesh({"type": "Mesh", "name": "default"})
+
+
+def dp(name: str, service: str, port: int = 80, **tags: str) -> Any:
+    return parse_dataplane({"type": "Dataplane", "mesh": "default", "name": name, "networking": {
+        "address": "10.0.0.1", "inbound": [{"port": port, "tags": {"kuma.io/service": service, **tags}}]}})
+
+
+def mtp(name: str, target: dict[str, Any], *rules: tuple[dict[str, Any], str]) -> dict[str, Any]:
+    return {"type": "MeshTrafficPermission", "mesh": "default", "name": name, "spec": {
+        "targetRef": target, "from": [{"targetRef": r, "default": {"action": a}} for r, a in rules]}}
+
+
+BACKEND = dp("backend-1", "backend")
+DPS = [BACKEND, dp("web-1", "web", version="v1"), dp("web-2", "web", version="v2"), dp("job-1", "job", version="v2")]
+
+
+def rules(policies: list[dict[str, Any]], mesh: Any = MESH_ON) -> MtpRules:
+    out = proxy_rules(MeshContext(mesh, DPS, {"MeshTrafficPermission": policies}), BACKEND)["MeshTrafficPermission"]
+    assert isinstance(out, MtpRules)
+    return out
+
+
+def perm(r: MtpRules) -> Any:
+    p = r.for_inbound("10.0.0.1:80")
+    assert p is not None
+    return p
+
+
+def test_registry_order() -> None:
+    assert [(p.kind, p.order) for p in PLUGINS] == [("MeshTrafficPermission", 1100)]
+    assert plugin_for("MeshTrafficPermission") is PLUGINS[0] and plugin_for("Nope") is None
+
+
+def test_mtls_off_not_enforced() -> None:
+    r = rules([mtp("deny", {"kind": "Mesh"}, ({"kind": "Mesh"}, "Deny"))], MESH_OFF)
+    assert not r.enforced and r.for_inbound("10.0.0.1:80") is None
+
+
+def test_default_deny() -> None:
+    p = perm(rules([]))
+    assert p.action_for("web") == "Deny" and p.rbac() == ("ALLOW", ())
+
+
+def test_policy_for_other_service_does_not_apply() -> None:
+    p = perm(rules([mtp("a", {"kind": "MeshService", "name": "web"}, ({"kind": "Mesh"}, "Allow"))]))
+    assert p.rbac() == ("ALLOW", ())
+
+
+def test_most_specific_from_wins_over_policy_order() -> None:
+    p = perm(rules([mtp("a", {"kind": "MeshService", "name": "backend"}, ({"kind": "Mesh"}, "Deny")),
+                    mtp("b", {"kind": "Mesh"}, ({"kind": "MeshService", "name": "web"}, "Allow"))]))
+    assert p.action_for("web") == "Allow" and p.action_for("job") == "Deny"
+    assert p.rbac() == ("ALLOW", ("web",))
+
+
+def test_more_specific_policy_overrides_same_from() -> None:
+    p = perm(rules([mtp("a", {"kind": "Mesh"}, ({"kind": "Mesh"}, "Allow")),
+                    mtp("b", {"kind": "MeshService", "name": "backend"}, ({"kind": "Mesh"}, "Deny"))]))
+    assert p.default_action() == "Deny"
+
+
+def test_subset_resolves_to_services_with_warning() -> None:
+    r = rules([mtp("s", {"kind": "Mesh"}, ({"kind": "MeshSubset", "tags": {"version": "v2"}}, "Allow"),
+                   ({"kind": "MeshServiceSubset", "name": "job", "tags": {"version": "v2"}}, "Deny"),
+                   ({"kind": "MeshSubset", "tags": {"zone": "nowhere"}}, "Allow"))])
+    p = perm(r)
+    assert p.rbac() == ("ALLOW", ("web",))  # web-2 has v2 → all of web; job denied by the more specific rule
+    assert any("resolved to services [job, web]" in w for w in r.warnings)
+    assert any("matches no dataplane" in w for w in r.warnings)
+    view = to_builtins(r)
+    assert view["enforced"] and view["inbounds"]["10.0.0.1:80"][0]["action"] == "Deny"
+
+
+def test_allow_all_with_deny_exceptions_and_shadow() -> None:
+    p = perm(rules([mtp("a", {"kind": "Mesh"}, ({"kind": "Mesh"}, "AllowWithShadowDeny"),
+                        ({"kind": "MeshService", "name": "job"}, "Deny"))]))
+    assert p.rbac() == ("DENY", ("job",))
+    assert p.has_shadow() and p.rbac(shadow=True) == ("ALLOW", ())
+
+
+def test_merge_patch_rfc7396() -> None:
+    assert merge_patch({"a": 1, "b": {"c": 2, "d": 3}}, {"b": {"c": None, "e": 4}, "f": [1]}) == \
+        {"a": 1, "b": {"d": 3, "e": 4}, "f": [1]}
+    assert merge_patch({"a": 1}, "x") == "x"
+    assert merge_confs([{"t": "1s", "r": 3}, {"t": "2s"}, {"r": None}]) == {"t": "2s"}
