@@ -194,6 +194,10 @@ class TokenVerifier:
             known = ", ".join(self.kids(mesh)) or "none"
             raise TokenError("unknown-kid", f"there is no signing key with KID {kid} for mesh {mesh} (known KIDs: "
                                             f"{known}); if the signing key was rotated, regenerate the token")
+        sig = segments[2]
+        sig_len = len(sig) * 3 // 4 if len(sig) % 4 != 1 else -1
+        if sig_len != public_key.key_size // 8:
+            raise _malformed("token signature has the wrong length (the token was cut short or padded)")
         try:
             payload = jwt.decode(token, public_key, algorithms=[ALGORITHM], options=_SIGNATURE_ONLY)
         except jwt.InvalidSignatureError:

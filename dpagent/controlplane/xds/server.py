@@ -301,7 +301,7 @@ async def serve(
     address: str,
     port: int,
     *,
-    tls: tuple[bytes, bytes] | None = None,
+    tls: tuple[bytes | str, bytes | str] | None = None,
     port_flag: str = "--xds-port",
 ) -> grpc.aio.Server:
     """Start a grpc.aio server for ADS; the bound port (useful with port 0) is left in `server.bound_port`.
@@ -326,7 +326,7 @@ async def serve(
         if tls is None:
             bound = grpc_server.add_insecure_port(target)
         else:
-            cert_pem, key_pem = tls
+            cert_pem, key_pem = (x.encode() if isinstance(x, str) else x for x in tls)
             bound = grpc_server.add_secure_port(target, grpc.ssl_server_credentials([(key_pem, cert_pem)]))
     except RuntimeError as exc:
         raise PortInUseError("xDS (ADS gRPC)", address, port, port_flag) from exc
