@@ -205,6 +205,8 @@ def display_rows(settings: Sequence[Setting], resolved: Resolved) -> list[tuple[
             shown = format_duration(v)
         elif s.kind == "bool":
             shown = "true" if v else "false"
+        elif s.kind == "list":
+            shown = ",".join(v)
         elif s.kind == "map":
             shown = ",".join(f"{k}={x}" for k, x in sorted(v.items()))
         else:

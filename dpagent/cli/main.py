@@ -44,10 +44,14 @@ def version_cmd(binary_path: str) -> None:
 
 
 def _register() -> None:
+    """Commands are registered eagerly but their modules import nothing heavy at module level."""
+    from dpagent.cli.cp import cp_group
+    from dpagent.cli.resources import apply_cmd, delete_cmd, get_cmd, inspect_cmd
     from dpagent.cli.run import config_group, run_cmd
+    from dpagent.cli.token import token_group
 
-    cli.add_command(run_cmd)
-    cli.add_command(config_group)
+    for cmd in (run_cmd, config_group, cp_group, apply_cmd, get_cmd, delete_cmd, inspect_cmd, token_group):
+        cli.add_command(cmd)
 
 
 _register()

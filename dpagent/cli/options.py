@@ -28,8 +28,9 @@ def settings_options(settings: Sequence[Setting]) -> Callable[[Callable[..., Any
                 # `--skip-verify` alone means true; `--skip-verify=false` also works, as with kuma-dp (cobra).
                 opt = click.option(*decls, is_flag=False, flag_value="true", default=None, help=help_text,
                                    metavar="[true|false]")
-            elif s.kind == "map":
-                opt = click.option(*decls, multiple=True, default=None, help=help_text, metavar="NAME=VALUE")
+            elif s.kind in ("map", "list"):
+                opt = click.option(*decls, multiple=True, default=None, help=help_text,
+                                   metavar="NAME=VALUE" if s.kind == "map" else "VALUE")
             else:
                 opt = click.option(*decls, default=None, help=help_text, show_default=False)
             fn = opt(fn)

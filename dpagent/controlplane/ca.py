@@ -225,18 +225,26 @@ def validate_provided_ca(cert_pem: str | bytes, key_pem: str | bytes, now: float
     return problems
 
 
-def generate_cp_tls(hostnames: list[str], now: float | None = None) -> CpTls:
+def generate_cp_tls(hostnames: list[str], now: float | None = None,
+                    existing_ca: tuple[str, str] | None = None) -> CpTls:
     """Self-made CA + server cert for the CP's HTTPS and gRPC; agents pin the CA with `--ca-cert-file`, so
-    no public PKI is needed. The CA is separate from mesh CAs so it can be replaced without touching workloads."""
+    no public PKI is needed. The CA is separate from mesh CAs so it can be replaced without touching workloads.
+    With `existing_ca` (cert PEM, key PEM) only the server cert is new, so agents keep trusting the CP when its
+    hostnames change."""
     start = pki.utc(now) - dt.timedelta(seconds=BACKDATE)
     end = start + dt.timedelta(seconds=TEN_YEARS)
-    ca_key = pki.generate_private_key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "dpagent"),
-                         x509.NameAttribute(NameOID.COMMON_NAME, "dpagent control plane CA")])
-    ca_builder = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-                  .public_key(ca_key.public_key()).serial_number(_serial())
-                  .not_valid_before(start).not_valid_after(end))
-    ca_cert = _ca_extensions(ca_builder, ca_key.public_key()).sign(ca_key, hashes.SHA256())
+    if existing_ca:
+        ca_cert = x509.load_pem_x509_certificate(existing_ca[0].encode())
+        ca_key = pki.load_private_key(existing_ca[1])
+        ca_name = ca_cert.subject
+    else:
+        ca_key = pki.generate_private_key()
+        ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "dpagent"),
+                             x509.NameAttribute(NameOID.COMMON_NAME, "dpagent control plane CA")])
+        ca_builder = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+                      .public_key(ca_key.public_key()).serial_number(_serial())
+                      .not_valid_before(start).not_valid_after(end))
+        ca_cert = _ca_extensions(ca_builder, ca_key.public_key()).sign(ca_key, hashes.SHA256())
 
     dns: list[str] = []
     ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ipaddress.ip_address("127.0.0.1"),

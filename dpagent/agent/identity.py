@@ -1,0 +1,211 @@
+"""The dataplane's workload identity: key made on this host, certificate from the CP, files swapped atomically.
+
+Layout under the work dir (Envoy's cwd), read by Envoy through file-based SDS:
+    identity/identity_cert.yaml, identity/mesh_ca.yaml   SDS resources naming the files below (written once)
+    identity/current -> gen-<n>/                          a symlink replaced with rename(2), never rewritten
+    identity/gen-<n>/{key.pem (0600), cert.pem, ca.pem}
+A rename of `current` inside the watched `identity/` directory makes Envoy reload all three files together, so
+a reader never sees a key from one generation with a certificate from another, and a crash mid-write leaves the
+old generation in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import random
+import shutil
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from dpagent import pki
+from dpagent.controlplane.xds.sds_files import IDENTITY_DIR
+from dpagent.errors import ControlPlaneRejected
+from dpagent.log import kv
+
+log = logging.getLogger("dpagent.identity")
+
+KEEP_GENERATIONS = 2
+MAX_RETRY_WAIT = 30.0
+
+
+class NotOffered(Exception):
+    """The CP has no /certificates (a real kuma-cp delivers certificates over ADS): run as kuma-dp does."""
+
+
+class MtlsDisabled(Exception):
+    """The mesh has mTLS off: nothing to fetch now; ask again later in case it is turned on."""
+
+
+class Retryable(Exception):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Issued:
+    info: pki.CertInfo
+    generation: int
+    path: Path
+
+
+class IdentityFiles:
+    """Owns the identity directory; every write goes to a fresh generation directory first."""
+
+    def __init__(self, work_dir: Path, sds_documents: dict[str, str]) -> None:
+        self.dir = work_dir / IDENTITY_DIR
+        self.sds_documents = sds_documents
+        self.generation = 0
+
+    def prepare(self) -> None:
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        for name, text in self.sds_documents.items():
+            pki.write_atomic(self.dir / name, text.encode(), mode=0o600)
+        existing = [int(p.name[4:]) for p in self.dir.glob("gen-*") if p.name[4:].isdigit()]
+        self.generation = max(existing, default=0)
+
+    def current(self) -> pki.CertInfo | None:
+        cert = self.dir / "current" / "cert.pem"
+        try:
+            return pki.cert_info(cert.read_bytes())
+        except (OSError, ValueError, pki.PkiError):
+            return None
+
+    def install(self, key_pem: bytes, chain_pem: str, ca_pem: str) -> Path:
+        self.generation += 1
+        gen = self.dir / f"gen-{self.generation}"
+        shutil.rmtree(gen, ignore_errors=True)
+        gen.mkdir(mode=0o700)
+        pki.write_private_key(gen / "key.pem", key_pem)
+        pki.write_atomic(gen / "cert.pem", chain_pem.encode(), mode=0o644)
+        pki.write_atomic(gen / "ca.pem", ca_pem.encode(), mode=0o644)
+        tmp = self.dir / f".current-{self.generation}"
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(gen.name, tmp)
+        os.replace(tmp, self.dir / "current")  # the atomic switch Envoy's directory watch sees
+        self._prune()
+        return gen
+
+    def _prune(self) -> None:
+        gens = sorted((int(p.name[4:]), p) for p in self.dir.glob("gen-*") if p.name[4:].isdigit())
+        for _, p in gens[:-KEEP_GENERATIONS]:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def renew_delay(info: pki.CertInfo, now: float, rng: Callable[[], float] = random.random) -> float:
+    """Seconds until renewal: 80 % of the lifetime, ±5 % of the lifetime as jitter so a fleet spreads out."""
+    start, end = info.not_before.timestamp(), info.not_after.timestamp()
+    life = end - start
+    jitter = (rng() * 2 - 1) * 0.05 * life
+    return max(0.0, start + 0.8 * life + jitter - now)
+
+
+class IdentityClient:
+    """POST /certificates with the dataplane token; the CSR carries only the public key (the CP picks the SAN)."""
+
+    def __init__(self, cp_url: str, verify: ssl.SSLContext | bool, token: Callable[[], str], mesh: str, name: str,
+                 key_type: str = "ecdsa-p256") -> None:
+        parts = urlsplit(cp_url)
+        self.url = f"{parts.scheme}://{parts.netloc}/certificates"
+        self.verify = verify
+        self.token = token
+        self.mesh = mesh
+        self.name = name
+        self.key_type = key_type
+
+    async def request(self) -> tuple[bytes, str, str, dict[str, Any]]:
+        """A new key and its certificate: (key PEM, chain PEM, CA bundle PEM, response metadata)."""
+        key = await asyncio.to_thread(pki.generate_private_key, self.key_type)
+        csr = pki.build_csr(key)
+        body = {"mesh": self.mesh, "name": self.name, "csr": csr}
+        headers = {"authorization": f"Bearer {self.token()}"}
+        try:
+            async with httpx.AsyncClient(verify=self.verify, timeout=10, trust_env=False) as client:
+                resp = await client.post(self.url, json=body, headers=headers)
+        except httpx.HTTPError as e:
+            raise Retryable(f"cannot reach the control plane for a certificate ({type(e).__name__}: {e})") from None
+        if resp.status_code == 200:
+            doc = resp.json()
+            return pki.private_key_to_pem(key), doc["certificate"], doc["caBundle"], doc
+        text = resp.text.strip()
+        if resp.status_code == 404 and "certificates" not in text.lower() and "dataplane" not in text.lower():
+            raise NotOffered(text)
+        if resp.status_code == 409 and "mtls" in text.lower():
+            raise MtlsDisabled(text)
+        if resp.status_code in (401, 403):
+            raise ControlPlaneRejected(f"the control plane refused a certificate ({resp.status_code}): {text}")
+        raise Retryable(f"certificate request failed ({resp.status_code}): {text}")
+
+
+class IdentityManager:
+    """Keeps a valid certificate in place: renews at ~80 % of its lifetime and retries until it expires."""
+
+    def __init__(self, client: IdentityClient, files: IdentityFiles, *, clock: Callable[[], float] = time.time,
+                 recheck_disabled: float = 10.0) -> None:
+        self.client = client
+        self.files = files
+        self.clock = clock
+        self.recheck_disabled = recheck_disabled
+        self.info: pki.CertInfo | None = None
+        self.last_error = ""
+        self.renewals = 0
+        self.changed = asyncio.Event()
+
+    async def obtain(self) -> pki.CertInfo | None:
+        """One certificate now (start-up). Raises NotOffered, MtlsDisabled, Retryable or ControlPlaneRejected."""
+        key, chain, bundle, _ = await self.client.request()
+        return self._install(key, chain, bundle)
+
+    def _install(self, key: bytes, chain: str, bundle: str) -> pki.CertInfo:
+        info = pki.cert_info(chain)
+        self.files.install(key, chain, bundle)
+        self.info = info
+        self.last_error = ""
+        self.changed.set()
+        kv(log, logging.INFO, "identity certificate installed", serial=info.serial_hex,
+           expires=info.not_after.isoformat(), spiffe_id=",".join(info.uri_sans))
+        return info
+
+    async def run(self) -> None:
+        """Renewal loop; never lets a failure end it while the certificate may still be renewed."""
+        attempt = 0
+        while True:
+            now = self.clock()
+            if self.info is None:
+                delay = self.recheck_disabled
+            else:
+                delay = renew_delay(self.info, now) if attempt == 0 else min(MAX_RETRY_WAIT, 2 ** attempt)
+            await asyncio.sleep(delay)
+            try:
+                key, chain, bundle, _ = await self.client.request()
+            except MtlsDisabled:
+                attempt = 0
+                continue
+            except (Retryable, ControlPlaneRejected) as e:
+                attempt += 1
+                self.last_error = str(e)
+                left = (self.info.not_after.timestamp() - self.clock()) if self.info else 0
+                level = logging.ERROR if left < 0.1 * (self.info.lifetime if self.info else 1) else logging.WARNING
+                kv(log, level, "certificate renewal failed; the current certificate keeps serving",
+                   reason=str(e), time_left=f"{max(0, left):.0f}s" if self.info else "none",
+                   expired=bool(self.info and left <= 0))
+                continue
+            attempt = 0
+            self.renewals += 1
+            self._install(key, chain, bundle)
+
+    def status(self) -> dict[str, Any]:
+        if self.info is None:
+            return {"state": "none", "lastError": self.last_error}
+        left = self.info.not_after.timestamp() - self.clock()
+        return {"state": "valid" if left > 0 else "expired", "serial": self.info.serial_hex,
+                "notAfter": self.info.not_after.isoformat(), "secondsLeft": round(left),
+                "renewals": self.renewals, "lastError": self.last_error}

@@ -1,0 +1,197 @@
+"""`dpagent apply | get | delete | inspect` — the kumactl-like resource commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+import click
+import yaml
+
+from dpagent.cli.client import ApiClient, api_options, make_client
+from dpagent.controlplane.kinds import KINDS, Kind, by_type, kind_of
+from dpagent.errors import ConfigError, DpAgentError, ValidationError
+
+OUTPUT = click.Choice(["table", "yaml", "json"])
+
+
+def _path(k: Kind, mesh: str, name: str | None = None) -> str:
+    base = f"/meshes/{mesh}/{k.plural}" if k.mesh_scoped else f"/{k.plural}"
+    return f"{base}/{name}" if name else base
+
+
+def _read_docs(file: str) -> list[Any]:
+    try:
+        text = sys.stdin.read() if file == "-" else open(file).read()  # noqa: SIM115 - closed by GC on exit
+    except OSError as e:
+        raise ConfigError(f"cannot read {file}: {e.strerror}") from None
+    try:
+        return [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{file} is not valid YAML: {e}") from None
+
+
+@click.command("apply")
+@click.option("-f", "--file", "file", required=True, help="YAML file with one or more resources ('-' for stdin)")
+@click.option("--dry-run", is_flag=True, help="validate on the control plane without storing anything")
+@api_options
+def apply_cmd(file: str, dry_run: bool, api_address: str, api_token_file: str) -> None:
+    """Create or update resources. Every document is validated first; if any is invalid, nothing is applied."""
+    client = make_client(api_address, api_token_file)
+    docs = _read_docs(file)
+    if not docs:
+        raise ConfigError(f"{file} holds no resources")
+    targets, failures = [], []
+    for i, doc in enumerate(docs):
+        label = f"document {i + 1}"
+        try:
+            k = _kind_for(doc, label)
+            label = f"{k.name} {doc.get('name')!r}"
+            path = _path(k, doc.get("mesh", ""), doc.get("name"))
+            client.request("PUT", path, params={"dryRun": "true"}, json=doc)
+            targets.append((k, path, doc))
+        except ValidationError as e:
+            failures.append(str(e))
+        except DpAgentError as e:
+            failures.append(f"{label}: {e}")
+    if failures:
+        raise ConfigError("nothing was applied; fix these first:\n" + "\n".join(failures))
+    for k, path, doc in targets:
+        if dry_run:
+            click.echo(f"{k.name} {doc['name']!r} is valid (dry run)")
+            continue
+        resp = client.request("PUT", path, json=doc)
+        click.echo(f"{k.name} {doc['name']!r} {'created' if resp.status_code == 201 else 'updated'}")
+
+
+def _kind_for(doc: Any, label: str) -> Kind:
+    if not isinstance(doc, dict):
+        raise ValidationError(label, [("$", "must be a mapping with type and name")])
+    problems = []
+    if not isinstance(doc.get("type"), str) or by_type(doc["type"]) is None:
+        problems.append(("type", f"must be one of {', '.join(k.name for k in KINDS)}"))
+    if not isinstance(doc.get("name"), str) or not doc.get("name"):
+        problems.append(("name", "must be defined"))
+    k = by_type(doc.get("type")) if isinstance(doc.get("type"), str) else None
+    if k and k.mesh_scoped and not doc.get("mesh"):
+        problems.append(("mesh", "must be defined"))
+    if problems:
+        raise ValidationError(label, problems)
+    assert k is not None
+    return k
+
+
+def _age(ts: str) -> str:
+    try:
+        secs = time.time() - datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{int(secs // size)}{unit}"
+    return f"{int(secs)}s"
+
+
+def _row(k: Kind, doc: dict[str, Any]) -> list[str]:
+    row = [doc.get("mesh", "")] if k.mesh_scoped else []
+    row.append(doc["name"])
+    if k.name == "Dataplane":
+        net = doc.get("networking") or {}
+        services = sorted({(i.get("tags") or {}).get("kuma.io/service", "") for i in net.get("inbound") or []})
+        row += [net.get("address", ""), ",".join(s for s in services if s)]
+    elif k.name == "Mesh":
+        mtls = doc.get("mtls") or {}
+        row.append(f"{mtls['enabledBackend']}" if mtls.get("enabledBackend") else "off")
+    elif k.has_spec:
+        ref = ((doc.get("spec") or {}).get("targetRef")) or {"kind": "Mesh"}
+        row.append(ref.get("kind", "") + (f"/{ref['name']}" if ref.get("name") else ""))
+    row.append(_age(doc.get("creationTime", "")))
+    return row
+
+
+def _header(k: Kind) -> list[str]:
+    head = ["MESH"] if k.mesh_scoped else []
+    head.append("NAME")
+    head += {"Dataplane": ["ADDRESS", "SERVICES"], "Mesh": ["MTLS"]}.get(k.name, ["TARGET"] if k.has_spec else [])
+    return [*head, "AGE"]
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def _emit(data: Any, output: str) -> None:
+    if output == "json":
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+
+
+@click.command("get")
+@click.argument("type_name", metavar="TYPE")
+@click.argument("name", required=False)
+@click.option("-m", "--mesh", default="default", show_default=True)
+@click.option("-o", "--output", type=OUTPUT, default="table", show_default=True)
+@api_options
+def get_cmd(type_name: str, name: str | None, mesh: str, output: str, api_address: str, api_token_file: str) -> None:
+    """List resources of TYPE (meshes, dataplanes, meshtrafficpermissions), or show one by NAME."""
+    k = kind_of(type_name)
+    client = make_client(api_address, api_token_file)
+    if name:
+        doc = client.get(_path(k, mesh, name))
+        if output == "table":
+            click.echo(_table([_header(k), _row(k, doc)]))
+        else:
+            _emit(doc, output)
+        return
+    items = _list_all(client, _path(k, mesh))
+    if output != "table":
+        _emit({"total": len(items), "items": items}, output)
+    elif not items:
+        click.echo(f"no {k.plural}" + (f" in mesh {mesh!r}" if k.mesh_scoped else ""))
+    else:
+        click.echo(_table([_header(k), *(_row(k, d) for d in items)]))
+
+
+def _list_all(client: ApiClient, path: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    offset = 0
+    while True:
+        page = client.get(path, params={"offset": offset, "size": 1000})
+        items += page["items"]
+        if not page.get("next"):
+            return items
+        offset += len(page["items"])
+
+
+@click.command("delete")
+@click.argument("type_name", metavar="TYPE")
+@click.argument("name")
+@click.option("-m", "--mesh", default="default", show_default=True)
+@api_options
+def delete_cmd(type_name: str, name: str, mesh: str, api_address: str, api_token_file: str) -> None:
+    """Delete one resource. Deleting a Mesh deletes everything in it."""
+    k = kind_of(type_name)
+    make_client(api_address, api_token_file).request("DELETE", _path(k, mesh, name))
+    click.echo(f"{k.name} {name!r} deleted")
+
+
+@click.command("inspect")
+@click.argument("type_name", metavar="TYPE", type=click.Choice(["dataplane", "dp", "dataplanes"]))
+@click.argument("name")
+@click.option("-m", "--mesh", default="default", show_default=True)
+@click.option("-o", "--output", type=OUTPUT, default="table", show_default=True)
+@api_options
+def inspect_cmd(type_name: str, name: str, mesh: str, output: str, api_address: str, api_token_file: str) -> None:
+    """Explain a dataplane: connection, ACKed config per type, last NACK, matched policies, certificate."""
+    data = make_client(api_address, api_token_file).get(f"/meshes/{mesh}/dataplanes/{name}/_inspect")
+    if output != "table":
+        _emit(data, output)
+        return
+    from dpagent.cli.inspect_view import render
+
+    click.echo(render(data))

@@ -1,0 +1,59 @@
+"""`dpagent token generate | revoke`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dpagent.cli.client import api_options, make_client
+from dpagent.errors import ConfigError
+
+
+@click.group("token")
+def token_group() -> None:
+    """Issue and revoke dataplane tokens."""
+
+
+def _tags(values: tuple[str, ...]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in values:
+        key, sep, vals = item.partition("=")
+        if not sep or not key or not vals:
+            raise ConfigError(f"--tag {item!r} is not key=value1[,value2...]")
+        out.setdefault(key, []).extend(v for v in vals.split(",") if v)
+    return out
+
+
+@token_group.command("generate")
+@click.option("--name", default="", help="dataplane name the token is bound to (empty: any)")
+@click.option("-m", "--mesh", default="default", show_default=True)
+@click.option("--tag", "tags", multiple=True, metavar="KEY=V1[,V2]", help="allowed tag values (repeatable)")
+@click.option("--valid-for", required=True, help="lifetime, e.g. 720h")
+@click.option("--proxy-type", default="dataplane", type=click.Choice(["dataplane"]))
+@api_options
+def generate(name: str, mesh: str, tags: tuple[str, ...], valid_for: str, proxy_type: str, api_address: str,
+             api_token_file: str) -> None:
+    """Print a new dataplane token (copy it to the VM, e.g. /etc/dpagent/<name>/token, mode 0600)."""
+    body = {"name": name, "mesh": mesh, "tags": _tags(tags), "validFor": valid_for, "type": proxy_type}
+    resp = make_client(api_address, api_token_file).request("POST", "/tokens/dataplane", json=body)
+    click.echo(resp.text.strip())
+
+
+@token_group.command("revoke")
+@click.option("-m", "--mesh", default="default", show_default=True)
+@click.option("--token-file", default="", help="file holding the token to revoke")
+@click.option("--jti", default="", help="the token's ID (jti claim), if the token itself is gone")
+@api_options
+def revoke(mesh: str, token_file: str, jti: str, api_address: str, api_token_file: str) -> None:
+    """Revoke a token: live ADS streams using it are closed within seconds and it is refused from then on."""
+    if bool(token_file) == bool(jti):
+        raise ConfigError("give exactly one of --token-file or --jti")
+    body = {"mesh": mesh, "jti": jti}
+    if token_file:
+        try:
+            body["token"] = Path(token_file).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read {token_file}: {e.strerror}") from None
+    out = make_client(api_address, api_token_file).request("POST", "/tokens/dataplane/revocations", json=body).json()
+    click.echo(f"revoked token {out['revoked']} in mesh {out['mesh']!r}")

@@ -1,0 +1,227 @@
+"""The REST API (Kuma's paths): resource CRUD with pagination, dataplane tokens, and `_inspect`.
+
+Callers on loopback need no credentials (Kuma's default); anyone else presents the admin token as a bearer
+token. Bodies are JSON or YAML; validation errors list every violation with its path.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from dpagent import __version__
+from dpagent.controlplane import secrets
+from dpagent.controlplane.kinds import KINDS, Kind, kind_of
+from dpagent.controlplane.resources import Resources, record_to_doc
+from dpagent.controlplane.tokens import TokenError, issue_token
+from dpagent.durations import parse_duration
+from dpagent.errors import ConfigError, Conflict, DpAgentError, NotFound, ValidationError
+
+log = logging.getLogger("dpagent.cp.api")
+
+Inspector = Callable[[str, str], Awaitable[dict[str, Any]]]
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+
+
+def _error(status: int, title: str, causes: list[tuple[str, str]] | None = None) -> web.Response:
+    body: dict[str, Any] = {"title": title, "details": title}
+    if causes:
+        body["details"] = "Resource is not valid"
+        body["causes"] = [{"field": f, "message": m} for f, m in causes]
+    return web.json_response(body, status=status)
+
+
+def is_loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_middleware(admin_token: str) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+        if not is_loopback(request.remote):
+            header = request.headers.get("authorization", "")
+            given = header[7:] if header.lower().startswith("bearer ") else ""
+            if not given or not hmac.compare_digest(given.encode(), admin_token.encode()):
+                return _error(401, "authentication required: send the admin token as 'Authorization: Bearer <token>' "
+                                   "(dpagent CLI: --api-token-file <data-dir>/admin-token)")
+        return await handler(request)
+
+    return middleware
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                           ) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ValidationError as e:
+        return _error(400, str(e).splitlines()[0], e.violations)
+    except NotFound as e:
+        return _error(404, str(e))
+    except Conflict as e:
+        return _error(409, str(e))
+    except (ConfigError, TokenError) as e:
+        return _error(400, str(e))
+    except DpAgentError as e:
+        return _error(500, str(e))
+
+
+async def _body(request: web.Request) -> Any:
+    raw = await request.read()
+    if len(raw) > 4 * 1024 * 1024:
+        raise ValidationError("request", [("$", "body larger than 4 MiB")])
+    try:
+        if "json" in (request.content_type or ""):
+            return json.loads(raw)
+        return yaml.safe_load(raw)
+    except (ValueError, yaml.YAMLError) as e:
+        raise ValidationError("request body", [("$", f"not valid JSON or YAML: {e}")]) from None
+
+
+def _page(request: web.Request) -> tuple[int, int]:
+    try:
+        offset = int(request.query.get("offset", 0))
+        size = int(request.query.get("size", DEFAULT_PAGE))
+    except ValueError:
+        raise ValidationError("query", [("offset/size", "must be whole numbers")]) from None
+    if offset < 0 or not 1 <= size <= MAX_PAGE:
+        raise ValidationError("query", [("offset/size", f"offset must be ≥ 0 and size between 1 and {MAX_PAGE}")])
+    return offset, size
+
+
+class Api:
+    def __init__(self, resources: Resources, *, admin_token: str, inspector: Inspector | None = None) -> None:
+        self.resources = resources
+        self.store = resources.store
+        self.admin_token = admin_token
+        self.inspector = inspector
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[auth_middleware(self.admin_token), error_middleware],
+                              client_max_size=4 * 1024 * 1024)
+        r = app.router
+        r.add_get("/", self.index)
+        r.add_post("/tokens/dataplane", self.generate_token)
+        r.add_post("/tokens/dataplane/revocations", self.revoke_token)
+        r.add_get("/meshes/{mesh}/dataplanes/{name}/_inspect", self.inspect)
+        for k in KINDS:
+            if k.mesh_scoped:
+                r.add_get(f"/{k.plural}", self._list(k, all_meshes=True))
+                r.add_get(f"/meshes/{{mesh}}/{k.plural}", self._list(k))
+                r.add_route("*", f"/meshes/{{mesh}}/{k.plural}/{{name}}", self._one(k))
+            else:
+                r.add_get(f"/{k.plural}", self._list(k))
+                r.add_route("*", f"/{k.plural}/{{name}}", self._one(k))
+        return app
+
+    async def index(self, request: web.Request) -> web.Response:
+        return web.json_response({"product": "dpagent", "version": __version__, "kinds": [k.plural for k in KINDS]})
+
+    def _list(self, k: Kind, all_meshes: bool = False) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            offset, size = _page(request)
+            mesh = None if all_meshes else request.match_info.get("mesh")
+            if mesh is not None and k.mesh_scoped and await self.store.get("Mesh", "", mesh) is None:
+                raise NotFound(f'mesh "{mesh}" not found')
+            items, total = await self.resources.list(k, mesh, offset, size)
+            nxt = None
+            if offset + len(items) < total:
+                nxt = str(request.url.with_query({"offset": offset + size, "size": size}))
+            return web.json_response({"total": total, "items": [record_to_doc(i) for i in items], "next": nxt})
+
+        return handler
+
+    def _one(self, k: Kind) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            mesh = request.match_info.get("mesh", "")
+            name = request.match_info["name"]
+            if request.method == "GET":
+                return web.json_response(record_to_doc(await self.resources.get(k, mesh, name)))
+            if request.method == "DELETE":
+                await self.resources.delete(k, mesh, name)
+                return web.json_response({})
+            if request.method == "PUT":
+                dry = request.query.get("dryRun", "") in ("1", "true")
+                applied = await self.resources.apply(await _body(request), kind=k, mesh=mesh if k.mesh_scoped else None,
+                                                     name=name, dry_run=dry)
+                body = {"created": applied.created, "dryRun": dry}
+                return web.json_response(body, status=201 if applied.created else 200)
+            return _error(405, f"{request.method} is not supported on {request.path}; use GET, PUT or DELETE")
+
+        return handler
+
+    async def generate_token(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        if not isinstance(body, dict):
+            raise ValidationError("token request", [("$", "must be an object")])
+        problems = []
+        name, mesh = body.get("name", ""), body.get("mesh") or "default"
+        tags = body.get("tags") or {}
+        if not isinstance(name, str):
+            problems.append(("name", "must be a string"))
+        if not isinstance(tags, dict) or not all(isinstance(v, list) for v in tags.values()):
+            problems.append(("tags", "must map each tag to a list of allowed values"))
+        try:
+            valid_for = parse_duration(body.get("validFor") or "87600h")
+            if valid_for <= 0:
+                raise ValueError("must be greater than zero")
+        except ValueError as e:
+            problems.append(("validFor", str(e)))
+            valid_for = 0
+        if (body.get("type") or "dataplane") != "dataplane":
+            problems.append(("type", "only 'dataplane' tokens are issued"))
+        if problems:
+            raise ValidationError("token request", problems)
+        if await self.store.get("Mesh", "", mesh) is None:
+            raise NotFound(f'mesh "{mesh}" not found; create it before issuing tokens for it')
+        key = await secrets.ensure_signing_key(self.store, mesh)
+        token = issue_token(key, name=name, mesh=mesh, tags=tags, valid_for=valid_for)
+        log.info("issued a dataplane token", extra={"kv": {"mesh": mesh, "name_claim": name or "*"}})
+        return web.Response(text=token, content_type="text/plain")
+
+    async def revoke_token(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        if not isinstance(body, dict):
+            raise ValidationError("revocation", [("$", "must be an object with mesh and token or jti")])
+        mesh = body.get("mesh") or "default"
+        jti = body.get("jti")
+        if not jti and body.get("token"):
+            jti = _jti_of(body["token"])
+        if not isinstance(jti, str) or not jti:
+            raise ValidationError("revocation", [("jti", "give the token (token) or its ID (jti)")])
+        await secrets.revoke(self.store, mesh, jti)
+        return web.json_response({"revoked": jti, "mesh": mesh})
+
+    async def inspect(self, request: web.Request) -> web.Response:
+        mesh, name = request.match_info["mesh"], request.match_info["name"]
+        rec = await self.resources.get(kind_of("dataplane"), mesh, name)
+        out: dict[str, Any] = {"dataplane": record_to_doc(rec)}
+        if self.inspector:
+            out.update(await self.inspector(mesh, name))
+        return web.json_response(out)
+
+
+def _jti_of(token: str) -> str:
+    """Read the jti without verifying: revoking a token must work even for one that no longer verifies."""
+    import jwt
+
+    try:
+        claims = jwt.decode(token.strip().removeprefix("Bearer "), options={"verify_signature": False})
+    except jwt.PyJWTError as e:
+        raise ValidationError("revocation", [("token", f"not a JWT ({e})")]) from None
+    jti = claims.get("jti")
+    if not isinstance(jti, str):
+        raise ValidationError("revocation", [("token", "has no jti claim")])
+    return jti

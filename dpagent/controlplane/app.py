@@ -1,0 +1,255 @@
+"""`dpagent cp run`: one asyncio process with the store, CA, tokens, DP server, ADS server, REST API and sync.
+
+First start creates, later starts reuse: the CP's TLS CA and server certificate, the `default` mesh (builtin
+mTLS plus an allow-all MeshTrafficPermission, so a new mesh is encrypted and still works), its token signing key,
+and an admin token for remote API use. Shutdown runs in reverse order of start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets as pysecrets
+import signal
+import ssl
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from dpagent import pki
+from dpagent.controlplane import ca as ca_mod
+from dpagent.controlplane.api import Api
+from dpagent.controlplane.auth import DataplaneAuth
+from dpagent.controlplane.dpserver import DpServer
+from dpagent.controlplane.identity import INSIGHT, Issuer
+from dpagent.controlplane.resources import Resources
+from dpagent.controlplane.settings import CpConfig
+from dpagent.controlplane.store import ResourceStore, SqliteStore
+from dpagent.controlplane.tokens import TokenError
+from dpagent.controlplane.xds.cache import SnapshotCache
+from dpagent.controlplane.xds.server import AdsServer, StreamError, serve
+from dpagent.controlplane.xds.sync import XdsSync
+from dpagent.errors import ConfigError, PortInUseError
+from dpagent.log import kv
+from dpagent.model.dataplane import parse_dataplane
+
+log = logging.getLogger("dpagent.cp")
+
+DEFAULT_MESH = {"type": "Mesh", "name": "default",
+                "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}
+ALLOW_ALL = {"type": "MeshTrafficPermission", "mesh": "default", "name": "allow-all",
+             "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"},
+                                                                "default": {"action": "Allow"}}]}}
+
+
+def ensure_cp_tls(data_dir: Path, hostnames: tuple[str, ...]) -> tuple[str, str, str]:
+    """(CA PEM, server cert PEM, server key PEM). The CA is made once and kept: agents pin it. The server cert is
+    re-issued by that CA when the hostnames change."""
+    tls = data_dir / "tls"
+    tls.mkdir(mode=0o700, exist_ok=True)
+    ca_file, ca_key_file = tls / "ca.pem", tls / "ca-key.pem"
+    cert_file, key_file, names_file = tls / "server.pem", tls / "server-key.pem", tls / "hostnames"
+    names = sorted(set(hostnames))
+    have_ca = ca_file.exists() and ca_key_file.exists()
+    if have_ca and cert_file.exists() and key_file.exists() and names_file.exists() \
+            and names_file.read_text().split() == names:
+        return ca_file.read_text(), cert_file.read_text(), key_file.read_text()
+    existing = (ca_file.read_text(), ca_key_file.read_text()) if have_ca else None
+    made = ca_mod.generate_cp_tls(names, existing_ca=existing)
+    if not have_ca:
+        pki.write_private_key(ca_key_file, made.ca_key_pem)
+        pki.write_atomic(ca_file, made.ca_cert_pem.encode())
+    pki.write_private_key(key_file, made.key_pem)
+    pki.write_atomic(cert_file, made.cert_pem.encode())
+    pki.write_atomic(names_file, " ".join(names).encode())
+    pki.write_atomic(data_dir / "ca.pem", ca_file.read_bytes())
+    return ca_file.read_text(), made.cert_pem, made.key_pem
+
+
+def ensure_admin_token(data_dir: Path) -> tuple[str, Path]:
+    path = data_dir / "admin-token"
+    if path.exists():
+        return path.read_text().strip(), path
+    token = pysecrets.token_urlsafe(32)
+    pki.write_atomic(path, token.encode(), mode=0o600)
+    return token, path
+
+
+async def first_start(resources: Resources, store: ResourceStore) -> None:
+    """Create the default mesh once; a user who deletes it later does not get it back on restart."""
+    if await store.get("GlobalSecret", "", "cp-initialized") is not None:
+        return
+    if await store.count("Mesh") == 0:
+        await resources.apply(dict(DEFAULT_MESH))
+        await resources.apply(dict(ALLOW_ALL))
+        log.info("created the default mesh (builtin mTLS, allow-all MeshTrafficPermission)")
+    await store.upsert("GlobalSecret", "", "cp-initialized", {"type": "GlobalSecret", "name": "cp-initialized"})
+
+
+class XdsAuth:
+    """Stream authentication: the node id names the dataplane, the `authorization` metadata carries its token."""
+
+    def __init__(self, store: ResourceStore, auth: DataplaneAuth) -> None:
+        self.store = store
+        self.auth = auth
+
+    async def _dataplane(self, node_id: str) -> Any:
+        for i, ch in enumerate(node_id):
+            if ch != ".":
+                continue
+            rec = await self.store.get("Dataplane", node_id[:i], node_id[i + 1:])
+            if rec is not None:
+                return parse_dataplane(rec.doc)
+        raise StreamError(_unauth(), f"no Dataplane for node id {node_id!r}; create it in the control plane first "
+                                     "or pass it to the agent with --dataplane-file")
+
+    async def authenticate(self, metadata: dict[str, str], node: Any) -> dict[str, Any]:
+        dp = await self._dataplane(node.id)
+        token = metadata.get("authorization", "")
+        try:
+            await self.auth.verify(token, dp)
+        except TokenError as e:
+            raise StreamError(_unauth(), f"authentication failed: {e}") from None
+        fields = node.metadata.fields if node.HasField("metadata") else {}
+        return {"mesh": dp.mesh, "name": dp.name, "token": token, "direct": "dataplane.resource" in fields}
+
+    async def revalidate(self, info: dict[str, Any]) -> None:
+        dp = await self._dataplane(f"{info['mesh']}.{info['name']}")
+        try:
+            await self.auth.still_valid(info["token"], dp)
+        except TokenError as e:
+            raise StreamError(_unauth(), f"authentication failed: {e}") from None
+
+
+def _unauth() -> Any:
+    import grpc
+
+    return grpc.StatusCode.UNAUTHENTICATED
+
+
+class ControlPlane:
+    def __init__(self, cfg: CpConfig) -> None:
+        self.cfg = cfg
+        self.stop = asyncio.Event()
+        self.ready = asyncio.Event()
+        self._direct: dict[str, dict[str, Any]] = {}
+        self._pending_delete: dict[str, asyncio.TimerHandle] = {}
+
+    async def run(self) -> int:
+        cfg = self.cfg
+        data_dir = Path(cfg.data_dir)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise ConfigError(f"cannot create the data dir {data_dir}: {e.strerror}; pass --data-dir") from None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        async with contextlib.AsyncExitStack() as stack:
+            store = await SqliteStore.open(str(data_dir / "store.db"))
+            stack.push_async_callback(store.close)
+            self.store = store
+            cp_ca, cert, key = await asyncio.to_thread(ensure_cp_tls, data_dir, cfg.hostnames)
+            admin_token, token_path = ensure_admin_token(data_dir)
+            resources = Resources(store)
+            await first_start(resources, store)
+            auth = DataplaneAuth(store)
+            issuer = Issuer(store)
+            cache = SnapshotCache()
+            self.cache = cache
+            sync = XdsSync(store, cache)
+            self.sync = sync
+            xauth = XdsAuth(store, auth)
+            ads = AdsServer(cache, xauth.authenticate, revalidate=xauth.revalidate,
+                            revalidate_interval=cfg.revalidate_interval, on_connect=self._on_connect,
+                            on_disconnect=self._on_disconnect)
+            self._auth_info: dict[str, dict[str, Any]] = {}
+            self._xauth = xauth
+            grpc_server = await serve(ads, cfg.bind_address, cfg.xds_port, tls=(cert, key))
+            stack.push_async_callback(grpc_server.stop, 2)
+            dp = DpServer(resources, auth, issuer, xds_port=cfg.xds_port, cp_ca_pem=cp_ca)
+            ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ssl_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            tls_dir = data_dir / "tls"
+            ssl_ctx.load_cert_chain(tls_dir / "server.pem", tls_dir / "server-key.pem")
+            await self._site(stack, dp.app(), cfg.bind_address, cfg.dp_server_port, ssl_ctx, "--dp-server-port")
+            api = Api(resources, admin_token=admin_token, inspector=self.inspect)
+            await self._site(stack, api.app(), cfg.api_address, cfg.api_port, None, "--api-port")
+            sync_task = asyncio.create_task(sync.run(), name="xds-sync")
+            stack.callback(sync_task.cancel)
+            kv(log, logging.INFO, "control plane ready", dp_server=f"https://{cfg.bind_address}:{cfg.dp_server_port}",
+               xds=f"{cfg.bind_address}:{cfg.xds_port}", api=f"http://{cfg.api_address}:{cfg.api_port}",
+               ca_cert=str(data_dir / "ca.pem"), admin_token_file=str(token_path))
+            self.ready.set()
+            await self.stop.wait()
+            log.info("stopping the control plane")
+            for handle in self._pending_delete.values():
+                handle.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        return 0
+
+    async def _site(self, stack: contextlib.AsyncExitStack, app: web.Application, host: str, port: int,
+                    ssl_ctx: ssl.SSLContext | None, flag: str) -> None:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx, shutdown_timeout=2)
+        try:
+            await site.start()
+        except OSError as e:
+            if e.errno in (98, 48):
+                raise PortInUseError("control plane", host, port, flag) from None
+            raise
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+
+    async def _on_connect(self, node: str, info: dict[str, Any]) -> None:
+        pending = self._pending_delete.pop(node, None)
+        if pending:
+            pending.cancel()
+        self._auth_info[node] = info
+        kv(log, logging.INFO, "proxy connected", proxy=node)
+        await self.sync.on_connect(info["mesh"], info["name"])
+
+    async def _on_disconnect(self, node: str, graceful: bool) -> None:
+        info = self._auth_info.pop(node, None)
+        if info is None:
+            return
+        self.sync.on_disconnect(info["mesh"], info["name"])
+        kv(log, logging.INFO, "proxy disconnected", proxy=node, graceful=graceful)
+        if graceful and info.get("direct"):
+            loop = asyncio.get_running_loop()
+            self._pending_delete[node] = loop.call_later(
+                self.cfg.deregistration_delay, lambda: asyncio.ensure_future(self._deregister(node, info)))
+
+    async def _deregister(self, node: str, info: dict[str, Any]) -> None:
+        self._pending_delete.pop(node, None)
+        if self.sync.connected.get(node):
+            return
+        with contextlib.suppress(Exception):
+            await self.store.delete("Dataplane", info["mesh"], info["name"])
+            await self.store.delete(INSIGHT, info["mesh"], info["name"])
+            kv(log, logging.INFO, "deregistered dataplane after graceful disconnect", proxy=node)
+
+    async def inspect(self, mesh: str, name: str) -> dict[str, Any]:
+        node = f"{mesh}.{name}"
+        out: dict[str, Any] = {"xds": self.cache.status(node) or {}, "warnings": self.sync.warnings(mesh, name)}
+        insight = await self.store.get(INSIGHT, mesh, name)
+        if insight:
+            m = insight.doc.get("mTLS") or {}
+            out["certificate"] = {"serial": m.get("serial"), "notAfter": m.get("certificateExpirationTime"),
+                                  "backend": m.get("issuedBackend"), "spiffeId": m.get("spiffeId"),
+                                  "issued": m.get("lastCertificateRegeneration"),
+                                  "regenerations": m.get("certificateRegenerations")}
+        state = self.sync.states.get(mesh)
+        dp = state.by_name.get(name) if state else None
+        if state and dp:
+            from dpagent.controlplane.policies.registry import proxy_rules
+
+            out["policies"] = {kind: sorted(getattr(rules, "matched", []) or [])
+                               for kind, rules in proxy_rules(state.ctx, dp).items()}
+        return out
+

@@ -1,0 +1,108 @@
+"""Resource semantics above the raw store: validation, mesh existence, cascades, and side effects of a Mesh.
+
+Both the REST API and `/bootstrap` (direct lifecycle) create resources through here, so they cannot disagree
+about what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from dpagent.controlplane import secrets
+from dpagent.controlplane.kinds import Kind, by_type
+from dpagent.controlplane.store import Record, ResourceStore
+from dpagent.errors import NotFound, ValidationError
+
+_META = ("creationTime", "modificationTime")
+
+
+@dataclasses.dataclass(frozen=True)
+class Applied:
+    record: Record | None  # None on a dry run
+    created: bool
+
+
+def record_to_doc(rec: Record) -> dict[str, Any]:
+    """The resource as the API shows it: Kuma's envelope with timestamps."""
+    from datetime import UTC, datetime
+
+    def ts(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+    doc = dict(rec.doc)
+    doc["creationTime"] = ts(rec.created)
+    doc["modificationTime"] = ts(rec.modified)
+    return doc
+
+
+class Resources:
+    def __init__(self, store: ResourceStore) -> None:
+        self.store = store
+
+    async def apply(self, doc: Any, *, kind: Kind | None = None, mesh: str | None = None, name: str | None = None,
+                    dry_run: bool = False) -> Applied:
+        """Create or update. `kind`/`mesh`/`name` come from the URL when the API is used; they must agree."""
+        if not isinstance(doc, dict):
+            raise ValidationError("resource", [("$", "must be an object with type, name (and mesh)")])
+        doc = {k: v for k, v in doc.items() if k not in _META}
+        problems: list[tuple[str, str]] = []
+        type_name = doc.get("type") or (kind.name if kind else None)
+        k = by_type(type_name) if isinstance(type_name, str) else None
+        if k is None:
+            raise ValidationError("resource", [("type", f"unknown type {type_name!r}")])
+        if kind and k is not kind:
+            problems.append(("type", f"must be {kind.name} to be sent to this path, not {type_name}"))
+        doc["type"] = k.name
+        if name is not None and doc.get("name", name) != name:
+            problems.append(("name", f"{doc.get('name')!r} does not match the name in the URL ({name!r})"))
+        doc.setdefault("name", name)
+        if k.mesh_scoped:
+            if mesh is not None and doc.get("mesh", mesh) != mesh:
+                problems.append(("mesh", f"{doc.get('mesh')!r} does not match the mesh in the URL ({mesh!r})"))
+            doc.setdefault("mesh", mesh)
+        elif "mesh" in doc:
+            problems.append(("mesh", f"{k.name} is not mesh-scoped; remove the mesh field"))
+        problems += k.validate(doc)
+        if problems:
+            raise ValidationError(f"{k.name} {doc.get('name')!r}", problems)
+        res_mesh = doc["mesh"] if k.mesh_scoped else ""
+        if k.mesh_scoped and await self.store.get("Mesh", "", res_mesh) is None:
+            raise ValidationError(f"{k.name} {doc['name']!r}", [
+                ("mesh", f'mesh "{res_mesh}" does not exist; create it first (dpagent apply -f mesh.yaml)')])
+        existing = await self.store.get(k.name, res_mesh, doc["name"])
+        if dry_run:
+            return Applied(None, existing is None)
+        rec = await self.store.upsert(k.name, res_mesh, doc["name"], doc)
+        if k.name == "Mesh":
+            await self._mesh_side_effects(doc)
+        return Applied(rec, existing is None)
+
+    async def _mesh_side_effects(self, doc: dict[str, Any]) -> None:
+        """A mesh needs a token signing key at once, and builtin CAs before the first certificate request."""
+        mesh = doc["name"]
+        await secrets.ensure_signing_key(self.store, mesh)
+        for backend in (doc.get("mtls") or {}).get("backends") or []:
+            if backend.get("type") == "builtin":
+                key_type = "rsa" if ((backend.get("conf") or {}).get("caCert") or {}).get("RSAbits") else "ecdsa-p256"
+                await secrets.builtin_ca(self.store, mesh, backend["name"], key_type)
+
+    async def get(self, k: Kind, mesh: str, name: str) -> Record:
+        rec = await self.store.get(k.name, mesh if k.mesh_scoped else "", name)
+        if rec is None:
+            where = f' in mesh "{mesh}"' if k.mesh_scoped else ""
+            raise NotFound(f'{k.name} "{name}"{where} not found')
+        return rec
+
+    async def list(self, k: Kind, mesh: str | None, offset: int, limit: int | None) -> tuple[list[Record], int]:
+        scope = (mesh if k.mesh_scoped else "") if mesh is not None or not k.mesh_scoped else None
+        items = await self.store.list(k.name, mesh=scope, offset=offset, limit=limit)
+        total = await self.store.count(k.name, scope)
+        return items, total
+
+    async def delete(self, k: Kind, mesh: str, name: str) -> Record:
+        rec = await self.get(k, mesh, name)
+        deleted = await self.store.delete(k.name, rec.mesh, name)
+        if k.name == "Mesh":
+            await self.store.delete_mesh_scoped(name)
+        return deleted

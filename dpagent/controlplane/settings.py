@@ -1,0 +1,81 @@
+"""Settings of `dpagent cp run`, resolved with the same flags > env > file > defaults rule as the agent."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dpagent.config import Setting, p_choice, p_duration, p_port, p_str, resolve
+from dpagent.errors import ConfigError
+
+
+def default_data_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/dpagent"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "dpagent")
+
+
+def p_hosts(v: Any) -> tuple[str, ...]:
+    items = [v] if isinstance(v, str) else list(v or ())
+    out: list[str] = []
+    for item in items:
+        out += [h.strip() for h in str(item).split(",") if h.strip()]
+    return tuple(out)
+
+
+S = Setting
+CP_SETTINGS: tuple[Setting, ...] = (
+    S("data_dir", "store.dataDir", "", p_str, "DPAGENT_DATA_DIR", "--data-dir",
+      help="state directory (store, CA, tokens); default /var/lib/dpagent as root, else ~/.local/share/dpagent"),
+    S("hostnames", "general.hostnames", (), p_hosts, "DPAGENT_CP_HOSTNAMES", "--hostname", kind="list",
+      help="names/IPs agents use to reach the CP (added to its TLS certificate; repeatable)"),
+    S("bind_address", "general.bindAddress", "0.0.0.0", p_str, "DPAGENT_CP_BIND_ADDRESS", "--bind-address",
+      help="address the DP server and xDS listen on"),
+    S("dp_server_port", "dpServer.port", 5678, p_port, "KUMA_DP_SERVER_PORT", "--dp-server-port", kind="int",
+      help="HTTPS port for /bootstrap and /certificates"),
+    S("xds_port", "xdsServer.port", 5679, p_port, "DPAGENT_XDS_PORT", "--xds-port", kind="int",
+      help="ADS (gRPC over TLS) port advertised in bootstraps"),
+    S("api_address", "apiServer.address", "127.0.0.1", p_str, "DPAGENT_API_BIND_ADDRESS", "--api-bind-address",
+      help="REST API bind address (loopback callers need no token)"),
+    S("api_port", "apiServer.port", 5681, p_port, "KUMA_API_SERVER_HTTP_PORT", "--api-port", kind="int",
+      help="REST API port"),
+    S("deregistration_delay", "xdsServer.dataplaneDeregistrationDelay", 10.0, p_duration,
+      "KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY", "--deregistration-delay", kind="duration",
+      help="how long after a graceful disconnect a directly registered Dataplane is removed"),
+    S("revalidate_interval", "xdsServer.tokenRecheckInterval", 5.0, p_duration, "DPAGENT_XDS_TOKEN_RECHECK",
+      "--token-recheck-interval", kind="duration", help="how often live xDS streams re-check their token"),
+    S("log_level", "log.level", "info", p_choice("off", "error", "warning", "info", "debug"), "DPAGENT_LOG_LEVEL",
+      "--log-level", help="log level"),
+    S("log_format", "log.format", "text", p_choice("text", "json"), "DPAGENT_LOG_FORMAT", "--log-format",
+      help="log format"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class CpConfig:
+    data_dir: str
+    hostnames: tuple[str, ...]
+    bind_address: str
+    dp_server_port: int
+    xds_port: int
+    api_address: str
+    api_port: int
+    deregistration_delay: float
+    revalidate_interval: float
+    log_level: str
+    log_format: str
+
+
+def build_cp_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None,
+                    file_doc: Mapping[str, Any] | None = None, file_label: str = "file") -> CpConfig:
+    res = resolve(CP_SETTINGS, flags, env, file_doc, file_label)
+    values = dict(res.values)
+    values["data_dir"] = values["data_dir"] or default_data_dir()
+    values["hostnames"] = tuple(values["hostnames"])
+    if values["dp_server_port"] == values["xds_port"]:
+        raise ConfigError(f"--dp-server-port and --xds-port must differ (both are {values['xds_port']})")
+    return CpConfig(**values)
