@@ -70,6 +70,9 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     handler.setFormatter(_Formatter(fmt, timestamps="JOURNAL_STREAM" not in os.environ))
     root.addHandler(handler)
     root.setLevel(LEVELS.get(level, logging.INFO))
+    # Client libraries log every request at INFO; only their warnings belong in an operator's log.
+    for noisy in ("httpx", "httpcore", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
 def kv(logger: logging.Logger, level: int, msg: str, **fields: Any) -> None:

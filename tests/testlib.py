@@ -112,7 +112,8 @@ class BootstrapServer:
         self.ca_file.write_bytes(self.certs["ca"])
         (tmp / "cp-cert.pem").write_bytes(self.certs["cert"])
         (tmp / "cp-key.pem").write_bytes(self.certs["key"])
-        self.requests: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []  # bodies of POST /bootstrap
+        self.paths: list[str] = []  # every POST path, in order
         self.script: list[tuple[int, str]] = []
         self.listener_ports: dict[str, int] = {}
         outer = self
@@ -123,9 +124,10 @@ class BootstrapServer:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                outer.requests.append(body)
+                outer.paths.append(self.path)
                 if self.path != "/bootstrap":
                     return self._send(404, "404: Page Not Found")
+                outer.requests.append(body)
                 if outer.script:
                     return self._send(*outer.script.pop(0))
                 port = outer.listener_ports.setdefault(body["name"], free_port())

@@ -14,18 +14,32 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import tempfile
 import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from dpagent import pki
 from dpagent.agent import bootstrap as bs
 from dpagent.agent.dataplane import load_dataplane, resource_json
 from dpagent.agent.envoy import EnvoyAdmin, EnvoyProcess, admin_endpoint, envoy_args, envoy_version, find_envoy
 from dpagent.agent.http import SmallHttpServer
+from dpagent.agent.identity import (
+    IdentityClient,
+    IdentityFiles,
+    IdentityManager,
+    MtlsDisabled,
+    NotOffered,
+    placeholder_identity,
+)
+from dpagent.agent.identity import Retryable as IdentityRetryable
 from dpagent.agent.readiness import Phase, Readiness
 from dpagent.agent.settings import AgentConfig
+from dpagent.controlplane.xds.sds_files import sds_files
 from dpagent.errors import EXIT_INTERRUPTED, ConfigError, EnvoyError
 from dpagent.log import kv, set_context
 
@@ -50,15 +64,6 @@ def read_token(cfg: AgentConfig) -> str:
         raise ConfigError(f"the dataplane token file {cfg.token_file} is empty; generate a token with "
                           "`dpagent token generate --name NAME --mesh MESH --valid-for 720h` and write it there")
     return token
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write a 0600 file atomically: created with 0600, then renamed into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 class StopSignals:
@@ -98,6 +103,8 @@ class Agent:
         self.work_dir: Path | None = None
         self._own_work_dir = False
         self.started = time.monotonic()
+        self.identity: IdentityManager | None = None
+        self._identity_task: asyncio.Task[None] | None = None
 
     # ---- start-up -------------------------------------------------------------------------------------------
 
@@ -140,7 +147,7 @@ class Agent:
             token_path = cfg.token_file
             if cfg.token:
                 token_path = str(self.work_dir / f"{name}.token")
-                _write_private(Path(token_path), token)
+                pki.write_atomic(token_path, token.encode(), mode=0o600)
             ca_pem = cfg.ca_cert or (Path(cfg.ca_cert_file).read_text() if cfg.ca_cert_file else "")
             body = bs.build_request(bs.BootstrapRequestParams(
                 mesh=mesh, name=name, token=token, token_path=os.path.abspath(token_path) if token_path else "",
@@ -154,10 +161,15 @@ class Agent:
                 log.info("stopped before the bootstrap completed")
                 return 0
             bootstrap_path = self.work_dir / "bootstrap.yaml"
-            _write_private(bootstrap_path, result.yaml_text)
+            pki.write_atomic(bootstrap_path, result.yaml_text.encode(), mode=0o600)
             uds, base = admin_endpoint(result.config)
             self.admin = EnvoyAdmin(uds, base)
             self.readiness.admin = self.admin
+            renewer = await self._until_stopped(self._setup_identity(mesh, name, verify))
+            if self.signals.graceful.is_set():
+                return 0
+            if renewer is not None:
+                self._identity_task = asyncio.create_task(renewer.run(), name="identity-renewal")
             return await self._run_envoy(binary, str(bootstrap_path))
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -178,6 +190,36 @@ class Agent:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         return None
+
+    # ---- identity -------------------------------------------------------------------------------------------
+
+    async def _setup_identity(self, mesh: str, name: str, verify: ssl.SSLContext | bool) -> IdentityManager | None:
+        """Identity files exist before Envoy starts, so config that references them is never rejected.
+
+        Against a CP without /certificates (a real kuma-cp delivers certificates over ADS) nothing is written.
+        While the mesh has mTLS off a throwaway local certificate fills the files, and the renewal loop keeps
+        asking, so turning mTLS on later needs no agent restart.
+        """
+        assert self.work_dir is not None
+        files = IdentityFiles(self.work_dir, sds_files())
+        client = IdentityClient(self.cfg.cp_url, verify, lambda: read_token(self.cfg), mesh, name)
+        manager = IdentityManager(client, files)
+        self.identity = manager
+        files.prepare()
+        async for attempt in AsyncRetrying(stop=stop_after_delay(self.cfg.retry_max_duration),
+                                           wait=wait_fixed(self.cfg.retry_backoff),
+                                           retry=retry_if_exception_type(IdentityRetryable), reraise=True):
+            with attempt:
+                try:
+                    await manager.obtain()
+                except NotOffered:
+                    log.info("the control plane does not issue certificates to agents; Envoy gets them over xDS")
+                    return None
+                except MtlsDisabled:
+                    key, cert = await asyncio.to_thread(placeholder_identity, mesh)
+                    files.install(key, cert, cert)
+                    log.info("mTLS is off in this mesh; a local placeholder identity is in place until it is on")
+        return manager
 
     # ---- supervision ----------------------------------------------------------------------------------------
 
@@ -265,6 +307,10 @@ class Agent:
             self.envoy.kill_now()
 
     async def _cleanup(self, server: SmallHttpServer | None) -> None:
+        if self._identity_task:
+            self._identity_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._identity_task
         if self.envoy:
             await self.envoy.stop(STOP_GRACE)
         if server:

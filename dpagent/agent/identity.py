@@ -60,6 +60,7 @@ class IdentityFiles:
     """Owns the identity directory; every write goes to a fresh generation directory first."""
 
     def __init__(self, work_dir: Path, sds_documents: dict[str, str]) -> None:
+        self.work_dir = work_dir
         self.dir = work_dir / IDENTITY_DIR
         self.sds_documents = sds_documents
         self.generation = 0
@@ -67,7 +68,7 @@ class IdentityFiles:
     def prepare(self) -> None:
         self.dir.mkdir(mode=0o700, exist_ok=True)
         for name, text in self.sds_documents.items():
-            pki.write_atomic(self.dir / name, text.encode(), mode=0o600)
+            pki.write_atomic(self.work_dir / name, text.encode(), mode=0o600)  # names are work-dir relative
         existing = [int(p.name[4:]) for p in self.dir.glob("gen-*") if p.name[4:].isdigit()]
         self.generation = max(existing, default=0)
 
@@ -188,6 +189,7 @@ class IdentityManager:
                 key, chain, bundle, _ = await self.client.request()
             except MtlsDisabled:
                 attempt = 0
+                self.info = None  # re-check on the slow interval; the files in place keep serving
                 continue
             except (Retryable, ControlPlaneRejected) as e:
                 attempt += 1
@@ -209,3 +211,11 @@ class IdentityManager:
         return {"state": "valid" if left > 0 else "expired", "serial": self.info.serial_hex,
                 "notAfter": self.info.not_after.isoformat(), "secondsLeft": round(left),
                 "renewals": self.renewals, "lastError": self.last_error}
+
+
+def placeholder_identity(mesh: str) -> tuple[bytes, str]:
+    """A self-signed stand-in so Envoy's SDS files exist while the mesh has mTLS off; never trusted by peers."""
+    from dpagent.controlplane.ca import generate_root_ca
+
+    cert, key = generate_root_ca(mesh, "placeholder", validity=365 * 86400)
+    return key.encode(), cert
