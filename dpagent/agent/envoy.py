@@ -198,8 +198,9 @@ class EnvoyProcess:
         while line := await self.proc.stdout.readline():
             text = line.decode(errors="replace").rstrip()
             self.tail.append(text)
-            level = logging.WARNING if "][error]" in text or "][critical]" in text else logging.INFO
-            envoy_log.log(level, text)
+            level, component, message = parse_envoy_line(text)
+            if envoy_log.isEnabledFor(level):
+                envoy_log.log(level, message, extra={"kv": {"component": component} if component else {}})
 
     async def wait(self) -> int:
         assert self.proc
@@ -226,6 +227,23 @@ class EnvoyProcess:
             terminate(self.proc.pid, force=True)
 
 
+_LINE_RE = re.compile(r"^\[[^\]]+\]\[\d+\]\[(\w+)\]\[([^\]]+)\] (?:\[[^\]]+\] )?(.*)$")
+_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR, "critical": logging.CRITICAL}
+
+
+def parse_envoy_line(text: str) -> tuple[int, str, str]:
+    """Envoy's `[time][thread][level][component] [source] message` as (level, component, message).
+
+    The agent's log already has a timestamp (or the journal's), so Envoy's own prefix is dropped rather than
+    printed twice; its level becomes the record's level.
+    """
+    m = _LINE_RE.match(text)
+    if not m:
+        return logging.INFO, "", text
+    return _LEVELS.get(m.group(1), logging.INFO), m.group(2), m.group(3)
+
+
 def envoy_args(bootstrap_path: str, *, drain_time: float, log_level: str, component_log_level: str,
                concurrency: int) -> list[str]:
     args = ["--config-path", bootstrap_path, "--drain-time-s", str(max(1, round(drain_time))),
@@ -234,6 +252,6 @@ def envoy_args(bootstrap_path: str, *, drain_time: float, log_level: str, compon
         args += ["--component-log-level", component_log_level]
     if concurrency:
         args += ["--concurrency", str(concurrency)]
-    elif os.name == "posix":
-        args.append("--cpuset-threads")
+    # Without --concurrency, Envoy >= 1.36 sizes its workers from the CPU set by itself (--cpuset-threads is the
+    # default and passing it only logs a deprecation warning).
     return args

@@ -43,6 +43,16 @@ def version_cmd(binary_path: str) -> None:
     click.echo(f"envoy:   {v.version} ({v.build}) at {binary}")
 
 
+@cli.command("demo")
+@click.option("--base-port", default=20000, show_default=True, help="first of the demo's service ports")
+@click.option("--seconds", default=0.0, help="stop after this many seconds (0: run until Ctrl-C)")
+def demo_cmd(base_port: int, seconds: float) -> None:
+    """Run a local control plane with two demo services and their agents (mTLS, real Envoys)."""
+    from dpagent.demo import run_demo
+
+    sys.exit(run_demo(base_port=base_port, seconds=seconds))
+
+
 def _register() -> None:
     """Commands are registered eagerly but their modules import nothing heavy at module level."""
     from dpagent.cli.cp import cp_group

@@ -107,6 +107,9 @@ def _cp_validation(p: BootstrapParams) -> dict[str, Any]:
     }}
 
 
+MAX_DOWNSTREAM_CONNECTIONS = 50_000
+
+
 def render_bootstrap(params: BootstrapParams) -> dict[str, Any]:
     """A JSON/YAML-able bootstrap; the token rides as `authorization` gRPC metadata, raw (no `Bearer `)."""
     admin, admin_meta = _admin(params)
@@ -128,6 +131,13 @@ def render_bootstrap(params: BootstrapParams) -> dict[str, Any]:
         "layeredRuntime": {"layers": [{"name": "dpagent", "staticLayer": {
             "re2.max_program_size.error_level": 4294967295, "re2.max_program_size.warn_level": 1000}}]},
         "staticResources": {"clusters": [_ads_cluster(params)], "secrets": [_cp_validation(params)]},
+        # A bound on downstream connections: an unbounded sidecar on a shared VM can exhaust the host's file
+        # descriptors; Kuma sets the same figure for its gateways.
+        "overloadManager": {"resourceMonitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typedConfig": {"@type": _T + "envoy.extensions.resource_monitors.downstream_connections.v3."
+                                          "DownstreamConnectionsConfig",
+                            "maxActiveDownstreamConnections": MAX_DOWNSTREAM_CONNECTIONS}}]},
         "statsConfig": {"statsTags": [
             {"tagName": "name", "regex": r"^grpc\.((.+)\.)"},
             {"tagName": "status", "regex": r"^grpc.*streams_closed(_([0-9]+))"},

@@ -70,5 +70,12 @@ def test_args():
     args = envoy.envoy_args("/w/b.yaml", drain_time=30, log_level="info", component_log_level="", concurrency=2)
     assert args == ["--config-path", "/w/b.yaml", "--drain-time-s", "30", "--drain-strategy", "immediate",
                     "--disable-hot-restart", "--log-level", "info", "--concurrency", "2"]
-    assert "--cpuset-threads" in envoy.envoy_args("b", drain_time=1, log_level="info", component_log_level="",
-                                                  concurrency=0)
+    assert "--concurrency" not in envoy.envoy_args("b", drain_time=1, log_level="info", component_log_level="",
+                                                   concurrency=0)
+
+
+def test_envoy_log_lines_are_parsed():
+    line = "[2026-11-21 23:09:20.616][17409][warning][config] [source/server/options_impl.cc:287] odd thing"
+    assert envoy.parse_envoy_line(line) == (30, "config", "odd thing")
+    assert envoy.parse_envoy_line("[2026-11-21 23:09:20.616][1][error][main] boom") == (40, "main", "boom")
+    assert envoy.parse_envoy_line("plain text") == (20, "", "plain text")

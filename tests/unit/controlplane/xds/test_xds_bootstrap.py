@@ -7,6 +7,7 @@ from pathlib import Path
 
 import envoy.extensions.access_loggers.file.v3.file_pb2
 import envoy.extensions.regex_engines.v3.google_re2_pb2
+import envoy.extensions.resource_monitors.downstream_connections.v3.downstream_connections_pb2
 import envoy.extensions.transport_sockets.tls.v3.tls_pb2
 import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F401  (register Any types)
 import pytest
