@@ -17,7 +17,7 @@ import signal
 import ssl
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +37,7 @@ from dpagent.agent.identity import (
     placeholder_identity,
 )
 from dpagent.agent.identity import Retryable as IdentityRetryable
+from dpagent.agent.notify import Notifier, health_loop  # sd_notify (systemd/README.md)
 from dpagent.agent.readiness import Phase, Readiness
 from dpagent.agent.settings import AgentConfig
 from dpagent.controlplane.xds.sds_files import sds_files
@@ -48,6 +49,8 @@ T = TypeVar("T")
 
 MAX_RESTART_BACKOFF = 30.0
 STOP_GRACE = 5.0
+# sd_notify: how long a freshly started Envoy may leave its admin API silent before the watchdog stops pinging.
+ENVOY_START_GRACE = 10.0
 
 
 def read_token(cfg: AgentConfig) -> str:
@@ -93,8 +96,13 @@ class StopSignals:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig) -> None:
+    def __init__(self, cfg: AgentConfig, notifier: Notifier | None = None) -> None:
         self.cfg = cfg
+        # ---- sd_notify (systemd Type=notify; a no-op elsewhere) ----
+        self.notifier = notifier if notifier is not None else Notifier.from_env()
+        self._ready_sent = False
+        self._health_task: asyncio.Task[None] | None = None
+        # ---- end sd_notify ----
         self.readiness = Readiness()
         self.signals = StopSignals()
         self.envoy: EnvoyProcess | None = None
@@ -105,6 +113,7 @@ class Agent:
         self.started = time.monotonic()
         self.identity: IdentityManager | None = None
         self._identity_task: asyncio.Task[None] | None = None
+        self._leave: Callable[[], Awaitable[bool]] | None = None
 
     # ---- start-up -------------------------------------------------------------------------------------------
 
@@ -124,8 +133,16 @@ class Agent:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.signals, sig)
+            # Not on Windows or off the main thread (the Windows service): the service calls self.signals itself.
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self.signals, sig)
         self.signals.on_third.append(self._kill_envoy)
+        # ---- sd_notify: watchdog pings and start-timeout extension ----
+        self.notifier.status("checking the configuration")
+        self._health_task = asyncio.create_task(health_loop(
+            self.notifier, self._health, starting=lambda: not self._ready_sent,
+            start_budget=2 * self.cfg.retry_max_duration + 60), name="sd-notify-health")
+        # ---- end sd_notify ----
         server: SmallHttpServer | None = None
         try:
             cfg = self.cfg
@@ -154,6 +171,7 @@ class Agent:
                 resource_json=rjson, envoy=version, ca_cert=ca_pem, dns_port=cfg.dns_port,
                 readiness_port=cfg.readiness_port, workdir=str(self.work_dir), proxy_type=cfg.proxy_type))
             self.readiness.set(Phase.BOOTSTRAPPING)
+            self.notifier.status(f"bootstrapping from the control plane at {cfg.cp_url}")  # sd_notify
             result = await self._until_stopped(bs.fetch_bootstrap(
                 cfg.cp_url, body, verify=verify, ca_file=cfg.ca_cert_file, backoff=cfg.retry_backoff,
                 max_duration=cfg.retry_max_duration))
@@ -165,6 +183,9 @@ class Agent:
             uds, base = admin_endpoint(result.config)
             self.admin = EnvoyAdmin(uds, base)
             self.readiness.admin = self.admin
+            self._leave = lambda: bs.announce_leave(cfg.cp_url, verify=verify, token=read_token(cfg) or token,
+                                                    mesh=mesh, name=name)
+            self.notifier.status("obtaining the identity certificate")  # sd_notify
             renewer = await self._until_stopped(self._setup_identity(mesh, name, verify))
             if self.signals.graceful.is_set():
                 return 0
@@ -173,8 +194,12 @@ class Agent:
             return await self._run_envoy(binary, str(bootstrap_path))
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.remove_signal_handler(sig)
+            if self._health_task:  # sd_notify
+                self._health_task.cancel()
             await self._cleanup(server)
+            self.notifier.close()  # sd_notify
 
     async def _until_stopped(self, coro: Coroutine[Any, Any, T]) -> T | None:
         """Run `coro` unless the first stop signal arrives first (then cancel it and return None)."""
@@ -249,6 +274,7 @@ class Agent:
             self.envoy = proc
             await proc.start()
             self.readiness.set(Phase.RUNNING)
+            self.notifier.status(f"Envoy started (pid {proc.pid}), waiting for its configuration")  # sd_notify
             watcher = asyncio.create_task(self._log_when_ready(proc))
             code = await proc.wait()
             watcher.cancel()
@@ -269,6 +295,7 @@ class Agent:
             kv(log, logging.ERROR, "Envoy exited unexpectedly; restarting", exit_code=code,
                restart_in=f"{backoff:g}s", crashes_in_window=len(crashes), last_line=self.tail[-1] if self.tail else "")
             self.readiness.set(Phase.ENVOY_RESTARTING, f"exit code {code}")
+            self.notifier.status(f"Envoy exited with code {code}; restarting in {backoff:g}s")  # sd_notify
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.signals.graceful.wait(), backoff)
                 return
@@ -281,6 +308,10 @@ class Agent:
             if ok:
                 kv(log, logging.INFO, "Envoy is ready", pid=proc.pid,
                    since_agent_start=f"{time.monotonic() - self.started:.3f}s")
+                # sd_notify: Envoy's /ready means its listeners and clusters are loaded; identity files were in
+                # place before it started, so READY=1 here is "serving with config and certificates".
+                self.notifier.ready(f"ready: Envoy pid {proc.pid} is serving")
+                self._ready_sent = True
                 return
             await asyncio.sleep(0.05)
 
@@ -288,10 +319,15 @@ class Agent:
 
     async def _drain(self) -> None:
         self.readiness.set(Phase.TERMINATING)
+        # sd_notify: STOPPING=1, and stretch TimeoutStopSec to cover the drain wait plus Envoy's stop grace.
+        self.notifier.stopping(self.cfg.drain_time + STOP_GRACE + 10,
+                               f"draining for {self.cfg.drain_time:g}s before stopping Envoy")
         proc = self.envoy
         if proc is None or proc.proc is None or proc.proc.returncode is not None:
             return
         assert self.admin is not None
+        if self._leave is not None:
+            await self._leave()
         if await self.admin.post("/healthcheck/fail"):
             kv(log, logging.INFO, "draining: Envoy reports unhealthy, waiting before stopping it",
                drain_time=f"{self.cfg.drain_time:g}s")
@@ -299,8 +335,32 @@ class Agent:
                 await asyncio.wait_for(self.signals.now.wait(), self.cfg.drain_time)
         else:
             log.warning("could not mark Envoy unhealthy; stopping it without a drain wait")
-        code = await proc.stop(STOP_GRACE)
+        code = await self._stop_envoy(proc)
         kv(log, logging.INFO, "Envoy stopped", exit_code=code)
+        self.notifier.status("Envoy stopped; exiting")  # sd_notify
+
+    async def _stop_envoy(self, proc: EnvoyProcess) -> int | None:
+        """The last step of the drain; the Windows service overrides it (no SIGTERM there: admin /quitquitquit)."""
+        return await proc.stop(STOP_GRACE)
+
+    # ---- sd_notify: what the watchdog vouches for -----------------------------------------------------------
+
+    async def _health(self) -> str:
+        """"" when healthy, else why not: the readiness check must answer, and a running Envoy's admin API too.
+
+        Not being ready is not unhealthy (Envoy may wait for a control plane that is down); a hung Envoy is.
+        """
+        ok, _ = await self.readiness.check()
+        proc = self.envoy
+        if ok or self.readiness.phase is not Phase.RUNNING or proc is None or self.admin is None:
+            return ""
+        if time.monotonic() - proc.started_at < ENVOY_START_GRACE:
+            return ""
+        try:
+            await self.admin.get("/ready")
+        except Exception as e:
+            return f"Envoy's admin API does not answer ({type(e).__name__})"
+        return ""
 
     def _kill_envoy(self) -> None:
         if self.envoy:

@@ -236,3 +236,16 @@ async def fetch_bootstrap(
                 f"could not fetch the Envoy bootstrap from {cp_url} within {max_duration:g}s: {e}"
             ) from None
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def announce_leave(cp_url: str, *, verify: ssl.SSLContext | bool, token: str, mesh: str, name: str) -> bool:
+    """Tell the CP this proxy is draining so it withdraws its endpoints now; best effort, never blocks a stop."""
+    parts = urlsplit(cp_url)
+    try:
+        async with httpx.AsyncClient(verify=verify, timeout=2.0, trust_env=False) as client:
+            resp = await client.post(f"{parts.scheme}://{parts.netloc}/leave", json={"mesh": mesh, "name": name},
+                                     headers={"authorization": f"Bearer {token}"})
+    except httpx.HTTPError as e:
+        kv(log, logging.INFO, "could not tell the control plane about the drain", reason=type(e).__name__)
+        return False
+    return resp.status_code == 200

@@ -169,7 +169,7 @@ class ControlPlane:
             self._xauth = xauth
             grpc_server = await serve(ads, cfg.bind_address, cfg.xds_port, tls=(cert, key))
             stack.push_async_callback(grpc_server.stop, 2)
-            dp = DpServer(resources, auth, issuer, xds_port=cfg.xds_port, cp_ca_pem=cp_ca)
+            dp = DpServer(resources, auth, issuer, xds_port=cfg.xds_port, cp_ca_pem=cp_ca, on_leave=self._on_leave)
             ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ssl_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             tls_dir = data_dir / "tls"
@@ -206,10 +206,27 @@ class ControlPlane:
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
 
+    async def _on_leave(self, mesh: str, name: str) -> None:
+        node = f"{mesh}.{name}"
+        self.sync.set_leaving(mesh, name, True)
+        kv(log, logging.INFO, "proxy is draining; its endpoints are withdrawn", proxy=node)
+        info = self._auth_info.get(node)
+        if info and info.get("direct"):
+            self._schedule_deregistration(node, info)
+
+    def _schedule_deregistration(self, node: str, info: dict[str, Any]) -> None:
+        if node in self._pending_delete:
+            return
+        loop = asyncio.get_running_loop()
+        # The delay counts from the drain's start; deregistration waits for the stream to close (see _deregister).
+        self._pending_delete[node] = loop.call_later(
+            self.cfg.deregistration_delay, lambda: asyncio.ensure_future(self._deregister(node, info)))
+
     async def _on_connect(self, node: str, info: dict[str, Any]) -> None:
         pending = self._pending_delete.pop(node, None)
         if pending:
             pending.cancel()
+        self.sync.set_leaving(info["mesh"], info["name"], False)
         self._auth_info[node] = info
         kv(log, logging.INFO, "proxy connected", proxy=node)
         await self.sync.on_connect(info["mesh"], info["name"])
@@ -220,15 +237,16 @@ class ControlPlane:
             return
         self.sync.on_disconnect(info["mesh"], info["name"])
         kv(log, logging.INFO, "proxy disconnected", proxy=node, graceful=graceful)
-        if graceful and info.get("direct"):
-            loop = asyncio.get_running_loop()
-            self._pending_delete[node] = loop.call_later(
-                self.cfg.deregistration_delay, lambda: asyncio.ensure_future(self._deregister(node, info)))
+        if info.get("direct") and (graceful or (info["mesh"], info["name"]) in self.sync.leaving):
+            self._schedule_deregistration(node, info)
 
     async def _deregister(self, node: str, info: dict[str, Any]) -> None:
         self._pending_delete.pop(node, None)
         if self.sync.connected.get(node):
+            # Still draining: try again after another delay, once its stream is gone.
+            self._schedule_deregistration(node, info)
             return
+        self.sync.leaving.discard((info["mesh"], info["name"]))
         with contextlib.suppress(Exception):
             await self.store.delete("Dataplane", info["mesh"], info["name"])
             await self.store.delete(INSIGHT, info["mesh"], info["name"])

@@ -64,7 +64,8 @@ BootstrapRenderer = Callable[..., dict[str, Any]]
 
 class DpServer:
     def __init__(self, resources: Resources, auth: DataplaneAuth, issuer: Issuer, *, xds_port: int, cp_ca_pem: str,
-                 xds_host: str = "", on_direct: Callable[[str, str], Awaitable[None]] | None = None) -> None:
+                 xds_host: str = "", on_direct: Callable[[str, str], Awaitable[None]] | None = None,
+                 on_leave: Callable[[str, str], Awaitable[None]] | None = None) -> None:
         self.resources = resources
         self.store = resources.store
         self.auth = auth
@@ -73,13 +74,38 @@ class DpServer:
         self.xds_host = xds_host
         self.cp_ca_pem = cp_ca_pem
         self.on_direct = on_direct
+        self.on_leave = on_leave
         self.csr_limit = TokenBucket(CSR_RATE, CSR_BURST)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)
         app.router.add_post("/bootstrap", self.bootstrap)
         app.router.add_post("/certificates", self.certificates)
+        app.router.add_post("/leave", self.leave)
         return app
+
+    async def leave(self, request: web.Request) -> web.Response:
+        """The agent is draining: stop sending it new traffic now, deregister it after the delay (direct only).
+
+        An explicit call, because whether Envoy's ADS stream ends "gracefully" depends on timing (Kuma #13403).
+        """
+        try:
+            body = json.loads(await request.content.read(4096))
+            mesh, name = body["mesh"], body["name"]
+        except (ValueError, KeyError, TypeError):
+            return _err(400, "the leave request must be JSON with mesh and name")
+        rec = await self.store.get("Dataplane", mesh, name)
+        if rec is None:
+            return _err(404, f'Dataplane "{name}" in mesh "{mesh}" not found')
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else header.strip()
+        try:
+            await self.auth.verify(token, parse_dataplane(rec.doc))
+        except TokenError as e:
+            return _err(403 if e.reason in ("name", "tags", "mesh") else 401, str(e))
+        if self.on_leave:
+            await self.on_leave(mesh, name)
+        return web.json_response({"leaving": f"{mesh}/{name}"})
 
     async def bootstrap(self, request: web.Request) -> web.Response:
         try:

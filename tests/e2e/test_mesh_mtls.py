@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import ssl
 import threading
@@ -236,3 +237,27 @@ def test_indirect_lifecycle_and_direct_deregistration(cp, agents, apps):
     agent.stop()
     wait_for(lambda: "direct-1" not in cp.cli("get", "dataplanes").stdout, 10, what="direct dataplane removed")
     assert "pre-1" in cp.cli("get", "dataplanes").stdout, "an applied Dataplane is never removed by the CP"
+
+
+def test_draining_proxy_gets_no_new_traffic_then_is_deregistered(cp, agents, apps):
+    from conftest import HttpApp
+
+    pool_a, pool_b = HttpApp("pool-a"), HttpApp("pool-b")
+    a = agents("pool-a", dataplane("pool-a", "pool", free_port(), pool_a.port, "http"), None, "--drain-time", "8s")
+    agents("pool-b", dataplane("pool-b", "pool", free_port(), pool_b.port, "http"))
+    out = free_port()
+    agents("client-1", dataplane("client-1", "client", free_port(), 1, "http",
+                                 f"  outbound:\n  - port: {out}\n    tags:\n      kuma.io/service: pool\n"))
+
+    def answers(n: int = 20) -> set[str]:
+        return {httpx.get(f"http://127.0.0.1:{out}/", timeout=3).text.split()[0] for _ in range(n)}
+
+    wait_for(lambda: answers() == {"pool-a", "pool-b"}, 20, what="both pool members serving")
+    a.proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    wait_for(lambda: answers() == {"pool-b"}, 5, interval=0.05, what="traffic moved off the draining proxy")
+    assert time.monotonic() - t0 < 3
+    assert a.proc.poll() is None, "the drained proxy is still up (draining) while traffic has moved"
+    code, _ = a.finish(20)
+    assert code == 0
+    wait_for(lambda: "pool-a" not in cp.cli("get", "dataplanes").stdout, 10, what="pool-a deregistered")

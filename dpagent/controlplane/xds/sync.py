@@ -61,12 +61,22 @@ def proxy_snapshot(state: MeshState, dp: Dataplane) -> Snapshot:
     return Snapshot.build({CLUSTER: clusters, ENDPOINT: endpoints, LISTENER: dict(own.get(LISTENER, {}))})
 
 
+def _draining(doc: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a Dataplane with every inbound marked not ready, so it drops out of every endpoint list."""
+    out = dict(doc)
+    net = dict(out.get("networking") or {})
+    net["inbound"] = [{**ib, "health": {"ready": False}} for ib in net.get("inbound") or []]
+    out["networking"] = net
+    return out
+
+
 class XdsSync:
     def __init__(self, store: ResourceStore, cache: Any, *, debounce: float = 0.02) -> None:
         self.store = store
         self.cache = cache
         self.debounce = debounce
         self.connected: dict[str, tuple[str, str]] = {}  # node id -> (mesh, name)
+        self.leaving: set[tuple[str, str]] = set()  # draining proxies: no new traffic is sent to them
         self.states: dict[str, MeshState] = {}
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
@@ -74,6 +84,12 @@ class XdsSync:
         self.last_duration = 0.0
 
     # ---- connections ---------------------------------------------------------------------------------------
+
+    def set_leaving(self, mesh: str, name: str, leaving: bool) -> None:
+        if leaving == ((mesh, name) in self.leaving):
+            return
+        (self.leaving.add if leaving else self.leaving.discard)((mesh, name))
+        self.mark(mesh)
 
     async def on_connect(self, mesh: str, name: str) -> None:
         self.connected[node_id(mesh, name)] = (mesh, name)
@@ -143,7 +159,8 @@ class XdsSync:
         if mesh_rec is None:
             self.states.pop(mesh, None)
             return None
-        dps = [r.doc for r in await self.store.list("Dataplane", mesh=mesh)]
+        dps = [_draining(r.doc) if (mesh, r.name) in self.leaving else r.doc
+               for r in await self.store.list("Dataplane", mesh=mesh)]
         policies = {kind: [r.doc for r in await self.store.list(kind, mesh=mesh)] for kind in POLICY_PARSERS}
         state = await asyncio.to_thread(build_mesh_state, mesh_rec.doc, dps, policies)
         self.states[mesh] = state
