@@ -102,11 +102,15 @@ def _page(request: web.Request) -> tuple[int, int]:
 
 
 class Api:
-    def __init__(self, resources: Resources, *, admin_token: str, inspector: Inspector | None = None) -> None:
+    def __init__(self, resources: Resources, *, admin_token: str, inspector: Inspector | None = None,
+                 certificates: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
+                 metrics: Callable[[], Awaitable[str]] | None = None) -> None:
         self.resources = resources
         self.store = resources.store
         self.admin_token = admin_token
         self.inspector = inspector
+        self.certificates = certificates
+        self.metrics_fn = metrics
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[auth_middleware(self.admin_token), error_middleware],
@@ -116,6 +120,9 @@ class Api:
         r.add_post("/tokens/dataplane", self.generate_token)
         r.add_post("/tokens/dataplane/revocations", self.revoke_token)
         r.add_get("/meshes/{mesh}/dataplanes/{name}/_inspect", self.inspect)
+        r.add_get("/meshes/{mesh}/dataplanes+insights", self.dataplanes_insights)
+        r.add_get("/meshes/{mesh}/certificates", self.certificate_counts)
+        r.add_get("/metrics", self.metrics)
         for k in KINDS:
             if k.mesh_scoped:
                 r.add_get(f"/{k.plural}", self._list(k, all_meshes=True))
@@ -203,6 +210,32 @@ class Api:
             raise ValidationError("revocation", [("jti", "give the token (token) or its ID (jti)")])
         await secrets.revoke(self.store, mesh, jti)
         return web.json_response({"revoked": jti, "mesh": mesh})
+
+    async def dataplanes_insights(self, request: web.Request) -> web.Response:
+        """Kuma's combined listing: each Dataplane with what the CP knows about it (certificate, rotation)."""
+        offset, size = _page(request)
+        mesh = request.match_info["mesh"]
+        k = kind_of("dataplane")
+        items, total = await self.resources.list(k, mesh, offset, size)
+        out = []
+        for rec in items:
+            insight = await self.store.get("DataplaneInsight", mesh, rec.name)
+            out.append({"dataplane": record_to_doc(rec), "dataplaneInsight": insight.doc if insight else {}})
+        nxt = str(request.url.with_query({"offset": offset + size, "size": size})) if offset + len(items) < total \
+            else None
+        return web.json_response({"total": total, "items": out, "next": nxt})
+
+    async def certificate_counts(self, request: web.Request) -> web.Response:
+        mesh = request.match_info["mesh"]
+        if await self.store.get("Mesh", "", mesh) is None:
+            raise NotFound(f'mesh "{mesh}" not found')
+        if self.certificates is None:
+            return web.json_response({"mesh": mesh})
+        return web.json_response(await self.certificates(mesh))
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        text = await self.metrics_fn() if self.metrics_fn else ""
+        return web.Response(text=text, content_type="text/plain")
 
     async def inspect(self, request: web.Request) -> web.Response:
         mesh, name = request.match_info["mesh"], request.match_info["name"]

@@ -159,8 +159,10 @@ class ControlPlane:
             issuer = Issuer(store)
             cache = SnapshotCache()
             self.cache = cache
-            sync = XdsSync(store, cache)
+            sync = XdsSync(store, cache, bundle=issuer.bundle)
+            issuer.can_issue = sync.issuable
             self.sync = sync
+            self.issuer = issuer
             xauth = XdsAuth(store, auth)
             ads = AdsServer(cache, xauth.authenticate, revalidate=xauth.revalidate,
                             revalidate_interval=cfg.revalidate_interval, on_connect=self._on_connect,
@@ -175,7 +177,8 @@ class ControlPlane:
             tls_dir = data_dir / "tls"
             ssl_ctx.load_cert_chain(tls_dir / "server.pem", tls_dir / "server-key.pem")
             await self._site(stack, dp.app(), cfg.bind_address, cfg.dp_server_port, ssl_ctx, "--dp-server-port")
-            api = Api(resources, admin_token=admin_token, inspector=self.inspect)
+            api = Api(resources, admin_token=admin_token, inspector=self.inspect,
+                      certificates=issuer.certificate_counts, metrics=self.metrics)
             await self._site(stack, api.app(), cfg.api_address, cfg.api_port, None, "--api-port")
             sync_task = asyncio.create_task(sync.run(), name="xds-sync")
             stack.callback(sync_task.cancel)
@@ -251,6 +254,17 @@ class ControlPlane:
             await self.store.delete("Dataplane", info["mesh"], info["name"])
             await self.store.delete(INSIGHT, info["mesh"], info["name"])
             kv(log, logging.INFO, "deregistered dataplane after graceful disconnect", proxy=node)
+
+    async def metrics(self) -> str:
+        """Prometheus text: connected proxies and certificate health per mesh (issue: expiry must be visible)."""
+        lines = ["# TYPE dpagent_cp_xds_connected_proxies gauge",
+                 f"dpagent_cp_xds_connected_proxies {len(self.sync.connected)}",
+                 "# TYPE dpagent_cp_certificates gauge"]
+        for rec in await self.store.list("Mesh"):
+            c = await self.issuer.certificate_counts(rec.name)
+            for state in ("total", "expired", "nearExpiry"):
+                lines.append(f'dpagent_cp_certificates{{mesh="{rec.name}",state="{state}"}} {c[state]}')
+        return "\n".join(lines) + "\n"
 
     async def inspect(self, mesh: str, name: str) -> dict[str, Any]:
         node = f"{mesh}.{name}"

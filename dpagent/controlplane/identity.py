@@ -1,23 +1,29 @@
 """Certificate issuing for dataplanes: pick the CA backend, choose the SPIFFE ID, sign, record what was issued.
 
 The CP decides identity from the authenticated Dataplane; the CSR only contributes its public key. What was
-issued is recorded per dataplane (a `DataplaneInsight`), which lets xDS turn on mTLS for a proxy only once its
-identity files exist, and lets `inspect`/`get` show expiry, backend and last rotation.
+issued is recorded per dataplane (a `DataplaneInsight`): `inspect` and `get` show expiry, backend and last
+rotation, and the trust bundle keeps a retired root only while a leaf it signed may still be presented.
+
+CA rotation without downtime: the trust bundle (pushed to every proxy over ADS) gains the new root as soon as
+`enabledBackend` changes, but leaves are issued from the new root only once every connected proxy of the mesh
+has ACKed a bundle that contains it (`can_issue`); until then renewals keep using the previous backend.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from dpagent import pki
-from dpagent.controlplane import secrets
-from dpagent.controlplane.ca import CertificateAuthority
+from dpagent.controlplane import datasource, secrets
+from dpagent.controlplane.ca import CertificateAuthority, validate_provided_ca
 from dpagent.controlplane.store import ResourceStore
 from dpagent.controlplane.xds.names import spiffe_id
 from dpagent.model.dataplane import Dataplane
-from dpagent.model.mesh import Mesh, cert_lifetime_seconds, enabled_backend
+from dpagent.model.mesh import Mesh, MtlsBackend, cert_lifetime_seconds, enabled_backend
 
 INSIGHT = "DataplaneInsight"
 
@@ -26,46 +32,133 @@ class MtlsDisabledError(Exception):
     pass
 
 
-class Issuer:
-    def __init__(self, store: ResourceStore) -> None:
-        self.store = store
-        self._cas: dict[tuple[str, str], CertificateAuthority] = {}
+def _expiry(insight: dict[str, Any]) -> float:
+    try:
+        return datetime.fromisoformat((insight.get("mTLS") or {}).get("certificateExpirationTime", "")).timestamp()
+    except ValueError:
+        return 0.0
 
-    async def ca(self, mesh: str, backend: str, key_type: str = "ecdsa-p256") -> CertificateAuthority:
-        cached = self._cas.get((mesh, backend))
+
+def provided_material(backend: MtlsBackend) -> tuple[str, str]:
+    """(cert PEM, key PEM) of a provided backend; raises DataSourceError naming the field."""
+    conf = backend.conf or {}
+    try:
+        cert = datasource.load(conf.get("cert"))
+    except datasource.DataSourceError as e:
+        raise datasource.DataSourceError(f"conf.cert: {e}") from None
+    try:
+        key = datasource.load(conf.get("key"))
+    except datasource.DataSourceError as e:
+        raise datasource.DataSourceError(f"conf.key: {e}") from None
+    return cert, key
+
+
+def provided_problems(backend: MtlsBackend) -> list[tuple[str, str]]:
+    """Every problem with a provided backend's material, as (field, message) relative to the backend."""
+    try:
+        cert, key = provided_material(backend)
+    except datasource.DataSourceError as e:
+        field, _, msg = str(e).partition(": ")
+        return [(field, msg)]
+    return [("conf", p) for p in validate_provided_ca(cert, key)]
+
+
+class Issuer:
+    def __init__(self, store: ResourceStore, *, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self.can_issue: Callable[[str, str], bool] = lambda mesh, backend: True
+        self._cas: dict[tuple[str, str, str], CertificateAuthority] = {}
+
+    async def ca(self, mesh: Mesh, backend_name: str) -> CertificateAuthority | None:
+        """The CA of a backend: from the mesh spec, or a retired builtin one still in the store; None if gone."""
+        spec = next((b for b in (mesh.mtls.backends if mesh.mtls else []) if b.name == backend_name), None)
+        key = (mesh.name, backend_name, repr(spec.conf) if spec else "retired")
+        cached = self._cas.get(key)
         if cached:
             return cached
-        cert, key = await secrets.builtin_ca(self.store, mesh, backend, key_type)
-        ca = await asyncio.to_thread(CertificateAuthority, cert, key)
-        self._cas[(mesh, backend)] = ca
+        if spec is not None and spec.type == "provided":
+            cert, priv = provided_material(spec)
+        elif spec is not None:
+            rsa = bool(((spec.conf or {}).get("caCert") or {}).get("RSAbits"))
+            cert, priv = await secrets.builtin_ca(self.store, mesh.name, backend_name, "rsa" if rsa else "ecdsa-p256")
+        else:
+            found = await secrets.existing_builtin_ca(self.store, mesh.name, backend_name)
+            if found is None:
+                return None
+            cert, priv = found
+        ca = await asyncio.to_thread(CertificateAuthority, cert, priv)
+        self._cas[key] = ca
         return ca
 
+    async def bundle(self, mesh: Mesh) -> tuple[str, tuple[str, ...]]:
+        """(PEM bundle, backend names): the enabled backend plus every backend with an unexpired leaf out there."""
+        names: set[str] = set()
+        enabled = enabled_backend(mesh)
+        if enabled:
+            names.add(enabled.name)
+        now = self.clock()
+        for rec in await self.store.list(INSIGHT, mesh=mesh.name):
+            backend = (rec.doc.get("mTLS") or {}).get("issuedBackend")
+            if backend and _expiry(rec.doc) > now:
+                names.add(backend)
+        pems, kept = [], []
+        for name in sorted(names):
+            ca = await self.ca(mesh, name)
+            if ca is not None:
+                pems.append(ca.cert_pem)
+                kept.append(name)
+        return "".join(pems), tuple(kept)
+
     async def trust_bundle(self, mesh: Mesh) -> str:
-        """Roots every proxy in the mesh trusts: all builtin backends that exist (both during a CA switch)."""
-        pems = []
-        for b in (mesh.mtls.backends if mesh.mtls else []):
-            if b.type == "builtin":
-                pems.append((await self.ca(mesh.name, b.name)).cert_pem)
-        return "".join(pems)
+        return (await self.bundle(mesh))[0]
+
+    async def _issuing_backend(self, mesh: Mesh, dp: Dataplane, enabled: MtlsBackend) -> str:
+        if self.can_issue(mesh.name, enabled.name):
+            return enabled.name
+        previous = await self.store.get(INSIGHT, dp.mesh, dp.name)
+        prev_name = ((previous.doc.get("mTLS") or {}).get("issuedBackend") if previous else None) or enabled.name
+        if prev_name != enabled.name and await self.ca(mesh, prev_name) is not None:
+            return prev_name  # peers do not all trust the new root yet
+        return enabled.name
 
     async def issue(self, mesh: Mesh, dp: Dataplane, csr_pem: str) -> dict[str, Any]:
-        backend = enabled_backend(mesh)
-        if backend is None:
+        enabled = enabled_backend(mesh)
+        if enabled is None:
             raise MtlsDisabledError(f"mesh {mesh.name!r} has mTLS disabled; no certificate is needed until "
                                     "mtls.enabledBackend is set")
-        ca = await self.ca(mesh.name, backend.name)
+        backend = await self._issuing_backend(mesh, dp, enabled)
+        ca = await self.ca(mesh, backend)
+        assert ca is not None
         service = dp.networking.inbound[0].service if dp.networking.inbound else (
             (dp.networking.gateway or {}).get("tags", {}).get("kuma.io/service", dp.name))
         sid = spiffe_id(mesh.name, service)
-        leaf = ca.sign_csr(csr_pem, spiffe_id=sid, lifetime=cert_lifetime_seconds(mesh))
+        leaf = ca.sign_csr(csr_pem, spiffe_id=sid, lifetime=cert_lifetime_seconds(mesh), now=self.clock())
         info = pki.cert_info(leaf)
-        insight = {"type": INSIGHT, "mesh": dp.mesh, "name": dp.name, "mTLS": {
-            "certificateExpirationTime": info.not_after.isoformat(), "issuedBackend": backend.name,
-            "serial": info.serial_hex, "spiffeId": sid, "lastCertificateRegeneration": time.time()}}
         previous = await self.store.get(INSIGHT, dp.mesh, dp.name)
         generations = ((previous.doc.get("mTLS") or {}).get("certificateRegenerations", 0) + 1) if previous else 1
-        insight["mTLS"]["certificateRegenerations"] = generations
+        insight = {"type": INSIGHT, "mesh": dp.mesh, "name": dp.name, "mTLS": {
+            "certificateExpirationTime": info.not_after.isoformat(), "issuedBackend": backend,
+            "serial": info.serial_hex, "spiffeId": sid, "lastCertificateRegeneration": self.clock(),
+            "certificateRegenerations": generations}}
         await self.store.upsert(INSIGHT, dp.mesh, dp.name, insight)
         return {"certificate": leaf + ca.issuer_chain_pem, "caBundle": await self.trust_bundle(mesh),
-                "backend": backend.name, "spiffeId": sid, "notAfter": info.not_after.isoformat(),
+                "backend": backend, "spiffeId": sid, "notAfter": info.not_after.isoformat(),
                 "serial": info.serial_hex}
+
+    async def certificate_counts(self, mesh: str, *, near: float = 0.2) -> dict[str, Any]:
+        """Per-mesh certificate health: total, expired, and near expiry (less than `near` of the lifetime left)."""
+        now = self.clock()
+        total = expired = soon = 0
+        by_backend: dict[str, int] = {}
+        for rec in await self.store.list(INSIGHT, mesh=mesh):
+            m = rec.doc.get("mTLS") or {}
+            exp = _expiry(rec.doc)
+            issued = float(m.get("lastCertificateRegeneration") or now)
+            total += 1
+            by_backend[m.get("issuedBackend", "?")] = by_backend.get(m.get("issuedBackend", "?"), 0) + 1
+            if exp <= now:
+                expired += 1
+            elif exp - now < near * max(1.0, exp - issued):
+                soon += 1
+        return {"mesh": mesh, "total": total, "expired": expired, "nearExpiry": soon, "byBackend": by_backend}

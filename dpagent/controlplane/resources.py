@@ -6,6 +6,7 @@ about what is valid.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -36,6 +37,19 @@ def record_to_doc(rec: Record) -> dict[str, Any]:
     return doc
 
 
+def _provided_ca_problems(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """A provided CA is checked when the Mesh is applied, not at the first certificate request."""
+    from dpagent.controlplane.identity import provided_problems
+    from dpagent.model.mesh import parse_mesh
+
+    mesh = parse_mesh(doc)
+    out = []
+    for i, backend in enumerate(mesh.mtls.backends if mesh.mtls else []):
+        if backend.type == "provided":
+            out += [(f"mtls.backends[{i}].{field}", msg) for field, msg in provided_problems(backend)]
+    return out
+
+
 class Resources:
     def __init__(self, store: ResourceStore) -> None:
         self.store = store
@@ -64,6 +78,8 @@ class Resources:
         elif "mesh" in doc:
             problems.append(("mesh", f"{k.name} is not mesh-scoped; remove the mesh field"))
         problems += k.validate(doc)
+        if k.name == "Mesh" and not problems:
+            problems += await asyncio.to_thread(_provided_ca_problems, doc)
         if problems:
             raise ValidationError(f"{k.name} {doc.get('name')!r}", problems)
         res_mesh = doc["mesh"] if k.mesh_scoped else ""

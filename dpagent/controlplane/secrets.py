@@ -89,3 +89,11 @@ async def builtin_ca(store: ResourceStore, mesh: str, backend: str, key_type: st
     await store.upsert(SECRET, mesh, key_name, _doc(mesh, key_name, key_pem))
     await store.upsert(SECRET, mesh, cert_name, _doc(mesh, cert_name, cert_pem))
     return cert_pem, key_pem
+
+
+async def existing_builtin_ca(store: ResourceStore, mesh: str, backend: str) -> tuple[str, str] | None:
+    """A builtin CA's material if it was ever created; never creates one (for retired backends)."""
+    cert_name, key_name = _ca_names(mesh, backend)
+    cert = await store.get(SECRET, mesh, cert_name)
+    key = await store.get(SECRET, mesh, key_name)
+    return (_data(cert.doc), _data(key.doc)) if cert and key else None

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from google.protobuf.message import Message
 
 from dpagent.controlplane.policies.meshtrafficpermission.plugin import MtpRules
 from dpagent.controlplane.policies.registry import proxy_rules
+from dpagent.controlplane.xds.builders.tls import mesh_ca_secret
 from dpagent.controlplane.xds.generators.inbound import inbound_resources
-from dpagent.controlplane.xds.generators.outbound import outbound_listeners, shared_clusters
+from dpagent.controlplane.xds.generators.outbound import outbound_listeners, service_protocols, shared_clusters
+from dpagent.controlplane.xds.names import MESH_CA
 from dpagent.model.dataplane import Dataplane
-from dpagent.model.mesh import Mesh
+from dpagent.model.mesh import Mesh, mtls_enabled
 from dpagent.model.meshtrafficpermission import KIND as MTP
 
 _PREFIX = "type.googleapis.com/"
@@ -37,12 +40,22 @@ class MeshContext:
     mesh: Mesh
     dataplanes: Sequence[Dataplane] = ()
     policies: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    trust_bundle: str = ""  # PEM roots proxies of this mesh trust; pushed as the `mesh_ca` secret
+
+    @cached_property
+    def service_protocols(self) -> Mapping[str, str]:
+        """Each service's protocol, computed once per context: every proxy's outbound listeners need it, and
+        deriving it walks all dataplanes (O(N) per proxy, O(N²) per mesh otherwise). The context is immutable."""
+        return service_protocols(self.dataplanes)
 
 
 def generate_shared(ctx: MeshContext) -> Resources:
-    """Per-service EDS clusters and their endpoints, identical for every proxy in the mesh."""
+    """Per-service EDS clusters, their endpoints and the trust bundle: identical for every proxy in the mesh."""
     clusters, assignments = shared_clusters(ctx)
-    return {CLUSTER: dict(clusters), ENDPOINT: dict(assignments)}
+    out: Resources = {CLUSTER: dict(clusters), ENDPOINT: dict(assignments)}
+    if mtls_enabled(ctx.mesh) and ctx.trust_bundle:
+        out[SECRET] = {MESH_CA: mesh_ca_secret(ctx.trust_bundle)}
+    return out
 
 
 def generate_proxy(ctx: MeshContext, dp: Dataplane, *, shared: Resources) -> Resources:
@@ -54,7 +67,7 @@ def generate_proxy(ctx: MeshContext, dp: Dataplane, *, shared: Resources) -> Res
     del shared
     mtp = proxy_rules(ctx, dp).get(MTP)
     listeners, clusters = inbound_resources(ctx, dp, mtp if isinstance(mtp, MtpRules) else MtpRules())
-    listeners.update(outbound_listeners(ctx, dp))
+    listeners.update(outbound_listeners(ctx, dp, ctx.service_protocols))
     return {LISTENER: dict(sorted(listeners.items())), CLUSTER: clusters}
 
 

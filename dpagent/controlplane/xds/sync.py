@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dpagent.controlplane.store import ChangeEvent, ResourceStore, SubscriptionOverflow
 from dpagent.controlplane.xds.proxy import MeshContext, generate_proxy, generate_shared, proxy_warnings
-from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, Resource, Snapshot
+from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, SECRET, Resource, Snapshot
 from dpagent.log import kv
 from dpagent.model.dataplane import Dataplane, parse_dataplane
-from dpagent.model.mesh import parse_mesh
+from dpagent.model.mesh import Mesh, mtls_enabled, parse_mesh
 from dpagent.model.meshtrafficpermission import KIND as MTP
 from dpagent.model.meshtrafficpermission import parse_meshtrafficpermission
 
@@ -27,6 +29,7 @@ log = logging.getLogger("dpagent.cp.sync")
 
 # Kinds whose changes alter Envoy config. Secrets and insights do not: certificates travel as files on the host.
 CONFIG_KINDS = frozenset({"Mesh", "Dataplane", MTP})
+INSIGHT = "DataplaneInsight"
 POLICY_PARSERS = {MTP: parse_meshtrafficpermission}
 
 
@@ -35,6 +38,7 @@ class MeshState:
     ctx: MeshContext
     by_name: dict[str, Dataplane]
     shared: dict[str, dict[str, Resource]]
+    bundle_backends: tuple[str, ...] = ()
 
 
 def node_id(mesh: str, name: str) -> str:
@@ -42,13 +46,14 @@ def node_id(mesh: str, name: str) -> str:
 
 
 def build_mesh_state(mesh_doc: dict[str, Any], dp_docs: list[dict[str, Any]],
-                     policy_docs: dict[str, list[dict[str, Any]]]) -> MeshState:
+                     policy_docs: dict[str, list[dict[str, Any]]], trust_bundle: str = "",
+                     bundle_backends: tuple[str, ...] = ()) -> MeshState:
     """Pure: parse and generate the shared part once (wrapped so each message is serialised once)."""
     dps = [parse_dataplane(d) for d in dp_docs]
     policies = {kind: [POLICY_PARSERS[kind](d) for d in docs] for kind, docs in policy_docs.items()}
-    ctx = MeshContext(parse_mesh(mesh_doc), dps, policies)
+    ctx = MeshContext(parse_mesh(mesh_doc), dps, policies, trust_bundle=trust_bundle)
     shared = {t: {n: Resource(n, m, t) for n, m in by_name.items()} for t, by_name in generate_shared(ctx).items()}
-    return MeshState(ctx, {d.name: d for d in dps}, shared)
+    return MeshState(ctx, {d.name: d for d in dps}, shared, bundle_backends)
 
 
 def proxy_snapshot(state: MeshState, dp: Dataplane) -> Snapshot:
@@ -58,7 +63,8 @@ def proxy_snapshot(state: MeshState, dp: Dataplane) -> Snapshot:
     clusters: dict[str, Any] = {n: r for n, r in state.shared.get(CLUSTER, {}).items() if n in wanted}
     endpoints: dict[str, Any] = {n: r for n, r in state.shared.get(ENDPOINT, {}).items() if n in wanted}
     clusters.update(own.get(CLUSTER, {}))
-    return Snapshot.build({CLUSTER: clusters, ENDPOINT: endpoints, LISTENER: dict(own.get(LISTENER, {}))})
+    return Snapshot.build({CLUSTER: clusters, ENDPOINT: endpoints, LISTENER: dict(own.get(LISTENER, {})),
+                           SECRET: dict(state.shared.get(SECRET, {}))})
 
 
 def _draining(doc: dict[str, Any]) -> dict[str, Any]:
@@ -70,14 +76,28 @@ def _draining(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+BundleFn = Callable[[Mesh], Awaitable[tuple[str, tuple[str, ...]]]]
+
+
 class XdsSync:
-    def __init__(self, store: ResourceStore, cache: Any, *, debounce: float = 0.02) -> None:
+    def __init__(self, store: ResourceStore, cache: Any, *, debounce: float = 0.02,
+                 bundle: BundleFn | None = None, bundle_recheck: float = 5.0) -> None:
         self.store = store
         self.cache = cache
+        self.bundle = bundle
+        self.bundle_recheck = bundle_recheck
+        self._bundle_check: set[str] = set()
         self.debounce = debounce
         self.connected: dict[str, tuple[str, str]] = {}  # node id -> (mesh, name)
         self.leaving: set[tuple[str, str]] = set()  # draining proxies: no new traffic is sent to them
         self.states: dict[str, MeshState] = {}
+        # One in-flight rebuild per mesh that connecting proxies share: when 1,000 proxies connect to a CP with no
+        # state yet, each would otherwise start its own full rebuild (list + parse + generate the whole mesh).
+        self._building: dict[str, asyncio.Future[MeshState | None]] = {}
+        # Rebuilds of one mesh can overlap (a connect and a store change); only a rebuild that read the store later
+        # than the state in place may replace it, so a slow, older rebuild never reinstates stale config.
+        self._started = itertools.count(1)
+        self._installed: dict[str, int] = {}
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self.generations = 0
@@ -93,9 +113,17 @@ class XdsSync:
 
     async def on_connect(self, mesh: str, name: str) -> None:
         self.connected[node_id(mesh, name)] = (mesh, name)
-        state = self.states.get(mesh) or await self._rebuild(mesh)
+        state = self.states.get(mesh) or await self._shared_rebuild(mesh)
         if state is not None:
             await self._publish(state, [node_id(mesh, name)])
+
+    async def _shared_rebuild(self, mesh: str) -> MeshState | None:
+        """Join the mesh's in-flight connect-time rebuild, or start one that later connects can join."""
+        fut = self._building.get(mesh)
+        if fut is None:
+            fut = self._building[mesh] = asyncio.ensure_future(self._rebuild(mesh))
+            fut.add_done_callback(lambda f: self._building.pop(mesh, None) if self._building.get(mesh) is f else None)
+        return await asyncio.shield(fut)
 
     def on_disconnect(self, mesh: str, name: str) -> None:
         self.connected.pop(node_id(mesh, name), None)
@@ -116,9 +144,13 @@ class XdsSync:
         pump = asyncio.create_task(self._pump(), name="xds-store-events")
         try:
             while True:
-                await self._wake.wait()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.bundle_recheck)
+                except TimeoutError:
+                    self._bundle_check.update(self.states)  # leaves expire with time, not only with events
                 await asyncio.sleep(self.debounce)
                 self._wake.clear()
+                await self._check_bundles()
                 dirty, self._dirty = self._dirty, set()
                 for mesh in sorted(dirty):
                     try:
@@ -149,20 +181,62 @@ class XdsSync:
                     self.mark(mesh)
 
     def _on_event(self, ev: ChangeEvent) -> None:
+        if ev.kind == INSIGHT:
+            self._bundle_check.add(ev.mesh)  # a leaf from another root may retire (or revive) a root
+            self._wake.set()
+            return
         if ev.kind not in CONFIG_KINDS:
             return
         self.mark(ev.name if ev.kind == "Mesh" else ev.mesh)
 
+    async def _check_bundles(self) -> None:
+        """Rebuild a mesh whose trust bundle changed membership (a root added by a leaf or retired by expiry)."""
+        checks, self._bundle_check = self._bundle_check - self._dirty, set()
+        for mesh in checks:
+            state = self.states.get(mesh)
+            if state is None or self.bundle is None or not mtls_enabled(state.ctx.mesh):
+                continue
+            _, names = await self.bundle(state.ctx.mesh)
+            if names != state.bundle_backends:
+                self._dirty.add(mesh)
+
+    def issuable(self, mesh: str, backend: str) -> bool:
+        """True once every connected proxy of the mesh has ACKed a trust bundle that contains `backend`'s root:
+        only then may leaves from that root be handed out without a peer rejecting them."""
+        state = self.states.get(mesh)
+        if state is None:
+            return True
+        if backend not in state.bundle_backends:
+            return False
+        for node, (m, _) in list(self.connected.items()):
+            if m != mesh:
+                continue
+            status = (self.cache.status(node) or {}).get("types", {}).get(SECRET)
+            if not status or not status.get("acked_version") or \
+                    status.get("acked_version") != status.get("snapshot_version"):
+                return False
+        return True
+
     async def _rebuild(self, mesh: str) -> MeshState | None:
         t0 = time.monotonic()
+        seq = next(self._started)
         mesh_rec = await self.store.get("Mesh", "", mesh)
         if mesh_rec is None:
-            self.states.pop(mesh, None)
-            return None
+            if seq > self._installed.get(mesh, 0):
+                self._installed[mesh] = seq
+                self.states.pop(mesh, None)
+            return self.states.get(mesh)
         dps = [_draining(r.doc) if (mesh, r.name) in self.leaving else r.doc
                for r in await self.store.list("Dataplane", mesh=mesh)]
         policies = {kind: [r.doc for r in await self.store.list(kind, mesh=mesh)] for kind in POLICY_PARSERS}
-        state = await asyncio.to_thread(build_mesh_state, mesh_rec.doc, dps, policies)
+        bundle_pem, bundle_names = "", ()
+        parsed_mesh = parse_mesh(mesh_rec.doc)
+        if self.bundle is not None and mtls_enabled(parsed_mesh):
+            bundle_pem, bundle_names = await self.bundle(parsed_mesh)
+        state = await asyncio.to_thread(build_mesh_state, mesh_rec.doc, dps, policies, bundle_pem, bundle_names)
+        if seq < self._installed.get(mesh, 0):
+            return self.states.get(mesh)  # a rebuild that read the store later already installed its state
+        self._installed[mesh] = seq
         self.states[mesh] = state
         self.generations += 1
         self.last_duration = time.monotonic() - t0

@@ -31,6 +31,16 @@ def ads_source() -> config_source_pb2.ConfigSource:
                                           resource_api_version=config_source_pb2.V3)
 
 
+def ads_sds(name: str) -> secret_pb2.SdsSecretConfig:
+    """Reference a secret the CP pushes over ADS: only public material (the mesh trust bundle) travels this way,
+    so a CA change reaches every proxy within a push instead of waiting for each one's renewal."""
+    return secret_pb2.SdsSecretConfig(
+        name=name,
+        sds_config=config_source_pb2.ConfigSource(ads=config_source_pb2.AggregatedConfigSource(),
+                                                  resource_api_version=config_source_pb2.V3),
+    )
+
+
 def file_sds(name: str) -> secret_pb2.SdsSecretConfig:
     """Reference a secret the agent writes on the host. The path is relative to Envoy's cwd (the agent's work dir)
     so every proxy gets identical bytes and shared clusters stay shareable; the watched directory makes Envoy

@@ -1,14 +1,15 @@
-"""mTLS transport sockets: the proxy presents `identity_cert` and trusts `mesh_ca`, both via file SDS."""
+"""mTLS transport sockets: the proxy presents `identity_cert` (file SDS: the key stays on the host) and trusts
+`mesh_ca` (SDS over ADS: the public trust bundle, pushed mesh-wide when a CA is added or retired)."""
 
 from __future__ import annotations
 
 from envoy.config.core.v3 import base_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import wrappers_pb2
 
 from dpagent.controlplane.xds import names
-from dpagent.controlplane.xds.builders.core import file_sds, pack
+from dpagent.controlplane.xds.builders.core import ads_sds, file_sds, pack
 
 TLS_SOCKET = "envoy.transport_sockets.tls"
 
@@ -24,7 +25,7 @@ def _common(san: common_pb2.SubjectAltNameMatcher) -> tls_pb2.CommonTlsContext:
         tls_certificate_sds_secret_configs=[file_sds(names.IDENTITY_CERT)],
         combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
             default_validation_context=common_pb2.CertificateValidationContext(match_typed_subject_alt_names=[san]),
-            validation_context_sds_secret_config=file_sds(names.MESH_CA),
+            validation_context_sds_secret_config=ads_sds(names.MESH_CA),
         ),
     )
 
@@ -42,3 +43,9 @@ def downstream_tls(mesh: str) -> base_pb2.TransportSocket:
         require_client_certificate=wrappers_pb2.BoolValue(value=True),
     )
     return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=pack(ctx))
+
+
+def mesh_ca_secret(bundle_pem: str) -> secret_pb2.Secret:
+    """The mesh's trust bundle: every root whose leaves may still be presented by some proxy."""
+    return secret_pb2.Secret(name=names.MESH_CA, validation_context=common_pb2.CertificateValidationContext(
+        trusted_ca=base_pb2.DataSource(inline_string=bundle_pem)))

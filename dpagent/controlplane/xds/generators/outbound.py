@@ -3,7 +3,7 @@ listeners that point at them by name."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -74,8 +74,12 @@ def shared_clusters(ctx: MeshView) -> tuple[Clusters, Assignments]:
     return clusters, assignments
 
 
-def outbound_listeners(ctx: MeshView, dp: Dataplane) -> dict[str, listener_pb2.Listener]:
-    protocols = service_protocols(ctx.dataplanes)
+def outbound_listeners(ctx: MeshView, dp: Dataplane,
+                       protocols: Mapping[str, str] | None = None) -> dict[str, listener_pb2.Listener]:
+    """`protocols` is `service_protocols(ctx.dataplanes)`, passed in when the caller computed it once for the mesh:
+    recomputing it per proxy walks every dataplane, which made generating a whole mesh quadratic."""
+    if protocols is None:
+        protocols = service_protocols(ctx.dataplanes)
     out: dict[str, listener_pb2.Listener] = {}
     for ob in dp.networking.outbound:
         service = ob.service

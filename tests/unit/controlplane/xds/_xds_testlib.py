@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from google.protobuf.json_format import MessageToDict
 
-from dpagent.controlplane.xds.proxy import CLUSTER, ENDPOINT, LISTENER
+from dpagent.controlplane.xds.names import MESH_CA
+from dpagent.controlplane.xds.proxy import CLUSTER, ENDPOINT, LISTENER, SECRET
 from dpagent.controlplane.xds.sds_files import CURRENT_DIR, IDENTITY_DIR, sds_files
 
 TESTDATA = Path(__file__).parent / "testdata"
@@ -112,9 +113,26 @@ def install_identity(workdir: Path, pki: Pki, uri: str, serial: int) -> None:
 
 # -- Envoy ----------------------------------------------------------------------------------------------------------
 
-def static_bootstrap(resources: dict[str, dict[str, Any]], admin_port: int = 0) -> dict[str, Any]:
-    """Generated listeners/clusters as static_resources; EDS clusters become STATIC with their endpoints inline."""
-    res = resources_to_plain(resources)
+def _static_sds(node: Any) -> Any:
+    """SDS-over-ADS references become references to static secrets (a static bootstrap has no ADS)."""
+    if isinstance(node, dict):
+        out = {k: _static_sds(v) for k, v in node.items()}
+        if out.get("sdsConfig", {}).get("ads") is not None:
+            out.pop("sdsConfig")
+        return out
+    if isinstance(node, list):
+        return [_static_sds(v) for v in node]
+    return node
+
+
+def static_bootstrap(resources: dict[str, dict[str, Any]], admin_port: int = 0,
+                     trust_bundle: str | None = None) -> dict[str, Any]:
+    """Generated listeners/clusters as static_resources; EDS clusters become STATIC with their endpoints inline,
+    ADS-delivered secrets become static secrets (`trust_bundle` supplies `mesh_ca` when the input has none)."""
+    res = _static_sds(resources_to_plain(resources))
+    secrets = list(res.get(SECRET.rsplit(".", 1)[-1], {}).values())
+    if trust_bundle and not any(x.get("name") == MESH_CA for x in secrets):
+        secrets.append({"name": MESH_CA, "validationContext": {"trustedCa": {"inlineString": trust_bundle}}})
     cla = res.get(ENDPOINT.rsplit(".", 1)[-1], {})
     clusters = []
     for name, c in res.get(CLUSTER.rsplit(".", 1)[-1], {}).items():
@@ -128,7 +146,7 @@ def static_bootstrap(resources: dict[str, dict[str, Any]], admin_port: int = 0) 
         "node": {"id": "default.test", "cluster": "test"},
         "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": admin_port}}},
         "staticResources": {"listeners": list(res.get(LISTENER.rsplit(".", 1)[-1], {}).values()),
-                            "clusters": clusters},
+                            "clusters": clusters, "secrets": secrets},
     }
 
 

@@ -51,7 +51,7 @@ def test_symlink_swap_rotates_without_restart(tmp_path: Path) -> None:
     assert len(resources[LISTENER]) == 1
     pki = Pki()
     install_identity(tmp_path, pki, "spiffe://default/db", 1001)
-    config = static_bootstrap(resources)
+    config = static_bootstrap(resources, trust_bundle=pki.ca_pem.decode())
     (tmp_path / "envoy.json").write_text(json.dumps(config))
     log = (tmp_path / "envoy.log").open("w")
     proc = subprocess.Popen([envoy_binary(), "-c", "envoy.json", "--disable-hot-restart", "--log-level", "info"],

@@ -11,6 +11,7 @@ from dpagent.controlplane.xds.proxy import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
+    SECRET,
     MeshContext,
     generate_proxy,
     generate_shared,
@@ -80,10 +81,13 @@ CASES: dict[str, tuple[bool, list[dict[str, Any]], list[dict[str, Any]], str]] =
 }
 
 
-def _generate(case: str) -> tuple[dict[str, Any], list[str]]:
+GOLDEN_BUNDLE = "-----BEGIN CERTIFICATE-----\n(golden placeholder: the mesh trust bundle)\n-----END CERTIFICATE-----\n"
+
+
+def _generate(case: str, bundle: str = GOLDEN_BUNDLE) -> tuple[dict[str, Any], list[str]]:
     mtls, dps, policies, name = CASES[case]
     parsed = [parse_dataplane(d) for d in dps]
-    ctx = MeshContext(parse_mesh(mesh(mtls)), parsed, {"MeshTrafficPermission": policies})
+    ctx = MeshContext(parse_mesh(mesh(mtls)), parsed, {"MeshTrafficPermission": policies}, trust_bundle=bundle)
     proxy = next(d for d in parsed if d.name == name)
     shared = generate_shared(ctx)
     return merge(shared, generate_proxy(ctx, proxy, shared=shared)), proxy_warnings(ctx, proxy)
@@ -98,8 +102,9 @@ def test_golden(case: str) -> None:
 @pytest.mark.envoy
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_envoy_accepts(case: str, tmp_path: Any) -> None:
-    resources, _ = _generate(case)
-    install_identity(tmp_path, Pki(), "spiffe://default/test", 1)
+    pki = Pki()
+    resources, _ = _generate(case, bundle=pki.ca_pem.decode())
+    install_identity(tmp_path, pki, "spiffe://default/test", 1)
     envoy_validate(static_bootstrap(resources), tmp_path)
 
 
@@ -108,7 +113,8 @@ def test_deterministic_and_shared_is_proxy_independent() -> None:
     b, _ = _generate("mtls_on_http_allow")
     assert {t: {n: m.SerializeToString(deterministic=True) for n, m in by.items()} for t, by in a.items()} == \
            {t: {n: m.SerializeToString(deterministic=True) for n, m in by.items()} for t, by in b.items()}
-    assert set(a) == {CLUSTER, ENDPOINT, LISTENER}
+    assert set(a) == {CLUSTER, ENDPOINT, LISTENER, SECRET}
+    assert a[SECRET]["mesh_ca"].validation_context.trusted_ca.inline_string == GOLDEN_BUNDLE
 
 
 def test_unhealthy_endpoint_excluded() -> None:
