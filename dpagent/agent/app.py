@@ -37,6 +37,7 @@ from dpagent.agent.identity import (
     placeholder_identity,
 )
 from dpagent.agent.identity import Retryable as IdentityRetryable
+from dpagent.agent.metrics import Metrics
 from dpagent.agent.notify import Notifier, health_loop  # sd_notify (systemd/README.md)
 from dpagent.agent.readiness import Phase, Readiness
 from dpagent.agent.settings import AgentConfig
@@ -114,6 +115,9 @@ class Agent:
         self.identity: IdentityManager | None = None
         self._identity_task: asyncio.Task[None] | None = None
         self._leave: Callable[[], Awaitable[bool]] | None = None
+        self._servers: list[SmallHttpServer] = []
+        self.restarts = 0
+        self.metrics = Metrics(self._collect)
 
     # ---- start-up -------------------------------------------------------------------------------------------
 
@@ -161,6 +165,11 @@ class Agent:
             server = SmallHttpServer(self.readiness.handle, "127.0.0.1", cfg.readiness_port,
                                      what="readiness endpoint", flag="--readiness-port (KUMA_READINESS_PORT)")
             await server.start()
+            if cfg.metrics_port:
+                metrics_server = SmallHttpServer(self.metrics.handle, "127.0.0.1", cfg.metrics_port,
+                                                 what="metrics endpoint", flag="--metrics-port (DPAGENT_METRICS_PORT)")
+                await metrics_server.start()
+                self._servers.append(metrics_server)
             token_path = cfg.token_file
             if cfg.token:
                 token_path = str(self.work_dir / f"{name}.token")
@@ -183,6 +192,7 @@ class Agent:
             uds, base = admin_endpoint(result.config)
             self.admin = EnvoyAdmin(uds, base)
             self.readiness.admin = self.admin
+            self.metrics.admin = self.admin
             self._leave = lambda: bs.announce_leave(cfg.cp_url, verify=verify, token=read_token(cfg) or token,
                                                     mesh=mesh, name=name)
             self.notifier.status("obtaining the identity certificate")  # sd_notify
@@ -227,9 +237,11 @@ class Agent:
         """
         assert self.work_dir is not None
         files = IdentityFiles(self.work_dir, sds_files())
-        client = IdentityClient(self.cfg.cp_url, verify, lambda: read_token(self.cfg), mesh, name)
+        client = IdentityClient(self.cfg.cp_url, verify, lambda: read_token(self.cfg), mesh, name,
+                                key_type=self.cfg.identity_key_type)
         manager = IdentityManager(client, files)
         self.identity = manager
+        self.readiness.identity = manager
         files.prepare()
         async for attempt in AsyncRetrying(stop=stop_after_delay(self.cfg.retry_max_duration),
                                            wait=wait_fixed(self.cfg.retry_backoff),
@@ -292,6 +304,7 @@ class Agent:
                 raise EnvoyError(
                     f"Envoy exited {len(crashes)} times within {cfg.envoy_restart_window:g}s (last exit code "
                     f"{code}); giving up so the service manager can take over. Envoy's last lines:\n{last}")
+            self.restarts += 1
             kv(log, logging.ERROR, "Envoy exited unexpectedly; restarting", exit_code=code,
                restart_in=f"{backoff:g}s", crashes_in_window=len(crashes), last_line=self.tail[-1] if self.tail else "")
             self.readiness.set(Phase.ENVOY_RESTARTING, f"exit code {code}")
@@ -366,7 +379,21 @@ class Agent:
         if self.envoy:
             self.envoy.kill_now()
 
+    def _collect(self) -> dict[str, tuple[str, float]]:
+        out: dict[str, tuple[str, float]] = {
+            "dpagent_envoy_restarts_total": ("counter", self.restarts),
+            "dpagent_terminating": ("gauge", 1.0 if self.signals.graceful.is_set() else 0.0),
+        }
+        if self.identity is not None:
+            left = self.identity.seconds_left()
+            out["dpagent_identity_certificate_seconds_left"] = ("gauge", left if left is not None else -1)
+            out["dpagent_identity_renewals_total"] = ("counter", self.identity.renewals)
+            out["dpagent_identity_renewal_failures_total"] = ("counter", self.identity.failures)
+        return out
+
     async def _cleanup(self, server: SmallHttpServer | None) -> None:
+        for extra in self._servers:
+            await extra.close()
         if self._identity_task:
             self._identity_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from dpagent import pki
 from dpagent.controlplane.xds.sds_files import IDENTITY_DIR
@@ -158,6 +159,7 @@ class IdentityManager:
         self.info: pki.CertInfo | None = None
         self.last_error = ""
         self.renewals = 0
+        self.failures = 0
         self.changed = asyncio.Event()
 
     async def obtain(self) -> pki.CertInfo | None:
@@ -175,34 +177,46 @@ class IdentityManager:
            expires=info.not_after.isoformat(), spiffe_id=",".join(info.uri_sans))
         return info
 
-    async def run(self) -> None:
-        """Renewal loop; never lets a failure end it while the certificate may still be renewed."""
-        attempt = 0
-        while True:
-            now = self.clock()
-            if self.info is None:
-                delay = self.recheck_disabled
-            else:
-                delay = renew_delay(self.info, now) if attempt == 0 else min(MAX_RETRY_WAIT, 2 ** attempt)
-            await asyncio.sleep(delay)
-            try:
+    def seconds_left(self) -> float | None:
+        return None if self.info is None else self.info.not_after.timestamp() - self.clock()
+
+    def _retry_wait(self, state: RetryCallState) -> float:
+        """Exponential (1 s doubling to 30 s), but never more than a quarter of the time the certificate has left."""
+        left = self.seconds_left()
+        base = min(MAX_RETRY_WAIT, 2 ** (state.attempt_number - 1))
+        return max(0.5, min(base, left / 4)) if left is not None and left > 0 else base
+
+    def _log_failure(self, state: RetryCallState) -> None:
+        err = state.outcome.exception() if state.outcome else None
+        self.failures += 1
+        self.last_error = str(err)
+        left = self.seconds_left()
+        expired = left is not None and left <= 0
+        loud = expired or (left is not None and self.info is not None and left < 0.1 * self.info.lifetime)
+        kv(log, logging.ERROR if loud else logging.WARNING,
+           "certificate EXPIRED and renewal keeps failing; mTLS peers will reject this proxy" if expired else
+           "certificate renewal failed; the current certificate keeps serving",
+           reason=str(err), time_left=f"{max(0.0, left):.0f}s" if left is not None else "none",
+           attempt=state.attempt_number)
+
+    async def renew_once(self) -> None:
+        """Renew, retrying forever (CP down, token being replaced) until it works; the old files keep serving."""
+        async for attempt in AsyncRetrying(wait=self._retry_wait, before_sleep=self._log_failure,
+                                           retry=retry_if_exception_type((Retryable, ControlPlaneRejected)),
+                                           reraise=True):
+            with attempt:
                 key, chain, bundle, _ = await self.client.request()
+        self.renewals += 1
+        self._install(key, chain, bundle)
+
+    async def run(self) -> None:
+        """Renewal loop: at ~80 % of each certificate's lifetime; slow re-checks while the mesh has mTLS off."""
+        while True:
+            await asyncio.sleep(self.recheck_disabled if self.info is None else renew_delay(self.info, self.clock()))
+            try:
+                await self.renew_once()
             except MtlsDisabled:
-                attempt = 0
                 self.info = None  # re-check on the slow interval; the files in place keep serving
-                continue
-            except (Retryable, ControlPlaneRejected) as e:
-                attempt += 1
-                self.last_error = str(e)
-                left = (self.info.not_after.timestamp() - self.clock()) if self.info else 0
-                level = logging.ERROR if left < 0.1 * (self.info.lifetime if self.info else 1) else logging.WARNING
-                kv(log, level, "certificate renewal failed; the current certificate keeps serving",
-                   reason=str(e), time_left=f"{max(0, left):.0f}s" if self.info else "none",
-                   expired=bool(self.info and left <= 0))
-                continue
-            attempt = 0
-            self.renewals += 1
-            self._install(key, chain, bundle)
 
     def status(self) -> dict[str, Any]:
         if self.info is None:
@@ -210,7 +224,11 @@ class IdentityManager:
         left = self.info.not_after.timestamp() - self.clock()
         return {"state": "valid" if left > 0 else "expired", "serial": self.info.serial_hex,
                 "notAfter": self.info.not_after.isoformat(), "secondsLeft": round(left),
-                "renewals": self.renewals, "lastError": self.last_error}
+                "renewals": self.renewals, "failures": self.failures, "lastError": self.last_error}
+
+    def expired(self) -> bool:
+        left = self.seconds_left()
+        return left is not None and left <= 0
 
 
 def placeholder_identity(mesh: str) -> tuple[bytes, str]:

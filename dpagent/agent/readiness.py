@@ -7,6 +7,8 @@ the drain at once, and otherwise asks Envoy's admin `/ready`, so "ready" means E
 from __future__ import annotations
 
 import enum
+import json
+from typing import Any
 
 from dpagent.agent.envoy import EnvoyAdmin
 from dpagent.agent.http import Response
@@ -27,6 +29,7 @@ class Readiness:
     def __init__(self) -> None:
         self.phase = Phase.STARTING
         self.admin: EnvoyAdmin | None = None
+        self.identity: Any = None  # IdentityManager once identity is managed locally
         self.detail = ""
 
     def set(self, phase: Phase, detail: str = "") -> None:
@@ -38,6 +41,9 @@ class Readiness:
             return False, "TERMINATING"
         if self.phase is not Phase.RUNNING or self.admin is None:
             return False, f"NOT_READY: {self.phase.value}" + (f" ({self.detail})" if self.detail else "")
+        if self.identity is not None and self.identity.expired():
+            # Never serve an expired certificate silently: peers reject it, so this proxy is not ready.
+            return False, f"NOT_READY: identity certificate expired ({self.identity.last_error or 'renewal failing'})"
         ok, state = await self.admin.ready()
         if ok:
             return True, "READY"
@@ -50,4 +56,9 @@ class Readiness:
         if method not in ("GET", "HEAD"):
             return 405, {**_HEADERS, "allow": "GET, HEAD"}, b"405: method not allowed\n"
         ok, text = await self.check()
+        if "details" in target.partition("?")[2].split("&") or target.endswith("?details"):
+            doc = {"ready": ok, "status": text, "phase": self.phase.value,
+                   "identity": self.identity.status() if self.identity is not None else None}
+            return (200 if ok else 503), {**_HEADERS, "content-type": "application/json"}, \
+                (json.dumps(doc) + "\n").encode()
         return (200 if ok else 503), _HEADERS, (text + "\n").encode()

@@ -80,6 +80,10 @@ AGENT_SETTINGS: tuple[Setting, ...] = (
     S("envoy_component_log_level", "dataplaneRuntime.envoyComponentLogLevel", "", p_str,
       "KUMA_DATAPLANE_RUNTIME_ENVOY_COMPONENT_LOG_LEVEL", "--envoy-component-log-level",
       help="Envoy per-component levels, e.g. upstream:debug,connection:trace"),
+    S("metrics_port", "dataplane.metricsPort", 0, p_nonneg_int, "DPAGENT_METRICS_PORT", "--metrics-port", kind="int",
+      help="serve the agent's and Envoy's Prometheus metrics on 127.0.0.1:PORT/metrics (0: off)"),
+    S("identity_key_type", "dataplaneRuntime.identityKeyType", "ecdsa-p256", p_choice("ecdsa-p256", "rsa"),
+      "DPAGENT_IDENTITY_KEY_TYPE", "--identity-key-type", help="key type made on this host for each certificate"),
     S("dns_enabled", "dns.enabled", True, p_bool, "KUMA_DNS_ENABLED", "--dns-enabled", kind="bool",
       help="run the DNS proxy (with transparent proxying)"),
     S("dns_port", "dns.proxyPort", 15053, p_port, "KUMA_DNS_PROXY_PORT", "--dns-proxy-port", kind="int",
@@ -117,6 +121,8 @@ class AgentConfig:
     resource_vars: Mapping[str, str]
     envoy_log_level: str
     envoy_component_log_level: str
+    metrics_port: int
+    identity_key_type: str
     dns_enabled: bool
     dns_port: int
     log_level: str

@@ -95,13 +95,22 @@ def _age(ts: str) -> str:
     return f"{int(secs)}s"
 
 
-def _row(k: Kind, doc: dict[str, Any]) -> list[str]:
+def _cert_columns(insight: dict[str, Any] | None) -> list[str]:
+    m = (insight or {}).get("mTLS") or {}
+    if not m:
+        return ["-", "-", "-"]
+    rotated = m.get("lastCertificateRegeneration")
+    ago = _age(datetime.fromtimestamp(rotated).isoformat()) + " ago" if rotated else "-"
+    return [m.get("certificateExpirationTime", "-")[:19].replace("T", " "), m.get("issuedBackend", "-"), ago]
+
+
+def _row(k: Kind, doc: dict[str, Any], insight: dict[str, Any] | None = None) -> list[str]:
     row = [doc.get("mesh", "")] if k.mesh_scoped else []
     row.append(doc["name"])
     if k.name == "Dataplane":
         net = doc.get("networking") or {}
         services = sorted({(i.get("tags") or {}).get("kuma.io/service", "") for i in net.get("inbound") or []})
-        row += [net.get("address", ""), ",".join(s for s in services if s)]
+        row += [net.get("address", ""), ",".join(s for s in services if s), *_cert_columns(insight)]
     elif k.name == "Mesh":
         mtls = doc.get("mtls") or {}
         row.append(f"{mtls['enabledBackend']}" if mtls.get("enabledBackend") else "off")
@@ -115,7 +124,8 @@ def _row(k: Kind, doc: dict[str, Any]) -> list[str]:
 def _header(k: Kind) -> list[str]:
     head = ["MESH"] if k.mesh_scoped else []
     head.append("NAME")
-    head += {"Dataplane": ["ADDRESS", "SERVICES"], "Mesh": ["MTLS"]}.get(k.name, ["TARGET"] if k.has_spec else [])
+    head += {"Dataplane": ["ADDRESS", "SERVICES", "CERT EXPIRES (UTC)", "CA BACKEND", "LAST ROTATION"],
+             "Mesh": ["MTLS"]}.get(k.name, ["TARGET"] if k.has_spec else [])
     return [*head, "AGE"]
 
 
@@ -144,17 +154,24 @@ def get_cmd(type_name: str, name: str | None, mesh: str, output: str, api_addres
     if name:
         doc = client.get(_path(k, mesh, name))
         if output == "table":
-            click.echo(_table([_header(k), _row(k, doc)]))
+            insight = client.get(f"/meshes/{mesh}/dataplanes+insights").get("items", []) if k.name == "Dataplane" \
+                else []
+            match = next((i.get("dataplaneInsight") for i in insight if i["dataplane"]["name"] == name), None)
+            click.echo(_table([_header(k), _row(k, doc, match)]))
         else:
             _emit(doc, output)
         return
+    insights: dict[str, dict[str, Any]] = {}
+    if k.name == "Dataplane":
+        for item in _list_all(client, f"/meshes/{mesh}/dataplanes+insights"):
+            insights[item["dataplane"]["name"]] = item.get("dataplaneInsight") or {}
     items = _list_all(client, _path(k, mesh))
     if output != "table":
         _emit({"total": len(items), "items": items}, output)
     elif not items:
         click.echo(f"no {k.plural}" + (f" in mesh {mesh!r}" if k.mesh_scoped else ""))
     else:
-        click.echo(_table([_header(k), *(_row(k, d) for d in items)]))
+        click.echo(_table([_header(k), *(_row(k, d, insights.get(d["name"])) for d in items)]))
 
 
 def _list_all(client: ApiClient, path: str) -> list[dict[str, Any]]:
