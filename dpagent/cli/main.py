@@ -9,8 +9,35 @@ import click
 from dpagent import __version__
 from dpagent.errors import EXIT_CODES, EXIT_INTERNAL, DpAgentError
 
+# Subcommands load on first use: `dpagent run` must not pay for the control plane's or iptables' imports.
+LAZY: dict[str, str] = {
+    "run": "dpagent.cli.run:run_cmd",
+    "config": "dpagent.cli.run:config_group",
+    "cp": "dpagent.cli.cp:cp_group",
+    "apply": "dpagent.cli.resources:apply_cmd",
+    "get": "dpagent.cli.resources:get_cmd",
+    "delete": "dpagent.cli.resources:delete_cmd",
+    "inspect": "dpagent.cli.resources:inspect_cmd",
+    "token": "dpagent.cli.token:token_group",
+    "transparent-proxy": "transparent_proxy.cli:cli",
+    "install": "dpagent.cli.install:install_cmd",
+    "uninstall": "dpagent.cli.install:uninstall_cmd",
+    "doctor": "dpagent.cli.doctor:doctor_cmd",
+}
+
 
 class _Group(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY and cmd_name not in self.commands:
+            import importlib
+
+            module, _, attr = LAZY[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name=cmd_name)
+        return super().get_command(ctx, cmd_name)
+
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
@@ -51,20 +78,6 @@ def demo_cmd(base_port: int, seconds: float) -> None:
     from dpagent.demo import run_demo
 
     sys.exit(run_demo(base_port=base_port, seconds=seconds))
-
-
-def _register() -> None:
-    """Commands are registered eagerly but their modules import nothing heavy at module level."""
-    from dpagent.cli.cp import cp_group
-    from dpagent.cli.resources import apply_cmd, delete_cmd, get_cmd, inspect_cmd
-    from dpagent.cli.run import config_group, run_cmd
-    from dpagent.cli.token import token_group
-
-    for cmd in (run_cmd, config_group, cp_group, apply_cmd, get_cmd, delete_cmd, inspect_cmd, token_group):
-        cli.add_command(cmd)
-
-
-_register()
 
 
 def main() -> None:

@@ -1,0 +1,168 @@
+"""Prove that the installed rules redirect: real sockets, real kernel, probes running under different UIDs.
+
+Root is needed (to switch UIDs) and the redirect ports must be free, so run it before starting dpagent/Envoy.
+Checks: an app UID's connection to an outside address lands on the outbound port with SO_ORIGINAL_DST intact;
+the agent's UID is not redirected; the agent reaching a local non-localhost address lands on the inbound port;
+an excluded outbound port is not redirected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import select
+import signal
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from transparent_proxy.config import TProxyConfig
+from transparent_proxy.host import HostFacts
+
+SO_ORIGINAL_DST = 80  # same option number for SOL_IP and SOL_IPV6 (IP6T_SO_ORIGINAL_DST)
+TARGETS = {4: "192.0.2.1", 6: "2001:db8::1"}  # documentation ranges: never really reached when redirected
+PASSTHROUGH = {4: ("127.0.0.1", "127.0.0.6"), 6: ("::1", "::6")}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def original_dst(sock: socket.socket) -> tuple[str, int]:
+    """The pre-NAT destination of an accepted, redirected connection."""
+    if sock.family == socket.AF_INET6:
+        raw = sock.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
+        port = struct.unpack_from("!H", raw, 2)[0]
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
+    raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    port = struct.unpack_from("!H", raw, 2)[0]
+    return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+
+
+@contextlib.contextmanager
+def _listener(family: int, port: int) -> Iterator[socket.socket]:
+    af = socket.AF_INET6 if family == 6 else socket.AF_INET
+    s = socket.socket(af, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == 6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind(("::" if family == 6 else "0.0.0.0", port))
+        s.listen(16)
+        s.setblocking(False)
+        yield s
+    finally:
+        s.close()
+
+
+class _Client:
+    """A forked child that drops to `uid` and connects once; fork+setuid needs no interpreter the UID can read."""
+
+    def __init__(self, uid: int, host: str, port: int, timeout: float, src: str = "") -> None:
+        self.pid = os.fork()
+        if self.pid == 0:  # child: never return into the caller's stack
+            code = 1
+            try:
+                os.setgroups([])
+                os.setgid(_gid_of(uid))
+                os.setuid(uid)
+                s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+                s.settimeout(timeout)
+                if src:
+                    s.bind((src, 0))
+                s.connect((host, port))  # numeric addresses only: no resolver/idna after setuid
+                code = 0
+            except BaseException:
+                pass
+            finally:
+                os._exit(code)
+        self.status: int | None = None
+
+    def poll(self) -> int | None:
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = status
+        return self.status
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+            _, self.status = os.waitpid(self.pid, 0)
+
+
+def _connect_as(uid: int, host: str, port: int, timeout: float, src: str = "") -> _Client:
+    return _Client(uid, host, port, timeout, src)
+
+
+def _gid_of(uid: int) -> int:
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return uid
+
+
+def _accept(listener: socket.socket, proc: _Client, timeout: float) -> tuple[str, int] | None:
+    """Original destination of the first connection within `timeout`, or None once the client gave up."""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([listener], [], [], 0.05)
+            if ready:
+                conn, _ = listener.accept()
+                with conn:
+                    return original_dst(conn)
+            if proc.poll() is not None:
+                ready, _, _ = select.select([listener], [], [], 0.1)
+                if not ready:
+                    return None
+        return None
+    finally:
+        proc.kill()
+
+
+def _expect(name: str, listener: socket.socket, proc: _Client, want: tuple[str, int] | None,
+            timeout: float) -> Check:
+    got = _accept(listener, proc, timeout)
+    if want is None:
+        return Check(name, got is None, "not redirected" if got is None else f"redirected (original dst {got})")
+    if got is None:
+        return Check(name, False, "no connection reached the redirect port: rules missing or not matching")
+    return Check(name, got == want, f"original destination {got[0]}:{got[1]}, expected {want[0]}:{want[1]}")
+
+
+def run_checks(cfg: TProxyConfig, facts: HostFacts, *, probe_uid: int = 65534, timeout: float = 2.0) -> list[Check]:
+    """Run every check for each enabled family; never raises for a failed check (it is reported instead)."""
+    if probe_uid == facts.agent_uid:
+        return [Check("setup", False, f"--probe-uid {probe_uid} is the agent's UID; pick another UID")]
+    checks: list[Check] = []
+    families = [4, 6] if facts.ipv6 and cfg.ip_family_mode == "dualstack" else [4]
+    inbound_probe_port = next(p for p in range(20000, 30000)
+                              if not any(lo <= p <= hi for lo, hi in cfg.exclude_inbound_ports))
+    for fam in families:
+        target = TARGETS[fam]
+        try:
+            with _listener(fam, cfg.redirect_outbound_port) as out_l, _listener(fam, cfg.redirect_inbound_port) as in_l:
+                checks.append(_expect(f"ipv{fam} app uid {probe_uid} → {target}:80 redirected to outbound port "
+                                      f"{cfg.redirect_outbound_port}", out_l,
+                                      _connect_as(probe_uid, target, 80, timeout), (target, 80), timeout))
+                checks.append(_expect(f"ipv{fam} agent uid {facts.agent_uid} → {target}:80 not redirected", out_l,
+                                      _connect_as(facts.agent_uid, target, 80, 1.0), None, timeout))
+                for lo, _hi in cfg.exclude_outbound_ports[:1]:
+                    checks.append(_expect(f"ipv{fam} app uid → excluded port {target}:{lo} not redirected", out_l,
+                                          _connect_as(probe_uid, target, lo, 1.0), None, timeout))
+                src, dst = PASSTHROUGH[fam]
+                checks.append(_expect(f"ipv{fam} agent → local {dst}:{inbound_probe_port} redirected to inbound "
+                                      f"port {cfg.redirect_inbound_port}", in_l,
+                                      _connect_as(facts.agent_uid, dst, inbound_probe_port, timeout, src),
+                                      (dst, inbound_probe_port), timeout))
+        except OSError as e:
+            checks.append(Check(f"ipv{fam} listeners", False, f"cannot listen on the redirect ports ({e}); stop "
+                                "dpagent/Envoy while verifying, or check the ports are free"))
+    return checks
