@@ -128,11 +128,11 @@ def classify_response(resp: httpx.Response, cp_url: str) -> None:
     """Raise Retryable or ControlPlaneRejected for a non-200 answer."""
     code, reason = resp.status_code, _reason(resp)
     if code in (401, 403):
+        fix = "" if "dpagent token generate" in reason else (
+            " Generate a new one on the CP host with `dpagent token generate --name NAME --mesh MESH --valid-for 720h`"
+            " and pass it with --dataplane-token-file")
         raise ControlPlaneRejected(
-            f"the control plane rejected the dataplane token ({code}): {reason or 'no reason given'}. "
-            "Generate a new one on the CP host with `dpagent token generate --name NAME --mesh MESH --valid-for 720h` "
-            "and pass it with --dataplane-token-file"
-        )
+            f"the control plane rejected the dataplane token ({code}): {reason or 'no reason given'}.{fix}")
     if code == 404:
         if not reason or ("dataplane" in reason.lower() and "not found" in reason.lower()):
             raise Retryable("the Dataplane is not registered on the control plane yet (create it with "

@@ -159,7 +159,9 @@ class DpServer:
         services = dp.services or [dp.name]
         versions = req.get("version") if isinstance(req.get("version"), dict) else {}
         return render_bootstrap(BootstrapParams(
-            mesh=dp.mesh, name=dp.name, service=services[0], workdir=req.get("workdir") or "",
+            mesh=dp.mesh, name=dp.name, service=services[0],
+            # Windows agents get a loopback TCP admin: Envoy's Unix-socket admin is not available there.
+            workdir="" if req.get("operatingSystem") == "windows" else (req.get("workdir") or ""),
             admin_port=(dp.networking.admin.port if dp.networking.admin else 0) or 9901,
             xds_host=host, xds_port=self.xds_port, ca_pem=req.get("caCert") or self.cp_ca_pem, token=token,
             dataplane_json=req.get("dataplaneResource") or "", readiness_port=int(req.get("readinessPort") or 9902),
