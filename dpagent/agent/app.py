@@ -21,28 +21,18 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
-
 from dpagent import pki
 from dpagent.agent import bootstrap as bs
 from dpagent.agent.dataplane import load_dataplane, resource_json
 from dpagent.agent.envoy import EnvoyAdmin, EnvoyProcess, admin_endpoint, envoy_args, envoy_version, find_envoy
 from dpagent.agent.http import SmallHttpServer
-from dpagent.agent.identity import (
-    IdentityClient,
-    IdentityFiles,
-    IdentityManager,
-    MtlsDisabled,
-    NotOffered,
-    placeholder_identity,
-)
-from dpagent.agent.identity import Retryable as IdentityRetryable
+from dpagent.agent.identity import IdentityManager, setup_identity
+from dpagent.agent.lifecycle import StopSignals, read_token
 from dpagent.agent.metrics import Metrics
 from dpagent.agent.notify import Notifier, health_loop  # sd_notify (systemd/README.md)
 from dpagent.agent.readiness import Phase, Readiness
 from dpagent.agent.settings import AgentConfig
-from dpagent.controlplane.xds.sds_files import sds_files
-from dpagent.errors import EXIT_INTERRUPTED, ConfigError, EnvoyError
+from dpagent.errors import ConfigError, EnvoyError
 from dpagent.log import kv, set_context
 
 log = logging.getLogger("dpagent.agent")
@@ -52,48 +42,6 @@ MAX_RESTART_BACKOFF = 30.0
 STOP_GRACE = 5.0
 # sd_notify: how long a freshly started Envoy may leave its admin API silent before the watchdog stops pinging.
 ENVOY_START_GRACE = 10.0
-
-
-def read_token(cfg: AgentConfig) -> str:
-    if cfg.token:
-        return cfg.token.strip()
-    if not cfg.token_file:
-        return ""
-    try:
-        token = Path(cfg.token_file).read_text().strip()
-    except OSError as e:
-        raise ConfigError(f"cannot read the dataplane token file {cfg.token_file}: {e.strerror}; "
-                          "check --dataplane-token-file") from None
-    if not token:
-        raise ConfigError(f"the dataplane token file {cfg.token_file} is empty; generate a token with "
-                          "`dpagent token generate --name NAME --mesh MESH --valid-for 720h` and write it there")
-    return token
-
-
-class StopSignals:
-    """Counts stop signals: 1st drains, 2nd cuts the drain short, 3rd exits at once."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.graceful = asyncio.Event()
-        self.now = asyncio.Event()
-        self.on_third: list[object] = []
-
-    def __call__(self, signum: int) -> None:
-        self.count += 1
-        name = signal.Signals(signum).name
-        if self.count == 1:
-            log.info("received %s: draining (send it again to stop at once)", name)
-            self.graceful.set()
-        elif self.count == 2:
-            log.info("received %s again: stopping without waiting for the drain", name)
-            self.now.set()
-        else:
-            log.warning("received %s a third time: exiting immediately", name)
-            for fn in self.on_third:
-                with contextlib.suppress(Exception):
-                    fn()  # type: ignore[operator]
-            os._exit(EXIT_INTERRUPTED)
 
 
 class Agent:
@@ -229,33 +177,10 @@ class Agent:
     # ---- identity -------------------------------------------------------------------------------------------
 
     async def _setup_identity(self, mesh: str, name: str, verify: ssl.SSLContext | bool) -> IdentityManager | None:
-        """Identity files exist before Envoy starts, so config that references them is never rejected.
-
-        Against a CP without /certificates (a real kuma-cp delivers certificates over ADS) nothing is written.
-        While the mesh has mTLS off a throwaway local certificate fills the files, and the renewal loop keeps
-        asking, so turning mTLS on later needs no agent restart.
-        """
         assert self.work_dir is not None
-        files = IdentityFiles(self.work_dir, sds_files())
-        client = IdentityClient(self.cfg.cp_url, verify, lambda: read_token(self.cfg), mesh, name,
-                                key_type=self.cfg.identity_key_type)
-        manager = IdentityManager(client, files)
+        manager = await setup_identity(self.cfg, self.work_dir, mesh, name, verify, lambda: read_token(self.cfg))
         self.identity = manager
         self.readiness.identity = manager
-        files.prepare()
-        async for attempt in AsyncRetrying(stop=stop_after_delay(self.cfg.retry_max_duration),
-                                           wait=wait_fixed(self.cfg.retry_backoff),
-                                           retry=retry_if_exception_type(IdentityRetryable), reraise=True):
-            with attempt:
-                try:
-                    await manager.obtain()
-                except NotOffered:
-                    log.info("the control plane does not issue certificates to agents; Envoy gets them over xDS")
-                    return None
-                except MtlsDisabled:
-                    key, cert = await asyncio.to_thread(placeholder_identity, mesh)
-                    files.install(key, cert, cert)
-                    log.info("mTLS is off in this mesh; a local placeholder identity is in place until it is on")
         return manager
 
     # ---- supervision ----------------------------------------------------------------------------------------

@@ -25,9 +25,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from dpagent import pki
+from dpagent.agent.settings import AgentConfig
 from dpagent.controlplane.xds.sds_files import IDENTITY_DIR
 from dpagent.errors import ControlPlaneRejected
 from dpagent.log import kv
@@ -237,3 +238,33 @@ def placeholder_identity(mesh: str) -> tuple[bytes, str]:
 
     cert, key = generate_root_ca(mesh, "placeholder", validity=365 * 86400)
     return key.encode(), cert
+
+
+async def setup_identity(cfg: AgentConfig, work_dir: Path, mesh: str, name: str, verify: ssl.SSLContext | bool,
+                         token: Callable[[], str]) -> IdentityManager | None:
+    """Identity files exist before Envoy starts, so config that references them is never rejected.
+
+    Against a CP without /certificates (a real kuma-cp delivers certificates over ADS) nothing is written and
+    None is returned. While the mesh has mTLS off a throwaway local certificate fills the files, and the renewal
+    loop keeps asking, so turning mTLS on later needs no agent restart.
+    """
+    from dpagent.controlplane.xds.sds_files import sds_files
+
+    files = IdentityFiles(work_dir, sds_files())
+    manager = IdentityManager(IdentityClient(cfg.cp_url, verify, token, mesh, name, key_type=cfg.identity_key_type),
+                              files)
+    files.prepare()
+    async for attempt in AsyncRetrying(stop=stop_after_delay(cfg.retry_max_duration),
+                                       wait=wait_fixed(cfg.retry_backoff),
+                                       retry=retry_if_exception_type(Retryable), reraise=True):
+        with attempt:
+            try:
+                await manager.obtain()
+            except NotOffered:
+                log.info("the control plane does not issue certificates to agents; Envoy gets them over xDS")
+                return None
+            except MtlsDisabled:
+                key, cert = await asyncio.to_thread(placeholder_identity, mesh)
+                files.install(key, cert, cert)
+                log.info("mTLS is off in this mesh; a local placeholder identity is in place until it is on")
+    return manager
