@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from dpagent import pki
 from dpagent.agent import bootstrap as bs
 from dpagent.agent.dataplane import load_dataplane, resource_json
+from dpagent.agent.dns import DnsService
 from dpagent.agent.envoy import EnvoyAdmin, EnvoyProcess, admin_endpoint, envoy_args, envoy_version, find_envoy
 from dpagent.agent.http import SmallHttpServer
 from dpagent.agent.identity import IdentityManager, setup_identity
@@ -66,6 +67,7 @@ class Agent:
         self._servers: list[SmallHttpServer] = []
         self.restarts = 0
         self.metrics = Metrics(self._collect)
+        self.dns: DnsService | None = None
 
     # ---- start-up -------------------------------------------------------------------------------------------
 
@@ -101,8 +103,9 @@ class Agent:
             if cfg.resource or cfg.resource_path:
                 dp = load_dataplane(cfg.resource, cfg.resource_path, cfg.resource_vars)
                 name, mesh, rjson = dp.name, dp.mesh, resource_json(dp)
+                tproxy = dp.networking.transparent_proxying is not None
             else:
-                name, mesh, rjson = cfg.name, cfg.mesh, ""
+                name, mesh, rjson, tproxy = cfg.name, cfg.mesh, "", False
             set_context(proxy=name, mesh=mesh)
             token = read_token(cfg)
             verify = bs.ssl_context(cfg.ca_cert, cfg.ca_cert_file, cfg.skip_verify)
@@ -113,6 +116,10 @@ class Agent:
             server = SmallHttpServer(self.readiness.handle, "127.0.0.1", cfg.readiness_port,
                                      what="readiness endpoint", flag="--readiness-port (KUMA_READINESS_PORT)")
             await server.start()
+            if cfg.dns_enabled and tproxy:
+                self.dns = DnsService(cfg.dns_port, self.work_dir)
+                await self.dns.start()
+                self.readiness.dns = self.dns
             if cfg.metrics_port:
                 metrics_server = SmallHttpServer(self.metrics.handle, "127.0.0.1", cfg.metrics_port,
                                                  what="metrics endpoint", flag="--metrics-port (DPAGENT_METRICS_PORT)")
@@ -309,6 +316,8 @@ class Agent:
             "dpagent_envoy_restarts_total": ("counter", self.restarts),
             "dpagent_terminating": ("gauge", 1.0 if self.signals.graceful.is_set() else 0.0),
         }
+        if self.dns is not None:
+            out.update(self.dns.metrics())
         if self.identity is not None:
             left = self.identity.seconds_left()
             out["dpagent_identity_certificate_seconds_left"] = ("gauge", left if left is not None else -1)
@@ -319,6 +328,8 @@ class Agent:
     async def _cleanup(self, server: SmallHttpServer | None) -> None:
         for extra in self._servers:
             await extra.close()
+        if self.dns is not None:
+            await self.dns.close()
         if self._identity_task:
             self._identity_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -30,6 +30,7 @@ class Readiness:
         self.phase = Phase.STARTING
         self.admin: EnvoyAdmin | None = None
         self.identity: Any = None  # IdentityManager once identity is managed locally
+        self.dns: Any = None  # DnsService with transparent proxying
         self.detail = ""
 
     def set(self, phase: Phase, detail: str = "") -> None:
@@ -45,6 +46,8 @@ class Readiness:
             # Never serve an expired certificate silently: peers reject it, so this proxy is not ready.
             return False, f"NOT_READY: identity certificate expired ({self.identity.last_error or 'renewal failing'})"
         ok, state = await self.admin.ready()
+        if ok and self.dns is not None and (reason := self.dns.not_ready_reason()):
+            return False, f"NOT_READY: {reason}"
         if ok:
             return True, "READY"
         return False, f"NOT_READY: Envoy is {state or 'not ready'}"
