@@ -1,7 +1,8 @@
 """ADS fan-out at mesh scale: N Envoy-like streams, a full sync, then one shared cluster changes.
 
-Reusable by bench/cp_scale.py: `MeshShape` builds the snapshots (shared clusters and endpoints are one Resource
-each, listeners are per proxy), `FakeProxy`/`run_proxies` play Envoy, `serve_mesh` runs the server side.
+`MeshShape` builds the snapshots (shared clusters and endpoints are one Resource each, listeners are per proxy),
+`serve_mesh` runs the server side; the fake Envoys live in bench/_ads_clients.py, shared with bench/cp_scale.py
+(which drives the whole control plane rather than synthetic snapshots).
 
     .venv/bin/python bench/cp_scale_ads.py --proxies 1000 [--services 100] [--in-process] [--channels 1000]
 
@@ -18,7 +19,6 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # grpc core logs every GOAWAY 
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 
 import grpc
 import psutil
@@ -29,16 +29,16 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2, duration_pb2
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _ads_clients import FakeProxy, close, open_channels, start, wait_all
 
 from dpagent.controlplane.xds.cache import SnapshotCache
 from dpagent.controlplane.xds.server import AdsServer, serve
 from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, Resource, Snapshot
-
-TYPES = (CLUSTER, ENDPOINT, LISTENER)
 
 
 def _addr(ip: str, port: int) -> address_pb2.Address:
@@ -131,77 +131,11 @@ async def push_change(ads: AdsServer, shape: MeshShape, proxies: int) -> float:
     return time.perf_counter() - t0
 
 
-@dataclass
-class FakeProxy:
-    """Envoy's side of SotW ADS: CDS+LDS wildcard, EDS for the clusters CDS named, ACK everything."""
-
-    node: str
-    services: int
-    versions: dict[str, str] = field(default_factory=dict)
-    synced: asyncio.Event = field(default_factory=asyncio.Event)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    baseline: str | None = None
-    reconnects: int = 0
-
-    def request(self, type_url: str, version: str = "", nonce: str = "", names: list[str] | None = None,
-                first: bool = False) -> discovery_pb2.DiscoveryRequest:
-        req = discovery_pb2.DiscoveryRequest(type_url=type_url, version_info=version, response_nonce=nonce,
-                                             resource_names=names or [])
-        if first:
-            req.node.id = self.node
-        return req
-
-    async def run(self, channel: grpc.aio.Channel) -> None:
-        """Reconnect on a failed stream as Envoy does: grpcio drops ~1% of streams when >1,000 connect at once."""
-        while True:
-            try:
-                return await self._stream(channel)
-            except grpc.aio.AioRpcError:
-                self.reconnects += 1
-                if self.reconnects > 20:
-                    raise
-                await asyncio.sleep(0.05 * self.reconnects)
-
-    async def _stream(self, channel: grpc.aio.Channel) -> None:
-        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
-            metadata=(("authorization", "bench"),), wait_for_ready=True)
-        eds_names = [f"svc-{i}" for i in range(self.services)]
-        await call.write(self.request(CLUSTER, first=True))
-        await call.write(self.request(LISTENER))
-        async for resp in call:
-            t = resp.type_url
-            names = eds_names if t == ENDPOINT else None
-            await call.write(self.request(t, resp.version_info, resp.nonce, names))
-            first_cds = t == CLUSTER and CLUSTER not in self.versions
-            self.versions[t] = resp.version_info
-            if first_cds:
-                await call.write(self.request(ENDPOINT, names=eds_names))
-            if not self.synced.is_set() and all(x in self.versions for x in TYPES):
-                self.baseline = self.versions[CLUSTER]
-                self.synced.set()
-            elif self.baseline is not None and t == CLUSTER and resp.version_info != self.baseline:
-                self.changed.set()
-
-
-async def run_proxies(target: str, proxies: int, services: int, channels: int,
-                      timeout: float = 120) -> tuple[list[FakeProxy], list[grpc.aio.Channel], list[asyncio.Task]]:
-    # A local subchannel pool gives each channel its own TCP connection, as N real Envoys would have;
-    # grpc's default global pool would quietly multiplex every "proxy" over one connection.
-    opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)]
-    chans = [grpc.aio.insecure_channel(target, options=opts) for _ in range(channels)]
-    fakes = [FakeProxy(node_id(i), services) for i in range(proxies)]
-    tasks = [asyncio.create_task(f.run(chans[i % channels])) for i, f in enumerate(fakes)]
-    return fakes, chans, tasks
-
-
-async def wait_all(events: list[asyncio.Event], tasks: list[asyncio.Task], timeout: float) -> None:
-    waiter = asyncio.gather(*(e.wait() for e in events))
-    done, _ = await asyncio.wait([waiter, *tasks], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    if waiter not in done:
-        for t in done:
-            if t.exception():
-                raise t.exception()  # type: ignore[misc]
-        raise TimeoutError(f"only {sum(e.is_set() for e in events)}/{len(events)} done after {timeout}s")
+async def run_proxies(target: str, proxies: int, channels: int
+                      ) -> tuple[list[FakeProxy], list[grpc.aio.Channel], list[asyncio.Task[None]]]:
+    chans = open_channels(target, channels)
+    fakes = [FakeProxy(node_id(i)) for i in range(proxies)]
+    return fakes, chans, start(fakes, chans)
 
 
 async def server_main(args: argparse.Namespace) -> None:
@@ -247,10 +181,12 @@ async def driver_main(args: argparse.Namespace) -> None:
     rss0 = psutil.Process(proc.pid if proc else os.getpid()).memory_info().rss
     try:
         t0 = time.perf_counter()
-        fakes, chans, tasks = await run_proxies(f"127.0.0.1:{port}", args.proxies, args.services, args.channels)
+        fakes, chans, tasks = await run_proxies(f"127.0.0.1:{port}", args.proxies, args.channels)
         await wait_all([f.synced for f in fakes], tasks, 120)
         full = time.perf_counter() - t0
         await asyncio.sleep(0.5)  # let the last ACKs land before changing anything
+        for f in fakes:
+            f.mark_baseline()
         t1 = time.perf_counter()
         if proc:
             assert proc.stdin and proc.stdout
@@ -275,10 +211,7 @@ async def driver_main(args: argparse.Namespace) -> None:
         print(f"  ... ACKs recorded by server: {change_acked:6.2f} s  (target <= 2 s)")
         print(f"server RSS:                  {rss / 2**20:6.0f} MiB (target <= 1024; before streams "
               f"{rss0 / 2**20:.0f} MiB)")
-        for t in tasks:
-            t.cancel()
-        for c in chans:
-            await c.close()
+        await close(tasks, chans)
     finally:
         if proc:
             if proc.stdin:

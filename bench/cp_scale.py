@@ -1,0 +1,410 @@
+"""Control-plane scale: N fake Envoys against one real `dpagent cp run` (store, auth, sync, generators, ADS).
+
+Unlike bench/cp_scale_ads.py (the ADS layer with synthetic snapshots), every byte here comes from the real code
+path: Dataplanes are applied through `Resources.apply` into the SQLite store, every stream presents its own
+dataplane token (RS256, verified by the CP on connect and re-checked while it lives), and config is generated
+from the store by XdsSync. The CP runs as a subprocess so its RSS and CPU are its own.
+
+    .venv/bin/python bench/cp_scale.py [--sizes 100,1000] [--per-service 10] [--outbounds 5] [--protocol http]
+
+Per size: a fresh data dir; mesh `default` (builtin mTLS + allow-all MeshTrafficPermission, as on first start);
+N dataplanes, `--per-service` per service, one inbound each and `--outbounds` random other services. Measured:
+  1. full sync: streams opened until every proxy ACKed CDS, EDS, LDS and the ADS-delivered `mesh_ca` SDS
+     secret, the mesh's trust bundle (target <= 10 s at N=1000);
+  2. policy change: a Deny MeshTrafficPermission PUT through the REST API until every proxy whose config
+     changed ACKed it (target <= 2 s); which proxies changed is read from the versions they receive;
+  3. CP RSS after sync (target <= 1 GiB) and CP CPU seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from google.protobuf import struct_pb2
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _ads_clients import FakeProxy, close, open_channels, start, wait_all
+
+from dpagent.controlplane import secrets
+from dpagent.controlplane.app import first_start
+from dpagent.controlplane.resources import Resources
+from dpagent.controlplane.store import SqliteStore
+from dpagent.controlplane.tokens import issue_token
+from dpagent.controlplane.xds import names as xds_names
+
+HERE = Path(__file__).resolve().parent
+MESH = "default"
+TARGET_SYNC, TARGET_CHANGE, TARGET_RSS = 10.0, 2.0, 1 << 30
+
+
+def service(i: int) -> str:
+    return f"svc-{i:03d}"
+
+
+def dataplane_docs(n: int, per_service: int, outbounds: int, protocol: str, seed: int) -> list[dict[str, Any]]:
+    """N Dataplanes, `per_service` per service, each with one inbound and `outbounds` other services it calls.
+
+    Addresses are 10.x.y.z and only data: the CP never connects to them. Seeded, so runs compare.
+    """
+    rng = random.Random(seed)
+    services = max(1, -(-n // per_service))
+    docs = []
+    for i in range(n):
+        s = i // per_service
+        others = [k for k in range(services) if k != s]
+        calls = sorted(rng.sample(others, min(outbounds, len(others))))
+        ip = f"10.{(i + 1) >> 16 & 255}.{(i + 1) >> 8 & 255}.{(i + 1) & 255}"
+        docs.append({
+            "type": "Dataplane", "mesh": MESH, "name": f"dp-{i:04d}",
+            "networking": {
+                "address": ip,
+                "inbound": [{"port": 10000 + i, "servicePort": 8080,
+                             "tags": {"kuma.io/service": service(s), "kuma.io/protocol": protocol,
+                                      "version": "v1", "zone": "bench"}}],
+                "outbound": [{"port": 40000 + k, "tags": {"kuma.io/service": service(k)}} for k in calls],
+            },
+        })
+    return docs
+
+
+async def populate(data_dir: Path, docs: list[dict[str, Any]]) -> list[str]:
+    """Create the mesh as the CP's first start does, apply the Dataplanes, and issue one token per dataplane.
+
+    Done before the CP starts (it holds an exclusive lock on the store while running); `NORMAL` sync only
+    because this is set-up, the CP itself reopens the file with its own (FULL) durability.
+    """
+    store = await SqliteStore.open(str(data_dir / "store.db"), synchronous="NORMAL")
+    try:
+        resources = Resources(store)
+        await first_start(resources, store)
+        for doc in docs:
+            await resources.apply(doc)
+        key = await secrets.ensure_signing_key(store, MESH)
+    finally:
+        await store.close()
+    return [issue_token(key, name=d["name"], mesh=MESH, tags=None, valid_for=3600) for d in docs]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def node_metadata(name: str, workdir: str) -> struct_pb2.Struct:
+    """What the agent's bootstrap puts in node.metadata (no dataplane.resource: the Dataplanes are stored)."""
+    meta = struct_pb2.Struct()
+    meta.update({"dataplane.admin.socketPath": f"{workdir}/envoy-admin.sock", "dataplane.proxyType": "dataplane",
+                 "dataplane.readinessReporter.port": "9902", "dataplane.dns.port": "15053",
+                 "features": ["feature-bind-outbounds"], "version": {"dpagent": {"version": "bench"}},
+                 "workdir": workdir})
+    return meta
+
+
+class ControlPlaneProcess:
+    """`python -m dpagent cp run` on loopback ports in its own data dir; its log goes to cp.log there."""
+
+    def __init__(self, data_dir: Path, log_level: str) -> None:
+        self.data_dir = data_dir
+        self.ports = {"dp": free_port(), "xds": free_port(), "api": free_port()}
+        self.log = open(data_dir / "cp.log", "wb")  # noqa: SIM115 - closed in stop()
+        env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dpagent", "cp", "run", "--data-dir", str(data_dir), "--bind-address",
+             "127.0.0.1", "--dp-server-port", str(self.ports["dp"]), "--xds-port", str(self.ports["xds"]),
+             "--api-port", str(self.ports["api"]), "--log-level", log_level],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.ps = psutil.Process(self.proc.pid)
+        self.api = f"http://127.0.0.1:{self.ports['api']}"
+
+    async def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient() as client:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"CP exited with {self.proc.returncode}; see {self.data_dir / 'cp.log'}")
+                try:
+                    if (await client.get(self.api + "/", timeout=1)).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError("CP not ready after 60 s")
+                await asyncio.sleep(0.1)
+
+    def cpu(self) -> float:
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def rss(self) -> int:
+        return int(self.ps.memory_info().rss)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@dataclass
+class Change:
+    seconds: float = float("nan")
+    cpu: float = float("nan")
+    affected: int = 0
+    expected: int = 0
+    types: set[str] = field(default_factory=set)
+
+    def ok(self) -> bool:
+        return self.seconds <= TARGET_CHANGE and self.affected >= self.expected > 0
+
+
+@dataclass
+class Result:
+    n: int
+    services: int
+    populate_s: float = 0.0
+    sync_s: float = float("nan")
+    sync_cpu: float = float("nan")
+    idle_cpu: float = float("nan")
+    one: Change = field(default_factory=Change)
+    all: Change | None = None
+    rss: int = 0
+    rss_idle: int = 0
+    retries: int = 0
+    client_cpu: float = 0.0
+    error: str = ""
+
+
+def deny_policy(name: str, source: str, target: str | None) -> dict[str, Any]:
+    """Deny `source` on `target`'s inbounds (every inbound of the mesh when target is None)."""
+    ref = {"kind": "MeshService", "name": target} if target else {"kind": "Mesh"}
+    return {"type": "MeshTrafficPermission", "mesh": MESH, "name": name,
+            "spec": {"targetRef": ref, "from": [{"targetRef": {"kind": "MeshService", "name": source},
+                                                 "default": {"action": "Deny"}}]}}
+
+
+async def measure_change(cp: ControlPlaneProcess, fakes: list[FakeProxy], expected: list[FakeProxy],
+                         tasks: list[asyncio.Task[None]], policy: dict[str, Any], args: argparse.Namespace) -> Change:
+    """PUT the policy and time it until every proxy whose config changed has ACKed the change.
+
+    Which proxies changed is what they receive (a version differing from the one they held), not what the
+    bench predicts; `expected` is only the set that must change for the run to count.
+    """
+    for f in fakes:
+        f.mark_baseline()
+    out = Change(expected=len(expected))
+    c1 = cp.cpu()
+    async with httpx.AsyncClient() as client:
+        t1 = time.perf_counter()
+        r = await client.put(f"{cp.api}/meshes/{MESH}/meshtrafficpermissions/{policy['name']}", json=policy,
+                             timeout=30)
+        r.raise_for_status()
+    await wait_change(fakes, expected, tasks, args.quiet, args.timeout)
+    changed = [f for f in fakes if f.last_change_ack is not None]
+    out.seconds = max(f.last_change_ack or t1 for f in changed) - t1
+    out.cpu = cp.cpu() - c1
+    out.affected = len(changed)
+    out.types = set().union(*(f.changed_types for f in changed))
+    return out
+
+
+async def wait_change(fakes: list[FakeProxy], expected: list[FakeProxy], tasks: list[asyncio.Task[None]],
+                      quiet: float, timeout: float) -> None:
+    """Until every expected proxy changed and no other proxy has changed for `quiet` seconds."""
+    await wait_all([f.changed for f in expected], tasks, timeout)
+    while True:
+        latest = max((f.last_change_ack or 0.0) for f in fakes)
+        wait = latest + quiet - time.perf_counter()
+        if wait <= 0:
+            return
+        await asyncio.sleep(wait)
+
+
+async def run_size(args: argparse.Namespace, n: int) -> Result:
+    docs = dataplane_docs(n, args.per_service, args.outbounds, args.protocol, args.seed)
+    res = Result(n, len({d["networking"]["inbound"][0]["tags"]["kuma.io/service"] for d in docs}))
+    data_dir = Path(tempfile.mkdtemp(prefix=f"cp-scale-{n}-"))
+    cp: ControlPlaneProcess | None = None
+    tasks: list[asyncio.Task[None]] = []
+    chans: list[Any] = []
+    me = psutil.Process()
+    try:
+        t = time.perf_counter()
+        tokens = await populate(data_dir, docs)
+        res.populate_s = time.perf_counter() - t
+        cp = ControlPlaneProcess(data_dir, args.cp_log_level)
+        await cp.wait_ready()
+        await asyncio.sleep(0.5)
+        ca_pem = (data_dir / "ca.pem").read_bytes()
+        res.rss_idle = cp.rss()
+        fakes = [FakeProxy(f"{MESH}.{d['name']}", metadata=(("authorization", tok),),
+                           node_metadata=node_metadata(d["name"], f"/var/run/dpagent/{d['name']}"),
+                           cluster=d["networking"]["inbound"][0]["tags"]["kuma.io/service"],
+                           secrets=(xds_names.MESH_CA,))
+                 for d, tok in zip(docs, tokens, strict=True)]
+
+        # 1. full sync
+        c0, m0 = cp.cpu(), me.cpu_times()
+        t0 = time.perf_counter()
+        chans = open_channels(f"127.0.0.1:{cp.ports['xds']}", args.channels or n, ca_pem=ca_pem,
+                              server_name="localhost")
+        tasks = start(fakes, chans)
+        await wait_all([f.synced for f in fakes], tasks, args.timeout)
+        res.sync_s = time.perf_counter() - t0
+        res.sync_cpu = cp.cpu() - c0
+        await asyncio.sleep(args.settle)
+        res.rss = cp.rss()
+
+        c_idle = cp.cpu()
+        await asyncio.sleep(args.idle)  # streams connected, nothing changing: token re-checks, keepalives
+        res.idle_cpu = (cp.cpu() - c_idle) / args.idle
+
+        # 2. policy change through the REST API: one service denies another
+        source, target = service(0), service(1)
+        expected = [f for f in fakes if f.cluster == target]
+        res.one = await measure_change(cp, fakes, expected, tasks, deny_policy("bench-deny", source, target), args)
+        # 2b. a mesh-wide one: every inbound now denies a third service, so every proxy's LDS changes
+        if args.mesh_wide:
+            third = service(min(2, res.services - 1))
+            res.all = await measure_change(cp, fakes, fakes, tasks, deny_policy("bench-deny-all", third, None), args)
+        res.retries = sum(f.reconnects for f in fakes)
+        m1 = me.cpu_times()
+        res.client_cpu = (m1.user + m1.system) - (m0.user + m0.system)
+    except Exception as exc:  # report what was measured and why the rest is missing
+        res.error = f"{type(exc).__name__}: {exc}"
+        if cp is not None and not res.rss and cp.proc.poll() is None:
+            res.rss = cp.rss()
+    finally:
+        await close(tasks, chans)
+        if cp is not None:
+            cp.stop()
+        if args.keep:
+            print(f"kept {data_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    return res
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+SHORT = {"type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret": "SDS",
+         "type.googleapis.com/envoy.config.cluster.v3.Cluster": "CDS",
+         "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment": "EDS",
+         "type.googleapis.com/envoy.config.listener.v3.Listener": "LDS"}
+
+
+def _change_rows(label: str, changes: list[Change | None]) -> list[tuple[str, list[str], str]]:
+    def fmt(c: Change | None, what: str) -> str:
+        if c is None:
+            return "-"
+        if what == "s":
+            return f"{c.seconds:.2f} s"
+        if what == "cpu":
+            return f"{c.cpu:.2f} s"
+        return f"{c.affected} ({c.expected}) {'+'.join(SHORT.get(t, t) for t in sorted(c.types)) or '-'}"
+
+    return [(f"{label}, changed proxies ACKed", [fmt(c, "s") for c in changes], f"<= {TARGET_CHANGE:.0f} s"),
+            ("  proxies changed (expected) types", [fmt(c, "n") for c in changes], ""),
+            ("  CP CPU for the change", [fmt(c, "cpu") for c in changes], "")]
+
+
+def table(results: list[Result]) -> str:
+    rows: list[tuple[str, list[str], str]] = [
+        ("dataplanes / services", [f"{r.n} / {r.services}" for r in results], ""),
+        ("full sync, all ACKed CDS+EDS+LDS+SDS", [f"{r.sync_s:.2f} s" for r in results], f"<= {TARGET_SYNC:.0f} s"),
+        ("  CP CPU during sync", [f"{r.sync_cpu:.2f} s" for r in results], ""),
+        *_change_rows("1 service denies 1", [r.one for r in results]),
+    ]
+    if any(r.all is not None for r in results):
+        rows += _change_rows("mesh-wide deny", [r.all for r in results])
+    rows += [
+        ("CP RSS after sync", [f"{r.rss / 2**20:.0f} MiB" for r in results], "<= 1024 MiB"),
+        ("  CP RSS before streams", [f"{r.rss_idle / 2**20:.0f} MiB" for r in results], ""),
+        ("CP CPU idle, streams connected", [f"{100 * r.idle_cpu:.1f} %" for r in results], ""),
+        ("bench client CPU (sync+changes)", [f"{r.client_cpu:.2f} s" for r in results], ""),
+        ("stream retries", [str(r.retries) for r in results], ""),
+        ("populate store + tokens", [f"{r.populate_s:.2f} s" for r in results], ""),
+    ]
+    heads = [f"N={r.n}" for r in results]
+    w0 = max(len(r[0]) for r in rows)
+    ws = [max(len(h), *(len(r[1][i]) for r in rows)) for i, h in enumerate(heads)]
+
+    def line(a: str, cells: list[str], c: str) -> str:
+        return "  ".join([a.ljust(w0), *(x.rjust(w) for x, w in zip(cells, ws, strict=True)), c]).rstrip()
+
+    out = [line("", heads, "target"), line("-" * w0, ["-" * w for w in ws], "------")]
+    out += [line(a, cells, c) for a, cells, c in rows]
+    return "\n".join(out)
+
+
+def verdicts(results: list[Result]) -> list[str]:
+    out = []
+    for r in results:
+        parts = [f"full sync {verdict(r.sync_s <= TARGET_SYNC)}", f"policy change {verdict(r.one.ok())}"]
+        if r.all is not None:
+            parts.append(f"mesh-wide change {verdict(r.all.ok())}")
+        parts.append(f"RSS {verdict(0 < r.rss <= TARGET_RSS)}")
+        out.append(f"N={r.n}: " + ", ".join(parts) + (f"  ERROR {r.error}" if r.error else ""))
+    return out
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    results = []
+    for n in args.sizes:
+        print(f"running N={n} ...", file=sys.stderr, flush=True)
+        results.append(await run_size(args, n))
+    print(f"cpus={os.cpu_count()} shape: {args.per_service} dataplanes/service, {args.outbounds} outbounds each, "
+          f"protocol={args.protocol}, TLS ADS, one token per proxy, channels={args.channels or 'one per proxy'}")
+    print(table(results))
+    lines = verdicts(results)
+    print("\n".join(lines))
+    return 0 if all("FAIL" not in x and "ERROR" not in x for x in lines) else 1
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="100,1000", type=lambda s: [int(x) for x in s.split(",") if x],
+                   help="dataplane counts, one CP run each")
+    p.add_argument("--per-service", type=int, default=10, help="dataplanes per service (1000 -> 100 services)")
+    p.add_argument("--outbounds", type=int, default=5, help="other services each dataplane calls")
+    p.add_argument("--protocol", default="http", choices=["http", "tcp", "http2", "grpc"])
+    p.add_argument("--channels", type=int, default=0, help="client connections (default: one per proxy)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--settle", type=float, default=1.0, help="seconds between sync and the change")
+    p.add_argument("--quiet", type=float, default=1.0,
+                   help="after the expected proxies changed, wait this long without further changes")
+    p.add_argument("--idle", type=float, default=5.0,
+                   help="seconds of idle CPU measured after sync (token re-checks run every 5 s per stream)")
+    p.add_argument("--no-mesh-wide", dest="mesh_wide", action="store_false",
+                   help="skip the second change (a Mesh-wide deny that changes every proxy)")
+    p.add_argument("--timeout", type=float, default=90.0, help="give up on a phase after this many seconds")
+    p.add_argument("--cp-log-level", default="info", choices=["error", "warning", "info", "debug"])
+    p.add_argument("--keep", action="store_true", help="keep the data dirs (store, cp.log)")
+    args = p.parse_args()
+    sys.exit(asyncio.run(main_async(args)))
+
+
+if __name__ == "__main__":
+    main()
