@@ -159,7 +159,7 @@ class ControlPlane:
             issuer = Issuer(store)
             cache = SnapshotCache()
             self.cache = cache
-            sync = XdsSync(store, cache, bundle=issuer.bundle)
+            sync = XdsSync(store, cache, bundle=issuer.bundle, vip_cidr=cfg.vip_cidr)
             issuer.can_issue = sync.issuable
             self.sync = sync
             self.issuer = issuer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,17 @@ def default_data_dir() -> str:
         return "/var/lib/dpagent"
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return str(Path(base) / "dpagent")
+
+
+def p_cidr(v: Any) -> str:
+    """A CIDR for service VIPs; normalised (`240.0.0.1/4` → `240.0.0.0/4`) and needing room for one address."""
+    try:
+        net = ipaddress.ip_network(p_str(v).strip(), strict=False)
+    except ValueError as e:
+        raise ValueError(f"{v!r} is not a CIDR ({e}); use e.g. 240.0.0.0/4") from None
+    if net.num_addresses < 4:
+        raise ValueError(f"{net} is too small for service VIPs; use a range of at least 4 addresses")
+    return str(net)
 
 
 def p_hosts(v: Any) -> tuple[str, ...]:
@@ -48,6 +60,8 @@ CP_SETTINGS: tuple[Setting, ...] = (
       help="how long after a graceful disconnect a directly registered Dataplane is removed"),
     S("revalidate_interval", "xdsServer.tokenRecheckInterval", 5.0, p_duration, "DPAGENT_XDS_TOKEN_RECHECK",
       "--token-recheck-interval", kind="duration", help="how often live xDS streams re-check their token"),
+    S("vip_cidr", "dnsServer.CIDR", "240.0.0.0/4", p_cidr, "KUMA_DNS_SERVER_CIDR", "--vip-cidr",
+      help="range the CP allocates service virtual IPs (DNS `<service>.mesh`) from; addresses persist per mesh"),
     S("log_level", "log.level", "info", p_choice("off", "error", "warning", "info", "debug"), "DPAGENT_LOG_LEVEL",
       "--log-level", help="log level"),
     S("log_format", "log.format", "text", p_choice("text", "json"), "DPAGENT_LOG_FORMAT", "--log-format",
@@ -68,6 +82,7 @@ class CpConfig:
     revalidate_interval: float
     log_level: str
     log_format: str
+    vip_cidr: str = "240.0.0.0/4"
 
 
 def build_cp_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None,

@@ -12,6 +12,19 @@ ADS_CLUSTER = "ads_cluster"
 CP_VALIDATION_CTX = "cp_validation_ctx"
 ADMIN_SOCKET = "envoy-admin.sock"
 
+# Transparent proxy: the two capture listeners (iptables REDIRECT targets) and their ORIGINAL_DST clusters share
+# these names; 127.0.0.6 / ::6 is the source the iptables rules let through to the app without re-capture.
+OUTBOUND_PASSTHROUGH = "outbound:passthrough"
+INBOUND_PASSTHROUGH = "inbound:passthrough"
+INBOUND_PASSTHROUGH_SOURCE_V4 = "127.0.0.6"
+INBOUND_PASSTHROUGH_SOURCE_V6 = "::6"
+
+# "dynconf": a direct-response listener on a Unix socket through which the agent reads CP-made config (the DNS
+# table) over Envoy's existing ADS connection. The path is relative to Envoy's cwd, the agent's work dir.
+DYNCONF_LISTENER = "_dpagent:dynconf"
+DYNCONF_SOCKET = "dpagent-dynconf.sock"
+DYNCONF_DNS_PATH = "/dns"
+
 # RBAC policy names inside one filter.
 RBAC_POLICY = "MeshTrafficPermission"
 
@@ -32,6 +45,19 @@ def inbound_listener(address: str, port: int) -> str:
 
 def outbound_listener(address: str, port: int) -> str:
     return f"outbound:{address}:{port}"
+
+
+def outbound_chain(service: str, port: int) -> str:
+    """A filter chain of the outbound capture listener: `service` reached on `port` (by VIP or endpoint IP)."""
+    return f"outbound:{service}:{port}"
+
+
+def dns_names(service: str, domain: str = "mesh") -> list[str]:
+    """`backend.mesh`, plus Kuma's dotted form when the name has underscores (`a_b_svc_80` → `a.b.svc.80.mesh`)."""
+    out = [f"{service}.{domain}"]
+    if "_" in service:
+        out.append(f"{service.replace('_', '.')}.{domain}")
+    return out
 
 
 def inbound_route(service: str) -> str:

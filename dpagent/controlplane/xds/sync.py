@@ -13,11 +13,20 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from dpagent.controlplane.store import ChangeEvent, ResourceStore, SubscriptionOverflow
-from dpagent.controlplane.xds.proxy import MeshContext, generate_proxy, generate_shared, proxy_warnings
+from dpagent.controlplane.xds import vips as vip
+from dpagent.controlplane.xds.generators.outbound import service_protocols
+from dpagent.controlplane.xds.proxy import (
+    SHARED_LISTENERS,
+    MeshContext,
+    generate_proxy,
+    generate_shared,
+    proxy_warnings,
+    wanted_services,
+)
 from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, SECRET, Resource, Snapshot
 from dpagent.log import kv
 from dpagent.model.dataplane import Dataplane, parse_dataplane
@@ -28,6 +37,7 @@ from dpagent.model.meshtrafficpermission import parse_meshtrafficpermission
 log = logging.getLogger("dpagent.cp.sync")
 
 # Kinds whose changes alter Envoy config. Secrets and insights do not: certificates travel as files on the host.
+# VirtualIPs must stay out: sync writes it itself during a rebuild, and an event for it would trigger another.
 CONFIG_KINDS = frozenset({"Mesh", "Dataplane", MTP})
 INSIGHT = "DataplaneInsight"
 POLICY_PARSERS = {MTP: parse_meshtrafficpermission}
@@ -39,6 +49,8 @@ class MeshState:
     by_name: dict[str, Dataplane]
     shared: dict[str, dict[str, Resource]]
     bundle_backends: tuple[str, ...] = ()
+    # (listener name, id(message)) → (message, Resource): the SHARED_LISTENERS serialised once per state.
+    listener_resources: dict[tuple[str, int], tuple[Any, Resource]] = dataclasses.field(default_factory=dict)
 
 
 def node_id(mesh: str, name: str) -> str:
@@ -47,23 +59,55 @@ def node_id(mesh: str, name: str) -> str:
 
 def build_mesh_state(mesh_doc: dict[str, Any], dp_docs: list[dict[str, Any]],
                      policy_docs: dict[str, list[dict[str, Any]]], trust_bundle: str = "",
-                     bundle_backends: tuple[str, ...] = ()) -> MeshState:
-    """Pure: parse and generate the shared part once (wrapped so each message is serialised once)."""
+                     bundle_backends: tuple[str, ...] = (), vips: Mapping[str, str] | None = None,
+                     vip_cidr: str = vip.DEFAULT_CIDR) -> MeshState:
+    """Pure: parse and generate the shared part once (wrapped so each message is serialised once).
+
+    `vips` are the stored allocations; the state's `ctx.vips` is them made current (new services get addresses,
+    gone ones lose theirs), which the caller persists when it differs.
+    """
     dps = [parse_dataplane(d) for d in dp_docs]
     policies = {kind: [POLICY_PARSERS[kind](d) for d in docs] for kind, docs in policy_docs.items()}
-    ctx = MeshContext(parse_mesh(mesh_doc), dps, policies, trust_bundle=trust_bundle)
+    mesh = parse_mesh(mesh_doc)
+    ctx = MeshContext(mesh, dps, policies, trust_bundle=trust_bundle,
+                      vips=_allocate(mesh.name, dict(vips or {}), service_protocols(dps), vip_cidr))
     shared = {t: {n: Resource(n, m, t) for n, m in by_name.items()} for t, by_name in generate_shared(ctx).items()}
     return MeshState(ctx, {d.name: d for d in dps}, shared, bundle_backends)
 
 
+def _allocate(mesh: str, existing: dict[str, str], services: Mapping[str, str], cidr: str) -> dict[str, str]:
+    """VIPs for the mesh's services; a full range keeps the services that already have one working (and says so)
+    instead of failing the whole mesh's config."""
+    try:
+        return vip.allocate(existing, services, cidr)
+    except vip.VipRangeExhausted as e:
+        log.error("mesh %s: %s; services without a VIP get no DNS name", mesh, e)
+        try:
+            return vip.allocate(existing, [s for s in services if s in existing], cidr)
+        except vip.VipRangeExhausted:
+            return {}
+
+
+def _shared_listener(state: MeshState, name: str, msg: Any) -> Any:
+    """The same Resource for the same memoised listener message, so its bytes are serialised once per state."""
+    key = (name, id(msg))
+    hit = state.listener_resources.get(key)
+    if hit is None or hit[0] is not msg:
+        hit = state.listener_resources[key] = (msg, Resource(name, msg, LISTENER))
+    return hit[1]
+
+
 def proxy_snapshot(state: MeshState, dp: Dataplane) -> Snapshot:
-    """The proxy's own resources plus the shared clusters/endpoints of the services it calls."""
+    """The proxy's own resources plus the shared clusters/endpoints of the services it calls (its outbounds, or
+    under tproxy its reachable services)."""
     own = generate_proxy(state.ctx, dp, shared={})
-    wanted = {ob.service for ob in dp.networking.outbound}
+    wanted = set(wanted_services(state.ctx, dp))
     clusters: dict[str, Any] = {n: r for n, r in state.shared.get(CLUSTER, {}).items() if n in wanted}
     endpoints: dict[str, Any] = {n: r for n, r in state.shared.get(ENDPOINT, {}).items() if n in wanted}
     clusters.update(own.get(CLUSTER, {}))
-    return Snapshot.build({CLUSTER: clusters, ENDPOINT: endpoints, LISTENER: dict(own.get(LISTENER, {})),
+    listeners = {n: _shared_listener(state, n, m) if n in SHARED_LISTENERS else m
+                 for n, m in own.get(LISTENER, {}).items()}
+    return Snapshot.build({CLUSTER: clusters, ENDPOINT: endpoints, LISTENER: listeners,
                            SECRET: dict(state.shared.get(SECRET, {}))})
 
 
@@ -81,8 +125,10 @@ BundleFn = Callable[[Mesh], Awaitable[tuple[str, tuple[str, ...]]]]
 
 class XdsSync:
     def __init__(self, store: ResourceStore, cache: Any, *, debounce: float = 0.02,
-                 bundle: BundleFn | None = None, bundle_recheck: float = 5.0) -> None:
+                 bundle: BundleFn | None = None, bundle_recheck: float = 5.0,
+                 vip_cidr: str = vip.DEFAULT_CIDR) -> None:
         self.store = store
+        self.vip_cidr = vip_cidr
         self.cache = cache
         self.bundle = bundle
         self.bundle_recheck = bundle_recheck
@@ -233,13 +279,21 @@ class XdsSync:
         parsed_mesh = parse_mesh(mesh_rec.doc)
         if self.bundle is not None and mtls_enabled(parsed_mesh):
             bundle_pem, bundle_names = await self.bundle(parsed_mesh)
-        state = await asyncio.to_thread(build_mesh_state, mesh_rec.doc, dps, policies, bundle_pem, bundle_names)
+        vips_rec = await self.store.get(vip.KIND, mesh, vip.NAME)
+        stored_vips = vip.vips_from_doc(vips_rec.doc if vips_rec else None)
+        state = await asyncio.to_thread(build_mesh_state, mesh_rec.doc, dps, policies, bundle_pem, bundle_names,
+                                        stored_vips, self.vip_cidr)
         if seq < self._installed.get(mesh, 0):
             return self.states.get(mesh)  # a rebuild that read the store later already installed its state
         self._installed[mesh] = seq
         self.states[mesh] = state
         self.generations += 1
         self.last_duration = time.monotonic() - t0
+        if dict(state.ctx.vips) != stored_vips:  # after installing: no await between the check and the install
+            try:
+                await self.store.upsert(vip.KIND, mesh, vip.NAME, vip.vips_doc(mesh, state.ctx.vips))
+            except Exception:
+                log.exception("mesh %s: storing virtual IPs failed; they are re-allocated on the next rebuild", mesh)
         return state
 
     async def _publish(self, state: MeshState, targets: list[str]) -> None:

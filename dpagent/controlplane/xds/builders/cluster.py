@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
@@ -44,7 +44,14 @@ def eds_cluster(name: str, *, http2: bool, tls: base_pb2.TransportSocket | None)
     return c
 
 
-def static_cluster(name: str, address: str, port: int, *, http2: bool) -> cluster_pb2.Cluster:
+def _bind(cluster: cluster_pb2.Cluster, source: str) -> None:
+    cluster.upstream_bind_config.CopyFrom(address_pb2.BindConfig(source_address=address_pb2.SocketAddress(
+        address=source, port_value=0)))
+
+
+def static_cluster(name: str, address: str, port: int, *, http2: bool, bind_source: str = "") -> cluster_pb2.Cluster:
+    """`bind_source` (transparent proxy): connect to the app from that address (127.0.0.6 / ::6), which the
+    iptables rules let through, so the hop from Envoy to the app is not captured again."""
     c = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.STATIC,
@@ -53,4 +60,20 @@ def static_cluster(name: str, address: str, port: int, *, http2: bool) -> cluste
     )
     if http2:
         _http2(c)
+    if bind_source:
+        _bind(c, bind_source)
+    return c
+
+
+def original_dst_cluster(name: str, *, bind_source: str = "") -> cluster_pb2.Cluster:
+    """Passthrough: connect to wherever the captured connection was going (the listener's original_dst filter
+    restored that address)."""
+    c = cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.ORIGINAL_DST,
+        lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
+        connect_timeout=seconds(CONNECT_TIMEOUT),
+    )
+    if bind_source:
+        _bind(c, bind_source)
     return c

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from dpagent.controlplane.xds.sds_files import IDENTITY_DIR, sds_config_path
@@ -24,6 +26,16 @@ def seconds(value: float) -> duration_pb2.Duration:
 
 def socket_address(address: str, port: int) -> address_pb2.Address:
     return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=address, port_value=port))
+
+
+def cidr(address: str) -> address_pb2.CidrRange:
+    """`10.0.0.1` → 10.0.0.1/32 (/128 for IPv6); an explicit `a/len` is kept as given."""
+    net = ipaddress.ip_network(address, strict=False)
+    return address_pb2.CidrRange(address_prefix=str(net.network_address), prefix_len=wrap_u32(net.prefixlen))
+
+
+def wrap_u32(value: int) -> wrappers_pb2.UInt32Value:
+    return wrappers_pb2.UInt32Value(value=value)
 
 
 def ads_source() -> config_source_pb2.ConfigSource:

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from envoy.config.core.v3 import base_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import wrappers_pb2
 
-from dpagent.controlplane.xds.builders.core import pack, socket_address
+from dpagent.controlplane.xds.builders.core import cidr, pack, socket_address
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
 HCM = "envoy.filters.network.http_connection_manager"
 ROUTER = "envoy.filters.http.router"
+ORIGINAL_DST = "envoy.filters.listener.original_dst"
 HTTP_PROTOCOLS = ("http", "http2", "grpc")
 HTTP2_PROTOCOLS = ("http2", "grpc")
 INBOUND = base_pb2.INBOUND
@@ -32,6 +34,36 @@ def listener(name: str, address: str, port: int, direction: int, filters: Sequen
                                  filter_chains=[chain])
 
 
+def filter_chain(filters: Sequence[listener_components_pb2.Filter],
+                 transport_socket: base_pb2.TransportSocket | None = None, *, name: str = "",
+                 destination_port: int = 0, prefixes: Sequence[str] = ()) -> listener_components_pb2.FilterChain:
+    """A chain matched on the connection's (original) destination: port and/or exact addresses (/32, /128)."""
+    chain = listener_components_pb2.FilterChain(name=name, filters=list(filters))
+    if destination_port or prefixes:
+        match = listener_components_pb2.FilterChainMatch(prefix_ranges=[cidr(p) for p in prefixes])
+        if destination_port:
+            match.destination_port.value = destination_port
+        chain.filter_chain_match.CopyFrom(match)
+    if transport_socket is not None:
+        chain.transport_socket.CopyFrom(transport_socket)
+    return chain
+
+
+def capture_listener(name: str, port: int, direction: int, chains: Sequence[listener_components_pb2.FilterChain],
+                     default_chain: listener_components_pb2.FilterChain) -> listener_pb2.Listener:
+    """A transparent-proxy listener: iptables REDIRECTs here, `original_dst` restores the address the app dialled
+    so chains can match on it, and whatever matches no chain takes `default_chain` (passthrough)."""
+    original_dst = listener_components_pb2.ListenerFilter(name=ORIGINAL_DST,
+                                                          typed_config=pack(original_dst_pb2.OriginalDst()))
+    return listener_pb2.Listener(name=name, address=socket_address("0.0.0.0", port), traffic_direction=direction,
+                                 listener_filters=[original_dst], filter_chains=list(chains),
+                                 default_filter_chain=default_chain)
+
+
+def pipe_address(path: str, mode: int = 0o600) -> address_pb2.Address:
+    return address_pb2.Address(pipe=address_pb2.Pipe(path=path, mode=mode))
+
+
 def tcp_proxy(stat_prefix: str, cluster: str) -> listener_components_pb2.Filter:
     cfg = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix, cluster=cluster)
     return listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(cfg))
@@ -39,11 +71,14 @@ def tcp_proxy(stat_prefix: str, cluster: str) -> listener_components_pb2.Filter:
 
 def http_connection_manager(stat_prefix: str, route_name: str, cluster: str,
                             http_filters: Sequence[hcm_pb2.HttpFilter] = (),
-                            validate_clusters: bool = True) -> listener_components_pb2.Filter:
+                            validate_clusters: bool = True,
+                            forward_identity: bool = False) -> listener_components_pb2.Filter:
     """One virtual host, one catch-all route to `cluster`.
 
     validate_clusters=False on outbounds: the target service may have no cluster yet (no dataplane), and an inline
     route to an unknown cluster would make Envoy reject the whole listener instead of answering 503.
+    forward_identity=True on inbounds: the app gets `x-forwarded-client-cert` with the caller's SPIFFE URI (and a
+    header the caller sent itself is replaced, so it cannot be forged).
     """
     route = route_components_pb2.Route(
         match=route_components_pb2.RouteMatch(prefix="/"),
@@ -59,4 +94,7 @@ def http_connection_manager(stat_prefix: str, route_name: str, cluster: str,
         ),
         http_filters=[*http_filters, hcm_pb2.HttpFilter(name=ROUTER, typed_config=pack(router_pb2.Router()))],
     )
+    if forward_identity:
+        cfg.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE_SET
+        cfg.set_current_client_cert_details.uri = True
     return listener_components_pb2.Filter(name=HCM, typed_config=pack(cfg))
