@@ -1,0 +1,163 @@
+"""The REST API over real HTTP (aiohttp test server) with the in-memory store: every error path says what is wrong."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import jwt
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from dpagent.controlplane.api import Api, is_loopback
+from dpagent.controlplane.resources import Resources
+from dpagent.controlplane.store import MemoryStore
+
+MESH = {"type": "Mesh", "name": "default"}
+DP = {"type": "Dataplane", "mesh": "default", "name": "web-1",
+      "networking": {"address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}}
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[TestClient[Any, Any]]:
+    store = await MemoryStore.open()
+    api = Api(Resources(store), admin_token="s3cret")
+    async with TestClient(TestServer(api.app())) as c:
+        yield c
+    await store.close()
+
+
+async def put(c: TestClient[Any, Any], path: str, body: Any, **kw: Any) -> tuple[int, Any]:
+    r = await c.put(path, json=body, **kw)
+    return r.status, await r.json()
+
+
+async def test_crud_and_status_codes(client):
+    assert (await put(client, "/meshes/default", MESH))[0] == 201
+    assert (await put(client, "/meshes/default", MESH))[0] == 200
+    assert (await put(client, "/meshes/default/dataplanes/web-1", DP))[0] == 201
+    r = await client.get("/meshes/default/dataplanes/web-1")
+    doc = await r.json()
+    assert r.status == 200 and doc["networking"]["address"] == "10.0.0.1" and doc["creationTime"].endswith("Z")
+    r = await client.put("/meshes/default/dataplanes/web-2", data=(
+        "type: Dataplane\nmesh: default\nname: web-2\nnetworking:\n  address: 10.0.0.2\n  inbound:\n"
+        "  - port: 1\n    tags: {kuma.io/service: web}\n"), headers={"content-type": "application/yaml"})
+    assert r.status == 201, await r.text()
+    assert (await client.delete("/meshes/default/dataplanes/web-2")).status == 200
+    r = await client.get("/meshes/default/dataplanes/web-2")
+    assert r.status == 404 and (await r.json())["title"] == 'Dataplane "web-2" in mesh "default" not found'
+
+
+async def test_validation_lists_every_violation_with_paths(client):
+    await put(client, "/meshes/default", MESH)
+    bad = {**DP, "networking": {"address": "not an ip", "inbound": [{"port": 0, "tags": {}}], "bogus": 1}}
+    status, body = await put(client, "/meshes/default/dataplanes/web-1", bad)
+    assert status == 400
+    fields = [c["field"] for c in body["causes"]]
+    assert fields == ["networking.bogus", "networking.address", "networking.inbound[0].port",
+                      'networking.inbound[0].tags["kuma.io/service"]']
+    status, body = await put(client, "/meshes/default", {"type": "Mesh", "name": "default",
+                                                         "mtls": {"enabledBackend": "x", "backends": []}})
+    assert status == 400 and body["causes"][0]["field"] == "mtls.enabledBackend"
+    status, body = await put(client, "/meshes/default/meshtrafficpermissions/p", {
+        "type": "MeshTrafficPermission", "mesh": "default", "name": "p",
+        "spec": {"targetRef": {"kind": "MeshService"}, "from": [{"targetRef": {"kind": "Mesh"},
+                                                                  "default": {"action": "Maybe"}}]}})
+    assert status == 400
+    assert {c["field"] for c in body["causes"]} == {"spec.targetRef.name", "spec.from[0].default.action"}
+
+
+@pytest.mark.parametrize(("path", "body", "field", "fragment"), [
+    ("/meshes/default/dataplanes/other", DP, "name", "does not match the name in the URL"),
+    ("/meshes/prod/dataplanes/web-1", DP, "mesh", "does not match the mesh in the URL"),
+    ("/meshes/default/dataplanes/web-1", {**DP, "type": "Mesh"}, "type", "must be Dataplane"),
+    ("/meshes/default", {**MESH, "mesh": "x"}, "mesh", "not mesh-scoped"),
+    ("/meshes/default/dataplanes/web-1", {**DP, "type": "Nope"}, "type", "unknown type"),
+])
+async def test_mismatches_name_the_field(client, path, body, field, fragment):
+    await put(client, "/meshes/default", MESH)
+    status, resp = await put(client, path, body)
+    assert status == 400
+    assert any(c["field"] == field and fragment in c["message"] for c in resp["causes"]), resp
+
+
+async def test_missing_mesh_and_bad_bodies(client):
+    status, body = await put(client, "/meshes/default/dataplanes/web-1", DP)
+    assert status == 400 and 'mesh "default" does not exist' in body["causes"][0]["message"]
+    r = await client.put("/meshes/default", data=b"{not json", headers={"content-type": "application/json"})
+    assert r.status == 400 and "not valid JSON or YAML" in (await r.json())["causes"][0]["message"]
+    r = await client.get("/meshes/nope/dataplanes")
+    assert r.status == 404 and 'mesh "nope" not found' in (await r.json())["title"]
+    r = await client.get("/meshes?size=0")
+    assert r.status == 400
+    r = await client.post("/meshes/default")
+    assert r.status == 405
+
+
+async def test_pagination(client):
+    await put(client, "/meshes/default", MESH)
+    for i in range(5):
+        dp = {**DP, "name": f"dp-{i}"}
+        await put(client, f"/meshes/default/dataplanes/dp-{i}", dp)
+    page = await (await client.get("/meshes/default/dataplanes?size=2")).json()
+    assert page["total"] == 5 and [d["name"] for d in page["items"]] == ["dp-0", "dp-1"]
+    assert "offset=2" in page["next"]
+    last = await (await client.get("/meshes/default/dataplanes?size=2&offset=4")).json()
+    assert [d["name"] for d in last["items"]] == ["dp-4"] and last["next"] is None
+    assert (await (await client.get("/dataplanes")).json())["total"] == 5
+
+
+async def test_mesh_delete_cascades(client):
+    await put(client, "/meshes/default", MESH)
+    await put(client, "/meshes/default/dataplanes/web-1", DP)
+    assert (await client.delete("/meshes/default")).status == 200
+    assert (await (await client.get("/dataplanes")).json())["total"] == 0
+
+
+async def test_tokens(client):
+    await put(client, "/meshes/default", MESH)
+    r = await client.post("/tokens/dataplane", json={"name": "web-1", "mesh": "default",
+                                                     "tags": {"kuma.io/service": ["web"]}, "validFor": "1h"})
+    token = await r.text()
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert r.status == 200 and claims["Name"] == "web-1" and claims["Tags"] == {"kuma.io/service": ["web"]}
+    r = await client.post("/tokens/dataplane", json={"mesh": "default", "validFor": "soon", "tags": {"a": "b"}})
+    body = await r.json()
+    assert r.status == 400 and {c["field"] for c in body["causes"]} == {"validFor", "tags"}
+    r = await client.post("/tokens/dataplane", json={"mesh": "nope", "validFor": "1h"})
+    assert r.status == 404
+    r = await client.post("/tokens/dataplane/revocations", json={"mesh": "default", "token": token})
+    assert (await r.json())["revoked"] == claims["jti"]
+    r = await client.post("/tokens/dataplane/revocations", json={"mesh": "default", "token": "garbage"})
+    assert r.status == 400
+
+
+def test_only_loopback_skips_authentication():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("127.0.0.6")
+    assert not is_loopback("10.0.0.1") and not is_loopback(None) and not is_loopback("garbage")
+
+
+async def test_remote_callers_need_the_admin_token():
+    from unittest import mock
+
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from dpagent.controlplane.api import auth_middleware
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    def request(peer: str, auth: str = "") -> web.Request:
+        transport = mock.Mock()
+        transport.get_extra_info.side_effect = lambda name, default=None: (peer, 4321) if name == "peername" \
+            else default
+        headers = {"authorization": auth} if auth else {}
+        return make_mocked_request("GET", "/meshes", headers=headers, transport=transport)
+
+    mw = auth_middleware("s3cret")
+    assert (await mw(request("127.0.0.1"), handler)).status == 200
+    denied = await mw(request("10.1.2.3"), handler)
+    assert denied.status == 401 and b"Bearer" in denied.body
+    assert (await mw(request("10.1.2.3", "Bearer wrong"), handler)).status == 401
+    assert (await mw(request("10.1.2.3", "Bearer s3cret"), handler)).status == 200
