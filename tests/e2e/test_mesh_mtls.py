@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from testlib import free_port, wait_for
+from testlib import HttpApp, free_port, wait_for
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
@@ -240,8 +240,6 @@ def test_indirect_lifecycle_and_direct_deregistration(cp, agents, apps):
 
 
 def test_draining_proxy_gets_no_new_traffic_then_is_deregistered(cp, agents, apps):
-    from conftest import HttpApp
-
     pool_a, pool_b = HttpApp("pool-a"), HttpApp("pool-b")
     a = agents("pool-a", dataplane("pool-a", "pool", free_port(), pool_a.port, "http"), None, "--drain-time", "15s")
     agents("pool-b", dataplane("pool-b", "pool", free_port(), pool_b.port, "http"))
