@@ -62,6 +62,11 @@ class TokenBucket:
 BootstrapRenderer = Callable[..., dict[str, Any]]
 
 
+def _bearer(request: web.Request) -> str:
+    header = request.headers.get("authorization", "")
+    return header[7:].strip() if header.lower().startswith("bearer ") else header.strip()
+
+
 class DpServer:
     def __init__(self, resources: Resources, auth: DataplaneAuth, issuer: Issuer, *, xds_port: int, cp_ca_pem: str,
                  xds_host: str = "", on_direct: Callable[[str, str], Awaitable[None]] | None = None,
@@ -76,6 +81,24 @@ class DpServer:
         self.on_direct = on_direct
         self.on_leave = on_leave
         self.csr_limit = TokenBucket(CSR_RATE, CSR_BURST)
+
+    async def _refused(self, token: str, dp: Dataplane) -> web.Response | None:
+        """None when the token is valid for this dataplane; else the 401/403 answer with the verifier's reason."""
+        try:
+            await self.auth.verify(token, dp)
+        except TokenError as e:
+            return _err(403 if e.reason in ("name", "tags", "mesh") else 401, str(e))
+        return None
+
+    async def _registered(self, mesh: str, name: str, token: str, hint: str = "") -> tuple[Dataplane | None,
+                                                                                           web.Response | None]:
+        """The stored Dataplane the token is valid for, or the answer explaining why not."""
+        rec = await self.store.get("Dataplane", mesh, name)
+        if rec is None:
+            return None, _err(404, f'Dataplane "{name}" in mesh "{mesh}" not found{hint}')
+        dp = parse_dataplane(rec.doc)
+        refused = await self._refused(token, dp)
+        return (None, refused) if refused else (dp, None)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)
@@ -94,15 +117,9 @@ class DpServer:
             mesh, name = body["mesh"], body["name"]
         except (ValueError, KeyError, TypeError):
             return _err(400, "the leave request must be JSON with mesh and name")
-        rec = await self.store.get("Dataplane", mesh, name)
-        if rec is None:
-            return _err(404, f'Dataplane "{name}" in mesh "{mesh}" not found')
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else header.strip()
-        try:
-            await self.auth.verify(token, parse_dataplane(rec.doc))
-        except TokenError as e:
-            return _err(403 if e.reason in ("name", "tags", "mesh") else 401, str(e))
+        _, refused = await self._registered(mesh, name, _bearer(request))
+        if refused:
+            return refused
         if self.on_leave:
             await self.on_leave(mesh, name)
         return web.json_response({"leaving": f"{mesh}/{name}"})
@@ -132,15 +149,13 @@ class DpServer:
                 dp = parse_dataplane(doc)
             except ValidationError as e:
                 return _err(422, str(e).splitlines()[0], e.violations)
+            if refused := await self._refused(token, dp):
+                return refused
         else:
-            rec = await self.store.get("Dataplane", mesh, name)
-            if rec is None:
-                return _err(404, f'Dataplane "{name}" in mesh "{mesh}" not found')
-            dp = parse_dataplane(rec.doc)
-        try:
-            await self.auth.verify(token, dp)
-        except TokenError as e:
-            return _err(403 if e.reason in ("name", "tags", "mesh") else 401, str(e))
+            found, refused = await self._registered(mesh, name, token)
+            if found is None:
+                return refused  # type: ignore[return-value]
+            dp = found
         if direct:
             await self.resources.apply(doc, kind=dp_kind)
             if self.on_direct:
@@ -183,16 +198,9 @@ class DpServer:
         if wait:
             return web.json_response({"title": f"too many certificate requests for {mesh}/{name}; retry later"},
                                      status=429, headers={"retry-after": str(max(1, round(wait)))})
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else header.strip()
-        rec = await self.store.get("Dataplane", mesh, name)
-        if rec is None:
-            return _err(404, f'Dataplane "{name}" in mesh "{mesh}" not found; bootstrap it first')
-        dp = parse_dataplane(rec.doc)
-        try:
-            await self.auth.verify(token, dp)
-        except TokenError as e:
-            return _err(403 if e.reason in ("name", "tags", "mesh") else 401, str(e))
+        dp, refused = await self._registered(mesh, name, _bearer(request), "; bootstrap it first")
+        if dp is None:
+            return refused  # type: ignore[return-value]
         mesh_rec = await self.store.get("Mesh", "", mesh)
         if mesh_rec is None:
             return _err(404, f'mesh "{mesh}" not found')

@@ -4,6 +4,7 @@ listeners that point at them by name."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -74,6 +75,16 @@ def shared_clusters(ctx: MeshView) -> tuple[Clusters, Assignments]:
     return clusters, assignments
 
 
+def outbound_filter(name: str, service: str, protocols: Mapping[str, str]) -> Any:
+    """The network filter that sends a client's traffic to `service`: HTTP-aware for HTTP protocols, else TCP.
+    Shared by outbound listeners and the transparent-proxy capture chains."""
+    cluster = names.service_cluster(service)
+    stat = names.stat_prefix(name)
+    if protocols.get(service, "tcp") in lb.HTTP_PROTOCOLS:
+        return lb.http_connection_manager(stat, names.outbound_route(service), cluster, validate_clusters=False)
+    return lb.tcp_proxy(stat, cluster)
+
+
 def outbound_listeners(ctx: MeshView, dp: Dataplane,
                        protocols: Mapping[str, str] | None = None) -> dict[str, listener_pb2.Listener]:
     """`protocols` is `service_protocols(ctx.dataplanes)`, passed in when the caller computed it once for the mesh:
@@ -82,13 +93,6 @@ def outbound_listeners(ctx: MeshView, dp: Dataplane,
         protocols = service_protocols(ctx.dataplanes)
     out: dict[str, listener_pb2.Listener] = {}
     for ob in dp.networking.outbound:
-        service = ob.service
         name = names.outbound_listener(ob.address, ob.port)
-        cluster = names.service_cluster(service)
-        stat = names.stat_prefix(name)
-        if protocols.get(service, "tcp") in lb.HTTP_PROTOCOLS:
-            filt = lb.http_connection_manager(stat, names.outbound_route(service), cluster, validate_clusters=False)
-        else:
-            filt = lb.tcp_proxy(stat, cluster)
-        out[name] = lb.listener(name, ob.address, ob.port, lb.OUTBOUND, [filt])
+        out[name] = lb.listener(name, ob.address, ob.port, lb.OUTBOUND, [outbound_filter(name, ob.service, protocols)])
     return dict(sorted(out.items()))

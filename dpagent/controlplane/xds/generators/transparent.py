@@ -13,6 +13,7 @@ from dpagent.controlplane.xds import names
 from dpagent.controlplane.xds.builders import cluster as cb
 from dpagent.controlplane.xds.builders import listener as lb
 from dpagent.controlplane.xds.generators.inbound import InboundPart
+from dpagent.controlplane.xds.generators.outbound import outbound_filter
 from dpagent.model.dataplane import Dataplane
 from dpagent.model.validation import is_ip
 
@@ -82,13 +83,8 @@ def outbound_capture_listener(port: int, reachable: Sequence[str], protocols: Ma
     chains: list[listener_components_pb2.FilterChain] = []
     for (service, dport), ips in _claims(reachable, vips, addresses, ports).items():
         name = names.outbound_chain(service, dport)
-        cluster = names.service_cluster(service)
-        stat = names.stat_prefix(name)
-        if protocols.get(service, "tcp") in lb.HTTP_PROTOCOLS:
-            filt = lb.http_connection_manager(stat, names.outbound_route(service), cluster, validate_clusters=False)
-        else:
-            filt = lb.tcp_proxy(stat, cluster)
-        chains.append(lb.filter_chain([filt], name=name, destination_port=dport, prefixes=ips))
+        chains.append(lb.filter_chain([outbound_filter(name, service, protocols)], name=name, destination_port=dport,
+                                      prefixes=ips))
     default = lb.filter_chain([lb.tcp_proxy(names.stat_prefix(names.OUTBOUND_PASSTHROUGH),
                                             names.OUTBOUND_PASSTHROUGH)], name=names.OUTBOUND_PASSTHROUGH)
     return lb.capture_listener(names.OUTBOUND_PASSTHROUGH, port, lb.OUTBOUND, chains, default)
