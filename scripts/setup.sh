@@ -14,5 +14,8 @@ stamp=.venv/.dpagent-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/pip install -q -e '.[dev]'
+  # Optional: the python-iptables backend builds from source (needs a C compiler); its tests skip without it.
+  .venv/bin/pip install -q 'python-iptables>=1.0' >/dev/null 2>&1 \
+    || echo "note: python-iptables not installed (no compiler?); its backend's tests will be skipped"
   touch "$stamp"
 fi

@@ -195,7 +195,8 @@ def install(cfg: TProxyConfig, facts: HostFacts, runner: Runner, *, rendered: Re
     outcome.warnings[:0] = list(rendered.warnings)
     if rendered.v6 is not None and not dry_run:
         res = runner.run(["ip", "-6", "addr", "add", "::6/128", "dev", facts.loopback], timeout=10)
-        if res.returncode != 0 and "exists" not in res.stderr.lower():
+        already = ("exists" in res.stderr.lower() or "already assigned" in res.stderr.lower())
+        if res.returncode != 0 and not already:
             outcome.warnings.append(f"could not add ::6/128 to {facts.loopback} ({res.stderr.strip()}); Envoy's "
                                     "IPv6 inbound passthrough needs it: `ip -6 addr add ::6/128 dev lo`")
     return outcome

@@ -109,7 +109,7 @@ def _restorer(cfg: TProxyConfig) -> apply.Restorer | None:
         from transparent_proxy.iptc_backend import IptcRestorer, load_iptc
 
         load_iptc()
-        return IptcRestorer()
+        return IptcRestorer(wait=cfg.wait)
     return None
 
 
