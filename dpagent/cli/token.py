@@ -57,3 +57,35 @@ def revoke(mesh: str, token_file: str, jti: str, api_address: str, api_token_fil
             raise ConfigError(f"cannot read {token_file}: {e.strerror}") from None
     out = make_client(api_address, api_token_file).request("POST", "/tokens/dataplane/revocations", json=body).json()
     click.echo(f"revoked token {out['revoked']} in mesh {out['mesh']!r}")
+
+
+@token_group.group("signing-key")
+def signing_key_group() -> None:
+    """Rotate the mesh's token signing keys (tokens name their key by serial, the JWT `kid`)."""
+
+
+@signing_key_group.command("rotate")
+@click.option("-m", "--mesh", default="default", show_default=True)
+@api_options
+def rotate_key(mesh: str, api_address: str, api_token_file: str) -> None:
+    """Add a new key; tokens generated from now on use it, older tokens keep working."""
+    out = make_client(api_address, api_token_file).request("POST", f"/meshes/{mesh}/signing-keys").json()
+    click.echo(f"mesh {mesh!r} now signs tokens with key {out['serial']}; re-issue tokens, then delete old keys")
+
+
+@signing_key_group.command("list")
+@click.option("-m", "--mesh", default="default", show_default=True)
+@api_options
+def list_keys(mesh: str, api_address: str, api_token_file: str) -> None:
+    out = make_client(api_address, api_token_file).get(f"/meshes/{mesh}/signing-keys")
+    click.echo(" ".join(str(s) for s in out["serials"]))
+
+
+@signing_key_group.command("delete")
+@click.argument("serial", type=int)
+@click.option("-m", "--mesh", default="default", show_default=True)
+@api_options
+def delete_key(serial: int, mesh: str, api_address: str, api_token_file: str) -> None:
+    """Retire key SERIAL: every token signed with it is refused from now on (live streams within seconds)."""
+    make_client(api_address, api_token_file).request("DELETE", f"/meshes/{mesh}/signing-keys/{serial}")
+    click.echo(f"signing key {serial} of mesh {mesh!r} deleted")

@@ -119,6 +119,9 @@ class Api:
         r.add_get("/", self.index)
         r.add_post("/tokens/dataplane", self.generate_token)
         r.add_post("/tokens/dataplane/revocations", self.revoke_token)
+        r.add_get("/meshes/{mesh}/signing-keys", self.list_signing_keys)
+        r.add_post("/meshes/{mesh}/signing-keys", self.rotate_signing_key)
+        r.add_delete("/meshes/{mesh}/signing-keys/{serial}", self.delete_signing_key)
         r.add_get("/meshes/{mesh}/dataplanes/{name}/_inspect", self.inspect)
         r.add_get("/meshes/{mesh}/dataplanes+insights", self.dataplanes_insights)
         r.add_get("/meshes/{mesh}/certificates", self.certificate_counts)
@@ -236,6 +239,34 @@ class Api:
     async def metrics(self, request: web.Request) -> web.Response:
         text = await self.metrics_fn() if self.metrics_fn else ""
         return web.Response(text=text, content_type="text/plain")
+
+    async def _mesh(self, request: web.Request) -> str:
+        mesh = request.match_info["mesh"]
+        if await self.store.get("Mesh", "", mesh) is None:
+            raise NotFound(f'mesh "{mesh}" not found')
+        return mesh
+
+    async def list_signing_keys(self, request: web.Request) -> web.Response:
+        """Serials only: private keys never leave the CP."""
+        mesh = await self._mesh(request)
+        return web.json_response({"mesh": mesh, "serials": [k.serial for k in await secrets.signing_keys(
+            self.store, mesh)]})
+
+    async def rotate_signing_key(self, request: web.Request) -> web.Response:
+        """Add serial n+1: new tokens use it, tokens from older keys keep working until those keys are deleted."""
+        mesh = await self._mesh(request)
+        key = await secrets.rotate_signing_key(self.store, mesh)
+        log.info("rotated the token signing key", extra={"kv": {"mesh": mesh, "serial": key.serial}})
+        return web.json_response({"mesh": mesh, "serial": key.serial}, status=201)
+
+    async def delete_signing_key(self, request: web.Request) -> web.Response:
+        mesh = await self._mesh(request)
+        try:
+            serial = int(request.match_info["serial"])
+        except ValueError:
+            raise ValidationError("signing key", [("serial", "must be a whole number")]) from None
+        await secrets.delete_signing_key(self.store, mesh, serial)
+        return web.json_response({"mesh": mesh, "deleted": serial})
 
     async def inspect(self, request: web.Request) -> web.Response:
         mesh, name = request.match_info["mesh"], request.match_info["name"]

@@ -94,14 +94,22 @@ class XdsAuth:
     def __init__(self, store: ResourceStore, auth: DataplaneAuth) -> None:
         self.store = store
         self.auth = auth
+        # Parsed Dataplanes by (mesh, name) and record version: every live stream is re-checked every few seconds,
+        # and re-parsing unchanged documents was half of an idle CP's CPU at 1,000 proxies.
+        self._parsed: dict[tuple[str, str], tuple[int, Any]] = {}
 
     async def _dataplane(self, node_id: str) -> Any:
         for i, ch in enumerate(node_id):
             if ch != ".":
                 continue
-            rec = await self.store.get("Dataplane", node_id[:i], node_id[i + 1:])
+            key = (node_id[:i], node_id[i + 1:])
+            rec = await self.store.get("Dataplane", *key)
             if rec is not None:
-                return parse_dataplane(rec.doc)
+                hit = self._parsed.get(key)
+                if hit is None or hit[0] != rec.version:
+                    hit = (rec.version, parse_dataplane(rec.doc))
+                    self._parsed[key] = hit
+                return hit[1]
         raise StreamError(_unauth(), f"no Dataplane for node id {node_id!r}; create it in the control plane first "
                                      "or pass it to the agent with --dataplane-file")
 

@@ -97,3 +97,17 @@ async def existing_builtin_ca(store: ResourceStore, mesh: str, backend: str) -> 
     cert = await store.get(SECRET, mesh, cert_name)
     key = await store.get(SECRET, mesh, key_name)
     return (_data(cert.doc), _data(key.doc)) if cert and key else None
+
+
+async def delete_signing_key(store: ResourceStore, mesh: str, serial: int) -> None:
+    """Retire a key: tokens signed with it stop verifying. The newest key cannot be deleted (tokens need one)."""
+    from dpagent.errors import ConfigError, NotFound
+
+    keys = await signing_keys(store, mesh)
+    if not any(k.serial == serial for k in keys):
+        raise NotFound(f"mesh {mesh!r} has no signing key with serial {serial} (it has: "
+                       f"{', '.join(str(k.serial) for k in keys) or 'none'})")
+    if serial == keys[-1].serial:
+        raise ConfigError(f"signing key {serial} is the newest key of mesh {mesh!r}; rotate first "
+                          "(`dpagent token signing-key rotate`), then delete the old one")
+    await store.delete(SECRET, mesh, f"{_SIGNING_PREFIX}{mesh}-{serial}")

@@ -161,3 +161,37 @@ async def test_remote_callers_need_the_admin_token():
     assert denied.status == 401 and b"Bearer" in denied.body
     assert (await mw(request("10.1.2.3", "Bearer wrong"), handler)).status == 401
     assert (await mw(request("10.1.2.3", "Bearer s3cret"), handler)).status == 200
+
+
+async def test_signing_key_rotation_by_serial(client):
+    await put(client, "/meshes/default", MESH)
+    old = await (await client.post("/tokens/dataplane", json={"name": "web-1", "validFor": "1h"})).text()
+    r = await client.post("/meshes/default/signing-keys")
+    assert r.status == 201 and (await r.json())["serial"] == 2
+    new = await (await client.post("/tokens/dataplane", json={"name": "web-1", "validFor": "1h"})).text()
+    assert jwt.get_unverified_header(old)["kid"] == "1" and jwt.get_unverified_header(new)["kid"] == "2"
+    assert (await (await client.get("/meshes/default/signing-keys")).json())["serials"] == [1, 2]
+    r = await client.delete("/meshes/default/signing-keys/2")
+    assert r.status == 400 and "newest key" in (await r.json())["title"]
+    assert (await client.delete("/meshes/default/signing-keys/1")).status == 200
+    assert (await client.delete("/meshes/default/signing-keys/1")).status == 404
+
+
+async def test_verifier_after_rotation():
+    from dpagent.controlplane import secrets
+    from dpagent.controlplane.auth import DataplaneAuth
+    from dpagent.controlplane.tokens import TokenError, issue_token
+    from dpagent.model.dataplane import parse_dataplane
+
+    store = await MemoryStore.open()
+    await Resources(store).apply(dict(MESH))
+    k1 = await secrets.ensure_signing_key(store, "default")
+    old = issue_token(k1, name="web-1", mesh="default", tags=None, valid_for=3600)
+    await secrets.rotate_signing_key(store, "default")
+    dp = parse_dataplane(DP)
+    auth = DataplaneAuth(store, ttl=0)
+    assert (await auth.verify(old, dp)).name == "web-1", "older tokens keep working after a rotation"
+    await secrets.delete_signing_key(store, "default", 1)
+    with pytest.raises(TokenError, match="no signing key with KID 1"):
+        await auth.verify(old, dp)
+    await store.close()
