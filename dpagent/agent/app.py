@@ -28,7 +28,7 @@ from dpagent.agent.dns import DnsService
 from dpagent.agent.envoy import EnvoyAdmin, EnvoyProcess, admin_endpoint, envoy_args, envoy_version, find_envoy
 from dpagent.agent.http import SmallHttpServer
 from dpagent.agent.identity import IdentityManager, setup_identity
-from dpagent.agent.lifecycle import StopSignals, read_token
+from dpagent.agent.lifecycle import StopSignals, TokenMirror, read_token
 from dpagent.agent.metrics import Metrics
 from dpagent.agent.notify import Notifier, health_loop  # sd_notify (systemd/README.md)
 from dpagent.agent.readiness import Phase, Readiness
@@ -65,6 +65,8 @@ class Agent:
         self._identity_task: asyncio.Task[None] | None = None
         self._leave: Callable[[], Awaitable[bool]] | None = None
         self._servers: list[SmallHttpServer] = []
+        self._background: list[asyncio.Task[None]] = []
+        self._token_mirror: TokenMirror | None = None
         self.restarts = 0
         self.metrics = Metrics(self._collect)
         self.dns: DnsService | None = None
@@ -125,10 +127,12 @@ class Agent:
                                                  what="metrics endpoint", flag="--metrics-port (DPAGENT_METRICS_PORT)")
                 await metrics_server.start()
                 self._servers.append(metrics_server)
-            token_path = cfg.token_file
-            if cfg.token:
-                token_path = str(self.work_dir / f"{name}.token")
-                pki.write_atomic(token_path, token.encode(), mode=0o600)
+            token_path = ""
+            if token:
+                self._token_mirror = TokenMirror(cfg, self.work_dir)
+                self._token_mirror.sync()
+                token_path = str(self._token_mirror.path)
+                self._background.append(asyncio.create_task(self._token_mirror.run(), name="token-mirror"))
             ca_pem = cfg.ca_cert or (Path(cfg.ca_cert_file).read_text() if cfg.ca_cert_file else "")
             body = bs.build_request(bs.BootstrapRequestParams(
                 mesh=mesh, name=name, token=token, token_path=os.path.abspath(token_path) if token_path else "",
@@ -326,6 +330,8 @@ class Agent:
         return out
 
     async def _cleanup(self, server: SmallHttpServer | None) -> None:
+        for task in self._background:
+            task.cancel()
         for extra in self._servers:
             await extra.close()
         if self.dns is not None:

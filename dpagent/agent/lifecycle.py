@@ -56,3 +56,42 @@ class StopSignals:
                 with contextlib.suppress(Exception):
                     fn()  # type: ignore[operator]
             os._exit(EXIT_INTERRUPTED)
+
+
+class TokenMirror:
+    """A normalised copy of the token (no surrounding whitespace) in the work dir, which Envoy reads per xDS stream.
+
+    Envoy's file-based gRPC credentials send the file's bytes as they are, and a trailing newline (as in
+    `dpagent token generate > token`) is an illegal header value that fails every stream. Mirroring also picks up
+    an operator replacing the token file: the next reconnect uses the new token, no restart needed.
+    """
+
+    FILE = "dataplane-token"
+
+    def __init__(self, cfg: AgentConfig, work_dir: Path, interval: float = 2.0) -> None:
+        self.cfg = cfg
+        self.path = work_dir / self.FILE
+        self.interval = interval
+        self.current = ""
+
+    def sync(self) -> bool:
+        """Rewrite the mirror when the token changed; True if it did."""
+        from dpagent import pki
+
+        token = read_token(self.cfg)
+        if token == self.current:
+            return False
+        pki.write_atomic(self.path, token.encode(), mode=0o600)
+        changed = bool(self.current)
+        self.current = token
+        if changed:
+            log.info("the dataplane token file changed; Envoy uses the new token from its next xDS reconnect")
+        return True
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                self.sync()
+            except ConfigError as e:  # a half-written or removed file: keep the last good token
+                log.warning("cannot re-read the dataplane token (%s); keeping the previous one", e)

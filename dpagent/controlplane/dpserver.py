@@ -179,6 +179,7 @@ class DpServer:
             workdir="" if req.get("operatingSystem") == "windows" else (req.get("workdir") or ""),
             admin_port=(dp.networking.admin.port if dp.networking.admin else 0) or 9901,
             xds_host=host, xds_port=self.xds_port, ca_pem=req.get("caCert") or self.cp_ca_pem, token=token,
+            token_path=req.get("dataplaneTokenPath") or "",
             dataplane_json=req.get("dataplaneResource") or "", readiness_port=int(req.get("readinessPort") or 9902),
             dns_port=int(req.get("dnsPort") or 0), versions=versions or {},
             features=[f for f in req.get("features") or [] if isinstance(f, str)]))

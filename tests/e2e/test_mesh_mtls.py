@@ -259,3 +259,20 @@ def test_draining_proxy_gets_no_new_traffic_then_is_deregistered(cp, agents, app
     code, _ = a.finish(30)
     assert code == 0
     wait_for(lambda: "pool-a" not in cp.cli("get", "dataplanes").stdout, 10, what="pool-a deregistered")
+
+
+def test_replacing_the_token_file_rotates_the_token_without_a_restart(cp, agents, apps, tmp_path):
+    """Envoy reads the token file for every new xDS stream, so an operator rotates a token by replacing the file."""
+    old = cp.token("rot-tok")
+    agent = agents("rot-tok", dataplane("rot-tok", "rot-tok", free_port(), apps["backend"].port, "http"), old)
+    wait_for(lambda: cp.inspect("rot-tok")["xds"].get("connected"), 10, what="connected with the first token")
+    pids = agent.envoy_pids()
+    token_file = next(p for p in agent.log.parent.glob("rot-tok.token"))
+    token_file.write_text(cp.token("rot-tok"))
+    revoked = tmp_path / "old.token"
+    revoked.write_text(old)
+    cp.cli("token", "revoke", "--token-file", str(revoked))
+    wait_for(lambda: not cp.inspect("rot-tok")["xds"].get("connected"), 10, interval=0.1, what="old stream closed")
+    wait_for(lambda: cp.inspect("rot-tok")["xds"].get("connected"), 30, interval=0.2,
+             what="reconnected with the token from the replaced file")
+    assert agent.envoy_pids() == pids and agent.ready(), "no Envoy restart, still ready"

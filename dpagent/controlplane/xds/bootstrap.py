@@ -29,6 +29,7 @@ class BootstrapParams:
     workdir: str = ""
     admin_port: int = 9901
     token: str = ""
+    token_path: str = ""  # on the proxy's host; when set, Envoy re-reads it for every new xDS stream
     dataplane_json: str = ""
     readiness_port: int = 0
     dns_port: int = 0
@@ -107,14 +108,38 @@ def _cp_validation(p: BootstrapParams) -> dict[str, Any]:
     }}
 
 
+def _reloadable_grpc(p: BootstrapParams) -> dict[str, Any]:
+    """ADS over Envoy's Google gRPC client with the token read from a file for every new stream.
+
+    A token baked into the bootstrap can never be rotated without restarting Envoy: once the old one expires or
+    is revoked, the CP closes the stream and every reconnect fails. Reading the file per stream lets an operator
+    replace the token file and have the next reconnect use it (Kuma calls this "reloadable tokens")."""
+    host = f"[{p.xds_host}]" if ":" in p.xds_host else p.xds_host
+    return {"googleGrpc": {
+        "targetUri": f"{host}:{p.xds_port}",
+        "statPrefix": "ads",
+        # Without naming this factory, Envoy's default one ignores plugin call credentials (no token is sent).
+        "credentialsFactoryName": "envoy.grpc_credentials.file_based_metadata",
+        "channelCredentials": {"sslCredentials": {"rootCerts": {"inlineString": p.ca_pem}}},
+        "callCredentials": [{"fromPlugin": {
+            "name": "envoy.grpc_credentials.file_based_metadata",
+            "typedConfig": {"@type": _T + "envoy.config.grpc_credential.v3.FileBasedMetadataConfig",
+                            "secretData": {"filename": p.token_path}, "headerKey": "authorization"}}}],
+        "channelArgs": {"args": {"grpc.keepalive_time_ms": {"intValue": "10000"},
+                                 "grpc.keepalive_timeout_ms": {"intValue": "30000"},
+                                 "grpc.http2.max_pings_without_data": {"intValue": "0"},
+                                 "grpc.max_receive_message_length": {"intValue": str(64 * 1024 * 1024)}}},
+    }}
+
+
 MAX_DOWNSTREAM_CONNECTIONS = 50_000
 
 
 def render_bootstrap(params: BootstrapParams) -> dict[str, Any]:
     """A JSON/YAML-able bootstrap; the token rides as `authorization` gRPC metadata, raw (no `Bearer `)."""
     admin, admin_meta = _admin(params)
-    grpc: dict[str, Any] = {"envoyGrpc": {"clusterName": names.ADS_CLUSTER}}
-    if params.token:
+    grpc = _reloadable_grpc(params) if params.token_path else {"envoyGrpc": {"clusterName": names.ADS_CLUSTER}}
+    if params.token and not params.token_path:
         grpc["initialMetadata"] = [{"key": "authorization", "value": params.token}]
     ads = {"ads": {}, "initialFetchTimeout": "0s", "resourceApiVersion": "V3"}
     return {
