@@ -71,3 +71,25 @@ def test_envoy_accepts(host: str, tmp_path: Path) -> None:
 
 def test_cluster_never_empty() -> None:
     assert render_bootstrap(params(service=""))["node"]["cluster"] == "web-1"
+
+
+def test_reloadable_token_reads_the_file_per_stream() -> None:
+    b = render_bootstrap(params(token_path="/var/lib/dpagent/web-1/dataplane-token"))
+    svc = b["dynamicResources"]["adsConfig"]["grpcServices"][0]
+    assert "initialMetadata" not in svc, "the token is not baked into the bootstrap"
+    g = svc["googleGrpc"]
+    assert g["targetUri"] == "cp.example.com:5679"
+    assert g["credentialsFactoryName"] == "envoy.grpc_credentials.file_based_metadata"
+    plugin = g["callCredentials"][0]["fromPlugin"]["typedConfig"]
+    assert plugin["secretData"] == {"filename": "/var/lib/dpagent/web-1/dataplane-token"}
+    assert plugin["headerKey"] == "authorization"
+    assert render_bootstrap(params(token_path="x", xds_host="::1"))["dynamicResources"]["adsConfig"][
+        "grpcServices"][0]["googleGrpc"]["targetUri"] == "[::1]:5679"
+
+
+@pytest.mark.envoy
+def test_envoy_accepts_the_reloadable_form(tmp_path: Path) -> None:
+    pki = Pki()
+    (tmp_path / "token").write_text("eyJ.token.sig")
+    b = render_bootstrap(params(ca_pem=pki.ca_pem.decode(), workdir=str(tmp_path), token_path=str(tmp_path / "token")))
+    envoy_validate(b, tmp_path)
