@@ -5,12 +5,10 @@ Kept free of network stacks (no aiohttp, no grpc) so the agent can import it wit
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -20,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtensionOID
 
 from dpagent.errors import ConfigError
+from dpagent.fsutil import write_atomic as write_atomic  # re-exported for callers that already use pki
+from dpagent.fsutil import write_private
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 KEY_TYPES = ("ecdsa-p256", "rsa")
@@ -90,56 +90,11 @@ def build_csr(key: PrivateKey, *, uri_sans: list[str] | None = None) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
-    """Write via a temp file in the same directory and rename, so readers (Envoy's file SDS) never see half a file.
-
-    The temp file is created with `mode` from the first byte (O_CREAT|O_EXCL), never chmod-ed later, so a secret is
-    never readable by others even for an instant.
-    """
-    target = Path(path)
-    directory = target.parent
-    fd = -1
-    tmp = ""
-    for _ in range(100):
-        tmp = str(directory / f".{target.name}.{os.urandom(6).hex()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
-            break
-        except FileExistsError:
-            continue
-    if fd < 0:  # pragma: no cover - 100 random-name collisions
-        raise OSError(f"cannot create a temporary file in {directory}")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename itself; Windows has no directory fds, which is fine there."""
-    if os.name != "posix":  # pragma: no cover
-        return
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    except OSError:  # pragma: no cover - some filesystems refuse fsync on directories
-        pass
-    finally:
-        os.close(dfd)
-
-
 def write_private_key(path: str | os.PathLike[str], key: PrivateKey | str | bytes) -> None:
     """Private keys are 0600 from creation; the key material never leaves this host."""
     data = private_key_to_pem(key) if not isinstance(key, str | bytes) else (
         key.encode() if isinstance(key, str) else key)
-    write_atomic(path, data, mode=0o600)
+    write_private(path, data)
 
 
 @dataclass(frozen=True)

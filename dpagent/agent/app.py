@@ -21,16 +21,16 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dpagent import pki
+from dpagent import fsutil
 from dpagent.agent import bootstrap as bs
 from dpagent.agent.dataplane import load_dataplane, resource_json
-from dpagent.agent.dns import DnsService
 from dpagent.agent.envoy import EnvoyAdmin, EnvoyProcess, admin_endpoint, envoy_args, envoy_version, find_envoy
 from dpagent.agent.http import SmallHttpServer
 from dpagent.agent.identity import IdentityManager, setup_identity
 from dpagent.agent.lifecycle import StopSignals, TokenMirror, read_token
 from dpagent.agent.metrics import Metrics
 from dpagent.agent.notify import Notifier, health_loop  # sd_notify (systemd/README.md)
+from dpagent.agent.platform import release_startup_memory
 from dpagent.agent.readiness import Phase, Readiness
 from dpagent.agent.settings import AgentConfig
 from dpagent.errors import ConfigError, EnvoyError
@@ -69,7 +69,7 @@ class Agent:
         self._token_mirror: TokenMirror | None = None
         self.restarts = 0
         self.metrics = Metrics(self._collect)
-        self.dns: DnsService | None = None
+        self.dns: Any = None  # DnsService, for transparent-proxy dataplanes
 
     # ---- start-up -------------------------------------------------------------------------------------------
 
@@ -119,6 +119,8 @@ class Agent:
                                      what="readiness endpoint", flag="--readiness-port (KUMA_READINESS_PORT)")
             await server.start()
             if cfg.dns_enabled and tproxy:
+                from dpagent.agent.dns import DnsService  # dnspython costs ~10 MB RSS: only with tproxy
+
                 self.dns = DnsService(cfg.dns_port, self.work_dir)
                 await self.dns.start()
                 self.readiness.dns = self.dns
@@ -147,7 +149,7 @@ class Agent:
                 log.info("stopped before the bootstrap completed")
                 return 0
             bootstrap_path = self.work_dir / "bootstrap.yaml"
-            pki.write_atomic(bootstrap_path, result.yaml_text.encode(), mode=0o600)
+            fsutil.write_atomic(bootstrap_path, result.yaml_text.encode(), mode=0o600)
             uds, base = admin_endpoint(result.config)
             self.admin = EnvoyAdmin(uds, base)
             self.readiness.admin = self.admin
@@ -261,6 +263,7 @@ class Agent:
                 # place before it started, so READY=1 here is "serving with config and certificates".
                 self.notifier.ready(f"ready: Envoy pid {proc.pid} is serving")
                 self._ready_sent = True
+                release_startup_memory()
                 return
             await asyncio.sleep(0.05)
 

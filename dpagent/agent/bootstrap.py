@@ -173,8 +173,6 @@ def ssl_context(ca_cert: str, ca_file: str, skip_verify: bool) -> ssl.SSLContext
     if skip_verify:
         log.warning("--skip-verify is set: the control plane's identity is NOT verified; do not use in production")
         return False
-    ctx = ssl.create_default_context()
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if ca_cert:
         try:
             ctx = ssl.create_default_context(cadata=ca_cert)
@@ -186,6 +184,8 @@ def ssl_context(ca_cert: str, ca_file: str, skip_verify: bool) -> ssl.SSLContext
             ctx = ssl.create_default_context(cafile=ca_file)
         except (OSError, ssl.SSLError) as e:
             raise ConfigError(f"cannot load the CA certificate {ca_file}: {e}; check --ca-cert-file") from None
+    else:
+        ctx = ssl.create_default_context()  # the system trust store, only when no CA was given
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
 

@@ -140,7 +140,8 @@ class EnvoyAdmin:
     """Small async client of Envoy's admin API; short timeouts because callers are on the readiness path."""
 
     def __init__(self, uds: str | None, base_url: str) -> None:
-        transport = httpx.AsyncHTTPTransport(uds=uds) if uds else None
+        # verify=False: plain HTTP to a local socket; the default would load a CA bundle (~MBs) for nothing.
+        transport = httpx.AsyncHTTPTransport(uds=uds, verify=False) if uds else httpx.AsyncHTTPTransport(verify=False)
         self._client = httpx.AsyncClient(base_url=base_url, transport=transport, timeout=2.0, trust_env=False)
 
     async def ready(self) -> tuple[bool, str]:

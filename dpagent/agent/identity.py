@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import random
 import shutil
 import ssl
+import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,7 +30,7 @@ from urllib.parse import urlsplit
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from dpagent import pki
+from dpagent import fsutil
 from dpagent.agent.settings import AgentConfig
 from dpagent.controlplane.xds.sds_files import IDENTITY_DIR
 from dpagent.errors import ControlPlaneRejected
@@ -52,10 +55,38 @@ class Retryable(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
-class Issued:
-    info: pki.CertInfo
-    generation: int
-    path: Path
+class CertMeta:
+    """What the agent needs of its certificate (same field names as pki.CertInfo), taken from the CP's answer so
+    the agent process never has to load `cryptography` to parse it."""
+
+    serial_hex: str
+    not_before: datetime
+    not_after: datetime
+    uri_sans: tuple[str, ...]
+
+    @property
+    def lifetime(self) -> float:
+        return (self.not_after - self.not_before).total_seconds()
+
+
+def cert_meta(chain_pem: str, doc: dict[str, Any]) -> Any:
+    """From the /certificates answer; parsing the PEM (and loading cryptography) only if a field is missing."""
+    try:
+        return CertMeta(str(doc["serial"]), datetime.fromisoformat(doc["notBefore"]),
+                        datetime.fromisoformat(doc["notAfter"]), (str(doc["spiffeId"]),))
+    except (KeyError, TypeError, ValueError):
+        from dpagent import pki
+
+        return pki.cert_info(chain_pem)
+
+
+async def run_keygen(*args: str) -> dict[str, str]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "dpagent.agent.keygen", *args,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise Retryable(f"making a key on this host failed: {err.decode(errors='replace').strip()[-300:]}")
+    return json.loads(out)
 
 
 class IdentityFiles:
@@ -70,25 +101,19 @@ class IdentityFiles:
     def prepare(self) -> None:
         self.dir.mkdir(mode=0o700, exist_ok=True)
         for name, text in self.sds_documents.items():
-            pki.write_atomic(self.work_dir / name, text.encode(), mode=0o600)  # names are work-dir relative
+            fsutil.write_atomic(self.work_dir / name, text.encode(), mode=0o600)  # names are work-dir relative
         existing = [int(p.name[4:]) for p in self.dir.glob("gen-*") if p.name[4:].isdigit()]
         self.generation = max(existing, default=0)
 
-    def current(self) -> pki.CertInfo | None:
-        cert = self.dir / "current" / "cert.pem"
-        try:
-            return pki.cert_info(cert.read_bytes())
-        except (OSError, ValueError, pki.PkiError):
-            return None
 
     def install(self, key_pem: bytes, chain_pem: str, ca_pem: str) -> Path:
         self.generation += 1
         gen = self.dir / f"gen-{self.generation}"
         shutil.rmtree(gen, ignore_errors=True)
         gen.mkdir(mode=0o700)
-        pki.write_private_key(gen / "key.pem", key_pem)
-        pki.write_atomic(gen / "cert.pem", chain_pem.encode(), mode=0o644)
-        pki.write_atomic(gen / "ca.pem", ca_pem.encode(), mode=0o644)
+        fsutil.write_private(gen / "key.pem", key_pem)
+        fsutil.write_atomic(gen / "cert.pem", chain_pem.encode(), mode=0o644)
+        fsutil.write_atomic(gen / "ca.pem", ca_pem.encode(), mode=0o644)
         tmp = self.dir / f".current-{self.generation}"
         if tmp.is_symlink() or tmp.exists():
             tmp.unlink()
@@ -103,7 +128,7 @@ class IdentityFiles:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def renew_delay(info: pki.CertInfo, now: float, rng: Callable[[], float] = random.random) -> float:
+def renew_delay(info: Any, now: float, rng: Callable[[], float] = random.random) -> float:
     """Seconds until renewal: 80 % of the lifetime, ±5 % of the lifetime as jitter so a fleet spreads out."""
     start, end = info.not_before.timestamp(), info.not_after.timestamp()
     life = end - start
@@ -126,8 +151,8 @@ class IdentityClient:
 
     async def request(self) -> tuple[bytes, str, str, dict[str, Any]]:
         """A new key and its certificate: (key PEM, chain PEM, CA bundle PEM, response metadata)."""
-        key = await asyncio.to_thread(pki.generate_private_key, self.key_type)
-        csr = pki.build_csr(key)
+        made = await run_keygen("csr", self.key_type)
+        key_pem, csr = made["key"].encode(), made["csr"]
         body = {"mesh": self.mesh, "name": self.name, "csr": csr}
         headers = {"authorization": f"Bearer {self.token()}"}
         try:
@@ -137,7 +162,7 @@ class IdentityClient:
             raise Retryable(f"cannot reach the control plane for a certificate ({type(e).__name__}: {e})") from None
         if resp.status_code == 200:
             doc = resp.json()
-            return pki.private_key_to_pem(key), doc["certificate"], doc["caBundle"], doc
+            return key_pem, doc["certificate"], doc["caBundle"], doc
         text = resp.text.strip()
         if resp.status_code == 404 and "certificates" not in text.lower() and "dataplane" not in text.lower():
             raise NotOffered(text)
@@ -157,19 +182,19 @@ class IdentityManager:
         self.files = files
         self.clock = clock
         self.recheck_disabled = recheck_disabled
-        self.info: pki.CertInfo | None = None
+        self.info: Any = None  # CertMeta (or pki.CertInfo) of the certificate in place
         self.last_error = ""
         self.renewals = 0
         self.failures = 0
         self.changed = asyncio.Event()
 
-    async def obtain(self) -> pki.CertInfo | None:
+    async def obtain(self) -> Any:
         """One certificate now (start-up). Raises NotOffered, MtlsDisabled, Retryable or ControlPlaneRejected."""
-        key, chain, bundle, _ = await self.client.request()
-        return self._install(key, chain, bundle)
+        key, chain, bundle, doc = await self.client.request()
+        return self._install(key, chain, bundle, doc)
 
-    def _install(self, key: bytes, chain: str, bundle: str) -> pki.CertInfo:
-        info = pki.cert_info(chain)
+    def _install(self, key: bytes, chain: str, bundle: str, doc: dict[str, Any] | None = None) -> Any:
+        info = cert_meta(chain, doc or {})
         self.files.install(key, chain, bundle)
         self.info = info
         self.last_error = ""
@@ -206,9 +231,9 @@ class IdentityManager:
                                            retry=retry_if_exception_type((Retryable, ControlPlaneRejected)),
                                            reraise=True):
             with attempt:
-                key, chain, bundle, _ = await self.client.request()
+                key, chain, bundle, doc = await self.client.request()
         self.renewals += 1
-        self._install(key, chain, bundle)
+        self._install(key, chain, bundle, doc)
 
     async def run(self) -> None:
         """Renewal loop: at ~80 % of each certificate's lifetime; slow re-checks while the mesh has mTLS off."""
@@ -232,12 +257,10 @@ class IdentityManager:
         return left is not None and left <= 0
 
 
-def placeholder_identity(mesh: str) -> tuple[bytes, str]:
+async def placeholder_identity(mesh: str) -> tuple[bytes, str]:
     """A self-signed stand-in so Envoy's SDS files exist while the mesh has mTLS off; never trusted by peers."""
-    from dpagent.controlplane.ca import generate_root_ca
-
-    cert, key = generate_root_ca(mesh, "placeholder", validity=365 * 86400)
-    return key.encode(), cert
+    made = await run_keygen("placeholder", mesh)
+    return made["key"].encode(), made["cert"]
 
 
 async def setup_identity(cfg: AgentConfig, work_dir: Path, mesh: str, name: str, verify: ssl.SSLContext | bool,
@@ -264,7 +287,7 @@ async def setup_identity(cfg: AgentConfig, work_dir: Path, mesh: str, name: str,
                 log.info("the control plane does not issue certificates to agents; Envoy gets them over xDS")
                 return None
             except MtlsDisabled:
-                key, cert = await asyncio.to_thread(placeholder_identity, mesh)
+                key, cert = await placeholder_identity(mesh)
                 files.install(key, cert, cert)
                 log.info("mTLS is off in this mesh; a local placeholder identity is in place until it is on")
     return manager

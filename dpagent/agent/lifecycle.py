@@ -10,6 +10,7 @@ import os
 import signal
 from pathlib import Path
 
+from dpagent import fsutil
 from dpagent.agent.settings import AgentConfig
 from dpagent.errors import EXIT_INTERRUPTED, ConfigError
 
@@ -68,7 +69,9 @@ class TokenMirror:
 
     FILE = "dataplane-token"
 
-    def __init__(self, cfg: AgentConfig, work_dir: Path, interval: float = 2.0) -> None:
+    def __init__(self, cfg: AgentConfig, work_dir: Path, interval: float = 10.0) -> None:
+        """`interval`: an idle agent should not wake often (each wakeup costs a scheduler tick on small VMs);
+        a rotated token is needed only at Envoy's next reconnect, which retries on its own."""
         self.cfg = cfg
         self.path = work_dir / self.FILE
         self.interval = interval
@@ -76,12 +79,10 @@ class TokenMirror:
 
     def sync(self) -> bool:
         """Rewrite the mirror when the token changed; True if it did."""
-        from dpagent import pki
-
         token = read_token(self.cfg)
         if token == self.current:
             return False
-        pki.write_atomic(self.path, token.encode(), mode=0o600)
+        fsutil.write_atomic(self.path, token.encode(), mode=0o600)
         changed = bool(self.current)
         self.current = token
         if changed:

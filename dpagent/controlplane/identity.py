@@ -143,7 +143,8 @@ class Issuer:
             "certificateRegenerations": generations}}
         await self.store.upsert(INSIGHT, dp.mesh, dp.name, insight)
         return {"certificate": leaf + ca.issuer_chain_pem, "caBundle": await self.trust_bundle(mesh),
-                "backend": backend, "spiffeId": sid, "notAfter": info.not_after.isoformat(),
+                "backend": backend, "spiffeId": sid, "notBefore": info.not_before.isoformat(),
+                "notAfter": info.not_after.isoformat(),
                 "serial": info.serial_hex}
 
     async def certificate_counts(self, mesh: str, *, near: float = 0.2) -> dict[str, Any]:

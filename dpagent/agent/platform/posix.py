@@ -35,3 +35,16 @@ def terminate(pid: int, *, force: bool = False) -> None:
     """SIGTERM (Envoy drains and exits) or SIGKILL; a process that is already gone is not an error."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL if force else signal.SIGTERM)
+
+
+def release_startup_memory() -> None:
+    """Give the heap that start-up used (YAML, TLS handshakes, key generation) back to the OS once, when ready.
+
+    CPython frees those objects but glibc keeps the pages; on a long-running agent they would count against its
+    RSS forever. malloc_trim exists only in glibc, so elsewhere this is a collection only.
+    """
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -58,14 +58,14 @@ def test_crash_mid_install_leaves_the_old_identity(ca, tmp_path: Path, monkeypat
     files.install(key, cert, ca.cert_pem)
     before = (tmp_path / "identity" / "current" / "cert.pem").read_text()
 
-    real = pki.write_atomic
+    real = identity.fsutil.write_atomic
 
     def boom(path, data, *, mode=0o644):
         if str(path).endswith("cert.pem"):
             raise OSError(28, "No space left on device")
         return real(path, data, mode=mode)
 
-    monkeypatch.setattr(identity.pki, "write_atomic", boom)
+    monkeypatch.setattr(identity.fsutil, "write_atomic", boom)
     key2, cert2 = issue(ca)
     with pytest.raises(OSError):
         files.install(key2, cert2, ca.cert_pem)
