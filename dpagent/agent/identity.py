@@ -80,8 +80,23 @@ def cert_meta(chain_pem: str, doc: dict[str, Any]) -> Any:
         return pki.cert_info(chain_pem)
 
 
+def _child_interpreter() -> tuple[str, dict[str, str]]:
+    """The interpreter that is running now, and an import path that finds what this process finds.
+
+    `sys.executable` can be a venv symlink into a directory the agent's user may not traverse (a venv made from
+    root's pyenv, run as `dpagent`): re-executing /proc/self/exe always works, and PYTHONPATH (plus the package's
+    own location, for editable installs) gives the child the same modules without the venv's path setup.
+    """
+    import dpagent
+
+    exe = "/proc/self/exe" if os.path.exists("/proc/self/exe") else sys.executable
+    paths = [str(Path(dpagent.__file__).resolve().parents[1]), *(p for p in sys.path if p)]
+    return exe, {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+
+
 async def run_keygen(*args: str) -> dict[str, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "dpagent.agent.keygen", *args,
+    exe, env = _child_interpreter()
+    proc = await asyncio.create_subprocess_exec(exe, "-m", "dpagent.agent.keygen", *args, env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate()
     if proc.returncode != 0:

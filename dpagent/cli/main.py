@@ -87,5 +87,8 @@ def main() -> None:
         click.echo(f"Error: {e}", err=True)
         sys.exit(e.exit_code)
     except Exception as e:  # pragma: no cover - last resort, keeps the exit code documented
+        import traceback
+
+        traceback.print_exc()  # an internal error is a bug: the report needs the traceback
         click.echo(f"Error: internal error: {e!r}", err=True)
         sys.exit(EXIT_INTERNAL)

@@ -197,7 +197,8 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
         yield {"hosts": h, "before": before, "api": api, "root": root}
     finally:
         h.down()
-        shutil.rmtree(root, ignore_errors=True)
+        if not os.environ.get("DPT_KEEP"):  # keep the logs for debugging
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def client(m: dict[str, Any], kind: str, target: str, uid: int = APP_UID) -> dict[str, Any]:
