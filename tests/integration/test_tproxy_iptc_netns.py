@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
-import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tproxy_probe import inbound_probe
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 REPO = Path(__file__).resolve().parents[2]
@@ -218,25 +217,6 @@ def test_iptc_matches_restore_idempotent_and_uninstall_keeps_foreign(
     assert "nothing changed" in res.stdout, res.stdout
 
 
-SERVER = """
-import json, select, socket, struct, sys, time
-socks = {}
-for p in [int(p) for p in sys.argv[1].split(",")]:
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", p)); s.listen(8); socks[s] = p
-print("ready", flush=True)
-seen, end = [], time.time() + float(sys.argv[2])
-while time.time() < end:
-    for s in select.select(list(socks), [], [], 0.1)[0]:
-        c, _ = s.accept()
-        try:
-            raw = c.getsockopt(socket.SOL_IP, 80, 16)
-            orig = "%s:%d" % (socket.inet_ntoa(raw[4:8]), struct.unpack_from("!H", raw, 2)[0])
-        except OSError:
-            orig = None
-        seen.append([socks[s], orig]); c.close()
-print(json.dumps(seen), flush=True)
-"""
 
 
 @pytest.mark.usefixtures("iptc_loads")
@@ -248,18 +228,7 @@ def test_iptc_redirection_really_happens(make_vm: Callable[[], tuple[str, str]],
     res = tp(ns, "verify", *args, "--probe-uid", str(APP_UID), "--timeout", "2", check=False)
     assert res.returncode == 0 and res.stdout.count("PASS") == 6 and "ipv6" in res.stdout, res.stdout + res.stderr
     # inbound from the peer: an app port lands on 15006 with the original destination; SSH (22) is not redirected
-    server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, "15006,22", "3"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        for port in (8080, 22):
-            run([sys.executable, "-c", f"import socket; socket.create_connection(('10.200.0.2', {port}), 2).close()"],
-                peer)
-            time.sleep(0.1)
-        seen = json.loads(server.stdout.readline())
-    finally:
-        server.kill()
-        server.wait()
+    seen = inbound_probe(ns, peer)
     assert [15006, "10.200.0.2:8080"] in seen, seen
     # SSH reached port 22 itself (conntrack may still report the unchanged original destination)
     assert any(p == 22 and o in (None, "10.200.0.2:22") for p, o in seen), seen

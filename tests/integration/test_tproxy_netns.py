@@ -5,18 +5,17 @@ Never touches the host's own rules: every iptables command runs under `ip netns 
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from tproxy_probe import inbound_probe
 
 from transparent_proxy.apply import ApplyError, install
 from transparent_proxy.config import build_config
@@ -167,28 +166,6 @@ def test_failing_install_leaves_previous_ruleset(ns: str, variant: str, tmp_path
     assert snapshot(ns, variant) == before
 
 
-SERVER = """
-import json, select, socket, struct, sys, time
-ports = [int(p) for p in sys.argv[1].split(",")]
-socks = {}
-for p in ports:
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", p)); s.listen(8); socks[s] = p
-print("ready", flush=True)
-seen = []
-end = time.time() + float(sys.argv[2])
-while time.time() < end:
-    r, _, _ = select.select(list(socks), [], [], 0.1)
-    for s in r:
-        c, _ = s.accept()
-        try:
-            raw = c.getsockopt(socket.SOL_IP, 80, 16)
-            orig = "%s:%d" % (socket.inet_ntoa(raw[4:8]), struct.unpack_from("!H", raw, 2)[0])
-        except OSError:
-            orig = None
-        seen.append([socks[s], orig]); c.close()
-print(json.dumps(seen), flush=True)
-"""
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -201,18 +178,7 @@ def test_redirection_really_happens(pair: tuple[str, str], variant: str, tmp_pat
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.count("PASS") == 8 and "ipv6" in res.stdout, res.stdout  # both families
     # inbound from the peer namespace: app port → 15006 with the original destination; SSH (22) untouched
-    server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, "15006,22", "3"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        for port in (8080, 22):
-            sh(sys.executable, "-c", f"import socket; socket.create_connection(('10.200.0.2', {port}), 2).close()",
-               ns=peer)
-            time.sleep(0.1)
-        seen = json.loads(server.stdout.readline())
-    finally:
-        server.kill()
-        server.wait()
+    seen = inbound_probe(ns, peer)
     assert [15006, "10.200.0.2:8080"] in seen, seen
     assert [22, None] in seen or any(p == 22 for p, _ in seen), seen
     assert not any(p == 15006 and o and o.endswith(":22") for p, o in seen), seen
