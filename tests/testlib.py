@@ -21,6 +21,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+DATAPLANE_TEMPLATE = """\
+type: Dataplane
+mesh: default
+name: {{ name }}
+networking:
+  address: 127.0.0.1
+  inbound:
+  - port: {{ port }}
+    servicePort: 9
+    tags:
+      kuma.io/service: web
+      kuma.io/protocol: http
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:

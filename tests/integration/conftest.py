@@ -13,21 +13,9 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from testlib import BootstrapServer, free_port, wait_for
+from testlib import DATAPLANE_TEMPLATE, BootstrapServer, free_port, wait_for
 
-DATAPLANE = """\
-type: Dataplane
-mesh: default
-name: {{ name }}
-networking:
-  address: 127.0.0.1
-  inbound:
-  - port: {{ port }}
-    servicePort: 9
-    tags:
-      kuma.io/service: web
-      kuma.io/protocol: http
-"""
+DATAPLANE = DATAPLANE_TEMPLATE  # one agent-test Dataplane for every harness
 
 
 @pytest.fixture

@@ -15,25 +15,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from e2e.conftest import ControlPlaneProc, clean_env
-from testlib import free_port, make_ca_and_server_cert, wait_for
+from testlib import DATAPLANE_TEMPLATE, free_port, make_ca_and_server_cert, wait_for
 
 from dpagent.cli.doctor import doctor_cmd
 
 pytestmark = [pytest.mark.envoy]
 
-DATAPLANE = """\
-type: Dataplane
-mesh: default
-name: {{ name }}
-networking:
-  address: 127.0.0.1
-  inbound:
-  - port: {{ port }}
-    servicePort: 9
-    tags:
-      kuma.io/service: web
-      kuma.io/protocol: http
-"""
+DATAPLANE = DATAPLANE_TEMPLATE  # one agent-test Dataplane for every harness
 TPROXY = "  transparentProxying:\n    redirectPortInbound: 15006\n    redirectPortOutbound: 15001\n"
 
 
