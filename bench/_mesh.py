@@ -23,7 +23,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from testlib import free_port, wait_for  # noqa: E402
+from testlib import LocalControlPlane, free_port, wait_for  # noqa: E402
 
 PY = sys.executable
 
@@ -112,31 +112,15 @@ def interrupt_safe(procs: Procs) -> Iterator[Procs]:
                 signal.signal(s, h)
 
 
-class ControlPlane:
+class ControlPlane(LocalControlPlane):
     """`dpagent cp run` on loopback with its own data dir; the default mesh has builtin mTLS and allow-all MTP."""
 
     def __init__(self, procs: Procs, tmp: Path) -> None:
+        super().__init__(tmp / "cp-data")
         self.procs, self.tmp = procs, tmp
-        self.data_dir = tmp / "cp-data"
-        self.dp_port, self.xds_port, self.api_port = free_port(), free_port(), free_port()
-
-    @property
-    def api(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.dp_port}"
-
-    @property
-    def ca_file(self) -> Path:
-        return self.data_dir / "ca.pem"
 
     def start(self) -> None:
-        self.proc = self.procs.spawn(
-            [PY, "-m", "dpagent", "cp", "run", "--data-dir", str(self.data_dir), "--bind-address", "127.0.0.1",
-             "--dp-server-port", str(self.dp_port), "--xds-port", str(self.xds_port), "--api-port", str(self.api_port)],
-            self.tmp / "cp.log", terms=1)
+        self.proc = self.procs.spawn(self.command(PY), self.tmp / "cp.log", terms=1)
         wait_for(lambda: self.proc.poll() is None and httpx.get(self.api, timeout=1).status_code == 200, 30,
                  what=f"control plane API (log: {self.tmp / 'cp.log'})")
 

@@ -36,6 +36,33 @@ networking:
 """
 
 
+class LocalControlPlane:
+    """Addresses and command line of a `dpagent cp run` on loopback with its own data dir and free ports.
+
+    Shared by the e2e fixtures and the bench scripts; each decides how to run and stop the process."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.dp_port, self.xds_port, self.api_port = free_port(), free_port(), free_port()
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.dp_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.data_dir / "ca.pem"
+
+    def command(self, python: str, *extra: str) -> list[str]:
+        return [python, "-m", "dpagent", "cp", "run", "--data-dir", str(self.data_dir), "--bind-address", "127.0.0.1",
+                "--dp-server-port", str(self.dp_port), "--xds-port", str(self.xds_port), "--api-port",
+                str(self.api_port), *extra]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

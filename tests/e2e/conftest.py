@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from testlib import EchoApp, HttpApp, free_port, wait_for
+from testlib import EchoApp, HttpApp, LocalControlPlane, free_port, wait_for
 
 PY = sys.executable
 
@@ -22,31 +22,16 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("KUMA_", "DPAGENT_"))}
 
 
-class ControlPlaneProc:
+class ControlPlaneProc(LocalControlPlane):
     def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.dp_port, self.xds_port, self.api_port = free_port(), free_port(), free_port()
+        super().__init__(data_dir)
         self.proc: subprocess.Popen[str] | None = None
         self.log = data_dir.parent / "cp.log"
-
-    @property
-    def api(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.dp_port}"
-
-    @property
-    def ca_file(self) -> Path:
-        return self.data_dir / "ca.pem"
 
     def start(self) -> None:
         logf = open(self.log, "a")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [PY, "-m", "dpagent", "cp", "run", "--data-dir", str(self.data_dir), "--bind-address", "127.0.0.1",
-             "--dp-server-port", str(self.dp_port), "--xds-port", str(self.xds_port), "--api-port", str(self.api_port),
-             "--token-recheck-interval", "1s", "--deregistration-delay", "1s"],
+            self.command(PY, "--token-recheck-interval", "1s", "--deregistration-delay", "1s"),
             stdout=logf, stderr=subprocess.STDOUT, text=True, env=clean_env())
         wait_for(lambda: httpx.get(self.api, timeout=1).status_code == 200, 20, what="control plane API")
 
