@@ -1,11 +1,16 @@
-"""Go-style durations ("30s", "1h30m", "500ms", "720h"), because Kuma's flags, env vars and YAML all use them."""
+"""The project's one duration parser: Go-style durations ("30s", "1h30m", "500ms", "720h") plus Kuma's own day, week
+and year units ("1d", "2w", "10y"; a year is 365 days, as in Kuma), because Kuma's flags, env vars and YAML use both.
+Every duration the project reads (CLI flags, config settings, Mesh fields, the token API) goes through here.
+"""
 
 from __future__ import annotations
 
 import re
 
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0,
+          "w": 7 * 86400.0, "y": 365 * 86400.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d|w|y)")
+_FORMS = "use a form like 30s, 5m, 1h30m, 500ms, 7d, 2w or 10y"
 
 
 def parse_duration(text: str | float | int) -> float:
@@ -18,7 +23,7 @@ def parse_duration(text: str | float | int) -> float:
         return float(text)
     s = text.strip()
     if not s:
-        raise ValueError("empty duration; use a form like 30s, 5m, 1h30m or 500ms")
+        raise ValueError(f"empty duration; {_FORMS}")
     try:
         value = float(s)
     except ValueError:
@@ -34,7 +39,7 @@ def parse_duration(text: str | float | int) -> float:
         total += float(m.group(1)) * _UNITS[m.group(2)]
         pos = m.end()
     if pos != len(s) or pos == 0:
-        raise ValueError(f"{text!r} is not a duration; use a form like 30s, 5m, 1h30m or 500ms")
+        raise ValueError(f"{text!r} is not a duration; {_FORMS}")
     return total
 
 

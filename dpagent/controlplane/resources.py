@@ -14,6 +14,7 @@ from dpagent.controlplane import secrets
 from dpagent.controlplane.kinds import Kind, by_type
 from dpagent.controlplane.store import Record, ResourceStore
 from dpagent.errors import NotFound, ValidationError
+from dpagent.model.validation import Violations
 
 _META = ("creationTime", "modificationTime")
 
@@ -50,6 +51,14 @@ def _provided_ca_problems(doc: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+def _label_problems(doc: dict[str, Any], mesh_scoped: bool) -> list[tuple[str, str]]:
+    """Labels are envelope, so every kind gets the same check here, whether or not its model checks them too."""
+    v = Violations()
+    mesh = doc.get("mesh")
+    v.labels(doc.get("labels"), (mesh if isinstance(mesh, str) else "") if mesh_scoped else None)
+    return v.items
+
+
 class Resources:
     def __init__(self, store: ResourceStore) -> None:
         self.store = store
@@ -78,6 +87,7 @@ class Resources:
         elif "mesh" in doc:
             problems.append(("mesh", f"{k.name} is not mesh-scoped; remove the mesh field"))
         problems += k.validate(doc)
+        problems += [p for p in _label_problems(doc, k.mesh_scoped) if p not in problems]
         if k.name == "Mesh" and not problems:
             problems += await asyncio.to_thread(_provided_ca_problems, doc)
         if problems:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
+from dpagent.durations import parse_duration
 from dpagent.errors import ValidationError
 from dpagent.model.validation import Violations, join
 
 SERVICE_TAG = "kuma.io/service"
 PROTOCOL_TAG = "kuma.io/protocol"
 PROTOCOLS = ("http", "http2", "grpc", "tcp", "kafka")
+# Envoy's admin listener and, without serviceAddress, the application behind an inbound both sit on loopback
+# (the inbound generator forwards to 127.0.0.1:<servicePort>).
+ADMIN_ADDRESS = WORKLOAD_ADDRESS = "127.0.0.1"
 
 
 class _S(msgspec.Struct, rename="camel", omit_defaults=True, forbid_unknown_fields=False):
@@ -111,6 +117,7 @@ _NET = ("address", "advertisedAddress", "inbound", "outbound", "gateway", "trans
 _INBOUND = ("port", "servicePort", "serviceAddress", "address", "tags", "health", "serviceProbe", "state", "name",
             "protocol")
 _OUTBOUND = ("port", "address", "tags", "backendRef")
+_PROBE = ("interval", "timeout", "unhealthyThreshold", "healthyThreshold", "tcp")
 _TPROXY = ("redirectPortInbound", "redirectPortOutbound", "reachableServices", "directAccessServices",
            "ipFamilyMode", "reachableBackends")
 
@@ -124,14 +131,17 @@ def validate_dataplane(doc: Any) -> list[tuple[str, str]]:
     v.unknown(top, _TOP, "")
     if top.get("type", "Dataplane") != "Dataplane":
         v.add("type", f"must be Dataplane, not {top.get('type')!r}")
-    v.name(top.get("mesh"), "mesh")
+    mesh = v.mesh_ref(top.get("mesh"))
     v.name(top.get("name"), "name")
-    v.tags(top.get("labels"), "labels")
+    v.labels(top.get("labels"), mesh or "")
     net = v.mapping(top.get("networking"), "networking")
     if net is None:
         return v.items
     v.unknown(net, _NET, "networking")
-    v.address(net.get("address"), "networking.address")
+    address = v.address(net.get("address"), "networking.address")
+    if address is not None and _unspecified(address):
+        v.add("networking.address", f"must not be {address} (an unspecified address): other proxies connect to this "
+                                    "address, so give this host's routable IP or DNS name")
     if net.get("advertisedAddress") is not None:
         v.ip(net.get("advertisedAddress"), "networking.advertisedAddress")
     inbounds = v.sequence(net.get("inbound"), "networking.inbound")
@@ -152,6 +162,7 @@ def validate_dataplane(doc: Any) -> list[tuple[str, str]]:
         v.port(m.get("servicePort"), join(p, "servicePort"), required=False)
         v.ip(m.get("serviceAddress"), join(p, "serviceAddress"), required=False)
         v.ip(m.get("address"), join(p, "address"), required=False)
+        _validate_probe(v, m.get("serviceProbe"), join(p, "serviceProbe"))
         tags = v.tags(m.get("tags"), join(p, "tags"), required_keys=(SERVICE_TAG,))
         if tags and isinstance(tags.get(PROTOCOL_TAG), str) and tags[PROTOCOL_TAG] not in PROTOCOLS:
             v.add(f'{p}.tags["{PROTOCOL_TAG}"]', f"must be one of: {', '.join(PROTOCOLS)}")
@@ -186,8 +197,68 @@ def validate_dataplane(doc: Any) -> list[tuple[str, str]]:
             v.add("networking.transparentProxying.ipFamilyMode", "must be DualStack or IPv4")
     admin = v.mapping(net.get("admin"), "networking.admin", required=False)
     if admin is not None:
-        v.port(admin.get("port"), "networking.admin.port", required=False)
+        v.unknown(admin, ("port",), "networking.admin")
+        admin_port = v.port(admin.get("port"), "networking.admin.port", required=False)
+        if admin_port is not None:
+            for problem in _admin_clashes(admin_port, net, inbounds, outbounds):
+                v.add("networking.admin.port", problem)
     return v.items
+
+
+def _unspecified(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_unspecified
+    except ValueError:
+        return False
+
+
+def _on_loopback(address: Any) -> bool:
+    """Whether a socket bound to `address` would take the admin listener's 127.0.0.1 port (a wildcard would)."""
+    return address == ADMIN_ADDRESS or (isinstance(address, str) and _unspecified(address))
+
+
+def _admin_clashes(port: int, net: Mapping[str, Any], inbounds: list[Any], outbounds: list[Any]) -> list[str]:
+    """Envoy's admin API binds 127.0.0.1:<admin.port>; any inbound listener, application port or outbound
+    listener already there would make Envoy (or the application) fail to bind."""
+    out = []
+    for i, ib in enumerate(inbounds):
+        if not isinstance(ib, Mapping):
+            continue
+        listen = ib.get("address") or net.get("address")
+        workload = (ib.get("serviceAddress") or WORKLOAD_ADDRESS, ib.get("servicePort") or ib.get("port"))
+        if ib.get("port") == port and _on_loopback(listen):
+            out.append(f"must differ from inbound: networking.inbound[{i}] listens on {listen}:{port}")
+        elif workload[1] == port and _on_loopback(workload[0]):
+            out.append(f"must differ from inbound: the application behind networking.inbound[{i}] listens on "
+                       f"{workload[0]}:{port}")
+    for i, ob in enumerate(outbounds):
+        if isinstance(ob, Mapping) and ob.get("port") == port and _on_loopback(ob.get("address") or "127.0.0.1"):
+            out.append(f"must differ from outbound: networking.outbound[{i}] listens on "
+                       f"{ob.get('address') or '127.0.0.1'}:{port}")
+    return out
+
+
+def _validate_probe(v: Violations, doc: Any, path: str) -> None:
+    """Kuma's serviceProbe: positive durations and thresholds (the project's duration units apply)."""
+    probe = v.mapping(doc, path, required=False)
+    if probe is None:
+        return
+    v.unknown(probe, _PROBE, path)
+    for key in ("interval", "timeout"):
+        if key in probe:
+            value = probe[key]
+            try:
+                seconds = parse_duration(value) if isinstance(value, str) else -1.0
+            except ValueError as exc:
+                v.add(join(path, key), str(exc))
+                continue
+            if seconds <= 0:
+                v.add(join(path, key), "must be a positive duration like 5s")
+    for key in ("unhealthyThreshold", "healthyThreshold"):
+        value = probe.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            v.add(join(path, key), "must be a positive whole number")
+    v.mapping(probe.get("tcp"), join(path, "tcp"), required=False)
 
 
 def parse_dataplane(doc: Any, what: str = "Dataplane") -> Dataplane:

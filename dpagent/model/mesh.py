@@ -1,7 +1,11 @@
 """The universal `Mesh` resource: schema, collect-every-violation validation, and the mTLS helpers xDS needs.
 
 Only `mtls` drives behaviour today; the other Kuma Mesh sections are accepted (so existing Kuma YAML applies
-unchanged) and kept verbatim, but nothing reads them yet.
+unchanged) and kept verbatim, but nothing reads them yet. `logging` and `routing` are still checked by Kuma's rules,
+so a Mesh we store is one Kuma would store too.
+
+Several CA backends are allowed (Kuma OSS allows one): rotating the CA means adding a backend and switching
+`enabledBackend`, which needs both present at once.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import msgspec
 
 from dpagent.durations import parse_duration
 from dpagent.errors import ValidationError
-from dpagent.model.validation import Violations, join
+from dpagent.model.validation import Violations, is_ip, join
 
 BACKEND_TYPES = ("builtin", "provided")
 DEFAULT_CERT_LIFETIME = 24 * 3600.0
@@ -66,7 +70,11 @@ _TOP = ("type", "name", "labels", "mtls", "logging", "tracing", "metrics", "rout
         "skipCreatingInitialPolicies", "meshServices", "creationTime", "modificationTime")
 _MTLS = ("enabledBackend", "backends", "skipValidation")
 _BACKEND = ("name", "type", "dpCert", "conf", "mode")
-_IGNORED_OBJECTS = ("logging", "tracing", "metrics", "routing", "networking", "constraints", "meshServices")
+_IGNORED_OBJECTS = ("tracing", "metrics", "networking", "constraints", "meshServices")
+_LOGGING = ("defaultBackend", "backends")
+_LOG_BACKEND = ("name", "type", "format", "conf")
+_LOG_CONF = {"file": ("path",), "tcp": ("address",)}
+_ROUTING = ("localityAwareLoadBalancing", "zoneEgress", "defaultForbidMeshExternalServiceAccess")
 
 
 def validate_mesh(doc: Any) -> list[tuple[str, str]]:
@@ -79,7 +87,7 @@ def validate_mesh(doc: Any) -> list[tuple[str, str]]:
     if top.get("type", "Mesh") != "Mesh":
         v.add("type", f"must be Mesh, not {top.get('type')!r}")
     v.name(top.get("name"), "name")
-    v.tags(top.get("labels"), "labels")
+    v.labels(top.get("labels"), None)
     for key in _IGNORED_OBJECTS:
         v.mapping(top.get(key), key, required=False)
     skip = v.sequence(top.get("skipCreatingInitialPolicies"), "skipCreatingInitialPolicies")
@@ -88,7 +96,66 @@ def validate_mesh(doc: Any) -> list[tuple[str, str]]:
     mtls = v.mapping(top.get("mtls"), "mtls", required=False)
     if mtls is not None:
         _validate_mtls(v, mtls)
+    logging = v.mapping(top.get("logging"), "logging", required=False)
+    if logging is not None:
+        _validate_logging(v, logging)
+    routing = v.mapping(top.get("routing"), "routing", required=False)
+    if routing is not None:
+        v.unknown(routing, _ROUTING, "routing")
+        for key in _ROUTING:
+            if key in routing and not isinstance(routing[key], bool):
+                v.add(join("routing", key), "must be true or false")
+        if routing.get("zoneEgress") is True and not (mtls or {}).get("enabledBackend"):
+            v.add("mtls", "must be enabled (set mtls.enabledBackend) when routing.zoneEgress is true: zone egress "
+                          "only carries mTLS traffic")
     return v.items
+
+
+def _validate_logging(v: Violations, logging: Mapping[str, Any]) -> None:
+    """Kuma's checks: unique backend names, a known type, `file` needs a path, `tcp` a HOST:PORT address."""
+    v.unknown(logging, _LOGGING, "logging")
+    names: dict[str, int] = {}
+    for i, raw in enumerate(v.sequence(logging.get("backends"), "logging.backends")):
+        p = f"logging.backends[{i}]"
+        b = v.mapping(raw, p)
+        if b is None:
+            continue
+        v.unknown(b, _LOG_BACKEND, p)
+        name = v.string(b.get("name"), join(p, "name"))
+        if name is not None:
+            if name in names:
+                v.add(join(p, "name"), f"'name' has to be unique: already used by logging.backends[{names[name]}]")
+            names.setdefault(name, i)
+        if b.get("format") is not None:
+            v.string(b.get("format"), join(p, "format"))
+        kind = b.get("type")
+        if kind not in _LOG_CONF:
+            v.add(join(p, "type"), f"must be one of: {', '.join(_LOG_CONF)}")
+            continue
+        conf = v.mapping(b.get("conf"), join(p, "conf"))
+        if conf is None:
+            continue
+        v.unknown(conf, _LOG_CONF[kind], join(p, "conf"))
+        if kind == "file":
+            v.string(conf.get("path"), join(p, "conf.path"))
+        else:
+            address = v.string(conf.get("address"), join(p, "conf.address"))
+            if address is not None and not _host_port(address):
+                v.add(join(p, "conf.address"), f"{address!r} must be HOST:PORT, e.g. 127.0.0.1:5000 or "
+                                               "[::1]:5000 or logs.example.com:5000")
+    default = logging.get("defaultBackend")
+    if default not in (None, "") and default not in names:
+        v.add("logging.defaultBackend", "has to be set to one of the logging backends in the mesh")
+
+
+def _host_port(address: str) -> bool:
+    """HOST:PORT as Go's net.SplitHostPort reads it: IPv6 hosts in brackets, both parts present, port 0-65535."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        return False
+    if host.startswith("["):
+        return host.endswith("]") and is_ip(host[1:-1])
+    return ":" not in host and "[" not in host and "]" not in host
 
 
 def _validate_mtls(v: Violations, mtls: Mapping[str, Any]) -> None:
@@ -159,6 +226,10 @@ def _validate_data_source(v: Violations, doc: Any, path: str) -> None:
         v.add(path, f"must have exactly one of: {', '.join(DATA_SOURCE_KEYS)}")
     for key in present:
         v.string(src[key], join(path, key))
+    if "secret" in src:
+        v.add(join(path, "secret"), "secret data sources are not supported yet (Secrets cannot be stored in the "
+                                    "control plane yet); use file (a path on the control plane host) or "
+                                    "inlineString (the PEM text)")
 
 
 def _duration(v: Violations, value: Any, path: str) -> float | None:

@@ -11,9 +11,20 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.\-_]*[a-z0-9])?$")
+# Kuma 2.14's rules (docs/kuma-compatibility.md). Names are lowercase RFC 1123 subdomains: no '_'.
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+NAME_MAX = 253
+NAME_RULE = ("must be a lowercase RFC 1123 name: letters a-z, digits, '-' and '.', starting and ending with a "
+             "letter or digit, at most 253 characters ('_' is not allowed)")
+# A resource's `mesh` reference keeps the pre-2.5 character set, so a mesh created with '_' stays reachable.
+MESH_REF_RE = re.compile(r"^[0-9a-z\-_.]+$")
 TAG_KEY_RE = re.compile(r"^[a-zA-Z0-9.\-_:/]+$")
-TAG_VALUE_RE = re.compile(r"^[a-zA-Z0-9.\-_:/*]+$")
+TAG_VALUE_RE = re.compile(r"^[a-zA-Z0-9.\-_:]+$")
+# Labels follow Kubernetes' rules (Kuma checks them that way on Universal too): an optional DNS prefix and '/'.
+_LABEL_NAME = r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]"
+LABEL_KEY_RE = re.compile(rf"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_LABEL_NAME}$")
+LABEL_VALUE_RE = re.compile(rf"^({_LABEL_NAME})?$")
+MESH_LABEL = "kuma.io/mesh"
 _LABEL = r"[a-zA-Z0-9]([a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?"
 HOST_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 
@@ -80,18 +91,51 @@ class Violations:
 
     def address(self, doc: Any, path: str, required: bool = True) -> str | None:
         s = self.string(doc, path, required)
-        if s is not None and not (is_ip(s) or HOST_RE.match(s)):
+        if s is not None and not (is_ip(s) or HOST_RE.fullmatch(s)):
             self.add(path, f"{s!r} is not a valid IP address or hostname")
             return None
         return s
 
     def name(self, doc: Any, path: str) -> str | None:
         s = self.string(doc, path)
-        if s is not None and (len(s) > 253 or not NAME_RE.match(s)):
-            self.add(path, "must be lowercase letters, digits, '-', '.' or '_', starting and ending with a "
-                           "letter or digit, at most 253 characters")
+        if s is not None and (len(s) > NAME_MAX or not NAME_RE.fullmatch(s)):
+            self.add(path, NAME_RULE)
             return None
         return s
+
+    def mesh_ref(self, doc: Any, path: str = "mesh") -> str | None:
+        """The mesh a resource belongs to: Kuma's older, '_'-tolerant set (see MESH_REF_RE)."""
+        s = self.string(doc, path)
+        if s is not None and (len(s) > NAME_MAX or not MESH_REF_RE.fullmatch(s)):
+            self.add(path, "must be lowercase letters, digits, '-', '_' or '.', at most 253 characters")
+            return None
+        return s
+
+    def labels(self, doc: Any, mesh: str | None, path: str = "labels") -> Mapping[str, Any] | None:
+        """Kubernetes-style labels; `kuma.io/mesh`, if given, must name the resource's own mesh.
+
+        `mesh` is None for kinds that belong to no mesh: there the label can only contradict the resource; "" means
+        the mesh is missing (reported elsewhere), so there is nothing to compare with.
+        """
+        m = self.mapping(doc, path, required=False)
+        if m is None:
+            return None
+        for k, val in m.items():
+            p = f'{path}["{k}"]'
+            if not isinstance(k, str) or not LABEL_KEY_RE.fullmatch(k) or len(k.rpartition("/")[0]) > NAME_MAX:
+                self.add(p, "label name must be [DNS prefix/]name: the name at most 63 letters, digits, '-', '_' "
+                            "or '.', starting and ending with a letter or digit")
+            if not isinstance(val, str):
+                self.add(p, f"label value must be a string, not {_kind(val)}")
+            elif not LABEL_VALUE_RE.fullmatch(val):
+                self.add(p, "label value must be at most 63 letters, digits, '-', '_' or '.', starting and "
+                            "ending with a letter or digit")
+        label_mesh = m.get(MESH_LABEL)
+        if label_mesh is not None and mesh != "" and label_mesh != mesh:
+            where = f"the resource's mesh {mesh!r}" if mesh is not None else "a resource that belongs to no mesh"
+            self.add(f'{path}["{MESH_LABEL}"]', f"{label_mesh!r} contradicts {where}; remove the label or make "
+                                                "it match")
+        return m
 
     def unknown(self, doc: Mapping[str, Any], known: Iterable[str], path: str) -> None:
         allowed = set(known)
@@ -104,13 +148,13 @@ class Violations:
         if m is None:
             return None
         for k, v in m.items():
-            p = f"{path}[{k!r}]" if not TAG_KEY_RE.match(str(k)) else f'{path}["{k}"]'
-            if not isinstance(k, str) or not TAG_KEY_RE.match(k):
+            p = f"{path}[{k!r}]" if not TAG_KEY_RE.fullmatch(str(k)) else f'{path}["{k}"]'
+            if not isinstance(k, str) or not TAG_KEY_RE.fullmatch(k):
                 self.add(p, "tag name must contain only letters, digits, '.', '-', '_', ':' or '/'")
             if not isinstance(v, str) or not v:
                 self.add(p, "tag value must be a non-empty string")
-            elif not TAG_VALUE_RE.match(v):
-                self.add(p, "tag value must contain only letters, digits, '.', '-', '_', ':', '/' or '*'")
+            elif not TAG_VALUE_RE.fullmatch(v):
+                self.add(p, "tag value must contain only letters, digits, '.', '-', '_' or ':' (no '/' or '*')")
         for k in required_keys:
             if k not in m:
                 self.add(f'{path}["{k}"]', "tag is required")

@@ -9,6 +9,9 @@ import pytest
 from dpagent.errors import ValidationError
 from dpagent.model.mesh import cert_lifetime_seconds, enabled_backend, mtls_enabled, parse_mesh, validate_mesh
 
+SECRET_REFUSED = ("secret data sources are not supported yet (Secrets cannot be stored in the control plane yet); "
+                  "use file (a path on the control plane host) or inlineString (the PEM text)")
+
 
 def mesh(**mtls: Any) -> dict[str, Any]:
     return {"type": "Mesh", "name": "default", **({"mtls": mtls} if mtls else {})}
@@ -20,7 +23,8 @@ def builtin(name: str = "ca-1", **kw: Any) -> dict[str, Any]:
 
 def test_minimal_and_ignored_sections() -> None:
     doc = {**mesh(), "logging": {"backends": []}, "tracing": {}, "metrics": {"enabledBackend": "p"},
-           "routing": {"zoneEgress": True}, "networking": {"outbound": {"passthrough": True}}, "constraints": {},
+           "routing": {"localityAwareLoadBalancing": True}, "networking": {"outbound": {"passthrough": True}},
+           "constraints": {},
            "skipCreatingInitialPolicies": ["*"], "meshServices": {"mode": "Disabled"},
            "creationTime": "2024-01-01T00:00:00Z"}
     assert validate_mesh(doc) == []
@@ -40,7 +44,7 @@ def test_mtls_helpers() -> None:
 
 
 def test_provided_sources() -> None:
-    for src in ({"secret": "s"}, {"file": "/etc/ca.pem"}, {"inline": "LS0t"}, {"inlineString": "-----BEGIN"}):
+    for src in ({"file": "/etc/ca.pem"}, {"inline": "LS0t"}, {"inlineString": "-----BEGIN"}):
         doc = mesh(enabledBackend="p", backends=[{"name": "p", "type": "provided", "conf": {"cert": src, "key": src}}])
         assert validate_mesh(doc) == [], src
 
@@ -76,7 +80,7 @@ BAD: list[tuple[str, Any, list[tuple[str, str]]]] = [
      [("mtls.backends[0].dpCert.rotation.expiration", "must be at least 30s")]),
     ("bad expiration", mesh(backends=[builtin(dpCert={"rotation": {"expiration": "soon"}})]),
      [("mtls.backends[0].dpCert.rotation.expiration",
-       "'soon' is not a duration; use a form like 30s, 5m, 1h30m or 500ms")]),
+       "'soon' is not a duration; use a form like 30s, 5m, 1h30m, 500ms, 7d, 2w or 10y")]),
     ("expiration number", mesh(backends=[builtin(dpCert={"rotation": {"expiration": 60}})]),
      [("mtls.backends[0].dpCert.rotation.expiration", "must be a duration string like 24h or 30m")]),
     ("dpCert unknown", mesh(backends=[builtin(dpCert={"x": 1, "rotation": {"y": 2}})]),
@@ -89,15 +93,18 @@ BAD: list[tuple[str, Any, list[tuple[str, str]]]] = [
     ("provided two sources", mesh(backends=[{"name": "p", "type": "provided", "conf": {
         "cert": {"file": "a", "secret": "b"}, "key": {"bogus": "x"}}}]),
      [("mtls.backends[0].conf.cert", "must have exactly one of: secret, file, inline, inlineString"),
+      ("mtls.backends[0].conf.cert.secret", SECRET_REFUSED),
       ("mtls.backends[0].conf.key.bogus", "unknown field (expected one of: file, inline, inlineString, secret)"),
       ("mtls.backends[0].conf.key", "must have exactly one of: secret, file, inline, inlineString")]),
     ("provided empty source", mesh(backends=[{"name": "p", "type": "provided", "conf": {
         "cert": {"file": ""}, "key": {"secret": "k"}, "extra": 1}}]),
      [("mtls.backends[0].conf.cert.file", "must be defined"),
+      ("mtls.backends[0].conf.key.secret", SECRET_REFUSED),
       ("mtls.backends[0].conf.extra", "unknown field (expected one of: cert, key)")]),
     ("builtin conf", mesh(backends=[builtin(conf={"caCert": {"RSAbits": 2048, "expiration": "x"}, "y": 1})]),
      [("mtls.backends[0].conf.y", "unknown field (expected one of: caCert)"),
-      ("mtls.backends[0].conf.caCert.expiration", "'x' is not a duration; use a form like 30s, 5m, 1h30m or 500ms")]),
+      ("mtls.backends[0].conf.caCert.expiration",
+       "'x' is not a duration; use a form like 30s, 5m, 1h30m, 500ms, 7d, 2w or 10y")]),
 ]
 
 
