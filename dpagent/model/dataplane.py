@@ -162,6 +162,10 @@ def validate_dataplane(doc: Any) -> list[tuple[str, str]]:
         v.port(m.get("servicePort"), join(p, "servicePort"), required=False)
         v.ip(m.get("serviceAddress"), join(p, "serviceAddress"), required=False)
         v.ip(m.get("address"), join(p, "address"), required=False)
+        listen = m.get("address") or net.get("address")
+        if m.get("serviceAddress") == listen and m.get("servicePort") in (None, 0, m.get("port")):
+            v.add(join(p, "serviceAddress"), "serviceAddress and servicePort have to differ from the address and "
+                                             "port Envoy listens on (traffic would loop back into Envoy)")
         _validate_probe(v, m.get("serviceProbe"), join(p, "serviceProbe"))
         tags = v.tags(m.get("tags"), join(p, "tags"), required_keys=(SERVICE_TAG,))
         if tags and isinstance(tags.get(PROTOCOL_TAG), str) and tags[PROTOCOL_TAG] not in PROTOCOLS:
@@ -188,6 +192,8 @@ def validate_dataplane(doc: Any) -> list[tuple[str, str]]:
             v.tags(m.get("tags"), join(p, "tags"), required_keys=(SERVICE_TAG,))
         elif v.mapping(m.get("backendRef"), join(p, "backendRef")) is not None:
             v.string(m["backendRef"].get("name"), join(p, "backendRef.name"))
+            if m.get("tags"):
+                v.add(join(p, "backendRef"), "backendRef and tags cannot both be defined; keep one")
     if tproxy is not None:
         v.unknown(tproxy, _TPROXY, "networking.transparentProxying")
         v.port(tproxy.get("redirectPortInbound", 15006), "networking.transparentProxying.redirectPortInbound")

@@ -130,6 +130,13 @@ CASES: list[tuple[str, Callable[[Any], list[tuple[str, str]]], dict[str, Any], l
      dp(networking__inbound=[inbound(8080, servicePort=1), inbound(8080, servicePort=2)]), [f"{IB}[1].port"]),
     ("same inbound port on two addresses", validate_dataplane,
      dp(networking__inbound=[inbound(8080, address="10.0.0.1"), inbound(8080, address="10.0.0.2")]), ACCEPTED),
+    ("application on the address and port Envoy listens on", validate_dataplane,
+     dp(networking__inbound=[inbound(8080, serviceAddress="10.0.0.1")]), [f"{IB}[0].serviceAddress"]),
+    ("application on Envoy's address, another port", validate_dataplane,
+     dp(networking__inbound=[inbound(8080, serviceAddress="10.0.0.1", servicePort=18080)]), ACCEPTED),
+    ("outbound with both backendRef and tags", validate_dataplane,
+     dp(networking__outbound=[{"port": 9000, "tags": {"kuma.io/service": "db"}, "backendRef": {"name": "db"}}]),
+     ["networking.outbound[0].backendRef"]),
     ("unknown top-level field (we refuse: a typo would be dropped)", validate_dataplane,
      dp(netwroking={"address": "10.0.0.1"}), ["netwroking"]),
     # -- labels --
