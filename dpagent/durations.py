@@ -21,6 +21,8 @@ def parse_duration(text: str | float | int) -> float:
         if text < 0:
             raise ValueError(f"duration {text} must not be negative")
         return float(text)
+    if not isinstance(text, str):
+        raise ValueError(f"{text!r} is not a duration; {_FORMS}")
     s = text.strip()
     if not s:
         raise ValueError(f"empty duration; {_FORMS}")

@@ -56,7 +56,7 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="dualstack also installs ip6tables rules when the host has IPv6. [default: dualstack]"),
         click.option("--wait", help="Seconds to wait for the xtables lock (legacy). [default: 5]"),
         click.option("--max-retries", help="Retries when iptables is busy. [default: 4]"),
-        click.option("--sleep-between-retries", help="Seconds between retries. [default: 2]"),
+        click.option("--sleep-between-retries", help="Time between retries, e.g. 2s or 500ms. [default: 2s]"),
         click.option("--backend", type=click.Choice(["iptables-restore", "python-iptables"]),
                      help="How rules are written; python-iptables is legacy-only. [default: iptables-restore]"),
         click.option("--iptables-variant", type=click.Choice(["auto", "nft", "legacy"]),

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import yaml
 
+from dpagent.durations import parse_duration
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 PortRange = tuple[int, int]
 
@@ -251,9 +253,9 @@ def build_config(file_values: Mapping[str, Any] | None = None, flags: Mapping[st
                 problems.append(f"--{key}: {merged[key]!r} must be an integer between {low} and {high}")
     if "sleep-between-retries" in merged:
         try:
-            kw["sleep_between_retries"] = max(0.0, float(merged["sleep-between-retries"]))
-        except (TypeError, ValueError):
-            problems.append(f"--sleep-between-retries: {merged['sleep-between-retries']!r} must be seconds")
+            kw["sleep_between_retries"] = parse_duration(merged["sleep-between-retries"])
+        except (TypeError, ValueError) as e:
+            problems.append(f"--sleep-between-retries: {e} (Kuma's default is 2s)")
     if "dpagent-user" in merged:
         kw["dpagent_user"] = str(merged["dpagent-user"])
     if "resolv-conf" in merged:

@@ -194,6 +194,16 @@ def test_config_settings_take_kuma_units() -> None:
     assert res.values["deregistration_delay"] == DAY
 
 
+def test_tproxy_retry_sleep_is_a_duration() -> None:
+    """Kuma writes `retry.sleepBetweenRetries: 2s`; the transparent-proxy config reads it with the same parser."""
+    from transparent_proxy.config import ConfigError, build_config
+
+    assert build_config(flags={"sleep-between-retries": "500ms"}).sleep_between_retries == 0.5
+    assert build_config(file_values={"sleep-between-retries": "2s"}).sleep_between_retries == 2.0
+    with pytest.raises(ConfigError, match="sleep-between-retries"):
+        build_config(flags={"sleep-between-retries": ["2s"]})
+
+
 def test_messages_name_the_rule() -> None:
     (path, msg), = validate_dataplane(dp(name="web_1"))
     assert path == "name" and "'_' is not allowed" in msg
