@@ -15,6 +15,7 @@ from dpagent.model.validation import Violations, join
 SERVICE_TAG = "kuma.io/service"
 PROTOCOL_TAG = "kuma.io/protocol"
 PROTOCOLS = ("http", "http2", "grpc", "tcp", "kafka")
+BACKEND_KINDS = ("MeshService", "MeshExternalService", "MeshMultiZoneService")
 # Envoy's admin listener and, without serviceAddress, the application behind an inbound both sit on loopback
 # (the inbound generator forwards to 127.0.0.1:<servicePort>).
 ADMIN_ADDRESS = WORKLOAD_ADDRESS = "127.0.0.1"
@@ -170,13 +171,18 @@ def validate_dataplane(doc: Any) -> list[tuple[str, str]]:
         tags = v.tags(m.get("tags"), join(p, "tags"), required_keys=(SERVICE_TAG,))
         if tags and isinstance(tags.get(PROTOCOL_TAG), str) and tags[PROTOCOL_TAG] not in PROTOCOLS:
             v.add(f'{p}.tags["{PROTOCOL_TAG}"]', f"must be one of: {', '.join(PROTOCOLS)}")
+        if m.get("protocol") not in (None, "") and m.get("protocol") not in PROTOCOLS:
+            v.add(join(p, "protocol"), f"must be one of: {', '.join(PROTOCOLS)}")
         if port is not None:
             key = (str(m.get("address") or net.get("address")), port)
             if key in seen:
                 v.add(join(p, "port"), f"port {port} is already used by networking.inbound[{seen[key]}]")
             seen[key] = i
     if gateway is not None:
-        v.tags(gateway.get("tags"), "networking.gateway.tags", required_keys=(SERVICE_TAG,))
+        gw_tags = v.tags(gateway.get("tags"), "networking.gateway.tags", required_keys=(SERVICE_TAG,))
+        if gw_tags and gw_tags.get(PROTOCOL_TAG, "tcp") != "tcp":
+            v.add(f'networking.gateway.tags["{PROTOCOL_TAG}"]', "a delegated gateway is plain TCP to the mesh; "
+                                                                "use tcp or leave the tag out")
         if gateway.get("type", "DELEGATED") != "DELEGATED":
             v.add("networking.gateway.type", "only DELEGATED gateways are supported")
     outbounds = v.sequence(net.get("outbound"), "networking.outbound")
@@ -192,6 +198,8 @@ def validate_dataplane(doc: Any) -> list[tuple[str, str]]:
             v.tags(m.get("tags"), join(p, "tags"), required_keys=(SERVICE_TAG,))
         elif v.mapping(m.get("backendRef"), join(p, "backendRef")) is not None:
             v.string(m["backendRef"].get("name"), join(p, "backendRef.name"))
+            if m["backendRef"].get("kind", BACKEND_KINDS[0]) not in BACKEND_KINDS:
+                v.add(join(p, "backendRef.kind"), f"must be one of: {', '.join(BACKEND_KINDS)}")
             if m.get("tags"):
                 v.add(join(p, "backendRef"), "backendRef and tags cannot both be defined; keep one")
     if tproxy is not None:
