@@ -33,7 +33,7 @@ from dpagent.controlplane.xds.server import AdsServer, StreamError, serve
 from dpagent.controlplane.xds.sync import XdsSync
 from dpagent.errors import ConfigError, PortInUseError
 from dpagent.log import kv
-from dpagent.model.dataplane import parse_dataplane
+from dpagent.model.dataplane import decode_dataplane
 
 log = logging.getLogger("dpagent.cp")
 
@@ -107,7 +107,7 @@ class XdsAuth:
             if rec is not None:
                 hit = self._parsed.get(key)
                 if hit is None or hit[0] != rec.version:
-                    hit = (rec.version, parse_dataplane(rec.doc))
+                    hit = (rec.version, decode_dataplane(rec.doc))
                     self._parsed[key] = hit
                 return hit[1]
         raise StreamError(_unauth(), f"no Dataplane for node id {node_id!r}; create it in the control plane first "

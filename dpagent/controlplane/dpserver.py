@@ -23,8 +23,8 @@ from dpagent.controlplane.kinds import kind_of
 from dpagent.controlplane.resources import Resources
 from dpagent.controlplane.tokens import TokenError
 from dpagent.errors import ValidationError
-from dpagent.model.dataplane import Dataplane, parse_dataplane
-from dpagent.model.mesh import parse_mesh
+from dpagent.model.dataplane import Dataplane, decode_dataplane, parse_dataplane
+from dpagent.model.mesh import decode_mesh
 
 log = logging.getLogger("dpagent.cp.dpserver")
 
@@ -96,7 +96,7 @@ class DpServer:
         rec = await self.store.get("Dataplane", mesh, name)
         if rec is None:
             return None, _err(404, f'Dataplane "{name}" in mesh "{mesh}" not found{hint}')
-        dp = parse_dataplane(rec.doc)
+        dp = decode_dataplane(rec.doc)
         refused = await self._refused(token, dp)
         return (None, refused) if refused else (dp, None)
 
@@ -206,7 +206,7 @@ class DpServer:
         if mesh_rec is None:
             return _err(404, f'mesh "{mesh}" not found')
         try:
-            out = await self.issuer.issue(parse_mesh(mesh_rec.doc), dp, csr)
+            out = await self.issuer.issue(decode_mesh(mesh_rec.doc), dp, csr)
         except MtlsDisabledError as e:
             return _err(409, str(e))
         except CSRError as e:

@@ -280,6 +280,15 @@ def parse_dataplane(doc: Any, what: str = "Dataplane") -> Dataplane:
     problems = validate_dataplane(doc)
     if problems:
         raise ValidationError(what, problems)
+    return decode_dataplane(doc)
+
+
+def decode_dataplane(doc: Mapping[str, Any]) -> Dataplane:
+    """A Dataplane the store already accepted: decode it without validating again.
+
+    Rules tighten between releases (names lost '_', tag values lost '/'), and a resource stored under the old
+    rules must keep working until someone next writes it, as in Kuma; re-validating every read would instead
+    take the whole mesh's configuration down on upgrade."""
     clean = {k: val for k, val in doc.items() if k not in ("creationTime", "modificationTime")}
     return msgspec.convert(clean, Dataplane)
 

@@ -248,6 +248,12 @@ def parse_mesh(doc: Any, what: str = "Mesh") -> Mesh:
     problems = validate_mesh(doc)
     if problems:
         raise ValidationError(what, problems)
+    return decode_mesh(doc)
+
+
+def decode_mesh(doc: Mapping[str, Any]) -> Mesh:
+    """A Mesh the store already accepted: decode only (see `decode_dataplane` for why stored documents are not
+    validated again)."""
     clean = {k: val for k, val in doc.items() if k not in ("creationTime", "modificationTime")}
     return msgspec.convert(clean, Mesh)
 

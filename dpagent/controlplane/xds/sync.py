@@ -29,8 +29,8 @@ from dpagent.controlplane.xds.proxy import (
 )
 from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, SECRET, Resource, Snapshot
 from dpagent.log import kv
-from dpagent.model.dataplane import Dataplane, parse_dataplane
-from dpagent.model.mesh import Mesh, mtls_enabled, parse_mesh
+from dpagent.model.dataplane import Dataplane, decode_dataplane
+from dpagent.model.mesh import Mesh, decode_mesh, mtls_enabled
 from dpagent.model.meshtrafficpermission import KIND as MTP
 from dpagent.model.meshtrafficpermission import parse_meshtrafficpermission
 
@@ -66,9 +66,9 @@ def build_mesh_state(mesh_doc: dict[str, Any], dp_docs: list[dict[str, Any]],
     `vips` are the stored allocations; the state's `ctx.vips` is them made current (new services get addresses,
     gone ones lose theirs), which the caller persists when it differs.
     """
-    dps = [parse_dataplane(d) for d in dp_docs]
+    dps = [decode_dataplane(d) for d in dp_docs]
     policies = {kind: [POLICY_PARSERS[kind](d) for d in docs] for kind, docs in policy_docs.items()}
-    mesh = parse_mesh(mesh_doc)
+    mesh = decode_mesh(mesh_doc)
     ctx = MeshContext(mesh, dps, policies, trust_bundle=trust_bundle,
                       vips=_allocate(mesh.name, dict(vips or {}), service_protocols(dps), vip_cidr))
     shared = {t: {n: Resource(n, m, t) for n, m in by_name.items()} for t, by_name in generate_shared(ctx).items()}
@@ -276,7 +276,7 @@ class XdsSync:
                for r in await self.store.list("Dataplane", mesh=mesh)]
         policies = {kind: [r.doc for r in await self.store.list(kind, mesh=mesh)] for kind in POLICY_PARSERS}
         bundle_pem, bundle_names = "", ()
-        parsed_mesh = parse_mesh(mesh_rec.doc)
+        parsed_mesh = decode_mesh(mesh_rec.doc)
         if self.bundle is not None and mtls_enabled(parsed_mesh):
             bundle_pem, bundle_names = await self.bundle(parsed_mesh)
         vips_rec = await self.store.get(vip.KIND, mesh, vip.NAME)

@@ -202,6 +202,18 @@ def test_config_settings_take_kuma_units() -> None:
     assert res.values["deregistration_delay"] == DAY
 
 
+def test_documents_stored_under_older_rules_keep_working() -> None:
+    """Tightened rules apply when a resource is written, not when a stored one is read (Kuma does the same):
+    a Dataplane stored before names lost '_' and tag values lost '/' still gets its configuration."""
+    from dpagent.controlplane.xds.sync import build_mesh_state, proxy_snapshot
+
+    legacy = dp(name="web_1", labels={"team": "a:b"}, networking__inbound=[
+        {"port": 8080, "servicePort": 18080, "tags": {"kuma.io/service": "web", "version": "v1/beta"}}])
+    assert [p for p, _ in validate_dataplane(legacy)] == ["name", 'labels["team"]', f'{IB}[0].tags["version"]']
+    state = build_mesh_state(mesh(), [legacy], {})
+    assert proxy_snapshot(state, state.by_name["web_1"]).resources
+
+
 def test_tproxy_retry_sleep_is_a_duration() -> None:
     """Kuma writes `retry.sleepBetweenRetries: 2s`; the transparent-proxy config reads it with the same parser."""
     from transparent_proxy.config import ConfigError, build_config
