@@ -78,6 +78,7 @@ class Guard:
         self.read_timeout = read_timeout
         self.max_connections = _cap(max_connections)
         self.events = EventLog(log)
+        self._handshaking: list[tuple[Any, float]] = []  # (handler, deadline) accepted, no connection_made yet
         self._busy: set[Any] = set()  # removed in the middleware's finally, so it cannot leak
         server_log = logging.getLogger("aiohttp.server")
         if _QUIET not in server_log.filters:
@@ -117,29 +118,35 @@ class Guard:
         return b"".join(chunks)
 
     def accept(self, server: web.Server) -> asyncio.BaseProtocol:
-        """Protocol factory: at the cap, close the oldest connection not inside a handler, or refuse this one."""
+        """Protocol factory: at the cap, close the oldest connection not inside a handler, or refuse this one.
+
+        Connections still in their TLS handshake count too (they hold a file descriptor); they are not in
+        `server.connections` until the handshake is done, so they are remembered here until then or until the
+        handshake deadline has passed.
+        """
+        now = time.monotonic()
+        self._handshaking = [(h, t) for h, t in self._handshaking if h.transport is None and t > now]
         live = [h for h in server.connections if h.transport is not None and not h.transport.is_closing()]
-        if len(live) >= self.max_connections:
+        if len(live) + len(self._handshaking) >= self.max_connections:
             idle = next((h for h in live if h not in self._busy), None)
             if idle is None:
-                self.events.note(f"{self.what}: refused connections, every slot is busy",
+                self.events.note(f"{self.what}: refused connections, every slot is busy or in its TLS handshake",
                                  cap=self.max_connections)
-                return _Refuse()
+                # asyncio drops (and so closes) the accepted socket when the factory raises, before any TLS work;
+                # returning a protocol that closes itself would first hold the descriptor through a handshake.
+                raise ConnectionRefusedError("connection cap reached")
             idle.force_close()
             self.events.note(f"{self.what}: at the connection cap, closed the oldest idle connection",
                              cap=self.max_connections)
-        return server()
+        handler = server()
+        self._handshaking.append((handler, now + self.read_timeout + 1))
+        return handler
 
 
 def _cap(configured: int) -> int:
     """Never more than half the open-file limit: the rest is for the store, ADS streams and outgoing work."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return configured if soft == resource.RLIM_INFINITY else max(16, min(configured, soft // 2))
-
-
-class _Refuse(asyncio.Protocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.close()
 
 
 class GuardedSite(web.BaseSite):

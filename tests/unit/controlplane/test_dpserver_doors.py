@@ -211,3 +211,20 @@ def test_unknown_mesh_is_refused_before_the_store_is_consulted(local_cp: Running
         r = c.post("/certificates", json={"mesh": secrets.token_hex(8), "name": "a", "csr": "x"},
                    headers={"authorization": "Bearer a.b.c"})
     assert r.status_code == 401
+
+
+def test_connections_past_the_cap_are_closed_before_any_tls_work(local_cp: RunningCp):
+    """Item 5: silent TCP connections used to hold a descriptor each until the 60 s TLS handshake timeout."""
+    silent = [socket.create_connection(("127.0.0.1", local_cp.dp_port), timeout=5)
+              for _ in range(MAX_CONNECTIONS + 10)]
+    try:
+        extra = silent[-1]
+        extra.settimeout(1.0)
+        assert extra.recv(1) == b"", "the connection past the cap was kept open"
+        # The ones inside the cap are dropped at the handshake deadline, so agents get their slots back.
+        assert _closed_by_server(silent[0], READ_TIMEOUT + 2)  # type: ignore[arg-type]
+        with local_cp.dp_client() as c:
+            assert c.post("/leave", json={"mesh": "default", "name": "x"}).status_code == 401
+    finally:
+        for s in silent:
+            s.close()
