@@ -38,6 +38,9 @@ from dpagent.model.dataplane import parse_dataplane
 
 log = logging.getLogger("dpagent.cp")
 
+API_MAX_CONNECTIONS = 128
+API_READ_TIMEOUT = 30.0
+
 DEFAULT_MESH = {"type": "Mesh", "name": "default",
                 "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}
 ALLOW_ALL = {"type": "MeshTrafficPermission", "mesh": "default", "name": "allow-all",
@@ -190,8 +193,8 @@ class ControlPlane:
             ssl_ctx.load_cert_chain(tls_dir / "server.pem", tls_dir / "server-key.pem")
             await self._site(stack, dp.app(), cfg.bind_address, cfg.dp_server_port, ssl_ctx, "--dp-server-port",
                              dp_guard)
-            api_guard = Guard("api server", max_connections=cfg.dp_server_max_connections,
-                              read_timeout=cfg.dp_server_read_timeout)
+            # The API is for operators and the CLI (loopback by default): fewer slots, more time for a 4 MiB body.
+            api_guard = Guard("api server", max_connections=API_MAX_CONNECTIONS, read_timeout=API_READ_TIMEOUT)
             api = Api(resources, admin_token=admin_token, inspector=self.inspect,
                       certificates=issuer.certificate_counts, metrics=self.metrics, guard=api_guard,
                       max_token_validity=cfg.max_token_validity)

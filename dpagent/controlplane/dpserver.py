@@ -81,9 +81,10 @@ class TokenBucket:
 BootstrapRenderer = Callable[..., dict[str, Any]]
 
 # Bootstrap request fields and the JSON type each must have when present (Kuma's BootstrapRequest).
-_STRING_FIELDS = ("mesh", "name", "dataplaneToken", "dataplaneTokenPath", "dataplaneResource", "caCert", "workdir",
-                  "operatingSystem", "proxyType")
-_PORT_FIELDS = ("readinessPort", "dnsPort")
+_BOOTSTRAP_STRINGS = ("mesh", "name", "dataplaneToken", "dataplaneTokenPath", "dataplaneResource", "caCert", "workdir",
+                      "operatingSystem", "proxyType")
+_BOOTSTRAP_PORTS = ("readinessPort", "dnsPort")
+_BOOTSTRAP_SHAPES: tuple[tuple[str, type], ...] = (("version", dict), ("features", list))
 
 
 def _bearer(request: web.Request) -> str:
@@ -91,8 +92,8 @@ def _bearer(request: web.Request) -> str:
     return header[7:].strip() if header.lower().startswith("bearer ") else header.strip()
 
 
-def _type_problems(body: dict[str, Any], strings: tuple[str, ...], required: tuple[str, ...] = ()) -> list[
-        tuple[str, str]]:
+def _type_problems(body: dict[str, Any], strings: tuple[str, ...], required: tuple[str, ...] = (),
+                   ports: tuple[str, ...] = (), shapes: tuple[tuple[str, type], ...] = ()) -> list[tuple[str, str]]:
     """Every field of the wrong JSON type: a number where a name belongs is the client's bug, never a 500."""
     out = []
     for field in strings:
@@ -101,11 +102,11 @@ def _type_problems(body: dict[str, Any], strings: tuple[str, ...], required: tup
             out.append((field, "must be defined"))
         elif value is not None and not isinstance(value, str):
             out.append((field, f"must be a string, not {type(value).__name__}"))
-    for field in _PORT_FIELDS if strings is _STRING_FIELDS else ():
+    for field in ports:
         value = body.get(field)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535):
             out.append((field, "must be a port number (0-65535)"))
-    for field, kind in (("version", dict), ("features", list)) if strings is _STRING_FIELDS else ():
+    for field, kind in shapes:
         if body.get(field) is not None and not isinstance(body[field], kind):
             out.append((field, f"must be {'an object' if kind is dict else 'a list'}"))
     return out
@@ -202,7 +203,7 @@ class DpServer:
         req = await self._json(request, MAX_BOOTSTRAP_BODY, "the bootstrap request")
         if isinstance(req, web.Response):
             return req
-        if problems := _type_problems(req, _STRING_FIELDS):
+        if problems := _type_problems(req, _BOOTSTRAP_STRINGS, ports=_BOOTSTRAP_PORTS, shapes=_BOOTSTRAP_SHAPES):
             return _err(400, "the bootstrap request has fields of the wrong type", problems)
         mesh, name = req.get("mesh") or "", req.get("name") or ""
         token = (req.get("dataplaneToken") or "").strip()
