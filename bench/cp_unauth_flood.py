@@ -12,23 +12,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
-import signal
 import ssl
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import psutil
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from testlib import LocalControlPlane, wait_for  # noqa: E402
+from _cp_source import ROOT, cp_from_source
+from testlib import LocalControlPlane
 
 MIB = 1024 * 1024
 
@@ -57,32 +49,15 @@ async def _flood(cp: LocalControlPlane, n: int, name_length: int, concurrency: i
 
 def run(source: Path, n: int, name_length: int) -> tuple[float, float, float, dict[int, int], float]:
     """(RSS before, right after, after 3 s settle, statuses, seconds) for a CP running the code under `source`."""
-    with tempfile.TemporaryDirectory(prefix="cp-flood-") as tmp:
-        cp = LocalControlPlane(Path(tmp) / "data")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUMA_", "DPAGENT_"))}
-        env["PYTHONDONTWRITEBYTECODE"] = "1"  # never write into the source tree under test
-        with open(Path(tmp) / "cp.log", "wb") as log:
-            proc = subprocess.Popen(cp.command(sys.executable), cwd=source, env=env, stdout=log, stderr=log,
-                                    start_new_session=True)
-        try:
-            wait_for(lambda: proc.poll() is None and httpx.get(cp.api, timeout=1).status_code == 200, 60,
-                     what="control plane API")
-            asyncio.run(_flood(cp, 200, name_length))  # warm-up: code paths, TLS, allocator pools
-            before = _rss(proc.pid)
-            t0 = time.monotonic()
-            statuses = asyncio.run(_flood(cp, n, name_length))
-            took = time.monotonic() - t0
-            after = _rss(proc.pid)
-            time.sleep(3)
-            settled = _rss(proc.pid)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    return before, after, settled, statuses, took
+    with cp_from_source(source) as (cp, pid, _):
+        asyncio.run(_flood(cp, 200, name_length))  # warm-up: code paths, TLS, allocator pools
+        before = _rss(pid)
+        t0 = time.monotonic()
+        statuses = asyncio.run(_flood(cp, n, name_length))
+        took = time.monotonic() - t0
+        after = _rss(pid)
+        time.sleep(3)
+        return before, after, _rss(pid), statuses, took
 
 
 def main() -> None:
