@@ -139,4 +139,6 @@ def name_problem(name: Any) -> str | None:
     CLI checks names before putting them in a URL)."""
     v = Violations()
     v.name(name, "name")
+    if not v.items and isinstance(name, str) and name.endswith("\n"):  # `$` also matches before a final newline
+        return "must not contain a line break"
     return v.items[0][1] if v.items else None

@@ -235,6 +235,7 @@ async def test_deep_nesting_huge_offsets_and_wrong_types_are_400s(client):
     ({"name": "web-1", "tags": {"kuma.io/service": [1, 2]}}, 'tags["kuma.io/service"]'),
     ({"name": "web-1", "tags": {"kuma.io/service": "web"}}, 'tags["kuma.io/service"]'),
     ({"name": "web\n1"}, "name"),
+    ({"name": "web-1\n"}, "name"),
     ({"name": "web-1", "validFor": "1000000000000h"}, "validFor"),
     ({"name": "web-1", "validFor": "87601h"}, "validFor"),
     ({"name": "web-1", "validFor": "0s"}, "validFor"),
