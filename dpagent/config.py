@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from dpagent import safe_yaml
 from dpagent.durations import format_duration, parse_duration
 from dpagent.errors import ConfigError
 
@@ -142,7 +143,7 @@ def load_file(path: str | None) -> tuple[dict[str, Any], str]:
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}; check the --config path") from None
     try:
-        doc = yaml.safe_load(text) or {}
+        doc = safe_yaml.load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(doc, dict):

@@ -305,8 +305,10 @@ def check_ports(ctx: Context) -> Check:
 def _tproxy_dns(path: str) -> bool:
     import yaml
 
+    from dpagent import safe_yaml
+
     try:
-        doc = yaml.safe_load(Path(path).read_text()) or {}
+        doc = safe_yaml.load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError):
         return False
     return bool(isinstance(doc, dict) and (doc.get("redirect-dns") or doc.get("redirect-all-dns-traffic")))

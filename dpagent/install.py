@@ -19,8 +19,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import yaml
-
+from dpagent import safe_yaml
 from dpagent.errors import ConfigError, DpAgentError
 
 USER = "dpagent"
@@ -181,7 +180,7 @@ def plan(req: InstallRequest, bin_dir: str, templates: Path) -> tuple[str, list[
         Entry("etc/dpagent", 0o755),
         Entry(inst, 0o750, "root", USER),
         Entry(f"{inst}/config.yaml", 0o640, "root", USER,
-              (header + yaml.safe_dump(config, sort_keys=False)).encode()),
+              (header + safe_yaml.dump(config, sort_keys=False)).encode()),
         Entry(f"{inst}/token", 0o600, USER, USER, files["token"]),
         Entry(f"{inst}/ca.pem", 0o644, "root", "root", files["ca.pem"]),
         Entry(f"{inst}/dataplane.yaml", 0o640, "root", USER, files["dataplane.yaml"]),
@@ -199,7 +198,7 @@ def plan(req: InstallRequest, bin_dir: str, templates: Path) -> tuple[str, list[
         entries += [
             Entry("etc/dpagent/tproxy.yaml", 0o644, content=(
                 "# written by `dpagent install --transparent-proxy`; read by dpagent-tproxy.service\n"
-                + yaml.safe_dump(doc, sort_keys=False)).encode()),
+                + safe_yaml.dump(doc, sort_keys=False)).encode()),
             Entry(f"etc/systemd/system/{TPROXY_UNIT}", 0o644,
                   content=render_unit((templates / TPROXY_UNIT).read_text(), bin_dir).encode()),
         ]

@@ -6,8 +6,12 @@ import base64
 import datetime as dt
 import ipaddress
 import json
+import os
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -241,3 +246,55 @@ class EchoApp:
         with conn:
             while data := conn.recv(4096):
                 conn.sendall(data)
+
+
+# ---- a control plane process for front-door tests ----------------------------------------------------------------
+
+# Tight front-door limits so the tests can reach them quickly.
+MAX_CONNECTIONS = 40
+READ_TIMEOUT = 1.5
+
+
+class RunningCp(LocalControlPlane):
+    """`dpagent cp run` with small front-door limits, its log in a file next to the data dir."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self.log = data_dir.parent / "cp.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUMA_", "DPAGENT_"))}
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(
+                self.command(sys.executable, "--dp-server-max-connections", str(MAX_CONNECTIONS),
+                             "--dp-server-read-timeout", f"{READ_TIMEOUT}s", "--max-token-validity", "8760h"),
+                stdout=logf, stderr=subprocess.STDOUT, env=env)
+        wait_for(lambda: httpx.get(self.api, timeout=1).status_code == 200, 30, what="control plane API")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def dp_client(self, **kw: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, verify=ssl.create_default_context(cafile=str(self.ca_file)),
+                            timeout=10, trust_env=False, **kw)  # type: ignore[arg-type]
+
+    def token(self, name: str, mesh: str = "default", **extra: object) -> str:
+        r = httpx.post(f"{self.api}/tokens/dataplane", json={"name": name, "mesh": mesh, "validFor": "1h", **extra})
+        assert r.status_code == 200, r.text
+        return r.text
+
+    def dataplane(self, name: str, mesh: str = "default") -> None:
+        doc = {"type": "Dataplane", "mesh": mesh, "name": name, "networking": {
+            "address": "127.0.0.1", "inbound": [{"port": 9000, "tags": {"kuma.io/service": name}}]}}
+        r = httpx.put(f"{self.api}/meshes/{mesh}/dataplanes/{name}", json=doc)
+        assert r.status_code in (200, 201), r.text
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")

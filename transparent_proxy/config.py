@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
+from dpagent import safe_yaml
 from dpagent.durations import parse_duration
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -193,7 +194,7 @@ KNOWN_KEYS = frozenset({
 def load_file(path: Path) -> dict[str, Any]:
     """Read the YAML config file; keys are the long flag names (dashes or underscores)."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = safe_yaml.load(path.read_text()) or {}
     except OSError as e:
         raise ConfigError([f"--config: cannot read {path}: {e.strerror}; check the path and permissions"]) from e
     except yaml.YAMLError as e:

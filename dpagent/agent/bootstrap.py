@@ -21,7 +21,7 @@ import httpx
 import yaml
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from dpagent import GIT_TAG, __version__
+from dpagent import GIT_TAG, __version__, safe_yaml
 from dpagent.errors import ConfigError, ControlPlaneRejected, ControlPlaneUnavailable
 from dpagent.log import kv
 
@@ -98,7 +98,7 @@ def parse_response(payload: bytes) -> BootstrapResult:
     try:
         doc = json.loads(payload)
         raw = base64.b64decode(doc["bootstrap"], validate=True).decode()
-        config = yaml.safe_load(raw)
+        config = safe_yaml.load(raw)
     except (ValueError, KeyError, TypeError, yaml.YAMLError) as e:
         raise ControlPlaneRejected(
             f"the control plane answered /bootstrap with something that is not a bootstrap response ({e}); "

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from dpagent import safe_yaml
 from dpagent.errors import ConfigError
 from dpagent.model.dataplane import Dataplane, parse_dataplane
 
@@ -71,7 +72,7 @@ def read_template(resource: str, resource_path: str) -> tuple[str, str]:
 
 def decode_resource(text: str, label: str) -> Any:
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = safe_yaml.load_all(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{label} is not valid YAML after rendering: {e}") from None
     if len(docs) != 1:

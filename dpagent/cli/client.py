@@ -6,13 +6,31 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 import httpx
 
 from dpagent.errors import ConfigError, ControlPlaneRejected, ControlPlaneUnavailable, NotFound, ValidationError
+from dpagent.model.validation import name_problem
 
 DEFAULT_API = "http://127.0.0.1:5681"
+
+
+def url_path(*parts: str | tuple[str, Any]) -> str:
+    """A REST path from fixed segments and (label, name) pairs. Names are checked with the server's rule and
+    escaped, so a name like `../../meshes/x` is refused here instead of addressing another resource."""
+    out = []
+    for part in parts:
+        if isinstance(part, tuple):
+            label, value = part
+            problem = name_problem(value)
+            if problem:
+                raise ConfigError(f"{label} {value!r} is not a valid name: it {problem}")
+            out.append(quote(value, safe=""))
+        else:
+            out.append(part)
+    return "/" + "/".join(out)
 
 
 class ApiClient:

@@ -6,32 +6,52 @@ import json
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import click
 import yaml
 
-from dpagent.cli.client import ApiClient, api_options, make_client
+from dpagent import safe_yaml
+from dpagent.cli.client import ApiClient, api_options, make_client, url_path
 from dpagent.controlplane.kinds import KINDS, Kind, by_type, kind_of
 from dpagent.errors import ConfigError, DpAgentError, ValidationError
+from dpagent.model.validation import name_problem
 
 OUTPUT = click.Choice(["table", "yaml", "json"])
 
 
 def _path(k: Kind, mesh: str, name: str | None = None) -> str:
-    base = f"/meshes/{mesh}/{k.plural}" if k.mesh_scoped else f"/{k.plural}"
-    return f"{base}/{name}" if name else base
+    """The REST path; names are checked with the server's rule and escaped, so none can climb out of its segment."""
+    scope: tuple[Any, ...] = ("meshes", ("mesh", mesh)) if k.mesh_scoped else ()
+    return url_path(*scope, k.plural, *((("name", name),) if name is not None else ()))
 
 
 def _read_docs(file: str) -> list[Any]:
     try:
-        text = sys.stdin.read() if file == "-" else open(file).read()  # noqa: SIM115 - closed by GC on exit
+        raw = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read {file}: {e.strerror}") from None
     try:
-        return [d for d in yaml.safe_load_all(text) if d is not None]
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{file} is not UTF-8 text (byte {e.start} is {raw[e.start]:#04x}); apply reads YAML "
+                          "resource files") from None
+    try:
+        return safe_yaml.load_all(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{file} is not valid YAML: {e}") from None
+        raise ConfigError(f"{file} is not valid YAML: {safe_yaml.describe(e)}") from None
+
+
+def _mesh_first(docs: list[Any]) -> list[tuple[int, Any]]:
+    """(document number, document), meshes first: one file can hold a new mesh and the resources in it."""
+    return sorted(enumerate(docs, 1), key=lambda d: not (isinstance(d[1], dict) and d[1].get("type") == "Mesh"))
+
+
+def _only_missing_new_mesh(e: ValidationError, new_meshes: set[str], mesh: Any) -> bool:
+    """The dry run's one complaint is that the mesh does not exist yet, and this same apply creates it."""
+    return mesh in new_meshes and len(e.violations) == 1 and e.violations[0][0] == "mesh" \
+        and "does not exist" in e.violations[0][1]
 
 
 @click.command("apply")
@@ -45,13 +65,18 @@ def apply_cmd(file: str, dry_run: bool, api_address: str, api_token_file: str) -
     if not docs:
         raise ConfigError(f"{file} holds no resources")
     targets, failures = [], []
-    for i, doc in enumerate(docs):
-        label = f"document {i + 1}"
+    new_meshes = {d.get("name") for d in docs if isinstance(d, dict) and d.get("type") == "Mesh"}
+    for i, doc in _mesh_first(docs):
+        label = f"document {i}"
         try:
             k = _kind_for(doc, label)
             label = f"{k.name} {doc.get('name')!r}"
             path = _path(k, doc.get("mesh", ""), doc.get("name"))
-            client.request("PUT", path, params={"dryRun": "true"}, json=doc)
+            try:
+                client.request("PUT", path, params={"dryRun": "true"}, json=doc)
+            except ValidationError as e:
+                if not _only_missing_new_mesh(e, new_meshes, doc.get("mesh")):
+                    raise
             targets.append((k, path, doc))
         except ValidationError as e:
             failures.append(str(e))
@@ -73,11 +98,11 @@ def _kind_for(doc: Any, label: str) -> Kind:
     problems = []
     if not isinstance(doc.get("type"), str) or by_type(doc["type"]) is None:
         problems.append(("type", f"must be one of {', '.join(k.name for k in KINDS)}"))
-    if not isinstance(doc.get("name"), str) or not doc.get("name"):
-        problems.append(("name", "must be defined"))
+    if problem := name_problem(doc.get("name")):
+        problems.append(("name", problem))
     k = by_type(doc.get("type")) if isinstance(doc.get("type"), str) else None
-    if k and k.mesh_scoped and not doc.get("mesh"):
-        problems.append(("mesh", "must be defined"))
+    if k and k.mesh_scoped and (problem := name_problem(doc.get("mesh"))):
+        problems.append(("mesh", problem))
     if problems:
         raise ValidationError(label, problems)
     assert k is not None
@@ -154,8 +179,8 @@ def get_cmd(type_name: str, name: str | None, mesh: str, output: str, api_addres
     if name:
         doc = client.get(_path(k, mesh, name))
         if output == "table":
-            insight = client.get(f"/meshes/{mesh}/dataplanes+insights").get("items", []) if k.name == "Dataplane" \
-                else []
+            insight = client.get(url_path("meshes", ("mesh", mesh), "dataplanes+insights")).get("items", []) \
+                if k.name == "Dataplane" else []
             match = next((i.get("dataplaneInsight") for i in insight if i["dataplane"]["name"] == name), None)
             click.echo(_table([_header(k), _row(k, doc, match)]))
         else:
@@ -163,7 +188,7 @@ def get_cmd(type_name: str, name: str | None, mesh: str, output: str, api_addres
         return
     insights: dict[str, dict[str, Any]] = {}
     if k.name == "Dataplane":
-        for item in _list_all(client, f"/meshes/{mesh}/dataplanes+insights"):
+        for item in _list_all(client, url_path("meshes", ("mesh", mesh), "dataplanes+insights")):
             insights[item["dataplane"]["name"]] = item.get("dataplaneInsight") or {}
     items = _list_all(client, _path(k, mesh))
     if output != "table":
@@ -205,7 +230,8 @@ def delete_cmd(type_name: str, name: str, mesh: str, api_address: str, api_token
 @api_options
 def inspect_cmd(type_name: str, name: str, mesh: str, output: str, api_address: str, api_token_file: str) -> None:
     """Explain a dataplane: connection, ACKed config per type, last NACK, matched policies, certificate."""
-    data = make_client(api_address, api_token_file).get(f"/meshes/{mesh}/dataplanes/{name}/_inspect")
+    path = url_path("meshes", ("mesh", mesh), "dataplanes", ("name", name), "_inspect")
+    data = make_client(api_address, api_token_file).get(path)
     if output != "table":
         _emit(data, output)
         return

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dpagent.cli.client import api_options, make_client
+from dpagent.cli.client import api_options, make_client, url_path
 from dpagent.errors import ConfigError
 
 
@@ -23,6 +23,10 @@ def _tags(values: tuple[str, ...]) -> dict[str, list[str]]:
             raise ConfigError(f"--tag {item!r} is not key=value1[,value2...]")
         out.setdefault(key, []).extend(v for v in vals.split(",") if v)
     return out
+
+
+def _keys_path(mesh: str) -> str:
+    return url_path("meshes", ("mesh", mesh), "signing-keys")
 
 
 @token_group.command("generate")
@@ -69,7 +73,7 @@ def signing_key_group() -> None:
 @api_options
 def rotate_key(mesh: str, api_address: str, api_token_file: str) -> None:
     """Add a new key; tokens generated from now on use it, older tokens keep working."""
-    out = make_client(api_address, api_token_file).request("POST", f"/meshes/{mesh}/signing-keys").json()
+    out = make_client(api_address, api_token_file).request("POST", _keys_path(mesh)).json()
     click.echo(f"mesh {mesh!r} now signs tokens with key {out['serial']}; re-issue tokens, then delete old keys")
 
 
@@ -77,7 +81,7 @@ def rotate_key(mesh: str, api_address: str, api_token_file: str) -> None:
 @click.option("-m", "--mesh", default="default", show_default=True)
 @api_options
 def list_keys(mesh: str, api_address: str, api_token_file: str) -> None:
-    out = make_client(api_address, api_token_file).get(f"/meshes/{mesh}/signing-keys")
+    out = make_client(api_address, api_token_file).get(_keys_path(mesh))
     click.echo(" ".join(str(s) for s in out["serials"]))
 
 
@@ -87,5 +91,5 @@ def list_keys(mesh: str, api_address: str, api_token_file: str) -> None:
 @api_options
 def delete_key(serial: int, mesh: str, api_address: str, api_token_file: str) -> None:
     """Retire key SERIAL: every token signed with it is refused from now on (live streams within seconds)."""
-    make_client(api_address, api_token_file).request("DELETE", f"/meshes/{mesh}/signing-keys/{serial}")
+    make_client(api_address, api_token_file).request("DELETE", f"{_keys_path(mesh)}/{serial}")
     click.echo(f"signing key {serial} of mesh {mesh!r} deleted")

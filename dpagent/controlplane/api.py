@@ -6,9 +6,9 @@ token. Bodies are JSON or YAML; validation errors list every violation with its 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,19 +16,23 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from dpagent import __version__
+from dpagent import __version__, safe_yaml
 from dpagent.controlplane import secrets
+from dpagent.controlplane.http_guard import BodyError, Guard
 from dpagent.controlplane.kinds import KINDS, Kind, kind_of
 from dpagent.controlplane.resources import Resources, record_to_doc
 from dpagent.controlplane.tokens import TokenError, issue_token
 from dpagent.durations import parse_duration
 from dpagent.errors import ConfigError, Conflict, DpAgentError, NotFound, ValidationError
+from dpagent.model.validation import TAG_KEY_RE, TAG_VALUE_RE, name_problem
 
 log = logging.getLogger("dpagent.cp.api")
 
 Inspector = Callable[[str, str], Awaitable[dict[str, Any]]]
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
+MAX_OFFSET = 2**31 - 1  # far past any real listing; SQLite cannot take an offset beyond 2**63
+MAX_BODY = 4 * 1024 * 1024
 
 
 def _error(status: int, title: str, causes: list[tuple[str, str]] | None = None) -> web.Response:
@@ -74,20 +78,24 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         return _error(409, str(e))
     except (ConfigError, TokenError) as e:
         return _error(400, str(e))
+    except BodyError as e:
+        return _error(e.status, str(e))
     except DpAgentError as e:
         return _error(500, str(e))
 
 
-async def _body(request: web.Request) -> Any:
-    raw = await request.read()
-    if len(raw) > 4 * 1024 * 1024:
-        raise ValidationError("request", [("$", "body larger than 4 MiB")])
+async def _body(request: web.Request, guard: Guard) -> Any:
+    """The decoded body. YAML aliases are refused and nesting is bounded: a few hundred bytes of nested aliases
+    would otherwise expand to a resource of many megabytes, around the body size limit."""
+    raw = await guard.read_body(request, MAX_BODY)
+    decode = safe_yaml.load_json if "json" in (request.content_type or "") else safe_yaml.load
     try:
-        if "json" in (request.content_type or ""):
-            return json.loads(raw)
-        return yaml.safe_load(raw)
-    except (ValueError, yaml.YAMLError) as e:
+        # A large body takes a while to parse: off the event loop, so DP-server and ADS work is not held up.
+        return await asyncio.to_thread(decode, raw) if len(raw) > 64 * 1024 else decode(raw)
+    except ValueError as e:
         raise ValidationError("request body", [("$", f"not valid JSON or YAML: {e}")]) from None
+    except yaml.YAMLError as e:
+        raise ValidationError("request body", [("$", f"not valid JSON or YAML: {safe_yaml.describe(e)}")]) from None
 
 
 def _page(request: web.Request) -> tuple[int, int]:
@@ -96,16 +104,20 @@ def _page(request: web.Request) -> tuple[int, int]:
         size = int(request.query.get("size", DEFAULT_PAGE))
     except ValueError:
         raise ValidationError("query", [("offset/size", "must be whole numbers")]) from None
-    if offset < 0 or not 1 <= size <= MAX_PAGE:
-        raise ValidationError("query", [("offset/size", f"offset must be ≥ 0 and size between 1 and {MAX_PAGE}")])
+    if not 0 <= offset <= MAX_OFFSET or not 1 <= size <= MAX_PAGE:
+        raise ValidationError("query", [("offset/size", f"offset must be between 0 and {MAX_OFFSET} and size "
+                                                        f"between 1 and {MAX_PAGE}")])
     return offset, size
 
 
 class Api:
     def __init__(self, resources: Resources, *, admin_token: str, inspector: Inspector | None = None,
                  certificates: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
-                 metrics: Callable[[], Awaitable[str]] | None = None) -> None:
+                 metrics: Callable[[], Awaitable[str]] | None = None, guard: Guard | None = None,
+                 max_token_validity: float = 87600 * 3600.0) -> None:
         self.resources = resources
+        self.guard = guard or Guard("api server", max_connections=1024, read_timeout=30.0)
+        self.max_token_validity = max_token_validity
         self.store = resources.store
         self.admin_token = admin_token
         self.inspector = inspector
@@ -113,8 +125,8 @@ class Api:
         self.metrics_fn = metrics
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[auth_middleware(self.admin_token), error_middleware],
-                              client_max_size=4 * 1024 * 1024)
+        app = web.Application(middlewares=[self.guard.middleware, auth_middleware(self.admin_token),
+                                           error_middleware], client_max_size=MAX_BODY)
         r = app.router
         r.add_get("/", self.index)
         r.add_post("/tokens/dataplane", self.generate_token)
@@ -164,8 +176,9 @@ class Api:
                 return web.json_response({})
             if request.method == "PUT":
                 dry = request.query.get("dryRun", "") in ("1", "true")
-                applied = await self.resources.apply(await _body(request), kind=k, mesh=mesh if k.mesh_scoped else None,
-                                                     name=name, dry_run=dry)
+                doc = await _body(request, self.guard)
+                applied = await self.resources.apply(doc, kind=k, mesh=mesh if k.mesh_scoped else None, name=name,
+                                                     dry_run=dry)
                 body = {"created": applied.created, "dryRun": dry}
                 return web.json_response(body, status=201 if applied.created else 200)
             return _error(405, f"{request.method} is not supported on {request.path}; use GET, PUT or DELETE")
@@ -173,44 +186,37 @@ class Api:
         return handler
 
     async def generate_token(self, request: web.Request) -> web.Response:
-        body = await _body(request)
+        body = await _body(request, self.guard)
         if not isinstance(body, dict):
             raise ValidationError("token request", [("$", "must be an object")])
-        problems = []
-        name, mesh = body.get("name", ""), body.get("mesh") or "default"
-        tags = body.get("tags") or {}
-        if not isinstance(name, str):
-            problems.append(("name", "must be a string"))
-        if not isinstance(tags, dict) or not all(isinstance(v, list) for v in tags.values()):
-            problems.append(("tags", "must map each tag to a list of allowed values"))
-        try:
-            valid_for = parse_duration(body.get("validFor") or "87600h")
-            if valid_for <= 0:
-                raise ValueError("must be greater than zero")
-        except ValueError as e:
-            problems.append(("validFor", str(e)))
-            valid_for = 0
-        if (body.get("type") or "dataplane") != "dataplane":
-            problems.append(("type", "only 'dataplane' tokens are issued"))
+        problems = _token_request_problems(body, self.max_token_validity)
         if problems:
             raise ValidationError("token request", problems)
+        name, mesh, tags = body.get("name") or "", body.get("mesh") or "default", body.get("tags") or {}
+        valid_for = parse_duration(body.get("validFor") or "87600h")
         if await self.store.get("Mesh", "", mesh) is None:
             raise NotFound(f'mesh "{mesh}" not found; create it before issuing tokens for it')
         key = await secrets.ensure_signing_key(self.store, mesh)
-        token = issue_token(key, name=name, mesh=mesh, tags=tags, valid_for=valid_for)
+        token = issue_token(key, name=name, mesh=mesh, tags=tags, valid_for=min(valid_for, self.max_token_validity))
         log.info("issued a dataplane token", extra={"kv": {"mesh": mesh, "name_claim": name or "*"}})
         return web.Response(text=token, content_type="text/plain")
 
     async def revoke_token(self, request: web.Request) -> web.Response:
-        body = await _body(request)
+        body = await _body(request, self.guard)
         if not isinstance(body, dict):
             raise ValidationError("revocation", [("$", "must be an object with mesh and token or jti")])
+        problems = [(f, "must be a string") for f in ("mesh", "jti", "token")
+                    if body.get(f) is not None and not isinstance(body[f], str)]
+        if problems:
+            raise ValidationError("revocation", problems)
         mesh = body.get("mesh") or "default"
         jti = body.get("jti")
         if not jti and body.get("token"):
             jti = _jti_of(body["token"])
         if not isinstance(jti, str) or not jti:
             raise ValidationError("revocation", [("jti", "give the token (token) or its ID (jti)")])
+        if await self.store.get("Mesh", "", mesh) is None:
+            raise NotFound(f'mesh "{mesh}" not found; tokens are revoked in the mesh they were issued for')
         await secrets.revoke(self.store, mesh, jti)
         return web.json_response({"revoked": jti, "mesh": mesh})
 
@@ -289,3 +295,45 @@ def _jti_of(token: str) -> str:
     if not isinstance(jti, str):
         raise ValidationError("revocation", [("token", "has no jti claim")])
     return jti
+
+
+def _token_request_problems(body: dict[str, Any], max_validity: float) -> list[tuple[str, str]]:
+    """Every problem of a token request: a token the bootstrap would refuse is never issued."""
+    from dpagent.durations import format_duration
+
+    problems: list[tuple[str, str]] = []
+    for field in ("name", "mesh"):
+        value = body.get(field)
+        if value is None or value == "":
+            continue
+        problem = name_problem(value)
+        if problem:
+            problems.append((field, problem))
+    tags = body.get("tags")
+    if tags is not None and not isinstance(tags, dict):
+        problems.append(("tags", "must map each tag to a list of allowed values"))
+    for key, values in (tags or {}).items() if isinstance(tags, dict) else ():
+        path = f'tags["{key}"]'
+        if not TAG_KEY_RE.match(str(key)):
+            problems.append((path, "tag name must contain only letters, digits, '.', '-', '_', ':' or '/'"))
+        if not isinstance(values, list) or not values or not all(
+                isinstance(v, str) and TAG_VALUE_RE.match(v) for v in values):
+            problems.append((path, "must be a non-empty list of tag values (letters, digits, '.', '-', '_', ':', "
+                                   "'/' or '*')"))
+    valid_for = body.get("validFor")
+    if valid_for is not None and not isinstance(valid_for, str):
+        problems.append(("validFor", "must be a duration string like 720h"))
+    elif valid_for:
+        try:
+            seconds = parse_duration(valid_for)
+        except ValueError as e:
+            problems.append(("validFor", str(e)))
+        else:
+            if seconds <= 0:
+                problems.append(("validFor", "must be greater than zero"))
+            elif seconds > max_validity:
+                problems.append(("validFor", f"must be at most {format_duration(max_validity)} (the control "
+                                             "plane's --max-token-validity)"))
+    if (body.get("type") or "dataplane") != "dataplane":
+        problems.append(("type", "only 'dataplane' tokens are issued"))
+    return problems

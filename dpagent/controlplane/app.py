@@ -23,6 +23,7 @@ from dpagent.controlplane import ca as ca_mod
 from dpagent.controlplane.api import Api
 from dpagent.controlplane.auth import DataplaneAuth
 from dpagent.controlplane.dpserver import DpServer
+from dpagent.controlplane.http_guard import Guard, GuardedSite
 from dpagent.controlplane.identity import INSIGHT, Issuer
 from dpagent.controlplane.resources import Resources
 from dpagent.controlplane.settings import CpConfig
@@ -36,6 +37,9 @@ from dpagent.log import kv
 from dpagent.model.dataplane import decode_dataplane
 
 log = logging.getLogger("dpagent.cp")
+
+API_MAX_CONNECTIONS = 128
+API_READ_TIMEOUT = 30.0
 
 DEFAULT_MESH = {"type": "Mesh", "name": "default",
                 "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}
@@ -179,15 +183,22 @@ class ControlPlane:
             self._xauth = xauth
             grpc_server = await serve(ads, cfg.bind_address, cfg.xds_port, tls=(cert, key))
             stack.push_async_callback(grpc_server.stop, 2)
-            dp = DpServer(resources, auth, issuer, xds_port=cfg.xds_port, cp_ca_pem=cp_ca, on_leave=self._on_leave)
+            dp_guard = Guard("dp server", max_connections=cfg.dp_server_max_connections,
+                             read_timeout=cfg.dp_server_read_timeout)
+            dp = DpServer(resources, auth, issuer, xds_port=cfg.xds_port, cp_ca_pem=cp_ca, on_leave=self._on_leave,
+                          guard=dp_guard)
             ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ssl_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             tls_dir = data_dir / "tls"
             ssl_ctx.load_cert_chain(tls_dir / "server.pem", tls_dir / "server-key.pem")
-            await self._site(stack, dp.app(), cfg.bind_address, cfg.dp_server_port, ssl_ctx, "--dp-server-port")
+            await self._site(stack, dp.app(), cfg.bind_address, cfg.dp_server_port, ssl_ctx, "--dp-server-port",
+                             dp_guard)
+            # The API is for operators and the CLI (loopback by default): fewer slots, more time for a 4 MiB body.
+            api_guard = Guard("api server", max_connections=API_MAX_CONNECTIONS, read_timeout=API_READ_TIMEOUT)
             api = Api(resources, admin_token=admin_token, inspector=self.inspect,
-                      certificates=issuer.certificate_counts, metrics=self.metrics)
-            await self._site(stack, api.app(), cfg.api_address, cfg.api_port, None, "--api-port")
+                      certificates=issuer.certificate_counts, metrics=self.metrics, guard=api_guard,
+                      max_token_validity=cfg.max_token_validity)
+            await self._site(stack, api.app(), cfg.api_address, cfg.api_port, None, "--api-port", api_guard)
             sync_task = asyncio.create_task(sync.run(), name="xds-sync")
             stack.callback(sync_task.cancel)
             kv(log, logging.INFO, "control plane ready", dp_server=f"https://{cfg.bind_address}:{cfg.dp_server_port}",
@@ -203,11 +214,13 @@ class ControlPlane:
         return 0
 
     async def _site(self, stack: contextlib.AsyncExitStack, app: web.Application, host: str, port: int,
-                    ssl_ctx: ssl.SSLContext | None, flag: str) -> None:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+                    ssl_ctx: ssl.SSLContext | None, flag: str, guard: Guard) -> None:
+        # keepalive_timeout doubles as the header deadline: aiohttp closes a connection still waiting for a
+        # complete request when it fires, and bytes trickling in do not postpone it.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=guard.read_timeout)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx, shutdown_timeout=2)
+        site = GuardedSite(runner, host, port, guard, ssl_context=ssl_ctx, shutdown_timeout=2)
         try:
             await site.start()
         except OSError as e:

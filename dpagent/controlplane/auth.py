@@ -36,6 +36,8 @@ class DataplaneAuth:
         if hit and self.clock() - hit[0] < self.ttl:
             return hit[1], hit[2]
         keys = await secrets.signing_keys(self.store, mesh)
+        if not keys:  # a mesh named by an unauthenticated caller: nothing to cache, or made-up names fill memory
+            return TokenVerifier(()), frozenset()
         keyset = tuple((k.serial, k.private_pem) for k in keys)
         known = self._keysets.get(mesh)
         if known is not None and known[0] == keyset:
@@ -70,6 +72,15 @@ class DataplaneAuth:
         claims = self._check(verifier, token, dp.mesh, revoked)
         check_dataplane_matches(claims, name=dp.name, mesh=dp.mesh, tags=dp.all_tags())
         return claims
+
+    async def authenticate(self, token: str, mesh: str) -> DataplaneClaims:
+        """Signature, time window and revocation of a token presented for `mesh`, before any Dataplane is looked up:
+        an unauthenticated caller must not learn which dataplanes exist."""
+        if not token or not token.strip():
+            raise TokenError("malformed", "a dataplane token is required; generate one with `dpagent token generate "
+                                          f"--mesh {mesh} --valid-for 720h`")
+        verifier, revoked = await self._verifier(mesh)
+        return self._check(verifier, token, mesh, revoked)
 
     async def still_valid(self, token: str, dp: Dataplane) -> None:
         """For live streams: re-verify (expiry, revocation) using the cached keys."""

@@ -1,23 +1,24 @@
-"""The DP server (HTTPS, 5678): `POST /bootstrap` (Kuma's wire format) and `POST /certificates`.
+"""The DP server (HTTPS, 5678): `POST /bootstrap` (Kuma's wire format), `POST /certificates` and `POST /leave`.
 
 Unlike Kuma, the token is verified here, before any config is produced, so a bad token fails at start-up with
-a clear reason instead of as an endless Envoy reconnect loop.
+a clear reason instead of as an endless Envoy reconnect loop. It is verified first, before the Dataplane is looked
+up or a rate limit is charged: an unauthenticated caller learns nothing and can hold nothing.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import yaml
 from aiohttp import web
 
+from dpagent import safe_yaml
 from dpagent.controlplane.auth import DataplaneAuth
 from dpagent.controlplane.ca import CSRError
+from dpagent.controlplane.http_guard import BodyError, Guard
 from dpagent.controlplane.identity import Issuer, MtlsDisabledError
 from dpagent.controlplane.kinds import kind_of
 from dpagent.controlplane.resources import Resources
@@ -29,6 +30,7 @@ from dpagent.model.mesh import decode_mesh
 log = logging.getLogger("dpagent.cp.dpserver")
 
 MAX_CSR_BODY = 16 * 1024
+MAX_BOOTSTRAP_BODY = 1024 * 1024
 CSR_RATE = 2.0  # sustained certificate requests per second per dataplane
 CSR_BURST = 5.0
 
@@ -41,16 +43,33 @@ def _err(status: int, title: str, causes: list[tuple[str, str]] | None = None) -
 
 
 class TokenBucket:
-    """Per-dataplane CSR rate limit: a leaked token must not turn the CA into a signing oracle."""
+    """Per-dataplane CSR rate limit: a leaked token must not turn the CA into a signing oracle.
 
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate, self.burst, self.clock = rate, burst, clock
+    Only authenticated dataplanes are charged, and the table is bounded: buckets that have refilled carry no
+    state worth keeping and are dropped first, then the oldest.
+    """
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = 50_000) -> None:
+        self.rate, self.burst, self.clock, self.max_keys = rate, burst, clock, max_keys
         self._state: dict[str, tuple[float, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def _prune(self, now: float) -> None:
+        full = [k for k, (tokens, last) in self._state.items() if tokens + (now - last) * self.rate >= self.burst]
+        for k in full:
+            del self._state[k]
+        while len(self._state) >= self.max_keys:
+            del self._state[next(iter(self._state))]
 
     def take(self, key: str) -> float:
         """0 if allowed, else seconds until a request would be allowed."""
         now = self.clock()
-        tokens, last = self._state.get(key, (self.burst, now))
+        if key not in self._state and len(self._state) >= self.max_keys:
+            self._prune(now)
+        tokens, last = self._state.pop(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         if tokens >= 1:
             self._state[key] = (tokens - 1, now)
@@ -61,16 +80,42 @@ class TokenBucket:
 
 BootstrapRenderer = Callable[..., dict[str, Any]]
 
+# Bootstrap request fields and the JSON type each must have when present (Kuma's BootstrapRequest).
+_BOOTSTRAP_STRINGS = ("mesh", "name", "dataplaneToken", "dataplaneTokenPath", "dataplaneResource", "caCert", "workdir",
+                      "operatingSystem", "proxyType")
+_BOOTSTRAP_PORTS = ("readinessPort", "dnsPort")
+_BOOTSTRAP_SHAPES: tuple[tuple[str, type], ...] = (("version", dict), ("features", list))
+
 
 def _bearer(request: web.Request) -> str:
     header = request.headers.get("authorization", "")
     return header[7:].strip() if header.lower().startswith("bearer ") else header.strip()
 
 
+def _type_problems(body: dict[str, Any], strings: tuple[str, ...], required: tuple[str, ...] = (),
+                   ports: tuple[str, ...] = (), shapes: tuple[tuple[str, type], ...] = ()) -> list[tuple[str, str]]:
+    """Every field of the wrong JSON type: a number where a name belongs is the client's bug, never a 500."""
+    out = []
+    for field in strings:
+        value = body.get(field)
+        if field in required and (value is None or value == ""):
+            out.append((field, "must be defined"))
+        elif value is not None and not isinstance(value, str):
+            out.append((field, f"must be a string, not {type(value).__name__}"))
+    for field in ports:
+        value = body.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535):
+            out.append((field, "must be a port number (0-65535)"))
+    for field, kind in shapes:
+        if body.get(field) is not None and not isinstance(body[field], kind):
+            out.append((field, f"must be {'an object' if kind is dict else 'a list'}"))
+    return out
+
+
 class DpServer:
     def __init__(self, resources: Resources, auth: DataplaneAuth, issuer: Issuer, *, xds_port: int, cp_ca_pem: str,
                  xds_host: str = "", on_direct: Callable[[str, str], Awaitable[None]] | None = None,
-                 on_leave: Callable[[str, str], Awaitable[None]] | None = None) -> None:
+                 on_leave: Callable[[str, str], Awaitable[None]] | None = None, guard: Guard | None = None) -> None:
         self.resources = resources
         self.store = resources.store
         self.auth = auth
@@ -81,18 +126,33 @@ class DpServer:
         self.on_direct = on_direct
         self.on_leave = on_leave
         self.csr_limit = TokenBucket(CSR_RATE, CSR_BURST)
+        self.guard = guard or Guard("dp server", max_connections=1024, read_timeout=10.0)
+
+    @staticmethod
+    def _token_refusal(e: TokenError) -> web.Response:
+        return _err(403 if e.reason in ("name", "tags", "mesh") else 401, str(e))
 
     async def _refused(self, token: str, dp: Dataplane) -> web.Response | None:
         """None when the token is valid for this dataplane; else the 401/403 answer with the verifier's reason."""
         try:
             await self.auth.verify(token, dp)
         except TokenError as e:
-            return _err(403 if e.reason in ("name", "tags", "mesh") else 401, str(e))
+            return self._token_refusal(e)
         return None
 
     async def _registered(self, mesh: str, name: str, token: str, hint: str = "") -> tuple[Dataplane | None,
                                                                                            web.Response | None]:
-        """The stored Dataplane the token is valid for, or the answer explaining why not."""
+        """The stored Dataplane the token is valid for, or the answer explaining why not.
+
+        The token is checked before the lookup, so only a caller holding a valid token for this mesh (and, if the
+        token names one, this dataplane) can tell a missing dataplane from a refused one.
+        """
+        try:
+            claims = await self.auth.authenticate(token, mesh)
+        except TokenError as e:
+            return None, self._token_refusal(e)
+        if claims.name and claims.name != name:
+            return None, _err(403, f"token is for dataplane {claims.name!r}, not {name!r}; use that dataplane's token")
         rec = await self.store.get("Dataplane", mesh, name)
         if rec is None:
             return None, _err(404, f'Dataplane "{name}" in mesh "{mesh}" not found{hint}')
@@ -100,8 +160,22 @@ class DpServer:
         refused = await self._refused(token, dp)
         return (None, refused) if refused else (dp, None)
 
+    async def _json(self, request: web.Request, limit: int, what: str) -> dict[str, Any] | web.Response:
+        """The request's JSON object, or the 4xx answer naming the problem."""
+        try:
+            raw = await self.guard.read_body(request, limit)
+        except BodyError as e:
+            return _err(e.status, f"{what}: {e}")
+        try:
+            body = safe_yaml.load_json(raw)
+        except ValueError as e:
+            return _err(400, f"{what} is not valid JSON: {e}")
+        if not isinstance(body, dict):
+            return _err(400, f"{what} must be a JSON object")
+        return body
+
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1024 * 1024)
+        app = web.Application(client_max_size=MAX_BOOTSTRAP_BODY, middlewares=[self.guard.middleware])
         app.router.add_post("/bootstrap", self.bootstrap)
         app.router.add_post("/certificates", self.certificates)
         app.router.add_post("/leave", self.leave)
@@ -112,11 +186,12 @@ class DpServer:
 
         An explicit call, because whether Envoy's ADS stream ends "gracefully" depends on timing (Kuma #13403).
         """
-        try:
-            body = json.loads(await request.content.read(4096))
-            mesh, name = body["mesh"], body["name"]
-        except (ValueError, KeyError, TypeError):
-            return _err(400, "the leave request must be JSON with mesh and name")
+        body = await self._json(request, 4096, "the leave request")
+        if isinstance(body, web.Response):
+            return body
+        if problems := _type_problems(body, ("mesh", "name"), required=("mesh", "name")):
+            return _err(400, "the leave request must be JSON with mesh and name", problems)
+        mesh, name = body["mesh"], body["name"]
         _, refused = await self._registered(mesh, name, _bearer(request))
         if refused:
             return refused
@@ -125,12 +200,11 @@ class DpServer:
         return web.json_response({"leaving": f"{mesh}/{name}"})
 
     async def bootstrap(self, request: web.Request) -> web.Response:
-        try:
-            req = json.loads(await request.read())
-            if not isinstance(req, dict):
-                raise ValueError("not an object")
-        except ValueError as e:
-            return _err(400, f"the bootstrap request is not valid JSON: {e}")
+        req = await self._json(request, MAX_BOOTSTRAP_BODY, "the bootstrap request")
+        if isinstance(req, web.Response):
+            return req
+        if problems := _type_problems(req, _BOOTSTRAP_STRINGS, ports=_BOOTSTRAP_PORTS, shapes=_BOOTSTRAP_SHAPES):
+            return _err(400, "the bootstrap request has fields of the wrong type", problems)
         mesh, name = req.get("mesh") or "", req.get("name") or ""
         token = (req.get("dataplaneToken") or "").strip()
         if not token:
@@ -141,9 +215,15 @@ class DpServer:
         direct = bool(req.get("dataplaneResource"))
         if direct:
             try:
-                doc = json.loads(req["dataplaneResource"])
-            except (ValueError, TypeError) as e:
+                doc = safe_yaml.load_json(req["dataplaneResource"])
+            except ValueError as e:
                 return _err(422, f"dataplaneResource is not valid JSON: {e}")
+            doc_mesh = doc.get("mesh") if isinstance(doc, dict) else None
+            if isinstance(doc_mesh, str) and doc_mesh:  # else validation refuses it without looking at the store
+                try:  # authenticated for the claimed mesh before the store is consulted
+                    await self.auth.authenticate(token, doc_mesh)
+                except TokenError as e:
+                    return self._token_refusal(e)
             try:
                 await self.resources.apply(doc, kind=dp_kind, dry_run=True)
                 dp = parse_dataplane(doc)
@@ -152,6 +232,10 @@ class DpServer:
             if refused := await self._refused(token, dp):
                 return refused
         else:
+            if not mesh or not name:
+                return _err(400, "the bootstrap request must name the dataplane (mesh and name) or carry it "
+                                 "(dataplaneResource)", [(f, "must be defined") for f in ("mesh", "name")
+                                                         if not req.get(f)])
             found, refused = await self._registered(mesh, name, token)
             if found is None:
                 return refused  # type: ignore[return-value]
@@ -161,7 +245,7 @@ class DpServer:
             if self.on_direct:
                 await self.on_direct(dp.mesh, dp.name)
         boot = self._render(req, dp, token, request)
-        text = yaml.safe_dump(boot, sort_keys=True)
+        text = safe_yaml.dump(boot, sort_keys=True)
         log.info("served a bootstrap", extra={"kv": {"mesh": dp.mesh, "name": dp.name,
                                                      "lifecycle": "direct" if direct else "indirect"}})
         return web.json_response({"bootstrap": base64.b64encode(text.encode()).decode(),
@@ -172,7 +256,6 @@ class DpServer:
 
         host = self.xds_host or (request.host.rsplit(":", 1)[0].strip("[]") if request.host else "localhost")
         services = dp.services or [dp.name]
-        versions = req.get("version") if isinstance(req.get("version"), dict) else {}
         return render_bootstrap(BootstrapParams(
             mesh=dp.mesh, name=dp.name, service=services[0],
             # Windows agents get a loopback TCP admin: Envoy's Unix-socket admin is not available there.
@@ -180,28 +263,25 @@ class DpServer:
             admin_port=(dp.networking.admin.port if dp.networking.admin else 0) or 9901,
             xds_host=host, xds_port=self.xds_port, ca_pem=req.get("caCert") or self.cp_ca_pem, token=token,
             token_path=req.get("dataplaneTokenPath") or "",
-            dataplane_json=req.get("dataplaneResource") or "", readiness_port=int(req.get("readinessPort") or 9902),
-            dns_port=int(req.get("dnsPort") or 0), versions=versions or {},
+            dataplane_json=req.get("dataplaneResource") or "", readiness_port=req.get("readinessPort") or 9902,
+            dns_port=req.get("dnsPort") or 0, versions=req.get("version") or {},
             features=[f for f in req.get("features") or [] if isinstance(f, str)]))
 
     async def certificates(self, request: web.Request) -> web.Response:
-        if (request.content_length or 0) > MAX_CSR_BODY:
-            return _err(413, f"certificate request larger than {MAX_CSR_BODY} bytes; send only the CSR")
-        raw = await request.content.read(MAX_CSR_BODY + 1)
-        if len(raw) > MAX_CSR_BODY:
-            return _err(413, f"certificate request larger than {MAX_CSR_BODY} bytes; send only the CSR")
-        try:
-            body = json.loads(raw)
-            mesh, name, csr = body["mesh"], body["name"], body["csr"]
-        except (ValueError, KeyError, TypeError):
-            return _err(400, "the certificate request must be JSON with mesh, name and csr")
+        body = await self._json(request, MAX_CSR_BODY, "the certificate request")
+        if isinstance(body, web.Response):
+            return body
+        if problems := _type_problems(body, ("mesh", "name", "csr"), required=("mesh", "name", "csr")):
+            return _err(400, "the certificate request must be JSON with mesh, name and csr", problems)
+        mesh, name, csr = body["mesh"], body["name"], body["csr"]
+        dp, refused = await self._registered(mesh, name, _bearer(request), "; bootstrap it first")
+        if dp is None:
+            return refused  # type: ignore[return-value]
+        # Charged only once the caller proved it is this dataplane: a garbage token naming it costs it nothing.
         wait = self.csr_limit.take(f"{mesh}/{name}")
         if wait:
             return web.json_response({"title": f"too many certificate requests for {mesh}/{name}; retry later"},
                                      status=429, headers={"retry-after": str(max(1, round(wait)))})
-        dp, refused = await self._registered(mesh, name, _bearer(request), "; bootstrap it first")
-        if dp is None:
-            return refused  # type: ignore[return-value]
         mesh_rec = await self.store.get("Mesh", "", mesh)
         if mesh_rec is None:
             return _err(404, f'mesh "{mesh}" not found')

@@ -32,10 +32,49 @@ def record_to_doc(rec: Record) -> dict[str, Any]:
     def ts(t: float) -> str:
         return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
-    doc = dict(rec.doc)
+    doc = redact(rec.doc) if rec.kind == "Mesh" else dict(rec.doc)
     doc["creationTime"] = ts(rec.created)
     doc["modificationTime"] = ts(rec.modified)
     return doc
+
+
+REDACTED = "<redacted>"
+_SECRET_SOURCES = ("inline", "inlineString")
+
+
+def _backend_keys(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(backend name, its conf.key data source) for every backend that has one."""
+    out = []
+    backends = (doc.get("mtls") or {}).get("backends") if isinstance(doc.get("mtls"), dict) else None
+    for b in backends if isinstance(backends, list) else []:
+        conf = b.get("conf") if isinstance(b, dict) else None
+        if isinstance(conf, dict) and isinstance(conf.get("key"), dict):
+            out.append((str(b.get("name")), conf["key"]))
+    return out
+
+
+def redact(doc: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a Mesh with inline private keys replaced by a marker: key material never leaves the CP.
+
+    Applying the document back unchanged keeps the stored key (see `_unredact`).
+    """
+    import copy
+
+    out = copy.deepcopy(doc)
+    for _, key in _backend_keys(out):
+        for field in _SECRET_SOURCES:
+            if field in key:
+                key[field] = REDACTED
+    return out
+
+
+def _unredact(doc: dict[str, Any], stored: dict[str, Any] | None) -> None:
+    """Put the stored key back where a re-applied document still carries the redaction marker."""
+    kept = {name: key for name, key in _backend_keys(stored or {})}
+    for name, key in _backend_keys(doc):
+        for field in _SECRET_SOURCES:
+            if key.get(field) == REDACTED and field in kept.get(name, {}):
+                key[field] = kept[name][field]
 
 
 def _provided_ca_problems(doc: dict[str, Any]) -> list[tuple[str, str]]:
@@ -86,6 +125,9 @@ class Resources:
             doc.setdefault("mesh", mesh)
         elif "mesh" in doc:
             problems.append(("mesh", f"{k.name} is not mesh-scoped; remove the mesh field"))
+        if k.name == "Mesh" and isinstance(doc.get("name"), str):
+            stored = await self.store.get("Mesh", "", doc["name"])
+            _unredact(doc, stored.doc if stored else None)
         problems += k.validate(doc)
         problems += [p for p in _label_problems(doc, k.mesh_scoped) if p not in problems]
         if k.name == "Mesh" and not problems:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dpagent.config import Setting, p_choice, p_duration, p_port, p_str, resolve
+from dpagent.config import Setting, p_choice, p_duration, p_int, p_port, p_positive_duration, p_str, resolve
 from dpagent.errors import ConfigError
 
 
@@ -29,6 +29,13 @@ def p_cidr(v: Any) -> str:
     if net.num_addresses < 4:
         raise ValueError(f"{net} is too small for service VIPs; use a range of at least 4 addresses")
     return str(net)
+
+
+def p_positive_int(v: Any) -> int:
+    n = p_int(v)
+    if n < 1:
+        raise ValueError(f"{n} must be at least 1")
+    return n
 
 
 def p_hosts(v: Any) -> tuple[str, ...]:
@@ -66,6 +73,17 @@ CP_SETTINGS: tuple[Setting, ...] = (
       "--log-level", help="log level"),
     S("log_format", "log.format", "text", p_choice("text", "json"), "DPAGENT_LOG_FORMAT", "--log-format",
       help="log format"),
+    # Front-door limits (slow or hostile clients must not lock agents out; see controlplane/http_guard.py).
+    S("dp_server_max_connections", "dpServer.maxConnections", 1024, p_positive_int, "DPAGENT_DP_SERVER_MAX_CONNECTIONS",
+      "--dp-server-max-connections", kind="int",
+      help="open DP server connections at most (also at most half the open-file limit); at the cap the oldest "
+           "idle connection is closed to make room"),
+    S("dp_server_read_timeout", "dpServer.readTimeout", 10.0, p_positive_duration, "DPAGENT_DP_SERVER_READ_TIMEOUT",
+      "--dp-server-read-timeout", kind="duration",
+      help="a client must send its TLS handshake, request headers and body within this time each"),
+    S("max_token_validity", "apiServer.maxTokenValidity", 87600 * 3600.0, p_positive_duration,
+      "DPAGENT_MAX_TOKEN_VALIDITY", "--max-token-validity", kind="duration",
+      help="the longest validFor the token API accepts"),
 )
 
 
@@ -83,6 +101,9 @@ class CpConfig:
     log_level: str
     log_format: str
     vip_cidr: str = "240.0.0.0/4"
+    dp_server_max_connections: int = 1024
+    dp_server_read_timeout: float = 10.0
+    max_token_validity: float = 87600 * 3600.0
 
 
 def build_cp_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None,

@@ -176,3 +176,13 @@ def is_ip(s: str) -> bool:
 def _kind(v: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
             bool: "a boolean"}.get(type(v), type(v).__name__)
+
+
+def name_problem(name: Any) -> str | None:
+    """Why `name` is not a valid resource name, or None: the server's rule, for callers outside a validator (the
+    CLI checks names before putting them in a URL)."""
+    v = Violations()
+    v.name(name, "name")
+    if not v.items and isinstance(name, str) and name.endswith("\n"):  # `$` also matches before a final newline
+        return "must not contain a line break"
+    return v.items[0][1] if v.items else None

@@ -123,7 +123,7 @@ async def test_tokens(client):
     assert r.status == 200 and claims["Name"] == "web-1" and claims["Tags"] == {"kuma.io/service": ["web"]}
     r = await client.post("/tokens/dataplane", json={"mesh": "default", "validFor": "soon", "tags": {"a": "b"}})
     body = await r.json()
-    assert r.status == 400 and {c["field"] for c in body["causes"]} == {"validFor", "tags"}
+    assert r.status == 400 and {c["field"] for c in body["causes"]} == {"validFor", 'tags["a"]'}
     r = await client.post("/tokens/dataplane", json={"mesh": "nope", "validFor": "1h"})
     assert r.status == 404
     r = await client.post("/tokens/dataplane/revocations", json={"mesh": "default", "token": token})
@@ -195,3 +195,77 @@ async def test_verifier_after_rotation():
     with pytest.raises(TokenError, match="no signing key with KID 1"):
         await auth.verify(old, dp)
     await store.close()
+
+
+# ---- issue 9: hostile or malformed input is a 4xx naming the problem, never a 500 or a blow-up ----------------
+
+ALIAS_BOMB = (b"type: Mesh\nname: bomb\nmetrics:\n  a: &a [x, x, x, x, x, x, x, x, x]\n"
+              b"  b: &b [*a, *a, *a, *a, *a, *a]\n  c: &c [*b, *b, *b, *b, *b, *b]\n  d: &d [*c, *c, *c, *c, *c, *c]\n"
+              b"  e: &e [*d, *d, *d, *d, *d, *d]\n  f: [*e, *e, *e, *e, *e, *e]\n")
+
+
+async def test_yaml_aliases_are_refused(client):
+    """Item 7: nested aliases in a free-form field expanded a 354-byte body into a 28 MB stored Mesh."""
+    r = await client.put("/meshes/bomb", data=ALIAS_BOMB, headers={"content-type": "application/yaml"})
+    body = await r.json()
+    assert r.status == 400 and "aliases" in body["causes"][0]["message"], body
+    assert (await client.get("/meshes/bomb")).status == 404
+
+
+async def test_deep_nesting_huge_offsets_and_wrong_types_are_400s(client):
+    """Item 9: each of these was a 500."""
+    await put(client, "/meshes/default", MESH)
+    deep = "[" * 1000 + "]" * 1000
+    r = await client.put("/meshes/default", data=deep.encode(), headers={"content-type": "application/json"})
+    assert r.status == 400 and "nested" in (await r.json())["causes"][0]["message"]
+    r = await client.put("/meshes/default", data=("a:\n" + "".join("  " * i + "- \n" for i in range(1, 200))).encode(),
+                         headers={"content-type": "application/yaml"})
+    assert r.status == 400
+    r = await client.get(f"/meshes?offset={2**70}")
+    assert r.status == 400 and "offset" in (await r.json())["causes"][0]["field"]
+    for body in ({"mesh": ["default"], "validFor": "1h"}, {"mesh": "default", "validFor": ["1h"]},
+                 {"mesh": "default", "validFor": {"h": 1}}):
+        r = await client.post("/tokens/dataplane", json=body)
+        assert r.status == 400, (body, await r.text())
+    r = await client.post("/tokens/dataplane/revocations", json={"mesh": ["default"], "jti": "x"})
+    assert r.status == 400
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"name": "web-1", "tags": {"kuma.io/service": [1, 2]}}, 'tags["kuma.io/service"]'),
+    ({"name": "web-1", "tags": {"kuma.io/service": "web"}}, 'tags["kuma.io/service"]'),
+    ({"name": "web\n1"}, "name"),
+    ({"name": "web-1\n"}, "name"),
+    ({"name": "web-1", "validFor": "1000000000000h"}, "validFor"),
+    ({"name": "web-1", "validFor": "87601h"}, "validFor"),
+    ({"name": "web-1", "validFor": "0s"}, "validFor"),
+])
+async def test_token_requests_are_validated_like_resources(client, body, field):
+    """Item 14: these tokens were issued, and then refused at bootstrap or valid for ~114 million years."""
+    await put(client, "/meshes/default", MESH)
+    r = await client.post("/tokens/dataplane", json={"mesh": "default", **body})
+    assert r.status == 400, await r.text()
+    assert field in {c["field"] for c in (await r.json())["causes"]}
+
+
+async def test_revocations_need_an_existing_mesh(client):
+    r = await client.post("/tokens/dataplane/revocations", json={"mesh": "nowhere", "jti": "abc"})
+    assert r.status == 404 and "nowhere" in (await r.json())["title"]
+
+
+async def test_provided_ca_key_is_never_returned(client):
+    """Item 15: GET /meshes returned an inline private key."""
+    from dpagent.controlplane.ca import generate_root_ca
+
+    cert, key = generate_root_ca("secure", "ca-1")
+    mesh = {"type": "Mesh", "name": "secure", "mtls": {"enabledBackend": "ca-1", "backends": [
+        {"name": "ca-1", "type": "provided", "conf": {"cert": {"inlineString": cert}, "key": {"inlineString": key}}}]}}
+    assert (await put(client, "/meshes/secure", mesh))[0] == 201
+    for r in (await client.get("/meshes/secure"), await client.get("/meshes")):
+        text = await r.text()
+        assert "PRIVATE KEY" not in text and "<redacted>" in text
+    shown = await (await client.get("/meshes/secure")).json()
+    # Applying what `get -o yaml` shows keeps the stored key: the CA check on apply would refuse the marker.
+    assert (await put(client, "/meshes/secure", shown))[0] == 200
+    shown["mtls"]["backends"][0]["conf"]["key"] = {"inlineString": "not a key"}
+    assert (await put(client, "/meshes/secure", shown))[0] == 400
