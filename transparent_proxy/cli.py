@@ -220,9 +220,14 @@ def verify_cmd(config_file: Path | None, probe_uid: int, timeout: float, **flags
     cfg, facts, _ = _setup(config_file, flags)
     checks = verify.run_checks(cfg, facts, probe_uid=probe_uid, timeout=timeout)
     for c in checks:
-        click.echo(f"{'PASS' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
-    if not all(c.ok for c in checks):
+        click.echo(f"{c.label}  {c.name}: {c.detail}")
+    failed = sum(c.ok is False for c in checks)
+    skipped = sum(c.ok is None for c in checks)
+    if failed:
         _fail("transparent proxy verification failed (see FAIL lines); is it installed? try `status`", EXIT_APPLY)
+    proven = len(checks) - skipped
+    click.echo(f"{proven} of {len(checks)} checks proven" + (f"; {skipped} could not be probed on this host (SKIP "
+               "lines say why; they are not failures)" if skipped else ""))
 
 
 def main() -> None:
