@@ -178,7 +178,11 @@ def uninstall(config_file: Path | None, dry_run: bool, backup_dir: Path, **flags
         click.echo(dry_run_text(outcome.transactions, facts.tools, cfg.wait) if outcome.changed
                    else "# no dpagent rules installed; uninstall would change nothing\n", nl=False)
     elif outcome.changed:
-        click.echo(f"transparent proxy removed ({facts.variant})")
+        for w in outcome.warnings:
+            click.echo(f"warning: {w}", err=True)
+        dropped = "; ".join(f"IPv{f}: {', '.join(t)}" for f, t in outcome.removed_tables.items() if t)
+        click.echo(f"transparent proxy removed ({facts.variant})"
+                   + (f"; deleted the empty tables install had created ({dropped})" if dropped else ""))
     else:
         click.echo("no dpagent rules were installed; nothing changed")
 

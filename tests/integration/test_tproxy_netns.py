@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from tproxy_probe import inbound_probe
 
+from transparent_proxy import ruleset
 from transparent_proxy.apply import ApplyError, install
 from transparent_proxy.config import build_config
 from transparent_proxy.host import tools_for
@@ -253,3 +254,39 @@ def test_verify_without_any_route_skips_outbound(tmp_path: Path) -> None:
         assert "no IPv4 route" not in res.stdout and "IPv4 192.0.2.1 has no route" in res.stdout
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def _rulesets(ns: str, variant: str) -> dict[str, str]:
+    """Everything that shows whether a table exists: nft's own view plus both families' save output."""
+    out = {"nft": sh("nft", "list", "ruleset", ns=ns)}
+    for f in (4, 6):
+        text = sh(f"ip{'6' if f == 6 else ''}tables-{variant}-save", ns=ns)
+        out[f"ipv{f}"] = "".join(ln + "\n" for ln in text.splitlines() if not ln.startswith("#"))
+    return out
+
+
+@pytest.mark.skipif(not shutil.which("nft"), reason="needs the nft binary to read the nf_tables ruleset")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_uninstall_on_a_bare_host_leaves_the_ruleset_as_before(pair: tuple[str, str], variant: str,
+                                                               tmp_path: Path) -> None:
+    """No iptables tables before install → none after uninstall (nft); legacy can only leave them empty and says
+    so. A settings change in between (DNS off: raw no longer used) must not lose the record of created tables."""
+    _, ns = pair
+    before = _rulesets(ns, variant)
+    assert before == {"nft": "", "ipv4": "", "ipv6": ""}, before
+    base = ["--dpagent-uid", str(AGENT_UID), "--iptables-variant", variant]
+    tp(ns, "install", *base, "--redirect-all-dns-traffic", "--backup-dir", str(tmp_path / "a"))
+    for f in (4, 6):
+        assert '"dpagent/created-tables:raw,nat"' in sh(f"ip{'6' if f == 6 else ''}tables-{variant}-save", ns=ns)
+    tp(ns, "install", *base, "--backup-dir", str(tmp_path / "b"))
+    res = tp(ns, "uninstall", "--iptables-variant", variant, "--backup-dir", str(tmp_path / "c"))
+    after = _rulesets(ns, variant)
+    if variant == "nft":
+        assert after == before, after
+        assert "deleted the empty tables install had created (IPv4: raw, nat; IPv6: raw, nat)" in res.stdout
+        return
+    assert after["nft"] == before["nft"]
+    for f in (4, 6):  # the kernel keeps legacy tables registered: exactly the empty built-in chains remain
+        assert ruleset.parse(after[f"ipv{f}"]).keys() == {"raw", "nat"}, after
+        assert all(ruleset.pristine(t) for t in ruleset.parse(after[f"ipv{f}"]).values()), after
+        assert f"IPv{f}: iptables-legacy keeps the now empty table(s) raw, nat registered" in res.stderr
