@@ -56,6 +56,7 @@ class Outcome:
     transactions: dict[int, str | None] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     backups: dict[int, Path] = field(default_factory=dict)
+    created_tables: dict[int, list[str]] = field(default_factory=dict)  # recorded by the first install
     removed_tables: dict[int, list[str]] = field(default_factory=dict)  # uninstall: empty tables install created
 
     @property
@@ -141,6 +142,7 @@ def apply_wanted(wanted: dict[int, str | None], cfg: TProxyConfig, facts: HostFa
         backups[family] = save(runner, facts.tools, family)
         if wanted.get(family):
             wanted[family] = ruleset.with_created_tables(wanted[family] or "", backups[family])
+        outcome.created_tables[family] = ruleset.created_tables(ruleset.parse(backups[family]))
         try:
             outcome.transactions[family] = ruleset.transaction(backups[family], wanted.get(family))
         except ruleset.ForeignReferenceError as e:
@@ -175,8 +177,7 @@ def apply_wanted(wanted: dict[int, str | None], cfg: TProxyConfig, facts: HostFa
                                 "(another tool changed iptables concurrently?)", attempted, todo, backups,
                                 restorer, outcome, step="check", family=family)
         if not wanted.get(family):
-            _drop_created_tables(family, ruleset.created_tables(ruleset.parse(backups[family])), after, facts,
-                                 runner, restorer, outcome)
+            _drop_created_tables(family, outcome.created_tables[family], after, facts, runner, restorer, outcome)
     return outcome
 
 

@@ -177,6 +177,12 @@ def uninstall(config_file: Path | None, dry_run: bool, backup_dir: Path, **flags
     if dry_run:
         click.echo(dry_run_text(outcome.transactions, facts.tools, cfg.wait) if outcome.changed
                    else "# no dpagent rules installed; uninstall would change nothing\n", nl=False)
+        for fam, tables in outcome.created_tables.items():
+            if tables and outcome.transactions.get(fam):
+                then = ("deleted with a flushing restore" if facts.variant == "nft"
+                        else "left empty (iptables-legacy cannot unregister a table)")
+                click.echo(f"# IPv{fam}: then the table(s) {', '.join(tables)} that install created are {then}, "
+                           "if nothing else uses them")
     elif outcome.changed:
         for w in outcome.warnings:
             click.echo(f"warning: {w}", err=True)
@@ -219,7 +225,12 @@ def status(config_file: Path | None, **flags: Any) -> None:
 @click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds per check.")
 @_guard
 def verify_cmd(config_file: Path | None, probe_uid: int, timeout: float, **flags: Any) -> None:
-    """Prove redirection with real connections (root; run while dpagent is stopped so the ports are free)."""
+    """Prove redirection with real connections (root; run while dpagent is stopped so the ports are free).
+
+    Outbound checks connect to 192.0.2.1 / 2001:db8::1, or, without a default route, to an address inside
+    another route (e.g. the connected subnet). A family with no usable route is reported as SKIP with the
+    reason: a connection that has no route never reaches iptables, so it can prove nothing. Exit 1 only on FAIL.
+    """
     _need_root(False)
     cfg, facts, _ = _setup(config_file, flags)
     checks = verify.run_checks(cfg, facts, probe_uid=probe_uid, timeout=timeout)

@@ -79,10 +79,13 @@ def _le_ipv4(hex_text: str) -> str:
 
 
 def _candidates(net: Network) -> list[Address]:
-    """A couple of addresses inside `net`, away from the network/broadcast addresses where there are any."""
-    if net.num_addresses <= 2:
+    """Two addresses inside `net`, neither the network/broadcast address nor the first/last host, where routers
+    usually sit: the agent-UID probe really leaves the host (a SYN nobody should answer), the app probe never."""
+    n = net.num_addresses
+    if n <= 2:
         return list(net)
-    return [net.broadcast_address - 1, net.network_address + 1]
+    first = min(n * 3 // 4 + 1, n - 2)
+    return list(dict.fromkeys([net.network_address + first, net.network_address + max(1, first - 1)]))
 
 
 def choose(family: int, routes: Sequence[Route], excluded: Iterable[Network], *,

@@ -225,7 +225,7 @@ def test_verify_without_default_routes(installed: bool, tmp_path: Path) -> None:
         res = tp(ns, "verify", *args, "--probe-uid", str(APP_UID), "--timeout", "1", check=False)
         lines = res.stdout.splitlines()
         v4_app = next(ln for ln in lines if ln.split()[1:3] == ["ipv4", "app"] and "outbound port" in ln)
-        assert "10.200.0.254:80" in v4_app, res.stdout
+        assert "10.200.0.193:80" in v4_app, res.stdout
         v6_out = [ln for ln in lines if ln.split()[1] == "ipv6" and "outside address" in ln]
         assert len(v6_out) == 3 and all(ln.startswith("SKIP") for ln in v6_out), res.stdout
         assert "cannot probe (no route for this family" in v6_out[0] and "fe80::/64 dev vB" in v6_out[0]
@@ -279,6 +279,8 @@ def test_uninstall_on_a_bare_host_leaves_the_ruleset_as_before(pair: tuple[str, 
     for f in (4, 6):
         assert '"dpagent/created-tables:raw,nat"' in sh(f"ip{'6' if f == 6 else ''}tables-{variant}-save", ns=ns)
     tp(ns, "install", *base, "--backup-dir", str(tmp_path / "b"))
+    dry = tp(ns, "uninstall", "--iptables-variant", variant, "--dry-run").stdout
+    assert "# IPv6: then the table(s) raw, nat that install created are " in dry, dry
     res = tp(ns, "uninstall", "--iptables-variant", variant, "--backup-dir", str(tmp_path / "c"))
     after = _rulesets(ns, variant)
     if variant == "nft":

@@ -49,8 +49,8 @@ def test_documentation_address_when_routed() -> None:
 
 def test_connected_route_address_without_default_route() -> None:
     routes = [Route(net("10.201.0.0/24"), "vB")]
-    t = choose(4, routes, [], routable=lambda a: a.startswith("10."), is_local=lambda a: a == "10.201.0.254")
-    assert t.address == "10.201.0.1", t  # .254 is this host's own address, so the next candidate
+    t = choose(4, routes, [], routable=lambda a: a.startswith("10."), is_local=lambda a: a == "10.201.0.193")
+    assert t.address == "10.201.0.192", t  # .193 is this host's own address, so the next candidate
     assert "192.0.2.1 has no route" in t.reason and "10.201.0.0/24 dev vB" in t.reason
 
 
@@ -71,6 +71,6 @@ def test_excluded_addresses_are_never_probed() -> None:
     t = choose(4, routes, [net("192.0.2.0/24"), net("10.0.0.0/8")], routable=lambda a: True,
                is_local=lambda a: False)
     assert t.address is None and t.reason.startswith("cannot probe (no usable address:")
-    assert "--exclude-outbound-ips" in t.reason and "10.201.0.254" in t.reason
+    assert "--exclude-outbound-ips" in t.reason and "10.201.0.193" in t.reason
     t = choose(4, routes, [net("192.0.2.0/24")], routable=lambda a: True, is_local=lambda a: False)
-    assert t.address == "10.201.0.254" and "inside --exclude-outbound-ips" in t.reason
+    assert t.address == "10.201.0.193" and "inside --exclude-outbound-ips" in t.reason
