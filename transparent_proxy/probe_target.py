@@ -127,26 +127,24 @@ def choose(family: int, routes: Sequence[Route], excluded: Iterable[Network], *,
     return Target(None, f"cannot probe ({head}: {why})")
 
 
-def kernel_routable(address: str) -> bool:
-    """Does the kernel have a route? A UDP connect runs the route lookup and sends nothing."""
-    af = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(af, socket.SOCK_DGRAM) as s:
+def _udp_ok(address: str, how: str) -> bool:
+    """Whether a UDP socket may `connect` to / `bind` to `address`; neither sends a packet."""
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
-            s.connect((address, 9))
+            s.connect((address, 9)) if how == "connect" else s.bind((address, 0))
         except OSError:
             return False
     return True
+
+
+def kernel_routable(address: str) -> bool:
+    """Does the kernel have a route? A UDP connect runs the route lookup and sends nothing."""
+    return _udp_ok(address, "connect")
 
 
 def kernel_is_local(address: str) -> bool:
     """Is `address` one of this host's own (binding to a foreign address fails with EADDRNOTAVAIL)."""
-    af = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(af, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind((address, 0))
-        except OSError:
-            return False
-    return True
+    return _udp_ok(address, "bind")
 
 
 def read_routes(family: int, proc: Path = Path("/proc/net")) -> list[Route]:
