@@ -86,11 +86,11 @@ def created_tables(tables: dict[str, Table]) -> list[str]:
 
 
 def with_created_tables(wanted_text: str, current_text: str) -> str:
-    """`wanted_text` plus the record of the tables install creates: those absent before dpagent's first install,
-    carried over unchanged by later installs (the record must not change with the settings)."""
+    """`wanted_text` plus the record of the tables dpagent created: the record already installed (so a settings
+    change never forgets a table) plus every wanted table that does not exist yet."""
     current, wanted = parse(current_text), parse(wanted_text)
-    fresh = not any(t.ours() or t.tagged_rules() for t in current.values())
-    created = [n for n in wanted if n not in current] if fresh else created_tables(current)
+    recorded = created_tables(current)
+    created = recorded + [n for n in wanted if n not in current and n not in recorded]
     if not created:
         return wanted_text
     rule = f'-A {STATE} -m comment --comment "{TAG}{CREATED_PURPOSE}{",".join(created)}" -j RETURN'

@@ -179,6 +179,11 @@ def test_created_tables_recorded_on_first_install_and_carried_over() -> None:
     # a later install with other settings (no raw table wanted) keeps the first install's record
     later = ruleset.with_created_tables(render(CFG, FACTS).v4, first)
     assert ruleset.created_tables(ruleset.parse(later)) == ["raw", "nat"]
+    # a table first needed by a later install joins the record
+    nat_only = ruleset.with_created_tables(render(CFG, FACTS).v4, "")
+    assert ruleset.created_tables(ruleset.parse(nat_only)) == ["nat"]
+    grown = ruleset.with_created_tables(wanted, nat_only)
+    assert ruleset.created_tables(ruleset.parse(grown)) == ["nat", "raw"]
     # nat already existed (foreign rules): only raw is install's
     assert ruleset.created_tables(ruleset.parse(ruleset.with_created_tables(wanted, FOREIGN))) == ["raw"]
     assert ruleset.with_created_tables(render(CFG, FACTS).v4, FOREIGN) == render(CFG, FACTS).v4
