@@ -2,6 +2,8 @@
 
 Everything runs on 127.0.0.1 with the same code paths as production (real CP, tokens, mTLS, real Envoys).
 It stays up until Ctrl-C and then stops everything in order (agents drain first, the CP last).
+The terminal gets one line per step; each process logs to its own file in the demo directory, and a step that
+fails prints the tail of the log that explains it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -68,19 +71,42 @@ def serve_app(name: str, port: int) -> ThreadingHTTPServer:
     return httpd
 
 
-def _wait(what: str, check: Any, timeout: float, procs: list[subprocess.Popen[bytes]]) -> None:
+@dataclass
+class _Proc:
+    """A demo process and the file its output goes to (so the terminal stays readable)."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+
+def _start(name: str, argv: list[str], log: Path, env: dict[str, str]) -> _Proc:
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        return _Proc(name, subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env), log)
+
+
+def _tail(proc: _Proc, lines: int = 20) -> str:
+    try:
+        text = proc.log.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return f"(no log at {proc.log})"
+    return f"---- last {len(text)} lines of {proc.log} ----\n" + "\n".join(text)
+
+
+def _wait(what: str, check: Any, timeout: float, procs: list[_Proc]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for p in procs:
-            if p.poll() is not None:
-                raise EnvoyError(f"{what}: a demo process exited early (code {p.returncode}); see the log above")
+            if p.popen.poll() is not None:
+                raise EnvoyError(f"{what}: {p.name} exited early (code {p.popen.returncode})\n{_tail(p)}")
         try:
             if check():
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise EnvoyError(f"{what} did not happen within {timeout:.0f}s; see the log above")
+    logs = "\n".join(_tail(p, 10) for p in procs)
+    raise EnvoyError(f"{what} did not happen within {timeout:.0f}s\n{logs}")
 
 
 def run_demo(base_port: int = 20000, api_port: int = 5681, dp_port: int = 5678, xds_port: int = 5679,
@@ -90,7 +116,7 @@ def run_demo(base_port: int = 20000, api_port: int = 5681, dp_port: int = 5678, 
     exe = [sys.executable, "-m", "dpagent"]
     api = f"http://127.0.0.1:{api_port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KUMA_", "DPAGENT_"))}
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[_Proc] = []
     apps = []
     p = {"backend_app": base_port + 11, "web_app": base_port + 12, "backend_in": base_port + 1,
          "web_in": base_port + 2, "web_out": base_port + 3}
@@ -100,10 +126,10 @@ def run_demo(base_port: int = 20000, api_port: int = 5681, dp_port: int = 5678, 
         except OSError as e:
             raise ConfigError(f"demo ports {base_port + 11}-{base_port + 12} are busy ({e.strerror}); "
                               "pass --base-port to move the demo") from None
-        print(f"==> starting the control plane (data in {data})", flush=True)
-        procs.append(subprocess.Popen([*exe, "cp", "run", "--data-dir", str(data), "--bind-address", "127.0.0.1",
-                                       "--api-port", str(api_port), "--dp-server-port", str(dp_port),
-                                       "--xds-port", str(xds_port)], env=env))
+        print(f"==> starting the control plane (logs and data in {work})", flush=True)
+        procs.append(_start("control plane", [*exe, "cp", "run", "--data-dir", str(data), "--bind-address",
+                                              "127.0.0.1", "--api-port", str(api_port), "--dp-server-port",
+                                              str(dp_port), "--xds-port", str(xds_port)], work / "cp.log", env))
         _wait("control plane start", lambda: httpx.get(api, timeout=1).status_code == 200, 30, procs)
         agents = [
             ("backend-1", "backend", p["backend_in"], p["backend_app"], "", base_port + 21),
@@ -118,15 +144,18 @@ def run_demo(base_port: int = 20000, api_port: int = 5681, dp_port: int = 5678, 
             tok.chmod(0o600)
             dp = work / f"{name}.yaml"
             dp.write_text(DATAPLANE.format(name=name, inbound=inbound, app=app, service=service, outbound=outbound))
-            print(f"==> starting agent {name} (Dataplane {dp})", flush=True)
-            procs.append(subprocess.Popen([*exe, "run", "--cp-address", f"https://127.0.0.1:{dp_port}",
-                                           "--ca-cert-file", str(data / "ca.pem"), "--dataplane-file", str(dp),
-                                           "--dataplane-token-file", str(tok), "--readiness-port", str(readiness),
-                                           "--envoy-log-level", "warning", "--drain-time", "2s"], env=env))
+            print(f"==> starting agent {name} (Dataplane {dp.name}, log {name}.log)", flush=True)
+            procs.append(_start(f"agent {name}", [*exe, "run", "--cp-address", f"https://127.0.0.1:{dp_port}",
+                                                  "--ca-cert-file", str(data / "ca.pem"), "--dataplane-file", str(dp),
+                                                  "--dataplane-token-file", str(tok), "--readiness-port",
+                                                  str(readiness), "--envoy-log-level", "warning", "--drain-time",
+                                                  "2s"], work / f"{name}.log", env))
+        print("==> waiting for both Envoys to be ready", flush=True)
         for _, _, _, _, _, readiness in agents:
             _wait("agent readiness", lambda r=readiness: httpx.get(f"http://127.0.0.1:{r}/ready",
                                                                    timeout=1).status_code == 200, 60, procs)
         url = f"http://127.0.0.1:{p['web_out']}/"
+        print("==> checking web -> backend over mTLS", flush=True)
         _wait("mTLS traffic web -> backend", lambda: httpx.get(url, timeout=2).status_code == 200, 30, procs)
         answer = httpx.get(url, timeout=2).text.strip()
         deny = work / "deny-web.yaml"
@@ -144,6 +173,7 @@ def run_demo(base_port: int = 20000, api_port: int = 5681, dp_port: int = 5678, 
       $ .venv/bin/dpagent apply -f {deny} --api-address {api}
       $ .venv/bin/dpagent delete mtp deny-web --api-address {api}
 
+    Logs: {work}/cp.log, backend-1.log, web-1.log
     Press Ctrl-C to stop (agents drain, then the control plane stops).
 """, flush=True)
         stop = threading.Event()
@@ -156,11 +186,11 @@ def run_demo(base_port: int = 20000, api_port: int = 5681, dp_port: int = 5678, 
         return 0
     finally:
         for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
                 try:
-                    proc.wait(15)
+                    proc.popen.wait(15)
                 except subprocess.TimeoutExpired:
-                    proc.kill()
+                    proc.popen.kill()
         for app_server in apps:
             app_server.shutdown()

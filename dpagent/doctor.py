@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
 import os
 import shutil
 import socket
@@ -23,6 +22,7 @@ import httpx
 
 from dpagent.agent.settings import AgentConfig
 from dpagent.errors import DpAgentError
+from dpagent.timefmt import human_time
 
 OK, FAIL, WARN, SKIP = "ok", "fail", "warn", "skip"
 
@@ -44,18 +44,6 @@ class Context:
     tproxy_wanted: bool = False
     dns_redirect_wanted: bool = False
     tproxy_config: str = "/etc/dpagent/tproxy.yaml"
-
-
-def _when(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _span(seconds: float) -> str:
-    s = abs(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s / size:.1f}{unit}"
-    return f"{s:.0f}s"
 
 
 def check_dataplane(ctx: Context) -> Check:
@@ -103,12 +91,12 @@ def check_token(ctx: Context, now: float | None = None) -> Check:
         problems.append(f"it is for mesh {mesh}, not {ctx.mesh}")
     t = time.time() if now is None else now
     if isinstance(exp, int | float) and t >= exp:
-        problems.append(f"it expired at {_when(exp)} ({_span(t - exp)} ago)")
+        problems.append(f"it expired at {human_time(exp, now=t)}")
     if problems:
         return Check("token", FAIL, f"token for {who}: " + "; ".join(problems),
                      f"on the control plane host run `{cmd}` and write the output to "
                      f"{ctx.cfg.token_file or 'the token file'}")
-    left = f"expires {_when(exp)} (in {_span(exp - t)})" if isinstance(exp, int | float) else "never expires"
+    left = f"expires {human_time(exp, now=t)}" if isinstance(exp, int | float) else "never expires"
     iat = claims.get("iat")
     life = exp - iat if isinstance(exp, int | float) and isinstance(iat, int | float) else 0
     status = WARN if life and exp - t < 0.1 * life else OK  # the last tenth of its lifetime: renew now
@@ -219,11 +207,11 @@ def check_identity(ctx: Context, work_dir: str, now: float | None = None) -> Che
     left = info.not_after.timestamp() - t
     ident = ",".join(info.uri_sans) or info.subject
     if left <= 0:
-        return Check("identity", FAIL, f"{ident}: certificate expired at {info.not_after:%Y-%m-%d %H:%M:%S} UTC",
+        return Check("identity", FAIL, f"{ident}: certificate expired at {human_time(info.not_after, now=t)}",
                      "renewal failed: check the token and the control plane, then see the agent's log")
     status = WARN if left < 0.1 * info.lifetime else OK
-    return Check("identity", status, f"{ident}: valid until {info.not_after:%Y-%m-%d %H:%M:%S} UTC (in "
-                 f"{_span(left)}; renewed at ~80 % of its lifetime)",
+    return Check("identity", status, f"{ident}: valid until {human_time(info.not_after, now=t)}; renewed at ~80 % "
+                 "of its lifetime",
                  "renewal is overdue: check the agent's log" if status == WARN else "")
 
 

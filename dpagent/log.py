@@ -52,8 +52,8 @@ class _Formatter(logging.Formatter):
             return json.dumps(doc, default=str)
         parts = []
         if self.timestamps:
-            t = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
-            parts.append(f"{t}.{int(record.msecs):03d}")
+            t = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))  # UTC, like every time we print
+            parts.append(f"{t}.{int(record.msecs):03d}Z")
         parts.append(f"{record.levelname.lower():<5}")
         parts.append(f"{record.name}:")
         parts.append(msg)

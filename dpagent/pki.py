@@ -20,6 +20,7 @@ from cryptography.x509.oid import ExtensionOID
 from dpagent.errors import ConfigError
 from dpagent.fsutil import write_atomic as write_atomic  # re-exported for callers that already use pki
 from dpagent.fsutil import write_private
+from dpagent.timefmt import human_time
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 KEY_TYPES = ("ecdsa-p256", "rsa")
@@ -161,10 +162,10 @@ def _validity_problem(cert: x509.Certificate, when: dt.datetime, role: str) -> s
     info = cert_info(cert)
     if when < cert.not_valid_before_utc:
         return (f"{role} ({info.subject or 'serial ' + info.serial_hex}) is not valid until "
-                f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC; check this host's clock")
+                f"{human_time(cert.not_valid_before_utc, now=when.timestamp())}; check this host's clock")
     if when > cert.not_valid_after_utc:
         return (f"{role} ({info.subject or 'serial ' + info.serial_hex}) expired at "
-                f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC")
+                f"{human_time(cert.not_valid_after_utc, now=when.timestamp())}")
     return None
 
 

@@ -56,6 +56,8 @@ class Outcome:
     transactions: dict[int, str | None] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     backups: dict[int, Path] = field(default_factory=dict)
+    created_tables: dict[int, list[str]] = field(default_factory=dict)  # recorded by the first install
+    removed_tables: dict[int, list[str]] = field(default_factory=dict)  # uninstall: empty tables install created
 
     @property
     def changed(self) -> bool:
@@ -135,8 +137,12 @@ def apply_wanted(wanted: dict[int, str | None], cfg: TProxyConfig, facts: HostFa
     restorer = restorer or CommandRestorer(runner, facts.tools, cfg.wait)
     outcome = Outcome()
     backups: dict[int, str] = {}
+    wanted = dict(wanted)
     for family in _families(facts):
         backups[family] = save(runner, facts.tools, family)
+        if wanted.get(family):
+            wanted[family] = ruleset.with_created_tables(wanted[family] or "", backups[family])
+        outcome.created_tables[family] = ruleset.created_tables(ruleset.parse(backups[family]))
         try:
             outcome.transactions[family] = ruleset.transaction(backups[family], wanted.get(family))
         except ruleset.ForeignReferenceError as e:
@@ -170,7 +176,38 @@ def apply_wanted(wanted: dict[int, str | None], cfg: TProxyConfig, facts: HostFa
             _fail_with_rollback(f"IPv{family}: the ruleset read back after the restore is not the one written "
                                 "(another tool changed iptables concurrently?)", attempted, todo, backups,
                                 restorer, outcome, step="check", family=family)
+        if not wanted.get(family):
+            _drop_created_tables(family, outcome.created_tables[family], after, facts, runner, restorer, outcome)
     return outcome
+
+
+def _drop_created_tables(family: int, created: list[str], after: dict[str, ruleset.Table], facts: HostFacts,
+                         runner: Runner, restorer: Restorer, outcome: Outcome) -> None:
+    """After uninstall, remove the tables the first install created if they are still empty, so the ruleset is
+    what it was before. A flushing restore of an empty section deletes an nf_tables table; legacy x_tables tables
+    live in the kernel until the namespace goes away (no call unregisters one), so there we can only say so."""
+    empty = [t for t in created if t in after and ruleset.pristine(after[t])]
+    kept = [t for t in created if t in after and t not in empty]
+    if kept:
+        outcome.warnings.append(f"IPv{family}: table(s) {', '.join(kept)} were created by the install but now hold "
+                                "other tools' rules, so they were kept")
+    if not empty:
+        return
+    if facts.variant == "legacy":
+        outcome.warnings.append(
+            f"IPv{family}: iptables-legacy keeps the now empty table(s) {', '.join(empty)} registered in the kernel "
+            f"(no iptables call unregisters a table; it goes with the network namespace, or with `modprobe -r "
+            f"ip{'6' if family == 6 else ''}table_<name>` where that is a module no one uses); they hold no rules "
+            "and change no packet")
+        return
+    res = restorer.restore(family, "".join(f"*{t}\nCOMMIT\n" for t in empty), test=False, noflush=False)
+    left = ruleset.parse(save(runner, facts.tools, family)) if res.returncode == 0 else after
+    still = [t for t in empty if t in left]
+    if still:
+        why = res.stderr.strip() if res.returncode else "still listed after a flushing restore"
+        outcome.warnings.append(f"IPv{family}: could not delete the empty table(s) {', '.join(still)} that install "
+                                f"created ({why}); they hold no rules")
+    outcome.removed_tables[family] = [t for t in empty if t not in still]
 
 
 def _fail_with_rollback(msg: str, attempted: list[int], todo: dict[int, str], backups: dict[int, str],

@@ -16,6 +16,9 @@ TABLE_ORDER = ("raw", "mangle", "nat", "filter", "security")
 _TAGGED = re.compile(r'--comment "?' + re.escape(TAG))
 _STATE = re.compile(r'--comment "?' + re.escape(TAG + STATE_PURPOSE) + r'([0-9a-f]+)')
 _JUMP_OURS = re.compile(r"(?:^|\s)-[jg] " + CHAIN_PREFIX + r"\S*")
+CREATED_PURPOSE = "created-tables:"
+_CREATED = re.compile(r'--comment "?' + re.escape(TAG + CREATED_PURPOSE) + r'([a-z,]*)')
+BUILTIN_CHAINS = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
 
 
 class ForeignReferenceError(RuntimeError):
@@ -70,6 +73,41 @@ def installed_digest(tables: dict[str, Table]) -> str | None:
         if rule_chain(rule) == STATE and (m := _STATE.search(rule)):
             return m.group(1)
     return None
+
+
+def created_tables(tables: dict[str, Table]) -> list[str]:
+    """The tables the first install had to create (recorded in the installed ruleset itself, so uninstall knows
+    them whatever --backup-dir it is given)."""
+    nat = tables.get("nat")
+    for rule in nat.rules if nat else []:
+        if rule_chain(rule) == STATE and (m := _CREATED.search(rule)):
+            return [t for t in m.group(1).split(",") if t]
+    return []
+
+
+def with_created_tables(wanted_text: str, current_text: str) -> str:
+    """`wanted_text` plus the record of the tables dpagent created: the record already installed (so a settings
+    change never forgets a table) plus every wanted table that does not exist yet."""
+    current, wanted = parse(current_text), parse(wanted_text)
+    recorded = created_tables(current)
+    created = recorded + [n for n in wanted if n not in current and n not in recorded]
+    if not created:
+        return wanted_text
+    rule = f'-A {STATE} -m comment --comment "{TAG}{CREATED_PURPOSE}{",".join(created)}" -j RETURN'
+    out: list[str] = []
+    table = ""
+    for line in wanted_text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        if line == "COMMIT" and table == "nat":
+            out.append(rule)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def pristine(table: Table) -> bool:
+    """Nothing in it: no rules, only built-in chains, every policy ACCEPT (what a table looks like when created)."""
+    return not table.rules and all(c in BUILTIN_CHAINS and p == "ACCEPT" for c, p in table.chains.items())
 
 
 def _shape(tables: dict[str, Table]) -> dict[str, tuple[tuple[str, ...], int]]:

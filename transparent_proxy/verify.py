@@ -3,7 +3,8 @@
 Root is needed (to switch UIDs) and the redirect ports must be free, so run it before starting dpagent/Envoy.
 Checks: an app UID's connection to an outside address lands on the outbound port with SO_ORIGINAL_DST intact;
 the agent's UID is not redirected; the agent reaching a local non-localhost address lands on the inbound port;
-an excluded outbound port is not redirected.
+an excluded outbound port is not redirected. The outside address needs a route (probe_target): where a family has
+none, its outbound checks are reported as not probed (SKIP) instead of a redirect failure they could not detect.
 """
 
 from __future__ import annotations
@@ -21,17 +22,23 @@ from dataclasses import dataclass
 
 from transparent_proxy.config import TProxyConfig
 from transparent_proxy.host import HostFacts
+from transparent_proxy.probe_target import TARGETS, Target, target_for
 
 SO_ORIGINAL_DST = 80  # same option number for SOL_IP and SOL_IPV6 (IP6T_SO_ORIGINAL_DST)
-TARGETS = {4: "192.0.2.1", 6: "2001:db8::1"}  # documentation ranges: never really reached when redirected
 PASSTHROUGH = {4: ("127.0.0.1", "127.0.0.6"), 6: ("::1", "::6")}
 
 
 @dataclass(frozen=True)
 class Check:
+    """ok: True = proven, False = disproven, None = could not be probed on this host (detail says why)."""
+
     name: str
-    ok: bool
+    ok: bool | None
     detail: str
+
+    @property
+    def label(self) -> str:
+        return {True: "PASS", False: "FAIL", None: "SKIP"}[self.ok]
 
 
 def original_dst(sock: socket.socket) -> tuple[str, int]:
@@ -128,17 +135,21 @@ def _accept(listener: socket.socket, proc: _Client, timeout: float) -> tuple[str
 
 
 def _expect(name: str, listener: socket.socket, proc: _Client, want: tuple[str, int] | None,
-            timeout: float) -> Check:
+            timeout: float, via: str = "") -> Check:
     got = _accept(listener, proc, timeout)
     if want is None:
-        return Check(name, got is None, "not redirected" if got is None else f"redirected (original dst {got})")
+        return Check(name, got is None, ("not redirected" if got is None else f"redirected (original dst {got})")
+                     + via)
     if got is None:
-        return Check(name, False, "no connection reached the redirect port: rules missing or not matching")
-    return Check(name, got == want, f"original destination {got[0]}:{got[1]}, expected {want[0]}:{want[1]}")
+        return Check(name, False, "no connection reached the redirect port although the address is routed: "
+                     "rules missing or not matching" + via)
+    return Check(name, got == want, f"original destination {got[0]}:{got[1]}, expected {want[0]}:{want[1]}{via}")
 
 
-def run_checks(cfg: TProxyConfig, facts: HostFacts, *, probe_uid: int = 65534, timeout: float = 2.0) -> list[Check]:
-    """Run every check for each enabled family; never raises for a failed check (it is reported instead)."""
+def run_checks(cfg: TProxyConfig, facts: HostFacts, *, probe_uid: int = 65534, timeout: float = 2.0,
+               targets: dict[int, Target] | None = None) -> list[Check]:
+    """Run every check for each enabled family; never raises for a failed check (it is reported instead).
+    `targets` overrides the probe address per family (tests); by default it is chosen from the routing table."""
     if probe_uid == facts.agent_uid:
         return [Check("setup", False, f"--probe-uid {probe_uid} is the agent's UID; pick another UID")]
     checks: list[Check] = []
@@ -146,17 +157,10 @@ def run_checks(cfg: TProxyConfig, facts: HostFacts, *, probe_uid: int = 65534, t
     inbound_probe_port = next(p for p in range(20000, 30000)
                               if not any(lo <= p <= hi for lo, hi in cfg.exclude_inbound_ports))
     for fam in families:
-        target = TARGETS[fam]
+        found = (targets or {}).get(fam) or target_for(fam, cfg.exclude_outbound_ips)
         try:
             with _listener(fam, cfg.redirect_outbound_port) as out_l, _listener(fam, cfg.redirect_inbound_port) as in_l:
-                checks.append(_expect(f"ipv{fam} app uid {probe_uid} → {target}:80 redirected to outbound port "
-                                      f"{cfg.redirect_outbound_port}", out_l,
-                                      _connect_as(probe_uid, target, 80, timeout), (target, 80), timeout))
-                checks.append(_expect(f"ipv{fam} agent uid {facts.agent_uid} → {target}:80 not redirected", out_l,
-                                      _connect_as(facts.agent_uid, target, 80, 1.0), None, timeout))
-                for lo, _hi in cfg.exclude_outbound_ports[:1]:
-                    checks.append(_expect(f"ipv{fam} app uid → excluded port {target}:{lo} not redirected", out_l,
-                                          _connect_as(probe_uid, target, lo, 1.0), None, timeout))
+                checks += _outbound_checks(cfg, facts, fam, found, out_l, probe_uid, timeout)
                 src, dst = PASSTHROUGH[fam]
                 checks.append(_expect(f"ipv{fam} agent → local {dst}:{inbound_probe_port} redirected to inbound "
                                       f"port {cfg.redirect_inbound_port}", in_l,
@@ -166,3 +170,23 @@ def run_checks(cfg: TProxyConfig, facts: HostFacts, *, probe_uid: int = 65534, t
             checks.append(Check(f"ipv{fam} listeners", False, f"cannot listen on the redirect ports ({e}); stop "
                                 "dpagent/Envoy while verifying, or check the ports are free"))
     return checks
+
+
+def _outbound_checks(cfg: TProxyConfig, facts: HostFacts, fam: int, found: Target, out_l: socket.socket,
+                     probe_uid: int, timeout: float) -> list[Check]:
+    """App redirected, agent and excluded port not: all three need a routed outside address, else SKIP.
+    (Without a route the two "not redirected" checks would pass vacuously, which proves nothing.)"""
+    names = [f"ipv{fam} app uid {probe_uid} → {{t}}:80 redirected to outbound port {cfg.redirect_outbound_port}",
+             f"ipv{fam} agent uid {facts.agent_uid} → {{t}}:80 not redirected"]
+    names += [f"ipv{fam} app uid → excluded port {{t}}:{lo} not redirected" for lo, _ in cfg.exclude_outbound_ports[:1]]
+    target = found.address
+    if target is None:
+        return [Check(n.format(t="outside address"), None, found.reason) for n in names]
+    shown = f"[{target}]" if fam == 6 else target
+    via = "" if target in TARGETS.values() else f" ({found.reason})"
+    out = [_expect(names[0].format(t=shown), out_l, _connect_as(probe_uid, target, 80, timeout), (target, 80),
+                   timeout, via),
+           _expect(names[1].format(t=shown), out_l, _connect_as(facts.agent_uid, target, 80, 1.0), None, timeout)]
+    for name, (lo, _hi) in zip(names[2:], cfg.exclude_outbound_ports[:1], strict=True):
+        out.append(_expect(name.format(t=shown), out_l, _connect_as(probe_uid, target, lo, 1.0), None, timeout))
+    return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from dpagent.cli.client import ApiClient, api_options, make_client, url_path
 from dpagent.controlplane.kinds import KINDS, Kind, by_type, kind_of
 from dpagent.errors import ConfigError, DpAgentError, ValidationError
 from dpagent.model.validation import name_problem
+from dpagent.timefmt import human_time, span, to_epoch
 
 OUTPUT = click.Choice(["table", "yaml", "json"])
 
@@ -110,23 +110,16 @@ def _kind_for(doc: Any, label: str) -> Kind:
 
 
 def _age(ts: str) -> str:
-    try:
-        secs = time.time() - datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return "?"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            return f"{int(secs // size)}{unit}"
-    return f"{int(secs)}s"
+    t = to_epoch(ts)
+    return "?" if t is None else span(time.time() - t)
 
 
 def _cert_columns(insight: dict[str, Any] | None) -> list[str]:
     m = (insight or {}).get("mTLS") or {}
     if not m:
         return ["-", "-", "-"]
-    rotated = m.get("lastCertificateRegeneration")
-    ago = _age(datetime.fromtimestamp(rotated).isoformat()) + " ago" if rotated else "-"
-    return [m.get("certificateExpirationTime", "-")[:19].replace("T", " "), m.get("issuedBackend", "-"), ago]
+    return [human_time(m.get("certificateExpirationTime")), m.get("issuedBackend", "-"),
+            human_time(m.get("lastCertificateRegeneration"))]
 
 
 def _row(k: Kind, doc: dict[str, Any], insight: dict[str, Any] | None = None) -> list[str]:
@@ -149,7 +142,7 @@ def _row(k: Kind, doc: dict[str, Any], insight: dict[str, Any] | None = None) ->
 def _header(k: Kind) -> list[str]:
     head = ["MESH"] if k.mesh_scoped else []
     head.append("NAME")
-    head += {"Dataplane": ["ADDRESS", "SERVICES", "CERT EXPIRES (UTC)", "CA BACKEND", "LAST ROTATION"],
+    head += {"Dataplane": ["ADDRESS", "SERVICES", "CERT EXPIRES", "CA BACKEND", "LAST ROTATION"],
              "Mesh": ["MTLS"]}.get(k.name, ["TARGET"] if k.has_spec else [])
     return [*head, "AGE"]
 

@@ -17,6 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from dpagent import pki
 from dpagent.errors import ControlPlaneRejected
+from dpagent.timefmt import human_time
 
 TEN_YEARS = 10 * 365.25 * 86400.0
 MAX_CSR_BYTES = 8 * 1024
@@ -140,7 +141,8 @@ class CertificateAuthority:
         start = pki.utc(now) - dt.timedelta(seconds=BACKDATE)
         end = min(start + dt.timedelta(seconds=lifetime + BACKDATE), self._not_after)
         if end <= start:
-            raise CAError(f"the mesh CA expired at {self._not_after:%Y-%m-%d %H:%M:%S} UTC; rotate the CA")
+            raise CAError(f"the mesh CA expired at {human_time(self._not_after, now=pki.utc(now).timestamp())}; "
+                          "rotate the CA")
         ec_key = isinstance(public_key, ec.EllipticCurvePublicKey)
         builder = (x509.CertificateBuilder()
                    .subject_name(x509.Name([])).issuer_name(self._cert.subject).public_key(public_key)
@@ -218,10 +220,10 @@ def validate_provided_ca(cert_pem: str | bytes, key_pem: str | bytes, now: float
         problems.append("certificate has no KeyUsage extension; a CA needs keyCertSign")
     when = pki.utc(now)
     if when < cert.not_valid_before_utc:
-        problems.append(f"certificate is not yet valid: it starts at {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} "
-                        "UTC; check the clock")
+        problems.append(f"certificate is not yet valid: it starts at "
+                        f"{human_time(cert.not_valid_before_utc, now=when.timestamp())}; check the clock")
     if when > cert.not_valid_after_utc:
-        problems.append(f"certificate expired at {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC")
+        problems.append(f"certificate expired at {human_time(cert.not_valid_after_utc, now=when.timestamp())}")
     return problems
 
 

@@ -6,7 +6,6 @@ way round. Verification runs on every bootstrap, certificate request and ADS str
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 import uuid
 from collections.abc import Container, Iterable, Mapping
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from dpagent.errors import ControlPlaneRejected
+from dpagent.timefmt import human_time
 
 ALGORITHM = "RS256"
 NBF_SKEW = 5.0  # seconds nbf is back-dated, so a CP slightly ahead of the CP clock that issued does not reject
@@ -106,18 +106,6 @@ def issue_token(key: SigningKey, *, name: str, mesh: str, tags: Mapping[str, lis
         "exp": int(t + valid_for),
     }
     return jwt.encode(claims, _load_private(key.private_pem), algorithm=ALGORITHM, headers={"kid": key.kid})
-
-
-def _when(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _ago(seconds: float) -> str:
-    seconds = abs(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
 
 
 def generate_command(name: str, mesh: str, tags: Mapping[str, Iterable[str]] | None = None) -> str:
@@ -213,11 +201,11 @@ class TokenVerifier:
         t = time.time() if now is None else now
         if t >= claims.exp:
             cmd = generate_command(claims.name, mesh, claims.tags)
-            raise TokenError("expired", f"token expired at {_when(claims.exp)} ({_ago(t - claims.exp)} ago); "
+            raise TokenError("expired", f"token expired at {human_time(claims.exp, now=t)}; "
                                         f"generate a new one with `{cmd}` and replace the token file")
         if t < claims.nbf:
-            raise TokenError("not-yet-valid", f"token is not valid until {_when(claims.nbf)} ({_ago(claims.nbf - t)} "
-                                              "from now by this control plane's clock); the clocks of the control "
+            raise TokenError("not-yet-valid", f"token is not valid until {human_time(claims.nbf, now=t)} by this "
+                                              "control plane's clock; the clocks of the control "
                                               "plane and the host that issued it disagree — sync them with NTP")
         if claims.jti in revoked:
             cmd = generate_command(claims.name, mesh, claims.tags)

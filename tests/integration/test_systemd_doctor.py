@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,7 +88,8 @@ def test_healthy_setup_passes(healthy: Setup) -> None:
     _code, checks = wait_for(all_ok, 30, 0.5, what="doctor all green")
     assert checks["control-plane"]["status"] == "ok" and "certificate trusted" in checks["control-plane"]["detail"]
     assert checks["token"]["status"] == "ok"
-    assert "token for dataplane web-1 in mesh default, expires" in checks["token"]["detail"]
+    assert re.search(r"token for dataplane web-1 in mesh default, expires \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(in \d",
+                     checks["token"]["detail"]), checks["token"]["detail"]
     assert checks["dataplane"]["detail"].startswith("default/web-1 is valid")
     assert checks["envoy"]["status"] == "ok"
     assert checks["xds"]["detail"].startswith("connected; every resource type sent was ACKed")

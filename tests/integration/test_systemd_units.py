@@ -108,5 +108,5 @@ def test_log_lines_have_no_timestamp_under_the_journal(monkeypatch: pytest.Monke
     monkeypatch.delenv("JOURNAL_STREAM")
     log.setup("info", "text")
     log.kv(logging.getLogger("dpagent.agent"), logging.INFO, "Envoy is ready", pid=42)
-    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} info  dpagent.agent: Envoy is ready pid=42$",
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z info  dpagent.agent: Envoy is ready pid=42$",
                     capsys.readouterr().err.strip())

@@ -5,11 +5,13 @@ Never touches the host's own rules: every iptables command runs under `ip netns 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 from tproxy_probe import inbound_probe
 
+from transparent_proxy import ruleset
 from transparent_proxy.apply import ApplyError, install
 from transparent_proxy.config import build_config
 from transparent_proxy.host import tools_for
@@ -59,9 +62,10 @@ def tp(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[s
     return res
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[str, str]]:
-    """Namespaces A (peer, 10.200.0.1) and B (the VM, 10.200.0.2) joined by veth; B routes everything to A."""
+@contextlib.contextmanager
+def veth_pair(*, default_routes: bool = True, global_v6: bool = True) -> Iterator[tuple[str, str]]:
+    """Namespaces A (peer, 10.200.0.1) and B (the VM, 10.200.0.2) joined by veth; B routes everything to A.
+    Without `default_routes` B only has its connected routes; without `global_v6` only IPv6 link-local (most VMs)."""
     tag = secrets.token_hex(3)
     a, b = f"dpagent-t-{tag}a", f"dpagent-t-{tag}b"
     sh("ip", "netns", "add", a)
@@ -73,14 +77,22 @@ def pair() -> Iterator[tuple[str, str]]:
                                                                                "fd00:200::2/64")):
             sh("ip", "link", "set", "lo", "up", ns=ns)
             sh("ip", "addr", "add", v4, "dev", dev, ns=ns)
-            sh("ip", "-6", "addr", "add", v6, "dev", dev, "nodad", ns=ns)
+            if global_v6:
+                sh("ip", "-6", "addr", "add", v6, "dev", dev, "nodad", ns=ns)
             sh("ip", "link", "set", dev, "up", ns=ns)
-        sh("ip", "route", "add", "default", "via", "10.200.0.1", ns=b)
-        sh("ip", "-6", "route", "add", "default", "via", "fd00:200::1", ns=b)
+        if default_routes:
+            sh("ip", "route", "add", "default", "via", "10.200.0.1", ns=b)
+            sh("ip", "-6", "route", "add", "default", "via", "fd00:200::1", ns=b)
         yield a, b
     finally:
         for ns in (a, b):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[str, str]]:
+    with veth_pair() as namespaces:
+        yield namespaces
 
 
 @pytest.fixture
@@ -189,3 +201,94 @@ def test_uninstalled_host_fails_verify(ns: str) -> None:
     res = tp(ns, "verify", "--dpagent-uid", str(AGENT_UID), "--ip-family-mode", "ipv4", "--probe-uid",
              str(APP_UID), "--timeout", "1", check=False)
     assert res.returncode == 1 and "FAIL" in res.stdout
+
+
+def _wait_link_local(ns: str) -> None:
+    """The kernel adds fe80::/64 once DAD ends; has_local_ipv6 needs it so that IPv6 rules get installed."""
+    for _ in range(50):
+        if "fe80::/64" in sh("ip", "-6", "route", ns=ns):
+            return
+        time.sleep(0.1)
+    raise AssertionError(sh("ip", "-6", "route", ns=ns))
+
+
+@pytest.mark.parametrize("installed", [True, False], ids=["installed", "not-installed"])
+def test_verify_without_default_routes(installed: bool, tmp_path: Path) -> None:
+    """A VM with a connected IPv4 subnet and IPv6 link-local only, no default route in either family: IPv4 is
+    proven through an address of the connected subnet (and a missing ruleset still fails), IPv6 outbound cannot be
+    probed and says so instead of failing."""
+    with veth_pair(default_routes=False, global_v6=False) as (_, ns):
+        _wait_link_local(ns)
+        args = ["--dpagent-uid", str(AGENT_UID), "--iptables-variant", "nft", "--exclude-outbound-ports", "5432"]
+        if installed:
+            tp(ns, "install", *args, "--backup-dir", str(tmp_path))
+        res = tp(ns, "verify", *args, "--probe-uid", str(APP_UID), "--timeout", "1", check=False)
+        lines = res.stdout.splitlines()
+        v4_app = next(ln for ln in lines if ln.split()[1:3] == ["ipv4", "app"] and "outbound port" in ln)
+        assert "10.200.0.193:80" in v4_app, res.stdout
+        v6_out = [ln for ln in lines if ln.split()[1] == "ipv6" and "outside address" in ln]
+        assert len(v6_out) == 3 and all(ln.startswith("SKIP") for ln in v6_out), res.stdout
+        assert "cannot probe (no route for this family" in v6_out[0] and "fe80::/64 dev vB" in v6_out[0]
+        if installed:
+            assert res.returncode == 0 and "FAIL" not in res.stdout, res.stdout + res.stderr
+            assert v4_app.startswith("PASS") and res.stdout.count("PASS") == 5, res.stdout
+            assert "5 of 8 checks proven; 3 could not be probed" in res.stdout
+        else:
+            assert res.returncode == 1 and v4_app.startswith("FAIL"), res.stdout
+            assert "although the address is routed" in v4_app
+
+
+def test_verify_without_any_route_skips_outbound(tmp_path: Path) -> None:
+    """Only loopback: nothing outside is reachable, so outbound is SKIP while the local inbound check still runs."""
+    tag = secrets.token_hex(3)
+    ns = f"dpagent-t-{tag}l"
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "link", "set", "lo", "up", ns=ns)
+        args = ["--dpagent-uid", str(AGENT_UID), "--iptables-variant", "nft", "--ip-family-mode", "ipv4"]
+        tp(ns, "install", *args, "--backup-dir", str(tmp_path))
+        res = tp(ns, "verify", *args, "--probe-uid", str(APP_UID), "--timeout", "1", check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
+        labels = [ln.split()[0] for ln in res.stdout.splitlines()[:-1]]
+        assert labels == ["SKIP", "SKIP", "PASS"], res.stdout
+        assert "no IPv4 route" not in res.stdout and "IPv4 192.0.2.1 has no route" in res.stdout
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def _rulesets(ns: str, variant: str) -> dict[str, str]:
+    """Everything that shows whether a table exists: nft's own view plus both families' save output."""
+    out = {"nft": sh("nft", "list", "ruleset", ns=ns)}
+    for f in (4, 6):
+        text = sh(f"ip{'6' if f == 6 else ''}tables-{variant}-save", ns=ns)
+        out[f"ipv{f}"] = "".join(ln + "\n" for ln in text.splitlines() if not ln.startswith("#"))
+    return out
+
+
+@pytest.mark.skipif(not shutil.which("nft"), reason="needs the nft binary to read the nf_tables ruleset")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_uninstall_on_a_bare_host_leaves_the_ruleset_as_before(pair: tuple[str, str], variant: str,
+                                                               tmp_path: Path) -> None:
+    """No iptables tables before install → none after uninstall (nft); legacy can only leave them empty and says
+    so. A settings change in between (DNS off: raw no longer used) must not lose the record of created tables."""
+    _, ns = pair
+    before = _rulesets(ns, variant)
+    assert before == {"nft": "", "ipv4": "", "ipv6": ""}, before
+    base = ["--dpagent-uid", str(AGENT_UID), "--iptables-variant", variant]
+    tp(ns, "install", *base, "--redirect-all-dns-traffic", "--backup-dir", str(tmp_path / "a"))
+    for f in (4, 6):
+        assert '"dpagent/created-tables:raw,nat"' in sh(f"ip{'6' if f == 6 else ''}tables-{variant}-save", ns=ns)
+    tp(ns, "install", *base, "--backup-dir", str(tmp_path / "b"))
+    dry = tp(ns, "uninstall", "--iptables-variant", variant, "--dry-run").stdout
+    assert "# IPv6: then the table(s) raw, nat that install created are " in dry, dry
+    res = tp(ns, "uninstall", "--iptables-variant", variant, "--backup-dir", str(tmp_path / "c"))
+    after = _rulesets(ns, variant)
+    if variant == "nft":
+        assert after == before, after
+        assert "deleted the empty tables install had created (IPv4: raw, nat; IPv6: raw, nat)" in res.stdout
+        return
+    assert after["nft"] == before["nft"]
+    for f in (4, 6):  # the kernel keeps legacy tables registered: exactly the empty built-in chains remain
+        assert ruleset.parse(after[f"ipv{f}"]).keys() == {"raw", "nat"}, after
+        assert all(ruleset.pristine(t) for t in ruleset.parse(after[f"ipv{f}"]).values()), after
+        assert f"IPv{f}: iptables-legacy keeps the now empty table(s) raw, nat registered" in res.stderr

@@ -169,3 +169,36 @@ def test_ruleset_parses_save_quirks() -> None:
     st = ruleset.status(save)
     assert st.chains == ("nat/DPAGENT_X",) and st.rules == 1 and st.digest is None
     assert "dpagent" not in ruleset.without_ours(save).lower().replace("envoy", "")
+
+
+def test_created_tables_recorded_on_first_install_and_carried_over() -> None:
+    wanted = render(TProxyConfig(redirect_all_dns_traffic=True), FACTS).v4
+    first = ruleset.with_created_tables(wanted, "")
+    assert ruleset.created_tables(ruleset.parse(first)) == ["raw", "nat"]
+    assert ruleset.installed_digest(ruleset.parse(first)) == ruleset.installed_digest(ruleset.parse(wanted))
+    # a later install with other settings (no raw table wanted) keeps the first install's record
+    later = ruleset.with_created_tables(render(CFG, FACTS).v4, first)
+    assert ruleset.created_tables(ruleset.parse(later)) == ["raw", "nat"]
+    # a table first needed by a later install joins the record
+    nat_only = ruleset.with_created_tables(render(CFG, FACTS).v4, "")
+    assert ruleset.created_tables(ruleset.parse(nat_only)) == ["nat"]
+    grown = ruleset.with_created_tables(wanted, nat_only)
+    assert ruleset.created_tables(ruleset.parse(grown)) == ["nat", "raw"]
+    # nat already existed (foreign rules): only raw is install's
+    assert ruleset.created_tables(ruleset.parse(ruleset.with_created_tables(wanted, FOREIGN))) == ["raw"]
+    assert ruleset.with_created_tables(render(CFG, FACTS).v4, FOREIGN) == render(CFG, FACTS).v4
+
+
+def test_install_record_keeps_reinstall_idempotent() -> None:
+    runner = fake_host(initial="")
+    install(CFG, FACTS, runner, sleep=lambda s: None)
+    assert "created-tables:nat" in runner.saves["save4"]
+    runner.calls.clear()
+    assert not install(CFG, FACTS, runner, sleep=lambda s: None).changed
+
+
+def test_pristine_table() -> None:
+    tables = ruleset.parse(FOREIGN)
+    assert not ruleset.pristine(tables["nat"])
+    assert ruleset.pristine(ruleset.parse("*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")["nat"])
+    assert not ruleset.pristine(ruleset.parse("*filter\n:INPUT DROP [0:0]\nCOMMIT\n")["filter"])
