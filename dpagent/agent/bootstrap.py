@@ -129,8 +129,8 @@ def classify_response(resp: httpx.Response, cp_url: str) -> None:
     code, reason = resp.status_code, _reason(resp)
     if code in (401, 403):
         fix = "" if "dpagent token generate" in reason else (
-            " Generate a new one on the CP host with `dpagent token generate --name NAME --mesh MESH --valid-for 720h`"
-            " and pass it with --dataplane-token-file")
+            " Generate a new one on the CP host with `dpagent token generate --name NAME --mesh MESH"
+            " --tag kuma.io/service=SERVICE --valid-for 720h` and pass it with --dataplane-token-file")
         raise ControlPlaneRejected(
             f"the control plane rejected the dataplane token ({code}): {reason or 'no reason given'}.{fix}")
     if code == 404:

@@ -29,7 +29,8 @@ def read_token(cfg: AgentConfig) -> str:
                           "check --dataplane-token-file") from None
     if not token:
         raise ConfigError(f"the dataplane token file {cfg.token_file} is empty; generate a token with "
-                          "`dpagent token generate --name NAME --mesh MESH --valid-for 720h` and write it there")
+                          "`dpagent token generate --name NAME --mesh MESH --tag kuma.io/service=SERVICE "
+                          "--valid-for 720h` and write it there")
     return token
 
 

@@ -15,7 +15,13 @@ from collections.abc import Callable
 
 from dpagent.controlplane import secrets
 from dpagent.controlplane.store import ResourceStore
-from dpagent.controlplane.tokens import DataplaneClaims, TokenError, TokenVerifier, check_dataplane_matches
+from dpagent.controlplane.tokens import (
+    DataplaneClaims,
+    TokenError,
+    TokenVerifier,
+    check_dataplane_matches,
+    generate_command,
+)
 from dpagent.model.dataplane import Dataplane
 
 MAX_VERIFIED = 100_000  # tokens remembered as verified (~1 KB each), well above any zone's proxy count
@@ -66,8 +72,8 @@ class DataplaneAuth:
     async def verify(self, token: str, dp: Dataplane) -> DataplaneClaims:
         """Token valid, not revoked, and bound to this dataplane's name, mesh and tags; else TokenError."""
         if not token or not token.strip():
-            raise TokenError("malformed", "a dataplane token is required; generate one with `dpagent token generate "
-                                          f"--name {dp.name} --mesh {dp.mesh} --valid-for 720h`")
+            raise TokenError("malformed", "a dataplane token is required; generate one with "
+                                          f"`{generate_command(dp.name, dp.mesh)}`")
         verifier, revoked = await self._verifier(dp.mesh)
         claims = self._check(verifier, token, dp.mesh, revoked)
         check_dataplane_matches(claims, name=dp.name, mesh=dp.mesh, tags=dp.all_tags())
@@ -77,8 +83,8 @@ class DataplaneAuth:
         """Signature, time window and revocation of a token presented for `mesh`, before any Dataplane is looked up:
         an unauthenticated caller must not learn which dataplanes exist."""
         if not token or not token.strip():
-            raise TokenError("malformed", "a dataplane token is required; generate one with `dpagent token generate "
-                                          f"--mesh {mesh} --valid-for 720h`")
+            raise TokenError("malformed", "a dataplane token is required; generate one with "
+                                          f"`{generate_command('', mesh)}`")
         verifier, revoked = await self._verifier(mesh)
         return self._check(verifier, token, mesh, revoked)
 

@@ -22,7 +22,7 @@ from dpagent.controlplane.http_guard import BodyError, Guard
 from dpagent.controlplane.identity import Issuer, MtlsDisabledError
 from dpagent.controlplane.kinds import kind_of
 from dpagent.controlplane.resources import Resources
-from dpagent.controlplane.tokens import TokenError
+from dpagent.controlplane.tokens import TokenError, generate_command
 from dpagent.errors import ValidationError
 from dpagent.model.dataplane import Dataplane, decode_dataplane, parse_dataplane
 from dpagent.model.mesh import decode_mesh
@@ -208,9 +208,8 @@ class DpServer:
         mesh, name = req.get("mesh") or "", req.get("name") or ""
         token = (req.get("dataplaneToken") or "").strip()
         if not token:
-            return _err(422, "a dataplane token is required: generate one with `dpagent token generate --name "
-                             f"{name or 'NAME'} --mesh {mesh or 'default'} --valid-for 720h` and pass it with "
-                             "--dataplane-token-file")
+            return _err(422, "a dataplane token is required: generate one with "
+                             f"`{generate_command(name or 'NAME', mesh)}` and pass it with --dataplane-token-file")
         dp_kind = kind_of("dataplane")
         direct = bool(req.get("dataplaneResource"))
         if direct:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from dpagent.errors import ControlPlaneRejected
+from dpagent.model.dataplane import SERVICE_TAG
 from dpagent.timefmt import human_time
 
 ALGORITHM = "RS256"
@@ -114,7 +115,11 @@ def generate_command(name: str, mesh: str, tags: Mapping[str, Iterable[str]] | N
     if name:
         parts.append(f"--name {name}")
     parts.append(f"--mesh {mesh or 'default'}")
-    parts += [f"--tag {k}={','.join(v)}" for k, v in sorted((tags or {}).items())]
+    bound = dict(tags or {})
+    # A token bound only by name lets its holder claim any service's identity, so the suggested command always
+    # binds the service too; a placeholder is better than teaching operators the unsafe form.
+    bound.setdefault(SERVICE_TAG, ["<service>"])
+    parts += [f"--tag {k}={','.join(v)}" for k, v in sorted(bound.items())]
     parts.append("--valid-for 720h")
     return " ".join(parts)
 
@@ -230,8 +235,7 @@ class TokenVerifier:
     def _wrong_mesh(claimed: str, mesh: str, claims: DataplaneClaims | None) -> TokenError:
         name = claims.name if claims else "<dataplane>"
         return TokenError("mesh", f"token was issued for mesh {claimed} but the dataplane is in mesh {mesh}; "
-                                  f"generate one for this mesh with `dpagent token generate --name {name} --mesh "
-                                  f"{mesh} --valid-for 720h`")
+                                  f"generate one for this mesh with `{generate_command(name, mesh)}`")
 
 
 def _claims(payload: Mapping[str, Any]) -> DataplaneClaims:
@@ -281,6 +285,9 @@ def check_dataplane_matches(claims: DataplaneClaims, *, name: str, mesh: str, ta
                                      f"`{cmd}`")
         extra = sorted(set(values) - set(allowed))
         if extra:
+            # No ready-made command here: the Dataplane is the untrusted side, and a command built from its tags
+            # would approve exactly the impersonation this check has just stopped.
             raise TokenError("tags", f"dataplane tag {key} has value(s) {', '.join(extra)} that the token does not "
-                                     f"allow (token allows {key}: {', '.join(allowed) or 'none'}); generate a token "
-                                     f"with `{cmd}`")
+                                     f"allow (token allows {key}: {', '.join(allowed) or 'none'}); correct the "
+                                     f"Dataplane's {key} tag, or, only if this host really runs "
+                                     f"{', '.join(extra)}, have an operator issue it a token that lists them")

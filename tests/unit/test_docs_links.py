@@ -14,10 +14,6 @@ from urllib.parse import unquote
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Pages written in parallel on other branches; they exist once those are merged. The integrator deletes this
-# constant (and its use in `check`) after merging, so a missing page fails again from then on.
-EXPECTED_LATER = frozenset({"docs/kuma-compatibility.md", "docs/air-gapped-install.md"})
-
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1")
 _INLINE_LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*<?([^)\s>]*)>?(?:\s+\"[^\"]*\")?\s*\)")
@@ -74,7 +70,7 @@ def anchors(text: str) -> set[str]:
     return found
 
 
-def check(root: Path, files: Iterable[Path], expected_later: frozenset[str] = EXPECTED_LATER) -> list[str]:
+def check(root: Path, files: Iterable[Path]) -> list[str]:
     """Every problem as `file:line: link: why`."""
     problems = []
     for doc in files:
@@ -95,8 +91,7 @@ def check(root: Path, files: Iterable[Path], expected_later: frozenset[str] = EX
                 problems.append(f"{where}: leaves the repository")
                 continue
             if not dest.exists():
-                if rel not in expected_later:
-                    problems.append(f"{where}: {rel} does not exist")
+                problems.append(f"{where}: {rel} does not exist")
                 continue
             if anchor and dest.suffix == ".md" and anchor not in anchors(dest.read_text()):
                 problems.append(f"{where}: {rel} has no heading with anchor #{anchor}")
@@ -135,12 +130,12 @@ def test_checker_reports_each_kind_of_broken_link(tmp_path: Path) -> None:
         "[fine](docs/ok.md#step-3-do-it-now) [dup](docs/ok.md#step-3-do-it-now-1) [self](#readme)\n"
         "# README\n"
         "[gone](docs/missing.md) [escape](../outside.md) [anchor](docs/ok.md#nope) [abs](/docs/ok.md)\n"
-        "![img](docs/nothing.png) [later](docs/later.md) [web](https://example.com/x.md)\n"
+        "![img](docs/nothing.png) [web](https://example.com/x.md)\n"
         "`[in code](docs/nowhere.md)`\n"
         "```\n[fenced](docs/nowhere.md)\n```\n"
         "[ref]: docs/also-missing.md\n"
     )
-    problems = check(tmp_path, [page], expected_later=frozenset({"docs/later.md"}))
+    problems = check(tmp_path, [page])
     assert problems == [
         "README.md:3: docs/missing.md: docs/missing.md does not exist",
         "README.md:3: ../outside.md: leaves the repository",

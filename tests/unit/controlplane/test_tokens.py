@@ -285,9 +285,16 @@ def test_matches_missing_tag() -> None:
 
 def test_matches_every_dataplane_value_must_be_allowed() -> None:
     with pytest.raises(TokenError, match=r"tag svc has value\(s\) admin that the token does not allow "
-                                         r"\(token allows svc: web\).*--tag svc=admin,web"):
+                                         r"\(token allows svc: web\); correct the Dataplane's svc tag") as err:
         tokens.check_dataplane_matches(_claims(tags={"svc": ["web"]}), name="web-1", mesh="default",
                                        tags={"svc": {"web", "admin"}})
+    # The refused side must not be handed a command that would approve the identity it just tried to claim.
+    assert "token generate" not in str(err.value)
+
+
+def test_suggested_commands_always_bind_the_service() -> None:
+    assert "--tag kuma.io/service=<service>" in tokens.generate_command("web-1", "default")
+    assert "--tag kuma.io/service=web " in tokens.generate_command("web-1", "default", {"kuma.io/service": ["web"]})
 
 
 _word = st.text("abcdefgh-", min_size=1, max_size=6)
