@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from dpagent.errors import ConfigError, EnvoyError
+from dpagent.errors import ConfigError, ControlPlaneRejected, EnvoyError
 
 DATAPLANE = """\
 type: Dataplane
@@ -137,8 +137,12 @@ def run_demo(base_port: int = 20000, api_port: int = 5681, dp_port: int = 5678, 
              f"  outbound:\n  - port: {p['web_out']}\n    tags:\n      kuma.io/service: backend\n", base_port + 22),
         ]
         for name, service, inbound, app, outbound, readiness in agents:
-            token = subprocess.run([*exe, "token", "generate", "--name", name, "--valid-for", "24h",
-                                    "--api-address", api], capture_output=True, text=True, env=env, check=True)
+            token = subprocess.run([*exe, "token", "generate", "--name", name, "--tag",
+                                    f"kuma.io/service={service}", "--valid-for", "24h", "--api-address", api],
+                                   capture_output=True, text=True, env=env)
+            if token.returncode != 0:
+                raise ControlPlaneRejected(f"generating the token of {name} failed (exit {token.returncode}): "
+                                           f"{token.stderr.strip() or token.stdout.strip()}\n{_tail(procs[0], 10)}")
             tok = work / f"{name}.token"
             tok.write_text(token.stdout.strip())
             tok.chmod(0o600)

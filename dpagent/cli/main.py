@@ -73,11 +73,15 @@ def version_cmd(binary_path: str) -> None:
 @cli.command("demo")
 @click.option("--base-port", default=20000, show_default=True, help="first of the demo's service ports")
 @click.option("--seconds", default=0.0, help="stop after this many seconds (0: run until Ctrl-C)")
-def demo_cmd(base_port: int, seconds: float) -> None:
+@click.option("--api-port", default=5681, show_default=True, help="the demo control plane's REST API port")
+@click.option("--dp-server-port", default=5678, show_default=True, help="the demo control plane's DP server port")
+@click.option("--xds-port", default=5679, show_default=True, help="the demo control plane's ADS port")
+def demo_cmd(base_port: int, seconds: float, api_port: int, dp_server_port: int, xds_port: int) -> None:
     """Run a local control plane with two demo services and their agents (mTLS, real Envoys)."""
     from dpagent.demo import run_demo
 
-    sys.exit(run_demo(base_port=base_port, seconds=seconds))
+    sys.exit(run_demo(base_port=base_port, api_port=api_port, dp_port=dp_server_port, xds_port=xds_port,
+                      seconds=seconds))
 
 
 def main() -> None:
