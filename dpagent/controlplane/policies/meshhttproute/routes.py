@@ -86,8 +86,8 @@ def envoy_routes(entry: RouteEntry, destination: str, resolve: Resolve = resolve
         if redirect is not None:
             route.redirect.CopyFrom(_redirect(redirect, exact_twin))
         else:
-            route.route.CopyFrom(_action(backends, filters, exact_twin, resolve))
-            if any(r.kind == MESH_EXTERNAL_SERVICE for r in entry.conf.backend_refs or ()):
+            route.route.CopyFrom(_action([(c, w) for c, w, _ in backends], filters, exact_twin, resolve))
+            if any(external for _, _, external in backends):  # an external host expects its own name
                 route.route.auto_host_rewrite.value = True
         for f in filters:
             if f.type == REQUEST_HEADER_MODIFIER and f.request_header_modifier is not None:
@@ -98,14 +98,16 @@ def envoy_routes(entry: RouteEntry, destination: str, resolve: Resolve = resolve
     return out
 
 
-def _backends(refs: Sequence[BackendRef] | None, destination: str, resolve: Resolve) -> list[tuple[str, int]]:
+def _backends(refs: Sequence[BackendRef] | None, destination: str,
+              resolve: Resolve) -> list[tuple[str, int, bool]]:
+    """(cluster, weight, is external) of every usable backend: zero weights and unresolvable refs are dropped."""
     if not refs:
-        return [(destination, DEFAULT_WEIGHT)]
+        return [(destination, DEFAULT_WEIGHT, False)]
     out = []
     for ref in refs:
         cluster = resolve(ref)
         if cluster is not None and ref.weight > 0:
-            out.append((cluster, ref.weight))
+            out.append((cluster, ref.weight, ref.kind == MESH_EXTERNAL_SERVICE))
     return out
 
 
