@@ -23,12 +23,6 @@ from dpagent.controlplane.policies.meshhttproute.api import (
     PATH_PREFIX,
     PREFIX,
     PRESENT,
-    REPLACE_FULL_PATH,
-    REQUEST_HEADER_MODIFIER,
-    REQUEST_MIRROR,
-    REQUEST_REDIRECT,
-    RESPONSE_HEADER_MODIFIER,
-    URL_REWRITE,
     BackendRef,
     Filter,
     HeaderModifier,
@@ -37,6 +31,14 @@ from dpagent.controlplane.policies.meshhttproute.api import (
     RequestMirror,
     RequestRedirect,
     URLRewrite,
+)
+from dpagent.controlplane.policies.meshhttproute.api_filters import (
+    REPLACE_FULL_PATH,
+    REQUEST_HEADER_MODIFIER,
+    REQUEST_MIRROR,
+    REQUEST_REDIRECT,
+    RESPONSE_HEADER_MODIFIER,
+    URL_REWRITE,
 )
 from dpagent.controlplane.policies.meshhttproute.ordering import RouteEntry
 from dpagent.controlplane.policies.meshroute import names

@@ -185,6 +185,12 @@ REFUSED: dict[str, tuple[dict[str, Any], set[str]]] = {
         {"type": "Exact", "name": "c"}]}]})]}),
                      {f"{R0}.matches[0].queryParams[1].name", f"{R0}.matches[0].queryParams[2].type",
                       f"{R0}.matches[0].queryParams[3].value"}),
+    "regex Envoy cannot run": (_doc({"to": [_to({"matches": [
+        {"path": {"type": "RegularExpression", "value": "^/(?=a)"},
+         "headers": [{"type": "RegularExpression", "name": "x", "value": "(a)\\1"}],
+         "queryParams": [{"type": "RegularExpression", "name": "q", "value": "(?<!x)y"}]}]})]}),
+                               {f"{R0}.matches[0].path.value", f"{R0}.matches[0].headers[0].value",
+                                f"{R0}.matches[0].queryParams[0].value"}),
     "filter type": (_filters({"type": "Fault"}, {"type": "URLRewrite"}),
                     {f"{F0}.type", f"{R0}.default.filters[1].urlRewrite"}),
     "filter wrong sub-object": (_filters({"type": "URLRewrite", "urlRewrite": {"hostname": "a.b"},
