@@ -18,7 +18,16 @@ from typing import Any
 import msgspec
 
 from dpagent.controlplane.policies.merge import merge_confs
-from dpagent.controlplane.policies.meshhttproute.api import EXACT, PATH_PREFIX, Match, PathMatch, Rule, RuleConf
+from dpagent.controlplane.policies.meshhttproute.api import (
+    EXACT,
+    PATH_PREFIX,
+    Match,
+    MeshHTTPRoute,
+    PathMatch,
+    Rule,
+    RuleConf,
+)
+from dpagent.controlplane.policies.meshroute.refs import names_legacy_service
 
 CATCH_ALL = Match(path=PathMatch(type=PATH_PREFIX, value="/"))
 _PATH_RANK = {EXACT: 0, PATH_PREFIX: 1}  # RegularExpression (and anything else) ranks last
@@ -36,6 +45,12 @@ class RouteEntry:
 
 def _key(matches: tuple[Match, ...]) -> bytes:
     return msgspec.json.encode(matches)
+
+
+def destination_rules(policies: Sequence[MeshHTTPRoute], service: str) -> list[tuple[Rule, ...]]:
+    """The `to[].rules` lists that reach the legacy destination `service`, in the policies' order (pass them
+    lowest priority first)."""
+    return [to.rules for p in policies for to in p.spec.to if names_legacy_service(to.target_ref, service)]
 
 
 def merge_rules(rule_lists: Sequence[Sequence[Rule]]) -> list[Rule]:

@@ -30,6 +30,7 @@ from dpagent.controlplane.policies.meshhttproute.api import (
     PathRewrite,
     RequestMirror,
     RequestRedirect,
+    Rule,
     URLRewrite,
 )
 from dpagent.controlplane.policies.meshhttproute.api_filters import (
@@ -40,7 +41,7 @@ from dpagent.controlplane.policies.meshhttproute.api_filters import (
     RESPONSE_HEADER_MODIFIER,
     URL_REWRITE,
 )
-from dpagent.controlplane.policies.meshhttproute.ordering import RouteEntry
+from dpagent.controlplane.policies.meshhttproute.ordering import RouteEntry, merge_rules, route_entries
 from dpagent.controlplane.policies.meshroute import names
 from dpagent.controlplane.policies.meshroute.backends import resolve_legacy
 from dpagent.controlplane.policies.meshroute.refs import MESH_EXTERNAL_SERVICE
@@ -50,6 +51,14 @@ DEFAULT_WEIGHT = 100  # the destination itself, when a rule names no backends
 _CODES = {301: rc.RedirectAction.MOVED_PERMANENTLY, 302: rc.RedirectAction.FOUND, 303: rc.RedirectAction.SEE_OTHER,
           307: rc.RedirectAction.TEMPORARY_REDIRECT, 308: rc.RedirectAction.PERMANENT_REDIRECT}
 _WHOLE_PATH = ".*"
+
+
+def outbound_routes(name: str, service: str, rule_lists: Sequence[Sequence[Rule]], destination: str,
+                    resolve: Resolve = resolve_legacy) -> tuple[route_pb2.RouteConfiguration, list[BackendRef]]:
+    """The whole HTTP route step for one outbound: merge the matched policies' rules (lowest priority first),
+    order them, build the RouteConfiguration; also returns the backendRefs whose clusters must exist."""
+    entries = route_entries(merge_rules(rule_lists))
+    return route_configuration(name, service, entries, destination, resolve), clusters_used(entries)
 
 
 def route_configuration(name: str, service: str, entries: Sequence[RouteEntry], destination: str,

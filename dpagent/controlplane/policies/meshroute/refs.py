@@ -90,6 +90,12 @@ class BackendRef(_S):
                                                     and not self.section_name and not self.labels)
 
 
+def names_legacy_service(ref: TargetRef, service: str) -> bool:
+    """Does a `to[].targetRef` reach the legacy destination `service`? Only a MeshService ref by name without
+    `sectionName` or labels names a `kuma.io/service` (§14); refs to real resources wait until this CP has them."""
+    return ref.kind == MESH_SERVICE and ref.name == service and not ref.section_name and not ref.labels
+
+
 def _given(value: Any) -> bool:
     return value not in (None, "", {}, [])
 

@@ -13,14 +13,31 @@ from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from dpagent.controlplane.policies.meshroute.backends import resolve_legacy
-from dpagent.controlplane.policies.meshroute.refs import BackendRef
-from dpagent.controlplane.policies.meshtcproute.api import Rule
+from dpagent.controlplane.policies.meshroute.refs import BackendRef, names_legacy_service
+from dpagent.controlplane.policies.meshtcproute.api import MeshTCPRoute, Rule
 from dpagent.controlplane.xds.builders.core import pack
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
 DEFAULT_WEIGHT = 1
 
 Resolve = Callable[[BackendRef], "str | None"]
+
+
+def destination_rules(policies: Sequence[MeshTCPRoute], service: str) -> list[tuple[Rule, ...]]:
+    """The `to[].rules` lists that reach the legacy destination `service`, in the policies' order (pass them
+    lowest priority first)."""
+    return [to.rules for p in policies for to in p.spec.to if names_legacy_service(to.target_ref, service)]
+
+
+def outbound_tcp_proxy(stat_prefix: str, rule_lists: Sequence[Sequence[Rule]], destination: str,
+                       resolve: Resolve = resolve_legacy,
+                       ) -> tuple[listener_components_pb2.Filter | None, list[BackendRef]]:
+    """The whole TCP route step for one outbound: the tcp_proxy (None when no backend is usable) and the
+    backendRefs whose clusters must exist."""
+    rule = effective_rule(rule_lists)
+    weighted = backends(rule, destination, resolve)
+    refs = list(rule.default.backend_refs) if rule is not None else []
+    return (tcp_proxy(stat_prefix, weighted) if weighted else None), refs
 
 
 def effective_rule(rule_lists: Sequence[Sequence[Rule]]) -> Rule | None:

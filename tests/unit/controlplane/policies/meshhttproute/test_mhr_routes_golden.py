@@ -10,8 +10,8 @@ import pytest
 from route_testlib import assert_golden, bootstrap, envoy_validate, hcm, static_clusters, to_plain
 
 from dpagent.controlplane.policies.meshhttproute.api import parse_meshhttproute
-from dpagent.controlplane.policies.meshhttproute.ordering import merge_rules, route_entries
-from dpagent.controlplane.policies.meshhttproute.routes import clusters_used, route_configuration
+from dpagent.controlplane.policies.meshhttproute.ordering import destination_rules
+from dpagent.controlplane.policies.meshhttproute.routes import outbound_routes
 from dpagent.controlplane.policies.meshroute.backends import backend_resources
 from dpagent.controlplane.policies.meshroute.refs import BackendRef
 from dpagent.model.dataplane import parse_dataplane
@@ -106,6 +106,11 @@ CASES: dict[str, list[dict[str, Any]]] = {
               {"matches": [{"path": {"type": "Exact", "value": "/a/exact"}}], "default": {}},
               {"matches": prefix("/a"), "default": {"filters": [{"type": "RequestHeaderModifier",
                                                                  "requestHeaderModifier": {"remove": ["x-a"]}}]}}),
+        # entries for other destinations never reach this outbound
+        route("elsewhere", {"matches": prefix("/a"), "default": {"backendRefs": [subset("v2")]}},
+              to={"kind": "MeshService", "name": "other"}),
+        route("real-resource", {"matches": prefix("/a"), "default": {"backendRefs": [subset("v2")]}},
+              to={"kind": "MeshService", "name": SERVICE, "sectionName": "http"}),
     ],
     "dropped_backends": [route(
         "dropped",
@@ -120,9 +125,8 @@ CASES: dict[str, list[dict[str, Any]]] = {
 
 def build(case: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     policies = [parse_meshhttproute(p) for p in CASES[case]]
-    entries = route_entries(merge_rules([p.spec.to[0].rules for p in policies]))
-    rc = route_configuration(f"outbound:{SERVICE}", SERVICE, entries, SERVICE)
-    refs = [BackendRef(kind="MeshService", name=SERVICE), *clusters_used(entries)]
+    rc, used = outbound_routes(f"outbound:{SERVICE}", SERVICE, destination_rules(policies, SERVICE), SERVICE)
+    refs = [BackendRef(kind="MeshService", name=SERVICE), *used]
     clusters, assignments = backend_resources(refs, DATAPLANES, mesh="default", mtls=False,
                                               protocols={SERVICE: "http", "shadow": "http"})
     return rc, clusters, assignments

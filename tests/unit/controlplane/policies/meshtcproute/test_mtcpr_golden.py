@@ -12,7 +12,14 @@ from route_testlib import assert_golden, bootstrap, envoy_validate, static_clust
 from dpagent.controlplane.policies.meshroute.backends import backend_resources
 from dpagent.controlplane.policies.meshroute.refs import BackendRef
 from dpagent.controlplane.policies.meshtcproute.api import parse_meshtcproute
-from dpagent.controlplane.policies.meshtcproute.tcp import backends, effective_rule, tcp_proxy, uses_tcp_route
+from dpagent.controlplane.policies.meshtcproute.tcp import (
+    backends,
+    destination_rules,
+    effective_rule,
+    outbound_tcp_proxy,
+    tcp_proxy,
+    uses_tcp_route,
+)
 from dpagent.model.dataplane import parse_dataplane
 
 TESTDATA = Path(__file__).parent / "testdata"
@@ -49,18 +56,20 @@ CASES: dict[str, list[dict[str, Any]]] = {
         {"kind": "MeshExternalService", "name": "pg-cloud", "weight": 5}])],
     "highest_priority_first_rule_wins": [
         route("zz-low", SPLIT),
-        route("aa-high", [{"kind": "MeshService", "name": "db-replica"}], [{"kind": "MeshService", "name": "db"}])],
+        route("aa-high", [{"kind": "MeshService", "name": "db-replica"}], [{"kind": "MeshService", "name": "db"}]),
+        {"type": "MeshTCPRoute", "name": "elsewhere", "mesh": "default", "spec": {"to": [
+            {"targetRef": {"kind": "MeshService", "name": "cache"},
+             "rules": [{"default": {"backendRefs": [{"kind": "MeshService", "name": "cache"}]}}]}]}}],
 }
 
 
 def build(case: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     policies = [parse_meshtcproute(p) for p in CASES[case]]
-    rule = effective_rule([p.spec.to[0].rules for p in policies])
-    weighted = backends(rule, "db")
-    refs = [BackendRef(kind="MeshService", name="db"), *(rule.default.backend_refs if rule else ())]
-    clusters, assignments = backend_resources(refs, DATAPLANES, mesh="default", mtls=False,
-                                              protocols={"db": "tcp", "db-replica": "tcp"})
-    return tcp_proxy("outbound_db", weighted), clusters, assignments
+    flt, used = outbound_tcp_proxy("outbound_db", destination_rules(policies, "db"), "db")
+    assert flt is not None
+    clusters, assignments = backend_resources([BackendRef(kind="MeshService", name="db"), *used], DATAPLANES,
+                                              mesh="default", mtls=False, protocols={"db": "tcp", "db-replica": "tcp"})
+    return flt, clusters, assignments
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -84,6 +93,7 @@ def test_nothing_usable_means_no_tcp_proxy() -> None:
     assert backends(rule, "db") == []
     with pytest.raises(ValueError, match="at least one backend"):
         tcp_proxy("outbound_db", [])
+    assert outbound_tcp_proxy("outbound_db", [(rule,)] if rule else [], "db")[0] is None
 
 
 def test_http_route_takes_priority_over_tcp_route() -> None:
