@@ -102,11 +102,17 @@ def test_mirror_fraction(pct: Any, num: int, den: int) -> None:
     assert (f.numerator, f.denominator) == (num, den)
 
 
-def _listener() -> listener_pb2.Listener:
+def _listener(*chains: str) -> listener_pb2.Listener:
     cfg = hcm_pb2.HttpConnectionManager(stat_prefix="keep")
     cfg.route_config.name = "old"
     return listener_pb2.Listener(name="l", filter_chains=[listener_components_pb2.FilterChain(
-        filters=[listener_components_pb2.Filter(name=HCM, typed_config=pack(cfg))])])
+        name=c, filters=[listener_components_pb2.Filter(name=HCM, typed_config=pack(cfg))]) for c in chains or ("",)])
+
+
+def _route_name(chain: listener_components_pb2.FilterChain) -> str:
+    cfg = hcm_pb2.HttpConnectionManager()
+    chain.filters[0].typed_config.Unpack(cfg)
+    return cfg.route_config.name
 
 
 def test_listener_edits_return_copies() -> None:
@@ -120,3 +126,12 @@ def test_listener_edits_return_copies() -> None:
     tcp = with_tcp_proxy(original, tcp_proxy("outbound_s", [("s", 1)]))
     assert [f.name for f in tcp.filter_chains[0].filters] == ["envoy.filters.network.tcp_proxy"]
     assert original.SerializeToString(deterministic=True) == before
+
+
+def test_listener_edits_can_target_one_capture_chain() -> None:
+    capture = _listener("outbound:a:80", "outbound:b:80")
+    rc = route_configuration("outbound:b", "b", route_entries([]), "b")
+    edited = with_route_config(capture, rc, chains={"outbound:b:80"})
+    assert [_route_name(c) for c in edited.filter_chains] == ["old", "outbound:b"]
+    tcp = with_tcp_proxy(capture, tcp_proxy("outbound_a", [("a", 1)]), chains={"outbound:a:80"})
+    assert [c.filters[0].name for c in tcp.filter_chains] == ["envoy.filters.network.tcp_proxy", HCM]
