@@ -138,10 +138,16 @@ class Subscription:
         if self._closed or self.overflowed:
             return
         if len(self._queue) >= self._max_pending:
-            self.overflowed = True
-            self._queue.clear()
+            self._overflow()
         else:
             self._queue.append(event)
+            self._wake()
+
+    def _overflow(self) -> None:
+        if self._closed:
+            return
+        self.overflowed = True
+        self._queue.clear()
         self._wake()
 
     def _wake(self) -> None:
@@ -216,6 +222,11 @@ class Hub:
         for sub in list(self._subs):
             for event in events:
                 sub._push(event)
+
+    def overflow_all(self) -> None:
+        """Events may have been missed (a backend lost its change feed): every consumer must resync and reload."""
+        for sub in list(self._subs):
+            sub._overflow()
 
     def close_all(self) -> None:
         for sub in list(self._subs):
