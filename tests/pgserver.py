@@ -138,9 +138,10 @@ class PgServer:
 
 
 def store_config(server: PgServer, database: str, **overrides: object) -> PostgresConfig:
-    return PostgresConfig(host=server.host, port=server.port, user=server.user, password=server.password,
-                          db_name=database, max_open_connections=10, min_open_connections=1,
-                          **overrides)  # type: ignore[arg-type]
+    fields: dict[str, object] = {"host": server.host, "port": server.port, "user": server.user,
+                                 "password": server.password, "db_name": database, "max_open_connections": 10,
+                                 "min_open_connections": 1}
+    return PostgresConfig(**{**fields, **overrides})  # type: ignore[arg-type]
 
 
 async def open_pg_store(server: PgServer, database: str, **kwargs: object) -> PostgresStore:

@@ -26,7 +26,8 @@ from dpagent.controlplane.dpserver import DpServer
 from dpagent.controlplane.identity import INSIGHT, Issuer
 from dpagent.controlplane.resources import Resources
 from dpagent.controlplane.settings import CpConfig
-from dpagent.controlplane.store import ResourceStore, SqliteStore
+from dpagent.controlplane.store import ResourceStore
+from dpagent.controlplane.store.backends import open_store
 from dpagent.controlplane.tokens import TokenError
 from dpagent.controlplane.xds.cache import SnapshotCache
 from dpagent.controlplane.xds.server import AdsServer, StreamError, serve
@@ -156,7 +157,7 @@ class ControlPlane:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         async with contextlib.AsyncExitStack() as stack:
-            store = await SqliteStore.open(str(data_dir / "store.db"))
+            store = await open_store(cfg)
             stack.push_async_callback(store.close)
             self.store = store
             cp_ca, cert, key = await asyncio.to_thread(ensure_cp_tls, data_dir, cfg.hostnames)

@@ -38,9 +38,6 @@ class PostgresConfig:
         out = []
         if self.tls_mode not in TLS_MODES:
             out.append(f"store.postgres.tls.mode {self.tls_mode!r} is not one of {', '.join(TLS_MODES)}")
-        if self.tls_mode in ("verifyCa", "verifyFull") and not self.tls_ca_path:
-            out.append(f"store.postgres.tls.mode {self.tls_mode} needs store.postgres.tls.caPath "
-                       "(KUMA_STORE_POSTGRES_TLS_CA_PATH) to verify the server against")
         if bool(self.tls_cert_path) != bool(self.tls_key_path):
             out.append("store.postgres.tls.certPath and store.postgres.tls.keyPath go together (client certificate "
                        "and its key); set both or neither")
@@ -55,7 +52,8 @@ class PostgresConfig:
         return out
 
     def ssl_context(self) -> ssl.SSLContext | bool:
-        """What asyncpg's `ssl=` takes: False for plaintext, else a context doing the mode's amount of checking."""
+        """What asyncpg's `ssl=` takes: False for plaintext, else a context doing the mode's amount of checking
+        (against caPath, or the system's trust store when caPath is empty)."""
         if self.tls_mode == "disable":
             return False
         try:
