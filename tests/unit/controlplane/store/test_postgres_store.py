@@ -134,7 +134,10 @@ async def test_create_if_absent_across_replicas_has_one_winner(replicas: tuple[P
     assert (await a.get("Secret", "m", "ca")).doc == winners[0].doc
 
 
-async def test_writes_made_outside_dpagent_are_events(pg_server: PgServer, replicas: tuple[PostgresStore, PostgresStore],
+Replicas = tuple[PostgresStore, PostgresStore]
+
+
+async def test_writes_made_outside_dpagent_are_events(pg_server: PgServer, replicas: Replicas,
                                                       pg_database: str) -> None:
     a, _ = replicas
     sub = await a.subscribe()
