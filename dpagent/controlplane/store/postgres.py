@@ -123,6 +123,8 @@ class PostgresStore:
     ) -> Record:
         check_key(kind, mesh, name)
         text = encode_doc(doc)
+        if version is not None:
+            await self._precheck(kind, mesh, name, version)
 
         async def body(conn: asyncpg.Connection) -> Record:
             old = await conn.fetchrow(f"SELECT version, created FROM resources WHERE {_KEY} FOR UPDATE",
@@ -134,6 +136,15 @@ class PostgresStore:
             return await self._replace(conn, kind, mesh, name, text, old[0], old[1])
 
         return await self._write(body)
+
+    async def _precheck(self, kind: str, mesh: str, name: str, version: int) -> None:
+        """Fail a stale compare-and-swap without queueing for the write lock: under contention most attempts are
+        stale, and each would otherwise wait its turn just to be rejected. The check is repeated under the lock."""
+        rows = await self._fetch(f"SELECT version FROM resources WHERE {_KEY}", kind, mesh, name)
+        if not rows:
+            raise not_found_error(kind, mesh, name)
+        if rows[0][0] != version:
+            raise version_error(kind, mesh, name, version, rows[0][0])
 
     async def upsert(self, kind: str, mesh: str, name: str, doc: dict[str, Any]) -> Record:
         check_key(kind, mesh, name)
@@ -183,6 +194,9 @@ class PostgresStore:
         return int(rows[0][0])
 
     async def delete(self, kind: str, mesh: str, name: str, *, version: int | None = None) -> Record:
+        if version is not None:
+            await self._precheck(kind, mesh, name, version)
+
         async def body(conn: asyncpg.Connection) -> Record:
             old = await conn.fetchrow(f"SELECT {_COLUMNS} FROM resources WHERE {_KEY} FOR UPDATE", kind, mesh, name)
             if old is None:
