@@ -96,10 +96,17 @@ class PgServer:
         self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", self.user, f"--pwfile={pwfile}",
                   "-E", "UTF8", "--no-locale", "--auth-host=scram-sha-256", "--auth-local=trust", "--no-sync")
         pwfile.unlink()
+        self.start_server()
+
+    def start_server(self) -> None:
         opts = (f"-c listen_addresses={self.host} -p {self.port} -c unix_socket_directories={self.root} "
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
                   "-o", opts, "-w", "-t", "60", "start")
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """Stop without removing the data: `start_server()` brings the same cluster back (a restart/failover)."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
 
     @property
     def data(self) -> Path:

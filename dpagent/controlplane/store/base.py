@@ -53,6 +53,10 @@ class StoreClosed(DpAgentError):
     """Raised by any call after `close()`: a late caller is a shutdown-ordering bug and should say so loudly."""
 
 
+class StoreUnavailable(DpAgentError):
+    """A networked store (PostgreSQL) could not be reached or dropped the connection mid-call."""
+
+
 class SubscriptionOverflow(DpAgentError):
     """The consumer fell more than `max_pending` events behind; its view is stale and it must resync.
 

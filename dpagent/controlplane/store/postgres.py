@@ -24,6 +24,7 @@ from dpagent.controlplane.store.base import (
     Hub,
     Record,
     StoreClosed,
+    StoreUnavailable,
     Subscription,
     check_key,
     check_page,
@@ -37,6 +38,9 @@ from dpagent.controlplane.store.pgconfig import PostgresConfig
 from dpagent.controlplane.store.pglisten import ChangeListener
 
 T = TypeVar("T")
+#: What a dropped or refused connection raises; query errors (a bug, a constraint) pass through unchanged.
+_CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                      asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError)
 _COLUMNS = "kind, mesh, name, version, doc, created, modified"
 _KEY = "kind = $1 AND mesh = $2 AND name = $3"
 
@@ -87,17 +91,25 @@ class PostgresStore:
     async def _write(self, body: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run `body` in one transaction holding the counter lock; return after this replica published it."""
         self._check_open()
-        async with self._pool.acquire() as conn, conn.transaction():
-            start = await conn.fetchval("SELECT value FROM counters WHERE name = 'revision' FOR UPDATE")
-            result = await body(conn)
-            end = await conn.fetchval("SELECT value FROM counters WHERE name = 'revision'")
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                start = await conn.fetchval("SELECT value FROM counters WHERE name = 'revision' FOR UPDATE")
+                result = await body(conn)
+                end = await conn.fetchval("SELECT value FROM counters WHERE name = 'revision'")
+        except _CONNECTION_ERRORS as e:
+            raise StoreUnavailable(f"the PostgreSQL store {self.cfg.describe()} is unreachable ({e or type(e).__name__}"
+                                   "); the write may or may not have been applied: read it back, then retry") from e
         if end > start:
             await self.listener.wait_for(end)
         return result
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         self._check_open()
-        return await self._pool.fetch(sql, *args)
+        try:
+            return await self._pool.fetch(sql, *args)
+        except _CONNECTION_ERRORS as e:
+            raise StoreUnavailable(f"the PostgreSQL store {self.cfg.describe()} is unreachable "
+                                   f"({e or type(e).__name__}); retry when it is back") from e
 
     # ---- ResourceStore ---------------------------------------------------------------------------------------
 

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from pgserver import PgServer, open_pg_store, store_config
+from pgserver import PgServer, PgUnavailable, open_pg_store, store_config
 
-from dpagent.controlplane.store import ChangeEvent, SubscriptionOverflow
+from dpagent.controlplane.store import ChangeEvent, StoreUnavailable, SubscriptionOverflow
 from dpagent.controlplane.store.pgschema import MIGRATIONS, migrate_up
 from dpagent.controlplane.store.postgres import PostgresStore
 from dpagent.errors import ConfigError, Conflict
@@ -182,3 +182,42 @@ async def test_lost_listener_becomes_overflow_and_recovers(pg_server: PgServer,
     await b.create("Dataplane", "default", "after", {})
     got = await events(sub, 1)
     assert got[0].name == "after" and got[0].revision == await b.revision()
+
+
+async def test_server_restart_is_unavailable_then_resync_then_live_again() -> None:
+    """A server of its own, since this one goes down: calls fail with StoreUnavailable (never hang), the
+    listener's loss reaches subscribers as an overflow, and after the restart writes and events flow again."""
+    try:
+        server = await asyncio.to_thread(PgServer.start)
+    except PgUnavailable as e:
+        pytest.skip(str(e))
+    try:
+        database = await server.create_database()
+        store = await open_pg_store(server, database)
+        store.listener.ping_interval = 0.2
+        try:
+            sub = await store.subscribe()
+            await store.create("Mesh", "", "before", {})
+            await events(sub, 1)
+            await asyncio.to_thread(server.stop_server)
+            with pytest.raises(StoreUnavailable, match="is unreachable"):
+                await asyncio.wait_for(store.get("Mesh", "", "before"), 10)
+            with pytest.raises(SubscriptionOverflow):
+                await asyncio.wait_for(anext(sub), 5)
+            sub.resync()
+            await asyncio.to_thread(server.start_server)
+            for _ in range(200):
+                if store.listener.listening:
+                    break
+                await asyncio.sleep(0.05)
+            assert store.listener.listening
+            if sub.overflowed:  # the second overflow, sent once LISTEN was active again
+                sub.resync()
+            rec = await asyncio.wait_for(store.create("Mesh", "", "after", {}), 10)
+            got = await events(sub, 1)
+            assert (got[0].name, got[0].revision) == ("after", 2) and rec.version == 1
+            assert (await store.get("Mesh", "", "before")) is not None
+        finally:
+            await store.close()
+    finally:
+        await asyncio.to_thread(server.stop)
