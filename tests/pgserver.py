@@ -56,9 +56,10 @@ class PgServer:
     host: str = "127.0.0.1"
     user: str = SUPERUSER
     _run_as: tuple[str, ...] = ()
+    tls: dict[str, bytes] | None = None  # {"cert", "key"} PEMs: serve TLS and refuse plaintext TCP logins
 
     @classmethod
-    def start(cls) -> PgServer:
+    def start(cls, tls: dict[str, bytes] | None = None) -> PgServer:
         bindir = find_bindir()
         run_as: tuple[str, ...] = ()
         root = Path(tempfile.mkdtemp(prefix="dpagent-pg-"))
@@ -71,7 +72,7 @@ class PgServer:
                                     "(Debian's postgresql package creates it)") from None
             os.chown(root, pw.pw_uid, pw.pw_gid)
             run_as = ("runuser", "-u", "postgres", "--")
-        server = cls(bindir, root, free_port(), secrets.token_hex(12), _run_as=run_as)
+        server = cls(bindir, root, free_port(), secrets.token_hex(12), _run_as=run_as, tls=tls)
         try:
             server._init_and_start()
         except BaseException:
@@ -86,21 +87,33 @@ class PgServer:
             tail = log.read_text()[-2000:] if log.exists() else ""
             raise PgUnavailable(f"{Path(args[0]).name} failed ({proc.returncode}): {proc.stderr.strip()} {tail}")
 
-    def _init_and_start(self) -> None:
-        pwfile = self.root / "pwfile"
-        pwfile.write_text(self.password + "\n")
+    def _private_file(self, name: str, data: bytes) -> Path:
+        """A 0600 file the server's user owns (PostgreSQL refuses a key file others can read)."""
+        path = self.root / name
+        path.write_bytes(data)
         if self._run_as:
             pw = pwd.getpwnam("postgres")
-            os.chown(pwfile, pw.pw_uid, pw.pw_gid)
-        pwfile.chmod(0o600)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        path.chmod(0o600)
+        return path
+
+    def _init_and_start(self) -> None:
+        pwfile = self._private_file("pwfile", (self.password + "\n").encode())
         self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", self.user, f"--pwfile={pwfile}",
                   "-E", "UTF8", "--no-locale", "--auth-host=scram-sha-256", "--auth-local=trust", "--no-sync")
         pwfile.unlink()
+        if self.tls is not None:
+            self._private_file("server.crt", self.tls["cert"])
+            self._private_file("server.key", self.tls["key"])
+            (self.data / "pg_hba.conf").write_text("local all all trust\n"
+                                                   f"hostssl all all {self.host}/32 scram-sha-256\n")
         self.start_server()
 
     def start_server(self) -> None:
         opts = (f"-c listen_addresses={self.host} -p {self.port} -c unix_socket_directories={self.root} "
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        if self.tls is not None:
+            opts += f" -c ssl=on -c ssl_cert_file={self.root}/server.crt -c ssl_key_file={self.root}/server.key"
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
                   "-o", opts, "-w", "-t", "60", "start")
 
@@ -114,7 +127,7 @@ class PgServer:
 
     def connect_kwargs(self, database: str = "postgres") -> dict[str, object]:
         return {"host": self.host, "port": self.port, "user": self.user, "password": self.password,
-                "database": database}
+                "database": database, **({"ssl": "require"} if self.tls else {})}
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():

@@ -11,6 +11,7 @@ it with `pg_notify`, so every replica (and any write made by hand in psql) produ
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 import asyncpg
@@ -83,6 +84,12 @@ def connect_error(cfg: PostgresConfig, exc: BaseException) -> ConfigError:
     elif isinstance(exc, TimeoutError | asyncio.TimeoutError):
         why = (f"no answer within {cfg.connection_timeout:g}s; check store.postgres.host/port and "
                "store.postgres.connectionTimeout")
+    elif isinstance(exc, ssl.SSLError):
+        why = (f"TLS handshake failed ({exc.reason or exc}); check store.postgres.tls.mode and tls.caPath "
+               "(KUMA_STORE_POSTGRES_TLS_MODE, KUMA_STORE_POSTGRES_TLS_CA_PATH)")
+    elif isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError) and "no encryption" in str(exc):
+        why = (f"the server accepts only TLS connections ({exc}); set store.postgres.tls.mode "
+               "(KUMA_STORE_POSTGRES_TLS_MODE) to verifyFull, verifyCa or verifyNone")
     elif isinstance(exc, OSError):
         why = (f"cannot connect ({exc.strerror or exc}); is PostgreSQL running there? check store.postgres.host/"
                "port (KUMA_STORE_POSTGRES_HOST, KUMA_STORE_POSTGRES_PORT)")

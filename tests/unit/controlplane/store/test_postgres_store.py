@@ -8,10 +8,12 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 from pgserver import PgServer, PgUnavailable, open_pg_store, store_config
+from testlib import make_ca_and_server_cert
 
 from dpagent.controlplane.store import ChangeEvent, StoreUnavailable, SubscriptionOverflow
 from dpagent.controlplane.store.pgschema import MIGRATIONS, migrate_up
@@ -219,5 +221,31 @@ async def test_server_restart_is_unavailable_then_resync_then_live_again() -> No
             assert (await store.get("Mesh", "", "before")) is not None
         finally:
             await store.close()
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def test_tls_modes_against_a_tls_only_server(tmp_path: Path) -> None:
+    """verifyFull checks chain and name, verifyCa only the chain, verifyNone nothing; plaintext is refused."""
+    good = make_ca_and_server_cert(["127.0.0.1"])
+    other = make_ca_and_server_cert(["127.0.0.1"])
+    for name, pem in (("ca.pem", good["ca"]), ("other-ca.pem", other["ca"])):
+        (tmp_path / name).write_bytes(pem)
+    try:
+        server = await asyncio.to_thread(PgServer.start, good)
+    except PgUnavailable as e:
+        pytest.skip(str(e))
+    try:
+        database = await server.create_database()
+        await migrate_up(store_config(server, database, tls_mode="verifyFull", tls_ca_path=str(tmp_path / "ca.pem")))
+        for mode in ("verifyFull", "verifyCa", "verifyNone"):
+            cfg = store_config(server, database, tls_mode=mode, tls_ca_path=str(tmp_path / "ca.pem"))
+            async with await PostgresStore.open(cfg) as store:
+                await store.upsert("Mesh", "", mode, {})
+        with pytest.raises(ConfigError, match=r"TLS handshake failed.*CERTIFICATE_VERIFY_FAILED.*tls.caPath"):
+            await PostgresStore.open(store_config(server, database, tls_mode="verifyCa",
+                                                  tls_ca_path=str(tmp_path / "other-ca.pem")))
+        with pytest.raises(ConfigError, match=r"accepts only TLS connections.*set store.postgres.tls.mode"):
+            await PostgresStore.open(store_config(server, database, tls_mode="disable"))
     finally:
         await asyncio.to_thread(server.stop)
