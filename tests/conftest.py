@@ -5,16 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from pgserver import PgServer, PgUnavailable
+from pgserver import PgServer, start_or_skip
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """Started on first use only, so runs that touch no PostgreSQL test pay nothing."""
-    try:
-        server = PgServer.start()
-    except PgUnavailable as e:
-        pytest.skip(str(e))
+    server = start_or_skip()
     yield server
     server.stop()
 

@@ -31,7 +31,11 @@ SUPERUSER = "dpagent_test"
 
 
 class PgUnavailable(RuntimeError):
-    """Why no server can be started here (the fixture turns it into a skip with this reason)."""
+    """PostgreSQL is not installed here: a skip with this reason, except under CI, which must install it."""
+
+
+class PgFailed(RuntimeError):
+    """PostgreSQL is installed but initdb/pg_ctl failed: always a test error, never a skip."""
 
 
 def find_bindir() -> Path:
@@ -43,6 +47,19 @@ def find_bindir() -> Path:
             return Path(path)
     raise PgUnavailable("PostgreSQL server binaries (initdb, pg_ctl) not found; install Debian's `postgresql` "
                         "package (apt-get install postgresql) to run the PostgreSQL store tests")
+
+
+def start_or_skip(tls: dict[str, bytes] | None = None) -> PgServer:
+    """Start a server, or skip the test when PostgreSQL is not installed (fail instead under CI, which installs
+    Debian's `postgresql`: a silently skipped store backend is how a broken one lands)."""
+    import pytest
+
+    try:
+        return PgServer.start(tls)
+    except PgUnavailable as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must install PostgreSQL: {e}")
+        pytest.skip(str(e))
 
 
 @dataclass
@@ -62,7 +79,8 @@ class PgServer:
     def start(cls, tls: dict[str, bytes] | None = None) -> PgServer:
         bindir = find_bindir()
         run_as: tuple[str, ...] = ()
-        root = Path(tempfile.mkdtemp(prefix="dpagent-pg-"))
+        # Under /tmp rather than $TMPDIR: as root, the `postgres` user must be able to reach the directory.
+        root = Path(tempfile.mkdtemp(prefix="dpagent-pg-", dir="/tmp" if os.geteuid() == 0 else None))
         if os.geteuid() == 0:
             try:
                 pw = pwd.getpwnam("postgres")
@@ -85,7 +103,7 @@ class PgServer:
         if proc.returncode != 0:
             log = self.root / "server.log"
             tail = log.read_text()[-2000:] if log.exists() else ""
-            raise PgUnavailable(f"{Path(args[0]).name} failed ({proc.returncode}): {proc.stderr.strip()} {tail}")
+            raise PgFailed(f"{Path(args[0]).name} failed ({proc.returncode}): {proc.stderr.strip()} {tail}")
 
     def _private_file(self, name: str, data: bytes) -> Path:
         """A 0600 file the server's user owns (PostgreSQL refuses a key file others can read)."""

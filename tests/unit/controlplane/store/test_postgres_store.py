@@ -12,7 +12,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from pgserver import PgServer, PgUnavailable, open_pg_store, store_config
+from pgserver import PgServer, open_pg_store, start_or_skip, store_config
 from testlib import make_ca_and_server_cert
 
 from dpagent.controlplane.store import ChangeEvent, StoreUnavailable, SubscriptionOverflow
@@ -189,10 +189,7 @@ async def test_lost_listener_becomes_overflow_and_recovers(pg_server: PgServer,
 async def test_server_restart_is_unavailable_then_resync_then_live_again() -> None:
     """A server of its own, since this one goes down: calls fail with StoreUnavailable (never hang), the
     listener's loss reaches subscribers as an overflow, and after the restart writes and events flow again."""
-    try:
-        server = await asyncio.to_thread(PgServer.start)
-    except PgUnavailable as e:
-        pytest.skip(str(e))
+    server = await asyncio.to_thread(start_or_skip)
     try:
         database = await server.create_database()
         store = await open_pg_store(server, database)
@@ -231,10 +228,7 @@ async def test_tls_modes_against_a_tls_only_server(tmp_path: Path) -> None:
     other = make_ca_and_server_cert(["127.0.0.1"])
     for name, pem in (("ca.pem", good["ca"]), ("other-ca.pem", other["ca"])):
         (tmp_path / name).write_bytes(pem)
-    try:
-        server = await asyncio.to_thread(PgServer.start, good)
-    except PgUnavailable as e:
-        pytest.skip(str(e))
+    server = await asyncio.to_thread(start_or_skip, good)
     try:
         database = await server.create_database()
         await migrate_up(store_config(server, database, tls_mode="verifyFull", tls_ca_path=str(tmp_path / "ca.pem")))
