@@ -190,3 +190,10 @@ async def open_pg_store(server: PgServer, database: str, **kwargs: object) -> Po
     cfg = store_config(server, database)
     await migrate_up(cfg)
     return await PostgresStore.open(cfg, **kwargs)  # type: ignore[arg-type]
+
+
+def store_env(server: PgServer, database: str) -> dict[str, str]:
+    """The KUMA_STORE_* variables that point a `dpagent cp` process at `database`."""
+    return {"KUMA_STORE_TYPE": "postgres", "KUMA_STORE_POSTGRES_HOST": server.host,
+            "KUMA_STORE_POSTGRES_PORT": str(server.port), "KUMA_STORE_POSTGRES_USER": server.user,
+            "KUMA_STORE_POSTGRES_PASSWORD": server.password, "KUMA_STORE_POSTGRES_DB_NAME": database}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pgserver import PgServer, open_pg_store
+from pgserver import PgServer, open_pg_store, store_env
 from testlib import LocalControlPlane, wait_for
 
 from dpagent.controlplane import secrets
@@ -24,11 +24,7 @@ from dpagent.controlplane.ca import CertificateAuthority
 
 def cp_env(server: PgServer, database: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KUMA_", "DPAGENT_"))}
-    env.update(KUMA_STORE_TYPE="postgres", KUMA_STORE_POSTGRES_HOST=server.host,
-               KUMA_STORE_POSTGRES_PORT=str(server.port), KUMA_STORE_POSTGRES_USER=server.user,
-               KUMA_STORE_POSTGRES_PASSWORD=server.password, KUMA_STORE_POSTGRES_DB_NAME=database,
-               KUMA_STORE_POSTGRES_MAX_OPEN_CONNECTIONS="5")
-    return env
+    return {**env, **store_env(server, database), "KUMA_STORE_POSTGRES_MAX_OPEN_CONNECTIONS": "5"}
 
 
 @pytest.fixture

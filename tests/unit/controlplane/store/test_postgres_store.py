@@ -12,7 +12,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from pgserver import PgServer, open_pg_store, start_or_skip, store_config
+from pgserver import PgServer, open_pg_store, start_or_skip, store_config, store_env
 from testlib import make_ca_and_server_cert
 
 from dpagent.controlplane.store import ChangeEvent, StoreUnavailable, SubscriptionOverflow
@@ -37,9 +37,7 @@ async def events(sub: object, n: int) -> list[ChangeEvent]:
 
 async def cli(server: PgServer, database: str, *args: str) -> tuple[int, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KUMA_", "DPAGENT_"))}
-    env.update(KUMA_STORE_TYPE="postgres", KUMA_STORE_POSTGRES_HOST=server.host,
-               KUMA_STORE_POSTGRES_PORT=str(server.port), KUMA_STORE_POSTGRES_USER=server.user,
-               KUMA_STORE_POSTGRES_PASSWORD=server.password, KUMA_STORE_POSTGRES_DB_NAME=database)
+    env.update(store_env(server, database))
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "dpagent", *args, env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
