@@ -27,7 +27,7 @@ from dpagent.controlplane.identity import INSIGHT, Issuer
 from dpagent.controlplane.resources import Resources
 from dpagent.controlplane.settings import CpConfig
 from dpagent.controlplane.store import ResourceStore
-from dpagent.controlplane.store.backends import open_store
+from dpagent.controlplane.store.backends import open_store, store_location
 from dpagent.controlplane.tokens import TokenError
 from dpagent.controlplane.xds.cache import SnapshotCache
 from dpagent.controlplane.xds.server import AdsServer, StreamError, serve
@@ -193,7 +193,7 @@ class ControlPlane:
             stack.callback(sync_task.cancel)
             kv(log, logging.INFO, "control plane ready", dp_server=f"https://{cfg.bind_address}:{cfg.dp_server_port}",
                xds=f"{cfg.bind_address}:{cfg.xds_port}", api=f"http://{cfg.api_address}:{cfg.api_port}",
-               ca_cert=str(data_dir / "ca.pem"), admin_token_file=str(token_path))
+               ca_cert=str(data_dir / "ca.pem"), admin_token_file=str(token_path), store=store_location(cfg))
             self.ready.set()
             await self.stop.wait()
             log.info("stopping the control plane")

@@ -20,6 +20,11 @@ def sqlite_path(cfg: CpConfig) -> Path:
     return Path(cfg.data_dir) / "store.db"
 
 
+def store_location(cfg: CpConfig) -> str:
+    """Where the resources live, for logs (never includes a password)."""
+    return cfg.postgres.describe() if cfg.store_type == "postgres" else str(sqlite_path(cfg))
+
+
 async def open_store(cfg: CpConfig) -> ResourceStore:
     """SQLite creates and migrates its file itself (the zero-setup default); PostgreSQL must be migrated first."""
     if cfg.store_type == "postgres":
@@ -41,12 +46,12 @@ async def migrate_up(cfg: CpConfig) -> Migrated:
         from dpagent.controlplane.store import pgschema
 
         before, after = await pgschema.migrate_up(cfg.postgres)
-        return Migrated(cfg.postgres.describe(), before, after)
+        return Migrated(store_location(cfg), before, after)
     path = sqlite_path(cfg)
     before = await asyncio.to_thread(_sqlite_version, path)
     store = await SqliteStore.open(path)  # opening migrates (and refuses a newer schema)
     await store.close()
-    return Migrated(str(path), before, len(SQLITE_MIGRATIONS))
+    return Migrated(store_location(cfg), before, len(SQLITE_MIGRATIONS))
 
 
 def _sqlite_version(path: Path) -> int:

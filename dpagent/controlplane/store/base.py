@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
-from dpagent.errors import Conflict, DpAgentError, NotFound
+from dpagent.errors import EXIT_CP_UNREACHABLE, Conflict, DpAgentError, NotFound
 
 Op = Literal["create", "update", "delete"]
 
@@ -55,6 +55,8 @@ class StoreClosed(DpAgentError):
 
 class StoreUnavailable(DpAgentError):
     """A networked store (PostgreSQL) could not be reached or dropped the connection mid-call."""
+
+    exit_code = EXIT_CP_UNREACHABLE
 
 
 class SubscriptionOverflow(DpAgentError):

@@ -12,6 +12,7 @@ pglisten), and the writer returns once its own replica's listener has passed the
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -246,7 +247,10 @@ class PostgresStore:
             return
         self._closed = True
         await self.listener.close()
-        await self._pool.close()
+        try:
+            await asyncio.wait_for(self._pool.close(), 10)  # lets in-flight calls finish
+        except TimeoutError:
+            self._pool.terminate()
         self._hub.close_all()
 
     async def __aenter__(self) -> PostgresStore:
