@@ -68,3 +68,10 @@ def test_migrate_up_on_sqlite_and_flags_in_help(tmp_path: Path) -> None:
     assert (tmp_path / "store.db").exists()
     helptext = dpagent("cp", "run", "--help").stdout
     assert "--store-type" in helptext and "KUMA_STORE_TYPE" in helptext and "--store-postgres-host" in helptext
+
+
+def test_asyncpg_is_loaded_only_for_a_postgres_store() -> None:
+    """The agent's RSS budget, and an SQLite CP's, must not pay for the PostgreSQL driver."""
+    code = ("import sys, dpagent.cli.run, dpagent.agent.app, dpagent.controlplane.app, dpagent.cli.cp; "
+            "sys.exit('asyncpg imported' if 'asyncpg' in sys.modules else 0)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
