@@ -44,7 +44,8 @@ class PostgresConfig:
         if (self.tls_cert_path or self.tls_key_path) and self.tls_mode == "disable":
             out.append("a client certificate is set but store.postgres.tls.mode is disable; pick a TLS mode")
         if self.max_open_connections < 2:
-            out.append("store.postgres.maxOpenConnections must be at least 2")
+            out.append("store.postgres.maxOpenConnections must be at least 2 (Kuma's 0 = unlimited is not offered: "
+                       "an unbounded pool per replica can exhaust the server's max_connections; default 50)")
         if not 0 <= self.min_open_connections <= self.max_open_connections:
             out.append("store.postgres.minOpenConnections must be between 0 and maxOpenConnections")
         if self.connection_timeout <= 0:
