@@ -75,7 +75,6 @@ async def ensure_signing_key(store: ResourceStore, mesh: str) -> SigningKey:
 async def rotate_signing_key(store: ResourceStore, mesh: str) -> SigningKey:
     """Add serial n+1; new tokens use it, old tokens stay valid until their key is deleted. Never overwrites a
     key: when another rotation took serial n+1 first, this one becomes n+2."""
-
     pem = (await asyncio.to_thread(generate_signing_key, mesh, 0)).private_pem  # RSA: made once, not per retry
 
     async def step() -> SigningKey:
@@ -126,7 +125,6 @@ async def revoke(store: ResourceStore, mesh: str, jti: str) -> None:
     # of every concurrent request here colliding with every other (100 at once took seconds).
     async with locks.setdefault(mesh, asyncio.Lock()):
         await retry_on_conflict(step, f"revoking token {jti} in mesh {mesh!r}")
-
 
 
 def _ca_names(mesh: str, backend: str) -> tuple[str, str]:
