@@ -241,3 +241,20 @@ async def test_tls_modes_against_a_tls_only_server(tmp_path: Path) -> None:
             await PostgresStore.open(store_config(server, database, tls_mode="disable"))
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def test_a_gap_in_revisions_makes_subscribers_resync(pg_server: PgServer, pg_database: str) -> None:
+    """Revisions are gap-free by construction; a gap means notifications were lost, which only a reload repairs."""
+    async with await open_pg_store(pg_server, pg_database) as store:
+        sub = await store.subscribe()
+        conn = await asyncpg.connect(**pg_server.connect_kwargs(pg_database))  # type: ignore[arg-type]
+        try:
+            await conn.execute("UPDATE counters SET value = value + 5 WHERE name = 'revision'")  # no NOTIFY
+        finally:
+            await conn.close()
+        await store.create("Mesh", "", "m", {})
+        with pytest.raises(SubscriptionOverflow):
+            await asyncio.wait_for(anext(sub), 5)
+        sub.resync()
+        await store.create("Mesh", "", "n", {})
+        assert [(e.name, e.revision) for e in await events(sub, 1)] == [("n", 7)]
