@@ -108,12 +108,16 @@ class ChangeListener:
         if conn is self._conn:  # not a connection this listener already replaced or closed itself
             self._lost.set()
 
-    async def _detach(self) -> None:
+    async def _detach(self, graceful: bool = True) -> None:
         self.listening = False
         conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            with contextlib.suppress(Exception):
-                await conn.close(timeout=1)
+        if conn is None or conn.is_closed():
+            return
+        if not graceful:
+            conn.terminate()  # a connection that stopped answering would only make a polite close wait
+            return
+        with contextlib.suppress(Exception):
+            await conn.close(timeout=1)
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         try:
@@ -151,7 +155,7 @@ class ChangeListener:
     async def _recover(self) -> None:
         self.losses += 1
         log.warning("lost the PostgreSQL change listener; subscribers resync, reconnecting")
-        await self._detach()
+        await self._detach(graceful=False)
         self._hub.overflow_all()
         self._release(everyone=True)
         delay = 0.05

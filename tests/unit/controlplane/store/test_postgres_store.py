@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -258,3 +259,31 @@ async def test_a_gap_in_revisions_makes_subscribers_resync(pg_server: PgServer, 
         sub.resync()
         await store.create("Mesh", "", "n", {})
         assert [(e.name, e.revision) for e in await events(sub, 1)] == [("n", 7)]
+
+
+async def test_a_listener_whose_server_stops_answering_is_replaced(pg_server: PgServer, pg_database: str) -> None:
+    """No FIN, no error: the listener's backend just stops answering (SIGSTOP, like a network partition). The
+    periodic ping notices, subscribers resync, and a fresh listener delivers again."""
+    async with await open_pg_store(pg_server, pg_database) as store:
+        store.listener.ping_interval = 0.2
+        sub = await store.subscribe()
+        pid = store.listener._conn.get_server_pid()  # type: ignore[union-attr]
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except PermissionError:
+            pytest.skip("cannot signal the server's backend (needs root or the postgres user)")
+        try:
+            with pytest.raises(SubscriptionOverflow):
+                await asyncio.wait_for(anext(sub), 5)
+            for _ in range(100):
+                if store.listener.listening and store.listener.losses:
+                    break
+                await asyncio.sleep(0.05)
+            assert store.listener.losses == 1 and store.listener._conn.get_server_pid() != pid  # type: ignore
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        sub.resync()
+        if sub.overflowed:
+            sub.resync()
+        await store.create("Mesh", "", "after", {})
+        assert (await events(sub, 1))[0].name == "after"
