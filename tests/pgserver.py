@@ -73,7 +73,9 @@ class PgServer:
     host: str = "127.0.0.1"
     user: str = SUPERUSER
     _run_as: tuple[str, ...] = ()
-    tls: dict[str, bytes] | None = None  # {"cert", "key"} PEMs: serve TLS and refuse plaintext TCP logins
+    # {"cert", "key"} PEMs: serve TLS and refuse plaintext TCP logins; with "client_ca" also demand a client
+    # certificate issued by it (CN = user name) on top of the password.
+    tls: dict[str, bytes] | None = None
 
     @classmethod
     def start(cls, tls: dict[str, bytes] | None = None) -> PgServer:
@@ -123,8 +125,11 @@ class PgServer:
         if self.tls is not None:
             self._private_file("server.crt", self.tls["cert"])
             self._private_file("server.key", self.tls["key"])
+            client = " clientcert=verify-full" if "client_ca" in self.tls else ""
+            if client:
+                self._private_file("client-ca.crt", self.tls["client_ca"])
             (self.data / "pg_hba.conf").write_text("local all all trust\n"
-                                                   f"hostssl all all {self.host}/32 scram-sha-256\n")
+                                                   f"hostssl all all {self.host}/32 scram-sha-256{client}\n")
         self.start_server()
 
     def start_server(self) -> None:
@@ -132,6 +137,8 @@ class PgServer:
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
         if self.tls is not None:
             opts += f" -c ssl=on -c ssl_cert_file={self.root}/server.crt -c ssl_key_file={self.root}/server.key"
+            if "client_ca" in self.tls:
+                opts += f" -c ssl_ca_file={self.root}/client-ca.crt"
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
                   "-o", opts, "-w", "-t", "60", "start")
 
@@ -144,8 +151,8 @@ class PgServer:
         return self.root / "data"
 
     def connect_kwargs(self, database: str = "postgres") -> dict[str, object]:
-        return {"host": self.host, "port": self.port, "user": self.user, "password": self.password,
-                "database": database, **({"ssl": "require"} if self.tls else {})}
+        """A superuser session for test set-up, over the Unix socket (trusted, so it works whatever TLS demands)."""
+        return {"host": str(self.root), "port": self.port, "user": self.user, "database": database}
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():

@@ -90,6 +90,9 @@ def connect_error(cfg: PostgresConfig, exc: BaseException) -> ConfigError:
     elif isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError) and "no encryption" in str(exc):
         why = (f"the server accepts only TLS connections ({exc}); set store.postgres.tls.mode "
                "(KUMA_STORE_POSTGRES_TLS_MODE) to verifyFull, verifyCa or verifyNone")
+    elif isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError) and "certificate" in str(exc):
+        why = (f"the server wants a client certificate ({exc}); set store.postgres.tls.certPath and keyPath "
+               "(KUMA_STORE_POSTGRES_TLS_CERT_PATH, KUMA_STORE_POSTGRES_TLS_KEY_PATH)")
     elif isinstance(exc, OSError):
         why = (f"cannot connect ({exc.strerror or exc}); is PostgreSQL running there? check store.postgres.host/"
                "port (KUMA_STORE_POSTGRES_HOST, KUMA_STORE_POSTGRES_PORT)")

@@ -244,6 +244,27 @@ async def test_tls_modes_against_a_tls_only_server(tmp_path: Path) -> None:
         await asyncio.to_thread(server.stop)
 
 
+async def test_client_certificate_authentication(tmp_path: Path) -> None:
+    server_tls = make_ca_and_server_cert(["127.0.0.1"])
+    client = make_ca_and_server_cert(["dpagent_test"])  # CN = the database user, as `clientcert=verify-full` wants
+    for name in ("ca", "cert", "key"):
+        (tmp_path / f"server-{name}.pem").write_bytes(server_tls[name])
+        (tmp_path / f"client-{name}.pem").write_bytes(client[name])
+    server = await asyncio.to_thread(start_or_skip, {**server_tls, "client_ca": client["ca"]})
+    try:
+        database = await server.create_database()
+        tls = {"tls_mode": "verifyFull", "tls_ca_path": str(tmp_path / "server-ca.pem")}
+        with_cert = store_config(server, database, **tls, tls_cert_path=str(tmp_path / "client-cert.pem"),
+                                 tls_key_path=str(tmp_path / "client-key.pem"))
+        await migrate_up(with_cert)
+        async with await PostgresStore.open(with_cert) as store:
+            await store.create("Mesh", "", "default", {})
+        with pytest.raises(ConfigError, match=r"wants a client certificate.*KUMA_STORE_POSTGRES_TLS_CERT_PATH"):
+            await PostgresStore.open(store_config(server, database, **tls))
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
 async def test_a_gap_in_revisions_makes_subscribers_resync(pg_server: PgServer, pg_database: str) -> None:
     """Revisions are gap-free by construction; a gap means notifications were lost, which only a reload repairs."""
     async with await open_pg_store(pg_server, pg_database) as store:
