@@ -21,7 +21,7 @@ def cp_group() -> None:
 @settings_options(CP_SETTINGS)
 @click.pass_context
 def cp_run(ctx: click.Context, config_file: str | None, **params: Any) -> None:
-    """Run the control plane: DP server (5678), ADS (5679), REST API (127.0.0.1:5681), SQLite store."""
+    """Run the control plane: DP server (5678), ADS (5679), REST API (127.0.0.1:5681), SQLite or PostgreSQL store."""
     from dpagent import log
     from dpagent.controlplane.app import ControlPlane
     from dpagent.controlplane.settings import build_cp_config
@@ -30,3 +30,25 @@ def cp_run(ctx: click.Context, config_file: str | None, **params: Any) -> None:
     cfg = build_cp_config(given_flags(ctx, params, CP_SETTINGS), file_doc=doc, file_label=label or "file")
     log.setup(cfg.log_level, cfg.log_format)
     ctx.exit(asyncio.run(ControlPlane(cfg).run()))
+
+
+@cp_group.group("migrate")
+def cp_migrate() -> None:
+    """Resource store schema migrations (PostgreSQL needs one before the first `cp run` and after upgrades)."""
+
+
+@cp_migrate.command("up", context_settings={"max_content_width": 120})
+@settings_options(CP_SETTINGS)
+@click.pass_context
+def cp_migrate_up(ctx: click.Context, config_file: str | None, **params: Any) -> None:
+    """Bring the store's schema to this dpagent's version; safe to run again, and from several hosts at once."""
+    from dpagent.controlplane.settings import build_cp_config
+    from dpagent.controlplane.store.backends import migrate_up
+
+    doc, label = load_file(config_file)
+    cfg = build_cp_config(given_flags(ctx, params, CP_SETTINGS), file_doc=doc, file_label=label or "file")
+    done = asyncio.run(migrate_up(cfg))
+    if done.before == done.after:
+        click.echo(f"store {done.where} is already at schema version {done.after}; nothing to do")
+    else:
+        click.echo(f"store {done.where} migrated from schema version {done.before} to {done.after}")

@@ -27,7 +27,8 @@ from dpagent.controlplane.http_guard import Guard, GuardedSite
 from dpagent.controlplane.identity import INSIGHT, Issuer
 from dpagent.controlplane.resources import Resources
 from dpagent.controlplane.settings import CpConfig
-from dpagent.controlplane.store import ResourceStore, SqliteStore
+from dpagent.controlplane.store import ResourceStore
+from dpagent.controlplane.store.backends import open_store, store_location
 from dpagent.controlplane.tokens import TokenError
 from dpagent.controlplane.xds.cache import SnapshotCache
 from dpagent.controlplane.xds.server import AdsServer, StreamError, serve
@@ -160,7 +161,7 @@ class ControlPlane:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         async with contextlib.AsyncExitStack() as stack:
-            store = await SqliteStore.open(str(data_dir / "store.db"))
+            store = await open_store(cfg)
             stack.push_async_callback(store.close)
             self.store = store
             cp_ca, cert, key = await asyncio.to_thread(ensure_cp_tls, data_dir, cfg.hostnames)
@@ -203,7 +204,7 @@ class ControlPlane:
             stack.callback(sync_task.cancel)
             kv(log, logging.INFO, "control plane ready", dp_server=f"https://{cfg.bind_address}:{cfg.dp_server_port}",
                xds=f"{cfg.bind_address}:{cfg.xds_port}", api=f"http://{cfg.api_address}:{cfg.api_port}",
-               ca_cert=str(data_dir / "ca.pem"), admin_token_file=str(token_path))
+               ca_cert=str(data_dir / "ca.pem"), admin_token_file=str(token_path), store=store_location(cfg))
             self.ready.set()
             await self.stop.wait()
             log.info("stopping the control plane")

@@ -66,14 +66,15 @@ def _ca_extensions(builder: x509.CertificateBuilder, public_key: object) -> x509
 
 
 def generate_root_ca(mesh: str, backend: str, key_type: str = "ecdsa-p256", validity: float = TEN_YEARS,
-                     now: float | None = None) -> tuple[str, str]:
+                     now: float | None = None, key_pem: str | None = None) -> tuple[str, str]:
     """Builtin mesh root. `backend` only names where it is stored; P-256 by default because CA signing is on the
-    hot path of every certificate request (RSA signing is ~50x slower)."""
+    hot path of every certificate request (RSA signing is ~50x slower). `key_pem` makes the root for a key that
+    already exists (completing a CA whose creator stopped after storing the key)."""
     if not mesh:
         raise ValueError("mesh name is required for a mesh CA")
     if not backend:
         raise ValueError("CA backend name is required")
-    key = pki.generate_private_key(key_type)
+    key = pki.load_private_key(key_pem) if key_pem else pki.generate_private_key(key_type)
     start = pki.utc(now) - dt.timedelta(seconds=BACKDATE)
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "dpagent"),
                       x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Mesh"),

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dpagent.config import Setting, p_choice, p_duration, p_int, p_port, p_positive_duration, p_str, resolve
+from dpagent.controlplane.store.pgconfig import TLS_MODES, PostgresConfig
 from dpagent.errors import ConfigError
 
 
@@ -69,6 +70,34 @@ CP_SETTINGS: tuple[Setting, ...] = (
       "--token-recheck-interval", kind="duration", help="how often live xDS streams re-check their token"),
     S("vip_cidr", "dnsServer.CIDR", "240.0.0.0/4", p_cidr, "KUMA_DNS_SERVER_CIDR", "--vip-cidr",
       help="range the CP allocates service virtual IPs (DNS `<service>.mesh`) from; addresses persist per mesh"),
+    # The store: SQLite in the data dir by default (nothing to install); PostgreSQL for several CP replicas.
+    S("store_type", "store.type", "sqlite", p_choice("sqlite", "postgres"), "KUMA_STORE_TYPE", "--store-type",
+      help="resource store: sqlite (a file in the data dir) or postgres (shared by several CP replicas)"),
+    S("pg_host", "store.postgres.host", "127.0.0.1", p_str, "KUMA_STORE_POSTGRES_HOST", "--store-postgres-host",
+      help="PostgreSQL host (store.type postgres)"),
+    S("pg_port", "store.postgres.port", 5432, p_port, "KUMA_STORE_POSTGRES_PORT", "--store-postgres-port",
+      kind="int", help="PostgreSQL port"),
+    S("pg_user", "store.postgres.user", "dpagent", p_str, "KUMA_STORE_POSTGRES_USER", "--store-postgres-user",
+      help="PostgreSQL user"),
+    S("pg_password", "store.postgres.password", "", p_str, "KUMA_STORE_POSTGRES_PASSWORD", None, secret=True,
+      help="PostgreSQL password (env or config file only, never a flag: flags show in `ps`)"),
+    S("pg_db_name", "store.postgres.dbName", "dpagent", p_str, "KUMA_STORE_POSTGRES_DB_NAME",
+      "--store-postgres-db-name", help="PostgreSQL database"),
+    S("pg_tls_mode", "store.postgres.tls.mode", "disable", p_choice(*TLS_MODES), "KUMA_STORE_POSTGRES_TLS_MODE",
+      None, help="TLS to PostgreSQL: disable, verifyNone, verifyCa or verifyFull"),
+    S("pg_tls_cert_path", "store.postgres.tls.certPath", "", p_str, "KUMA_STORE_POSTGRES_TLS_CERT_PATH", None,
+      help="client certificate for PostgreSQL"),
+    S("pg_tls_key_path", "store.postgres.tls.keyPath", "", p_str, "KUMA_STORE_POSTGRES_TLS_KEY_PATH", None,
+      help="client certificate key for PostgreSQL"),
+    S("pg_tls_ca_path", "store.postgres.tls.caPath", "", p_str, "KUMA_STORE_POSTGRES_TLS_CA_PATH", None,
+      help="CA bundle that verifies the PostgreSQL server (verifyCa, verifyFull)"),
+    S("pg_max_open_connections", "store.postgres.maxOpenConnections", 50, p_int,
+      "KUMA_STORE_POSTGRES_MAX_OPEN_CONNECTIONS", None, kind="int",
+      help="connection pool size per CP replica (plus one listener connection)"),
+    S("pg_min_open_connections", "store.postgres.minOpenConnections", 1, p_int,
+      "KUMA_STORE_POSTGRES_MIN_OPEN_CONNECTIONS", None, kind="int", help="connections the pool keeps open"),
+    S("pg_connection_timeout", "store.postgres.connectionTimeout", 5.0, p_positive_duration,
+      "KUMA_STORE_POSTGRES_CONNECTION_TIMEOUT", None, kind="duration", help="timeout to open one connection"),
     S("log_level", "log.level", "info", p_choice("off", "error", "warning", "info", "debug"), "DPAGENT_LOG_LEVEL",
       "--log-level", help="log level"),
     S("log_format", "log.format", "text", p_choice("text", "json"), "DPAGENT_LOG_FORMAT", "--log-format",
@@ -104,6 +133,28 @@ class CpConfig:
     dp_server_max_connections: int = 1024
     dp_server_read_timeout: float = 10.0
     max_token_validity: float = 87600 * 3600.0
+    store_type: str = "sqlite"
+    pg_host: str = "127.0.0.1"
+    pg_port: int = 5432
+    pg_user: str = "dpagent"
+    pg_password: str = dataclasses.field(default="", repr=False)
+    pg_db_name: str = "dpagent"
+    pg_tls_mode: str = "disable"
+    pg_tls_cert_path: str = ""
+    pg_tls_key_path: str = ""
+    pg_tls_ca_path: str = ""
+    pg_max_open_connections: int = 50
+    pg_min_open_connections: int = 1
+    pg_connection_timeout: float = 5.0
+
+    @property
+    def postgres(self) -> PostgresConfig:
+        return PostgresConfig(
+            host=self.pg_host, port=self.pg_port, user=self.pg_user, password=self.pg_password,
+            db_name=self.pg_db_name, tls_mode=self.pg_tls_mode, tls_cert_path=self.pg_tls_cert_path,
+            tls_key_path=self.pg_tls_key_path, tls_ca_path=self.pg_tls_ca_path,
+            max_open_connections=self.pg_max_open_connections, min_open_connections=self.pg_min_open_connections,
+            connection_timeout=self.pg_connection_timeout)
 
 
 def build_cp_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None,
@@ -114,4 +165,7 @@ def build_cp_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = No
     values["hostnames"] = tuple(values["hostnames"])
     if values["dp_server_port"] == values["xds_port"]:
         raise ConfigError(f"--dp-server-port and --xds-port must differ (both are {values['xds_port']})")
-    return CpConfig(**values)
+    cfg = CpConfig(**values)
+    if cfg.store_type == "postgres" and (problems := cfg.postgres.problems()):
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+    return cfg

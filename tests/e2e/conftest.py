@@ -23,8 +23,9 @@ def clean_env() -> dict[str, str]:
 
 
 class ControlPlaneProc(LocalControlPlane):
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         super().__init__(data_dir)
+        self.env = env or {}  # e.g. KUMA_STORE_* for a CP on PostgreSQL
         self.proc: subprocess.Popen[str] | None = None
         self.log = data_dir.parent / "cp.log"
 
@@ -32,7 +33,7 @@ class ControlPlaneProc(LocalControlPlane):
         logf = open(self.log, "a")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
             self.command(PY, "--token-recheck-interval", "1s", "--deregistration-delay", "1s"),
-            stdout=logf, stderr=subprocess.STDOUT, text=True, env=clean_env())
+            stdout=logf, stderr=subprocess.STDOUT, text=True, env={**clean_env(), **self.env})
         wait_for(lambda: httpx.get(self.api, timeout=1).status_code == 200, 20, what="control plane API")
 
     def stop(self) -> None:
@@ -98,8 +99,14 @@ class Agent:
 
 
 @pytest.fixture(scope="module")
-def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlaneProc]:
-    c = ControlPlaneProc(tmp_path_factory.mktemp("cp") / "data")
+def cp_env() -> dict[str, str]:
+    """Extra environment of the module's control plane; a module overrides it (e.g. KUMA_STORE_* for PostgreSQL)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory: pytest.TempPathFactory, cp_env: dict[str, str]) -> Iterator[ControlPlaneProc]:
+    c = ControlPlaneProc(tmp_path_factory.mktemp("cp") / "data", cp_env)
     c.start()
     yield c
     c.stop()

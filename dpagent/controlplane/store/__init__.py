@@ -6,6 +6,7 @@ from dpagent.controlplane.store.base import (
     Record,
     ResourceStore,
     StoreClosed,
+    StoreUnavailable,
     Subscription,
     SubscriptionOverflow,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "ResourceStore",
     "SqliteStore",
     "StoreClosed",
+    "StoreUnavailable",
     "Subscription",
     "SubscriptionOverflow",
 ]

@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
-from dpagent.errors import Conflict, DpAgentError, NotFound
+from dpagent.errors import EXIT_CP_UNREACHABLE, Conflict, DpAgentError, NotFound
 
 Op = Literal["create", "update", "delete"]
 
@@ -51,6 +51,12 @@ class ChangeEvent:
 
 class StoreClosed(DpAgentError):
     """Raised by any call after `close()`: a late caller is a shutdown-ordering bug and should say so loudly."""
+
+
+class StoreUnavailable(DpAgentError):
+    """A networked store (PostgreSQL) could not be reached or dropped the connection mid-call."""
+
+    exit_code = EXIT_CP_UNREACHABLE
 
 
 class SubscriptionOverflow(DpAgentError):
@@ -138,10 +144,16 @@ class Subscription:
         if self._closed or self.overflowed:
             return
         if len(self._queue) >= self._max_pending:
-            self.overflowed = True
-            self._queue.clear()
+            self._overflow()
         else:
             self._queue.append(event)
+            self._wake()
+
+    def _overflow(self) -> None:
+        if self._closed:
+            return
+        self.overflowed = True
+        self._queue.clear()
         self._wake()
 
     def _wake(self) -> None:
@@ -216,6 +228,11 @@ class Hub:
         for sub in list(self._subs):
             for event in events:
                 sub._push(event)
+
+    def overflow_all(self) -> None:
+        """Events may have been missed (a backend lost its change feed): every consumer must resync and reload."""
+        for sub in list(self._subs):
+            sub._overflow()
 
     def close_all(self) -> None:
         for sub in list(self._subs):

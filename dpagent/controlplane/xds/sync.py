@@ -28,6 +28,7 @@ from dpagent.controlplane.xds.proxy import (
     wanted_services,
 )
 from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, SECRET, Resource, Snapshot
+from dpagent.errors import Conflict
 from dpagent.log import kv
 from dpagent.model.dataplane import Dataplane, decode_dataplane
 from dpagent.model.mesh import Mesh, decode_mesh, mtls_enabled
@@ -291,7 +292,15 @@ class XdsSync:
         self.last_duration = time.monotonic() - t0
         if dict(state.ctx.vips) != stored_vips:  # after installing: no await between the check and the install
             try:
-                await self.store.upsert(vip.KIND, mesh, vip.NAME, vip.vips_doc(mesh, state.ctx.vips))
+                # Compare-and-swap on what this rebuild read: another replica that stored first keeps its
+                # addresses, and this mesh is rebuilt from them (an upsert would hand one VIP to two services).
+                doc = vip.vips_doc(mesh, state.ctx.vips)
+                if vips_rec is None:
+                    await self.store.create(vip.KIND, mesh, vip.NAME, doc)
+                else:
+                    await self.store.update(vip.KIND, mesh, vip.NAME, doc, version=vips_rec.version)
+            except Conflict:
+                self.mark(mesh)
             except Exception:
                 log.exception("mesh %s: storing virtual IPs failed; they are re-allocated on the next rebuild", mesh)
         return state

@@ -1,4 +1,4 @@
-"""Behaviour every ResourceStore must have; runs against the SQLite store and the in-memory fake alike."""
+"""Behaviour every ResourceStore must have; runs against SQLite, a real PostgreSQL and the in-memory fake alike."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from pgserver import open_pg_store
 
 from dpagent.controlplane.store import (
     ChangeEvent,
@@ -32,14 +33,20 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ResourceStore]:
     if request.param == "sqlite":
         s: ResourceStore = await SqliteStore.open(tmp_path / "store.db", clock=Clock())
+    elif request.param == "postgres":
+        server = request.getfixturevalue("pg_server")
+        database = await server.create_database()
+        s = await open_pg_store(server, database, clock=Clock())
     else:
         s = await MemoryStore.open(clock=Clock())
     yield s
     await s.close()
+    if request.param == "postgres":
+        await server.drop_database(database)
 
 
 def dp(name: str, mesh: str = "default", port: int = 8080) -> dict:
