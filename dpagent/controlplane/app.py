@@ -27,6 +27,7 @@ from dpagent.controlplane.identity import INSIGHT, Issuer
 from dpagent.controlplane.resources import Resources
 from dpagent.controlplane.settings import CpConfig
 from dpagent.controlplane.store import ResourceStore, SqliteStore
+from dpagent.controlplane.supervisor import Supervisor
 from dpagent.controlplane.tokens import TokenError
 from dpagent.controlplane.xds.cache import SnapshotCache
 from dpagent.controlplane.xds.server import AdsServer, StreamError, serve
@@ -144,6 +145,7 @@ class ControlPlane:
         self.ready = asyncio.Event()
         self._direct: dict[str, dict[str, Any]] = {}
         self._pending_delete: dict[str, asyncio.TimerHandle] = {}
+        self.supervisor = Supervisor()
 
     async def run(self) -> int:
         cfg = self.cfg
@@ -188,8 +190,8 @@ class ControlPlane:
             api = Api(resources, admin_token=admin_token, inspector=self.inspect,
                       certificates=issuer.certificate_counts, metrics=self.metrics)
             await self._site(stack, api.app(), cfg.api_address, cfg.api_port, None, "--api-port")
-            sync_task = asyncio.create_task(sync.run(), name="xds-sync")
-            stack.callback(sync_task.cancel)
+            self.supervisor.start("xds-sync", sync.run, on_restart=sync.resync)
+            stack.push_async_callback(self.supervisor.stop)
             kv(log, logging.INFO, "control plane ready", dp_server=f"https://{cfg.bind_address}:{cfg.dp_server_port}",
                xds=f"{cfg.bind_address}:{cfg.xds_port}", api=f"http://{cfg.api_address}:{cfg.api_port}",
                ca_cert=str(data_dir / "ca.pem"), admin_token_file=str(token_path))
@@ -231,7 +233,8 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         # The delay counts from the drain's start; deregistration waits for the stream to close (see _deregister).
         self._pending_delete[node] = loop.call_later(
-            self.cfg.deregistration_delay, lambda: asyncio.ensure_future(self._deregister(node, info)))
+            self.cfg.deregistration_delay,
+            lambda: self.supervisor.spawn(f"deregister {node}", self._deregister(node, info)))
 
     async def _on_connect(self, node: str, info: dict[str, Any]) -> None:
         pending = self._pending_delete.pop(node, None)
@@ -272,6 +275,7 @@ class ControlPlane:
             c = await self.issuer.certificate_counts(rec.name)
             for state in ("total", "expired", "nearExpiry"):
                 lines.append(f'dpagent_cp_certificates{{mesh="{rec.name}",state="{state}"}} {c[state]}')
+        lines += self.supervisor.prometheus()
         return "\n".join(lines) + "\n"
 
     async def inspect(self, mesh: str, name: str) -> dict[str, Any]:

@@ -188,14 +188,20 @@ class XdsSync:
     async def run(self) -> None:
         """Consume store events forever; rebuild touched meshes at most once per debounce window."""
         pump = asyncio.create_task(self._pump(), name="xds-store-events")
+        pump.add_done_callback(lambda _: self._wake.set())  # a dead pump must stop the loop, not idle it
         try:
             while True:
+                if pump.done():
+                    pump.result()  # re-raise the pump's failure so the supervisor logs and restarts us
+                    raise RuntimeError("the store event pump stopped")
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.bundle_recheck)
                 except TimeoutError:
                     self._bundle_check.update(self.states)  # leaves expire with time, not only with events
                 await asyncio.sleep(self.debounce)
                 self._wake.clear()
+                if pump.done():
+                    continue
                 await self._check_bundles()
                 dirty, self._dirty = self._dirty, set()
                 for mesh in sorted(dirty):
@@ -212,8 +218,13 @@ class XdsSync:
                         await self._publish(state, targets)
         finally:
             pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
+
+    def resync(self) -> None:
+        """Rebuild every known mesh: after a restart of run() events may have been missed."""
+        for mesh in {m for m, _ in self.connected.values()} | set(self.states):
+            self.mark(mesh)
 
     async def _pump(self) -> None:
         sub = await self.store.subscribe()
@@ -223,8 +234,7 @@ class XdsSync:
                     self._on_event(ev)
             except SubscriptionOverflow:
                 sub.resync()
-                for mesh in {m for m, _ in self.connected.values()} | set(self.states):
-                    self.mark(mesh)
+                self.resync()
 
     def _on_event(self, ev: ChangeEvent) -> None:
         if ev.kind == INSIGHT:
