@@ -291,9 +291,8 @@ class ControlPlane:
         state = self.sync.states.get(mesh)
         dp = state.by_name.get(name) if state else None
         if state and dp:
-            from dpagent.controlplane.policies.registry import proxy_rules
+            from dpagent.controlplane.xds.context import build_proxy
 
-            out["policies"] = {kind: sorted(getattr(rules, "matched", []) or [])
-                               for kind, rules in proxy_rules(state.ctx, dp).items()}
+            out["policies"] = {kind: list(m.policies) for kind, m in build_proxy(state.ctx, dp).matched.items()}
         return out
 

@@ -123,6 +123,40 @@ def test_deny_gives_403_and_reset_within_2s_then_allow_restores(mesh, cp):
     wait_for(lambda: echo_via_web() == b"ping", 5, what="tcp echo after the Deny is gone")
 
 
+def _versions(cp, name: str) -> dict[str, tuple[str, str]]:
+    """type (short) → (snapshot version, acked version) for one proxy, from the CP's inspect view."""
+    types = ((cp.inspect(name).get("xds") or {}).get("types") or {})
+    return {k.rsplit(".", 1)[-1]: (v.get("snapshot_version") or "", v.get("acked_version") or "")
+            for k, v in types.items()}
+
+
+def test_removed_deny_allows_the_next_request_on_an_open_connection(mesh, cp):
+    """HTTP RBAC lives in the inbound's RDS route, so a permission change is a route update that applies to live
+    connections at once. Before, the inbound listener was replaced and its pooled connections drained under the
+    old rules: the first request after a removed Deny still got 403."""
+    with httpx.Client(timeout=3) as client:  # one keep-alive connection to web, web keeps one to backend
+        url = f"http://127.0.0.1:{PORTS['w_out_b']}/pooled"
+        assert client.get(url).status_code == 200
+        before = _versions(cp, "backend-1")
+        cp.cli("apply", "-f", "-", input=DENY % "backend")
+        wait_for(lambda: client.get(url).status_code == 403, 5, interval=0.02, what="403 after Deny")
+        denied = _versions(cp, "backend-1")
+        cp.cli("delete", "mtp", "deny-web")
+
+        def pushed() -> bool:
+            now = _versions(cp, "backend-1")
+            route = now.get("RouteConfiguration", ("", ""))
+            return route[0] != denied["RouteConfiguration"][0] and route[0] == route[1]
+
+        wait_for(pushed, 5, interval=0.02, what="backend ACKed the route without the Deny")
+        time.sleep(0.2)  # an ACK means the main thread took it; give the workers their copy
+        r = client.get(url)
+        assert r.status_code == 200, f"first request after the Deny was removed got {r.status_code}"
+        after = _versions(cp, "backend-1")
+    assert before["Listener"][0] == denied["Listener"][0] == after["Listener"][0], "inbound listener was replaced"
+    assert before["RouteConfiguration"][0] != denied["RouteConfiguration"][0]
+
+
 def test_get_and_inspect_explain_the_mesh(mesh, cp):
     out = cp.cli("get", "dataplanes").stdout
     assert "backend-1" in out and "web-1" in out and "127.0.0.1" in out

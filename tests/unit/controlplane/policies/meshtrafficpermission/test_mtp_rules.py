@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from dpagent.controlplane.policies.merge import merge_confs, merge_patch
-from dpagent.controlplane.policies.meshtrafficpermission.plugin import MtpRules, to_builtins
-from dpagent.controlplane.policies.registry import PLUGINS, plugin_for, proxy_rules
-from dpagent.controlplane.xds.proxy import MeshContext
+from dpagent.controlplane.policies.meshtrafficpermission.plugin import MtpRules
+from dpagent.controlplane.policies.registry import PLUGINS, plugin_for
+from dpagent.controlplane.xds.context import MeshContext, build_proxy
 from dpagent.model.dataplane import parse_dataplane
 from dpagent.model.mesh import parse_mesh
 
@@ -31,7 +31,8 @@ DPS = [BACKEND, dp("web-1", "web", version="v1"), dp("web-2", "web", version="v2
 
 
 def rules(policies: list[dict[str, Any]], mesh: Any = MESH_ON) -> MtpRules:
-    out = proxy_rules(MeshContext(mesh, DPS, {"MeshTrafficPermission": policies}), BACKEND)["MeshTrafficPermission"]
+    out = build_proxy(MeshContext(mesh, DPS, {"MeshTrafficPermission": policies}), BACKEND).rules[
+        "MeshTrafficPermission"]
     assert isinstance(out, MtpRules)
     return out
 
@@ -54,19 +55,19 @@ def test_mtls_off_not_enforced() -> None:
 
 def test_default_deny() -> None:
     p = perm(rules([]))
-    assert p.action_for("web") == "Deny" and p.rbac() == ("ALLOW", ())
+    assert p.action_for("web") == "Deny" and p.legacy() == (False, ())
 
 
 def test_policy_for_other_service_does_not_apply() -> None:
     p = perm(rules([mtp("a", {"kind": "MeshService", "name": "web"}, ({"kind": "Mesh"}, "Allow"))]))
-    assert p.rbac() == ("ALLOW", ())
+    assert p.legacy() == (False, ())
 
 
 def test_most_specific_from_wins_over_policy_order() -> None:
     p = perm(rules([mtp("a", {"kind": "MeshService", "name": "backend"}, ({"kind": "Mesh"}, "Deny")),
                     mtp("b", {"kind": "Mesh"}, ({"kind": "MeshService", "name": "web"}, "Allow"))]))
     assert p.action_for("web") == "Allow" and p.action_for("job") == "Deny"
-    assert p.rbac() == ("ALLOW", ("web",))
+    assert p.legacy() == (False, ("web",))
 
 
 def test_more_specific_policy_overrides_same_from() -> None:
@@ -80,18 +81,17 @@ def test_subset_resolves_to_services_with_warning() -> None:
                    ({"kind": "MeshServiceSubset", "name": "job", "tags": {"version": "v2"}}, "Deny"),
                    ({"kind": "MeshSubset", "tags": {"zone": "nowhere"}}, "Allow"))])
     p = perm(r)
-    assert p.rbac() == ("ALLOW", ("web",))  # web-2 has v2 → all of web; job denied by the more specific rule
+    assert p.legacy() == (False, ("web",))  # web-2 has v2 → all of web; job denied by the more specific rule
     assert any("resolved to services [job, web]" in w for w in r.warnings)
     assert any("matches no dataplane" in w for w in r.warnings)
-    view = to_builtins(r)
-    assert view["enforced"] and view["inbounds"]["10.0.0.1:80"][0]["action"] == "Deny"
+    assert r.enforced and p.rules[0].action == "Deny" and p.rules[0].policy == "s"
 
 
 def test_allow_all_with_deny_exceptions_and_shadow() -> None:
     p = perm(rules([mtp("a", {"kind": "Mesh"}, ({"kind": "Mesh"}, "AllowWithShadowDeny"),
                         ({"kind": "MeshService", "name": "job"}, "Deny"))]))
-    assert p.rbac() == ("DENY", ("job",))
-    assert p.has_shadow() and p.rbac(shadow=True) == ("ALLOW", ())
+    assert p.legacy() == (True, ("job",))
+    assert p.has_shadow() and p.legacy(shadow=True) == (False, ())
 
 
 def test_merge_patch_rfc7396() -> None:
