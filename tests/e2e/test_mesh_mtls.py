@@ -22,6 +22,8 @@ def dataplane(name: str, service: str, port: int, service_port: int, protocol: s
 type: Dataplane
 mesh: default
 name: {name}
+labels:
+  app: {service}
 networking:
   address: 127.0.0.1
   inbound:
@@ -155,6 +157,29 @@ def test_removed_deny_allows_the_next_request_on_an_open_connection(mesh, cp):
         after = _versions(cp, "backend-1")
     assert before["Listener"][0] == denied["Listener"][0] == after["Listener"][0], "inbound listener was replaced"
     assert before["RouteConfiguration"][0] != denied["RouteConfiguration"][0]
+
+
+SPIFFE_DENY = """\
+type: MeshTrafficPermission
+mesh: default
+name: deny-web-spiffe
+spec:
+  targetRef: {kind: Dataplane, labels: {app: backend}}
+  rules:
+  - default:
+      deny:
+      - spiffeID: {type: Exact, value: "spiffe://default/web"}
+"""
+
+
+def test_rules_deny_by_spiffe_id_on_a_labelled_dataplane(mesh, cp):
+    """Kuma 2.12's rules form: the SPIFFE match works on the wire because each leaf carries exactly one URI."""
+    cp.cli("apply", "-f", "-", input=SPIFFE_DENY)
+    try:
+        wait_for(lambda: via_web().status_code == 403, 5, interval=0.05, what="403 after the SPIFFE deny")
+    finally:
+        cp.cli("delete", "mtp", "deny-web-spiffe")
+    wait_for(lambda: via_web().status_code == 200, 5, interval=0.05, what="200 after the SPIFFE deny is gone")
 
 
 def test_get_and_inspect_explain_the_mesh(mesh, cp):

@@ -45,9 +45,9 @@ def resources_to_plain(resources: dict[str, dict[str, Any]]) -> dict[str, Any]:
             for t, by in sorted(resources.items())}
 
 
-def assert_golden(obj: Any, case: str) -> None:
+def assert_golden(obj: Any, case: str, testdata: Path = TESTDATA) -> None:
     """Compare as parsed YAML; UPDATE_GOLDEN=1 rewrites the file instead."""
-    path = TESTDATA / f"{case}.golden.yaml"
+    path = testdata / f"{case}.golden.yaml"
     obj = plain(obj)
     if os.environ.get("UPDATE_GOLDEN") == "1" or not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

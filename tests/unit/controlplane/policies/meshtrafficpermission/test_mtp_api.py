@@ -128,3 +128,50 @@ def test_specificity_order() -> None:
     # priority (sorts last).
     assert [(n, r.kind) for n, r in ordered] == [("c", "Mesh"), ("b", "Mesh"), ("b", "MeshSubset"),
                                                 ("a", "MeshSubset"), ("y", "MeshService"), ("z", "MeshServiceSubset")]
+
+
+def spiffe_rules(**lists: Any) -> dict[str, Any]:
+    return mtp({"targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}, "sectionName": "main"},
+                "rules": [{"default": lists}]})
+
+
+def test_rules_form_and_dataplane_target_are_valid() -> None:
+    doc = spiffe_rules(deny=[{"spiffeID": {"type": "Prefix", "value": "spiffe://default/job"}}],
+                       allow=[{"spiffeID": {"type": "Exact", "value": "spiffe://default/web"},
+                               "sni": {"type": "Exact", "value": "backend.mesh"}}],
+                       allowWithShadowDeny=[{"sni": {"type": "Exact", "value": "backend.mesh"}}])
+    assert validate_meshtrafficpermission(doc) == []
+    p = parse_meshtrafficpermission(doc)
+    assert p.target_ref.kind == "Dataplane" and p.target_ref.labels == {"app": "backend"}
+    assert p.target_ref.section_name == "main" and p.rules[0].conf["deny"][0]["spiffeID"]["type"] == "Prefix"
+
+
+RULES_BAD: list[tuple[str, Any, list[tuple[str, str]]]] = [
+    ("empty default", spiffe_rules(), [("spec.rules[0].default", "must define at least one of: deny, allow, "
+                                                                 "allowWithShadowDeny")]),
+    ("empty match", spiffe_rules(allow=[{}]),
+     [("spec.rules[0].default.allow[0]", "must define spiffeID and/or sni (an empty match would match every "
+                                         "client)")]),
+    ("bad spiffe", spiffe_rules(deny=[{"spiffeID": {"type": "Regex", "value": "http://x"}}]),
+     [("spec.rules[0].default.deny[0].spiffeID.type", "must be one of: Exact, Prefix"),
+      ("spec.rules[0].default.deny[0].spiffeID.value",
+       "'http://x' is not a SPIFFE ID (spiffe://<trust-domain>/<path>)")]),
+    ("bad sni", spiffe_rules(allow=[{"sni": {"type": "Prefix", "value": "Not_A_Host"}}]),
+     [("spec.rules[0].default.allow[0].sni.type", "must be Exact"),
+      ("spec.rules[0].default.allow[0].sni.value", "'Not_A_Host' is not a lower-case DNS name")]),
+    ("rule unknown", mtp({"rules": [{"matches": [], "default": {"allow": [{"sni": {"type": "Exact",
+                                                                                    "value": "a"}}]}}]}),
+     [("spec.rules[0].matches", "unknown field (expected one of: default)")]),
+    ("Dataplane labels with name", mtp({"targetRef": {"kind": "Dataplane", "name": "a",
+                                                                       "labels": {"x": "y"}},
+                                                         "from": [rule({"kind": "Mesh"})]}),
+     [("spec.targetRef.labels", "must not be set together with name")]),
+    ("Dataplane from", mtp({"from": [rule({"kind": "Dataplane"})]}), [("spec.from[0].targetRef.kind", KINDS_MSG)]),
+    ("empty proxyTypes", mtp({"targetRef": {"kind": "Mesh", "proxyTypes": []}, "from": [rule({"kind": "Mesh"})]}),
+     [("spec.targetRef.proxyTypes", "must not be empty (leave it out to mean every proxy type)")]),
+]
+
+
+@pytest.mark.parametrize(("doc", "expected"), [(d, e) for _, d, e in RULES_BAD], ids=[c for c, _, _ in RULES_BAD])
+def test_rules_form_violations(doc: Any, expected: list[tuple[str, str]]) -> None:
+    assert validate_meshtrafficpermission(doc) == expected

@@ -99,3 +99,67 @@ def test_merge_patch_rfc7396() -> None:
         {"a": 1, "b": {"d": 3, "e": 4}, "f": [1]}
     assert merge_patch({"a": 1}, "x") == "x"
     assert merge_confs([{"t": "1s", "r": 3}, {"t": "2s"}, {"r": None}]) == {"t": "2s"}
+
+
+# ---- Kuma 2.10+/2.12 forms: Dataplane targetRef with labels/sectionName, rules[] with SPIFFE matches ----------
+
+TWO = parse_dataplane({"type": "Dataplane", "mesh": "default", "name": "backend-2", "labels": {"app": "backend"},
+                       "networking": {"address": "10.0.0.9", "inbound": [
+                           {"port": 80, "name": "main", "tags": {"kuma.io/service": "backend"}},
+                           {"port": 9000, "tags": {"kuma.io/service": "backend-admin"}}]}})
+
+
+def rules_on(policies: list[dict[str, Any]], dp: Any = TWO) -> MtpRules:
+    out = build_proxy(MeshContext(MESH_ON, [*DPS, dp], {"MeshTrafficPermission": policies}), dp).rules[
+        "MeshTrafficPermission"]
+    assert isinstance(out, MtpRules)
+    return out
+
+
+def spiffe_rule(name: str, target: dict[str, Any], **lists: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "MeshTrafficPermission", "mesh": "default", "name": name,
+            "spec": {"targetRef": target, "rules": [{"default": lists}]}}
+
+
+def exact(value: str) -> dict[str, Any]:
+    return {"spiffeID": {"type": "Exact", "value": value}}
+
+
+def test_dataplane_labels_select_and_section_name_narrows() -> None:
+    r = rules_on([
+        spiffe_rule("all", {"kind": "Dataplane", "labels": {"app": "backend"}}, allow=[exact("spiffe://default/web")]),
+        spiffe_rule("admin", {"kind": "Dataplane", "labels": {"app": "backend"}, "sectionName": "9000"},
+                    deny=[{"spiffeID": {"type": "Prefix", "value": "spiffe://default/"}}]),
+        spiffe_rule("other", {"kind": "Dataplane", "labels": {"app": "frontend"}}, allow=[exact("spiffe://x/y")])])
+    main, admin = r.for_inbound("10.0.0.9:80"), r.for_inbound("10.0.0.9:9000")
+    assert main is not None and admin is not None
+    assert [m.spiffe_id.value for m in main.allow if m.spiffe_id] == ["spiffe://default/web"] and not main.deny
+    assert main.policies == ("all",)
+    assert [m.spiffe_id.type for m in admin.deny if m.spiffe_id] == ["Prefix"]
+    assert admin.policies == ("all", "admin")  # labels < labels+sectionName in priority
+
+
+def test_section_name_matches_inbound_name_before_port() -> None:
+    r = rules_on([spiffe_rule("n", {"kind": "Dataplane", "sectionName": "main"},
+                              allow=[exact("spiffe://default/web")]),
+                  spiffe_rule("p", {"kind": "Dataplane", "sectionName": "80"}, allow=[exact("spiffe://default/x")])])
+    main = r.for_inbound("10.0.0.9:80")
+    assert main is not None and main.policies == ("n",)  # a named inbound is not addressed by its port number
+
+
+def test_rules_of_every_policy_are_concatenated_and_from_still_applies() -> None:
+    r = rules_on([
+        spiffe_rule("a", {"kind": "Mesh"}, allow=[exact("spiffe://default/web")]),
+        spiffe_rule("b", {"kind": "Dataplane", "name": "backend-2"}, deny=[exact("spiffe://default/web")],
+                    allowWithShadowDeny=[exact("spiffe://default/job")]),
+        mtp("c", {"kind": "Mesh"}, ({"kind": "MeshService", "name": "job"}, "Allow"))])
+    p = r.for_inbound("10.0.0.9:80")
+    assert p is not None
+    assert [len(p.allow), len(p.deny), len(p.shadow)] == [1, 1, 1] and p.has_shadow()
+    assert p.legacy() == (False, ("job",))
+
+
+def test_dataplane_name_must_equal_the_dataplane() -> None:
+    r = rules_on([spiffe_rule("x", {"kind": "Dataplane", "name": "backend-1"}, allow=[exact("spiffe://default/a")])])
+    p = r.for_inbound("10.0.0.9:80")
+    assert p is not None and p.policies == () and not p.allow
