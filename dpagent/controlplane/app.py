@@ -24,6 +24,7 @@ from dpagent.controlplane.api import Api
 from dpagent.controlplane.auth import DataplaneAuth
 from dpagent.controlplane.dpserver import DpServer
 from dpagent.controlplane.identity import INSIGHT, Issuer
+from dpagent.controlplane.inspect import Inspector
 from dpagent.controlplane.resources import Resources
 from dpagent.controlplane.settings import CpConfig
 from dpagent.controlplane.store import ResourceStore, SqliteStore
@@ -187,7 +188,7 @@ class ControlPlane:
             tls_dir = data_dir / "tls"
             ssl_ctx.load_cert_chain(tls_dir / "server.pem", tls_dir / "server-key.pem")
             await self._site(stack, dp.app(), cfg.bind_address, cfg.dp_server_port, ssl_ctx, "--dp-server-port")
-            api = Api(resources, admin_token=admin_token, inspector=self.inspect,
+            api = Api(resources, admin_token=admin_token, inspector=Inspector(store, cache, sync.state),
                       certificates=issuer.certificate_counts, metrics=self.metrics)
             await self._site(stack, api.app(), cfg.api_address, cfg.api_port, None, "--api-port")
             self.supervisor.start("xds-sync", sync.run, on_restart=sync.resync)
@@ -277,22 +278,3 @@ class ControlPlane:
                 lines.append(f'dpagent_cp_certificates{{mesh="{rec.name}",state="{state}"}} {c[state]}')
         lines += self.supervisor.prometheus()
         return "\n".join(lines) + "\n"
-
-    async def inspect(self, mesh: str, name: str) -> dict[str, Any]:
-        node = f"{mesh}.{name}"
-        out: dict[str, Any] = {"xds": self.cache.status(node) or {}, "warnings": self.sync.warnings(mesh, name)}
-        insight = await self.store.get(INSIGHT, mesh, name)
-        if insight:
-            m = insight.doc.get("mTLS") or {}
-            out["certificate"] = {"serial": m.get("serial"), "notAfter": m.get("certificateExpirationTime"),
-                                  "backend": m.get("issuedBackend"), "spiffeId": m.get("spiffeId"),
-                                  "issued": m.get("lastCertificateRegeneration"),
-                                  "regenerations": m.get("certificateRegenerations")}
-        state = self.sync.states.get(mesh)
-        dp = state.by_name.get(name) if state else None
-        if state and dp:
-            from dpagent.controlplane.xds.context import build_proxy
-
-            out["policies"] = {kind: list(m.policies) for kind, m in build_proxy(state.ctx, dp).matched.items()}
-        return out
-

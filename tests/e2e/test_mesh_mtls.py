@@ -186,11 +186,18 @@ def test_get_and_inspect_explain_the_mesh(mesh, cp):
     out = cp.cli("get", "dataplanes").stdout
     assert "backend-1" in out and "web-1" in out and "127.0.0.1" in out
     text = cp.cli("inspect", "dataplane", "web-1").stdout
-    assert "xDS: connected" in text and "certificate: serial" in text
+    assert "xDS: connected since 20" in text and "certificate: serial" in text
+    assert "MeshTrafficPermission: allow-all" in text  # was always "-"
     data = cp.inspect("web-1")
     types = data["xds"]["types"]
     listener = next(v for k, v in types.items() if k.endswith("Listener"))
     assert listener["acked_version"] == listener["snapshot_version"]
+    policies = cp.cli("inspect", "dataplane", "backend-1", "--type", "policies").stdout
+    assert f"inbound 127.0.0.1:{PORTS['b_in']}: allow-all" in policies and "action: Allow" in policies
+    routes = cp.cli("inspect", "dataplane", "backend-1", "--type", "config", "--config-type", "routes").stdout
+    assert f"inbound:127.0.0.1:{PORTS['b_in']}" in routes and "dpagent.mtp.allow" in routes
+    affected = cp.cli("inspect", "mtp", "allow-all").stdout
+    assert all(name in affected for name in ("backend-1", "echo-1", "web-1"))
 
 
 def test_cp_restart_keeps_traffic_and_agents_reconnect(mesh, cp):

@@ -154,6 +154,10 @@ class XdsSync:
             fut.add_done_callback(lambda f: self._building.pop(mesh, None) if self._building.get(mesh) is f else None)
         return await asyncio.shield(fut)
 
+    async def state(self, mesh: str) -> MeshState | None:
+        """The mesh's current state, built now if no proxy has needed it yet (for `inspect`)."""
+        return self.states.get(mesh) or await self._shared_rebuild(mesh)
+
     def on_disconnect(self, mesh: str, name: str) -> None:
         self.connected.pop(node_id(mesh, name), None)
 

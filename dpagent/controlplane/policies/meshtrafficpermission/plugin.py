@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from dpagent.controlplane.policies.base import MeshView, PolicyPlugin, Rules
 from dpagent.controlplane.policies.matching import Matched, from_by_specificity, resolve_peers
 from dpagent.controlplane.policies.meshtrafficpermission.api import (
@@ -86,6 +88,29 @@ class InboundPermissions:
         return bool(self.shadow) or any(r.action == ALLOW_WITH_SHADOW_DENY for r in self.rules)
 
 
+class PeerView(msgspec.Struct, frozen=True):
+    from_: str = msgspec.field(name="from")
+    action: str = ""
+    policy: str = ""
+    services: list[str] | None = None  # None: every peer
+
+
+class InboundView(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
+    """One inbound's effective permissions as `inspect` shows them."""
+
+    from_: list[PeerView] = msgspec.field(default_factory=list, name="from")
+    deny: list[str] = []
+    allow: list[str] = []
+    allow_with_shadow_deny: list[str] = []
+
+
+def inbound_view(perm: InboundPermissions) -> InboundView:
+    return InboundView(
+        [PeerView(r.target_ref.describe(), r.action, r.policy, None if r.services is None else sorted(r.services))
+         for r in perm.rules],
+        [m.describe() for m in perm.deny], [m.describe() for m in perm.allow], [m.describe() for m in perm.shadow])
+
+
 @dataclass(frozen=True)
 class MtpRules(Rules):
     """`enforced` is False with mTLS off (everything allowed); inbounds are keyed by `address:port`."""
@@ -96,8 +121,9 @@ class MtpRules(Rules):
     def for_inbound(self, key: str) -> InboundPermissions | None:
         return self.inbounds.get(key) if self.enforced else None
 
-    def inbound_conf(self, key: str) -> Any:
-        return self.for_inbound(key)
+    def inbound_conf(self, key: str) -> InboundView | None:
+        perm = self.for_inbound(key)
+        return inbound_view(perm) if perm is not None else None
 
 
 class MeshTrafficPermissionPlugin(PolicyPlugin):
