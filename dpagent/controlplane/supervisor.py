@@ -23,7 +23,7 @@ Factory = Callable[[], Coroutine[Any, Any, Any]]
 
 @dataclasses.dataclass
 class TaskStatus:
-    """What `metrics` and `inspect` show about one supervised task."""
+    """What the CP's /metrics shows about one supervised task."""
 
     name: str
     restarts: int = 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
@@ -23,6 +24,9 @@ from dpagent.controlplane.xds.snapshot import CLUSTER, LISTENER, ROUTE
 from dpagent.model.dataplane import Dataplane
 from dpagent.model.mesh import mtls_enabled
 from dpagent.model.validation import is_ip
+
+if TYPE_CHECKING:
+    from dpagent.controlplane.xds.context import Proxy
 
 DEFAULT_SERVICE_ADDRESS = "127.0.0.1"
 
@@ -82,7 +86,8 @@ class InboundGenerator:
     """Each inbound's local cluster and (HTTP) route configuration; its own listener unless a transparent proxy
     captures inbound traffic (then generators/transparent.py puts the same filters in the capture listener)."""
 
-    def generate(self, rs: ResourceSet, ctx: MeshView, dp: Dataplane) -> None:
+    def generate(self, rs: ResourceSet, ctx: MeshView, proxy: Proxy) -> None:
+        dp = proxy.dp
         transparent = dp.networking.transparent_proxying is not None
         for part in inbound_parts(ctx, dp, transparent=transparent):
             # First one wins on a clash: two inbounds may share a workload port (one cluster), and a duplicate

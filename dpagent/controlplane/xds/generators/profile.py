@@ -36,11 +36,6 @@ def wanted_services(ctx: MeshContext, dp: Dataplane) -> list[str]:
     return reachable_services(dp, ctx.service_protocols)
 
 
-class _Inbound:
-    def generate(self, rs: ResourceSet, ctx: MeshContext, proxy: Proxy) -> None:
-        InboundGenerator().generate(rs, ctx, proxy.dp)
-
-
 class SharedServicesGenerator:
     """The mesh-wide cluster + endpoints of every service the proxy calls, as the shared serialised Resources, and
     the mesh trust bundle."""
@@ -110,7 +105,7 @@ class PolicyGenerator:
 
 PROFILE: tuple[Generator, ...] = (
     SharedServicesGenerator(),
-    _Inbound(),
+    InboundGenerator(),
     OutboundListenersGenerator(),
     TransparentGenerator(),
     PolicyGenerator(),

@@ -24,7 +24,7 @@ from dpagent.controlplane.policies.meshtrafficpermission.plugin import (
     PeerRule,
 )
 from dpagent.controlplane.policies.targetref import TargetRef
-from dpagent.controlplane.xds.context import MeshContext
+from dpagent.controlplane.xds.context import MeshContext, Proxy
 from dpagent.controlplane.xds.generators.inbound import InboundGenerator
 from dpagent.controlplane.xds.resources import ResourceSet
 from dpagent.controlplane.xds.snapshot import LISTENER, ROUTE
@@ -69,7 +69,7 @@ CASES: dict[str, dict[str, InboundPermissions]] = {
 def _apply(case: str) -> ResourceSet:
     ctx = MeshContext(MESH, [DP])
     rs = ResourceSet()
-    InboundGenerator().generate(rs, ctx, DP)
+    InboundGenerator().generate(rs, ctx, Proxy(DP, {}, {}))
     MeshTrafficPermissionPlugin().apply(rs, ctx, DP, MtpRules(enforced=True, inbounds=CASES[case]))
     return rs
 
@@ -93,7 +93,7 @@ def test_envoy_accepts(case: str, tmp_path: Any) -> None:
 def test_mtls_off_leaves_resources_alone() -> None:
     ctx = MeshContext(MESH, [DP])
     rs = ResourceSet()
-    InboundGenerator().generate(rs, ctx, DP)
+    InboundGenerator().generate(rs, ctx, Proxy(DP, {}, {}))
     before = {t: {n: m.SerializeToString() for n, m in by.items()} for t, by in rs.messages().items()}
     MeshTrafficPermissionPlugin().apply(rs, ctx, DP, MtpRules(enforced=False))
     assert {t: {n: m.SerializeToString() for n, m in by.items()} for t, by in rs.messages().items()} == before
