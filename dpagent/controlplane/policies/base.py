@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dpagent.controlplane.policies.envelope import ConfValidator, Policy, Shape, parse_policy, validate_policy
+from dpagent.controlplane.policies.envelope import Policy, Shape, parse_policy, validate_policy
 from dpagent.controlplane.policies.matching import Matched
 from dpagent.model.dataplane import Dataplane
 from dpagent.model.mesh import Mesh
@@ -59,16 +59,12 @@ class PolicyPlugin:
 
     def validate(self, doc: Any) -> list[tuple[str, str]]:
         """Every violation with its path; the REST API and CLI print them all."""
-        return validate_policy(self.kind, self.shape, self._conf_validator, doc)
+        return validate_policy(self.kind, self.shape, self.validate_conf, doc)
 
     def parse(self, doc: Any) -> Policy:
         if isinstance(doc, Policy):
             return doc
-        return parse_policy(self.kind, self.shape, self._conf_validator, doc)
-
-    @property
-    def _conf_validator(self) -> ConfValidator:
-        return self.validate_conf
+        return parse_policy(self.kind, self.shape, self.validate_conf, doc)
 
     def rules(self, ctx: MeshView, dp: Dataplane, matched: Matched) -> Rules:
         """Turn the generically matched policies into this proxy's typed rules."""

@@ -83,9 +83,12 @@ def _ordered(policies: Iterable[Policy]) -> list[Policy]:
 def match(kind: str, policies: Iterable[Policy], dp: Dataplane) -> Matched:
     """Select, sort and split one kind's policies for `dp`."""
     chosen = _ordered(p for p in policies if selects(p.target_ref, dp))
+    # to[] order (§1.5): the policy's own keys, then the to-targetRef's kind, and only then the policy name.
+    keys = {p.name: sort_key(p.target_ref, p.name, p.labels) for p in chosen}
     to = sorted((Item(p.name, rank, i, e.conf, e.target_ref) for rank, p in enumerate(chosen)
                  for i, e in enumerate(p.to)),
-                key=lambda it: (it.rank, specificity(it.target_ref or TargetRef()), it.index))
+                key=lambda it: (*keys[it.policy][:-1], specificity(it.target_ref or TargetRef()),
+                                keys[it.policy][-1], it.index))
     inbounds: dict[str, InboundMatch] = {}
     for ib in dp.networking.inbound:
         mine = [p for p in chosen if p.inbound and selects_inbound(p.target_ref, ib, dp)]
