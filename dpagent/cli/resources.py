@@ -116,7 +116,10 @@ def _row(k: Kind, doc: dict[str, Any], insight: dict[str, Any] | None = None) ->
         row.append(f"{mtls['enabledBackend']}" if mtls.get("enabledBackend") else "off")
     elif k.has_spec:
         ref = ((doc.get("spec") or {}).get("targetRef")) or {"kind": "Mesh"}
-        row.append(ref.get("kind", "") + (f"/{ref['name']}" if ref.get("name") else ""))
+        sel = ref.get("labels") or ref.get("tags") or {}
+        row.append(ref.get("kind", "") + (f"/{ref['name']}" if ref.get("name") else "")
+                   + ("{" + ",".join(f"{a}={b}" for a, b in sorted(sel.items())) + "}" if sel else "")
+                   + (f":{ref['sectionName']}" if ref.get("sectionName") else ""))
     row.append(_age(doc.get("creationTime", "")))
     return row
 
