@@ -22,7 +22,6 @@ from dpagent.controlplane.xds import vips as vip
 from dpagent.controlplane.xds.context import MeshContext
 from dpagent.controlplane.xds.generators.outbound import service_protocols
 from dpagent.controlplane.xds.generators.profile import generate
-from dpagent.controlplane.xds.proxy import proxy_warnings
 from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Resource, Snapshot
 from dpagent.log import kv
 from dpagent.model.dataplane import Dataplane, parse_dataplane
@@ -160,11 +159,6 @@ class XdsSync:
 
     def on_disconnect(self, mesh: str, name: str) -> None:
         self.connected.pop(node_id(mesh, name), None)
-
-    def warnings(self, mesh: str, name: str) -> list[str]:
-        state = self.states.get(mesh)
-        dp = state.by_name.get(name) if state else None
-        return proxy_warnings(state.ctx, dp) if state and dp else []
 
     # ---- change loop ---------------------------------------------------------------------------------------
 
