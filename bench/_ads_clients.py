@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import struct_pb2
 
@@ -26,8 +28,10 @@ _PREFIX = "type.googleapis.com/"
 CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
 ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
+ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
 SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
-TYPES = (CLUSTER, ENDPOINT, LISTENER)
+TYPES = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+HCM_TYPE = _PREFIX + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
 def eds_names(resp: discovery_pb2.DiscoveryResponse) -> list[str]:
@@ -40,12 +44,28 @@ def eds_names(resp: discovery_pb2.DiscoveryResponse) -> list[str]:
     return sorted(out)
 
 
+def rds_names(resp: discovery_pb2.DiscoveryResponse) -> list[str]:
+    """The RDS route configurations an LDS response's HTTP connection managers refer to, as Envoy asks for them."""
+    out = set()
+    for res in resp.resources:
+        listener = listener_pb2.Listener.FromString(res.value)
+        chains = [*listener.filter_chains, *([listener.default_filter_chain]
+                                             if listener.HasField("default_filter_chain") else [])]
+        for chain in chains:
+            for f in chain.filters:
+                if f.typed_config.type_url == HCM_TYPE:
+                    hcm = hcm_pb2.HttpConnectionManager.FromString(f.typed_config.value)
+                    if hcm.HasField("rds"):
+                        out.add(hcm.rds.route_config_name)
+    return sorted(out)
+
+
 @dataclass
 class FakeProxy:
     """Envoy's side of SotW ADS for one node, with the timing the benchmarks read.
 
-    `synced` is set once CDS, LDS, the `secrets` (if any) and (when CDS named EDS clusters) EDS have each been
-    ACKed. After
+    `synced` is set once CDS, LDS, the `secrets` (if any), (when CDS named EDS clusters) EDS and (when LDS named
+    RDS routes) RDS have each been ACKed. After
     `mark_baseline()`, `changed` is set on the first ACK of a version that differs from the baseline, and
     `last_change_ack` holds the perf_counter time of the latest such ACK (a change may arrive as several pushes).
     """
@@ -95,14 +115,15 @@ class FakeProxy:
                     raise
                 await asyncio.sleep(0.05 * self.reconnects)
 
-    def _synced_now(self, want_eds: bool) -> bool:
+    def _synced_now(self, want_eds: bool, want_rds: bool = False) -> bool:
         return (CLUSTER in self.versions and LISTENER in self.versions and (not want_eds or ENDPOINT in self.versions)
-                and (not self.secrets or SECRET in self.versions))
+                and (not want_rds or ROUTE in self.versions) and (not self.secrets or SECRET in self.versions))
 
     async def _stream(self, channel: grpc.aio.Channel) -> None:
         call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
             metadata=tuple(self.metadata), wait_for_ready=True)
         eds: list[str] | None = None  # current EDS subscription; None until the first CDS response
+        rds: list[str] = []  # current RDS subscription, from the HCMs of the last LDS response
         last: dict[str, tuple[str, str]] = {}  # type -> (version, nonce) of the last response
         await call.write(self.request(CLUSTER, first=True))
         await call.write(self.request(LISTENER))
@@ -110,7 +131,8 @@ class FakeProxy:
             self.responses += 1
             t = resp.type_url
             new_eds = eds_names(resp) if t == CLUSTER else None
-            names = eds if t == ENDPOINT else sorted(self.secrets) if t == SECRET else None
+            new_rds = rds_names(resp) if t == LISTENER else None
+            names = eds if t == ENDPOINT else rds if t == ROUTE else sorted(self.secrets) if t == SECRET else None
             await call.write(self.request(t, resp.version_info, resp.nonce, names))
             last[t] = (resp.version_info, resp.nonce)
             now = time.perf_counter()
@@ -123,11 +145,17 @@ class FakeProxy:
                 if eds:  # Envoy (re)subscribes EDS whenever the set of EDS clusters changes
                     v, n = last.get(ENDPOINT, ("", ""))
                     await call.write(self.request(ENDPOINT, v, n, eds))
+            if new_rds is not None and new_rds != rds:
+                rds = new_rds
+                if rds:  # Envoy subscribes RDS for the route configurations its listeners name
+                    v, n = last.get(ROUTE, ("", ""))
+                    await call.write(self.request(ROUTE, v, n, rds))
             if self.baseline is not None and self.baseline.get(t) != resp.version_info:
                 self.last_change_ack = now
                 self.changed_types.add(t)
                 self.changed.set()
-            if not self.synced.is_set() and eds is not None and self._synced_now(bool(eds)):
+            if not self.synced.is_set() and eds is not None and LISTENER in self.versions \
+                    and self._synced_now(bool(eds), bool(rds)):
                 self.synced.set()
 
 

@@ -9,7 +9,7 @@ from the store by XdsSync. The CP runs as a subprocess so its RSS and CPU are it
 
 Per size: a fresh data dir; mesh `default` (builtin mTLS + allow-all MeshTrafficPermission, as on first start);
 N dataplanes, `--per-service` per service, one inbound each and `--outbounds` random other services. Measured:
-  1. full sync: streams opened until every proxy ACKed CDS, EDS, LDS and the ADS-delivered `mesh_ca` SDS
+  1. full sync: streams opened until every proxy ACKed CDS, EDS, LDS, RDS and the ADS-delivered `mesh_ca` SDS
      secret, the mesh's trust bundle (target <= 10 s at N=1000);
   2. policy change: a Deny MeshTrafficPermission PUT through the REST API until every proxy whose config
      changed ACKed it (target <= 2 s); which proxies changed is read from the versions they receive;
@@ -283,7 +283,7 @@ async def run_size(args: argparse.Namespace, n: int) -> Result:
         source, target = service(0), service(1)
         expected = [f for f in fakes if f.cluster == target]
         res.one = await measure_change(cp, fakes, expected, tasks, deny_policy("bench-deny", source, target), args)
-        # 2b. a mesh-wide one: every inbound now denies a third service, so every proxy's LDS changes
+        # 2b. a mesh-wide one: every inbound now denies a third service, so every proxy's inbound RDS route changes
         if args.mesh_wide:
             third = service(min(2, res.services - 1))
             res.all = await measure_change(cp, fakes, fakes, tasks, deny_policy("bench-deny-all", third, None), args)
@@ -312,7 +312,8 @@ def verdict(ok: bool) -> str:
 SHORT = {"type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret": "SDS",
          "type.googleapis.com/envoy.config.cluster.v3.Cluster": "CDS",
          "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment": "EDS",
-         "type.googleapis.com/envoy.config.listener.v3.Listener": "LDS"}
+         "type.googleapis.com/envoy.config.listener.v3.Listener": "LDS",
+         "type.googleapis.com/envoy.config.route.v3.RouteConfiguration": "RDS"}
 
 
 def _change_rows(label: str, changes: list[Change | None]) -> list[tuple[str, list[str], str]]:
@@ -333,7 +334,7 @@ def _change_rows(label: str, changes: list[Change | None]) -> list[tuple[str, li
 def table(results: list[Result]) -> str:
     rows: list[tuple[str, list[str], str]] = [
         ("dataplanes / services", [f"{r.n} / {r.services}" for r in results], ""),
-        ("full sync, all ACKed CDS+EDS+LDS+SDS", [f"{r.sync_s:.2f} s" for r in results], f"<= {TARGET_SYNC:.0f} s"),
+        ("full sync, all ACKed CDS+EDS+LDS+RDS+SDS", [f"{r.sync_s:.2f} s" for r in results], f"<= {TARGET_SYNC:.0f} s"),
         ("  CP CPU during sync", [f"{r.sync_cpu:.2f} s" for r in results], ""),
         *_change_rows("1 service denies 1", [r.one for r in results]),
     ]

@@ -1,35 +1,116 @@
-"""Human rendering of `dpagent inspect dataplane` output."""
+"""Human rendering of `dpagent inspect`: a dataplane's summary, its policies, and a policy's dataplanes.
+
+Input is decoded into the CP's typed views (controlplane/views.py) first, so a field the CP renames fails loudly
+here instead of printing "-". Times print as UTC ISO 8601 with a relative age.
+"""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+import yaml
 
-def render(data: dict[str, Any]) -> str:
-    dp = data.get("dataplane", {})
+from dpagent.controlplane.views import DataplaneInspect, KindPolicies, PolicyInspect
+
+
+def age(seconds: float) -> str:
+    """`95` → `1m35s`; `90061` → `1d1h`: two units at most, enough to read at a glance."""
+    s = int(abs(seconds))
+    for big, big_name, small, small_name in ((86400, "d", 3600, "h"), (3600, "h", 60, "m"), (60, "m", 1, "s")):
+        if s >= big:
+            rest = (s % big) // small
+            return f"{s // big}{big_name}" + (f"{rest}{small_name}" if rest else "")
+    return f"{s}s"
+
+
+def when(ts: float | None, now: float | None = None) -> str:
+    """Epoch seconds → `2026-12-02T13:00:00Z (5m ago)` (or `in 5m` for the future); `-` when unknown."""
+    if ts is None:
+        return "-"
+    now = time.time() if now is None else now
+    stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    delta = now - ts
+    return f"{stamp} ({age(delta)} ago)" if delta >= 0 else f"{stamp} (in {age(delta)})"
+
+
+def when_iso(value: str | None, now: float | None = None) -> str:
+    if not value:
+        return "-"
+    try:
+        return when(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp(), now)
+    except ValueError:
+        return value
+
+
+def _short(type_url: str) -> str:
+    return type_url.rsplit(".", 1)[-1]
+
+
+def render(data: dict[str, Any], now: float | None = None) -> str:
+    view = msgspec.convert(data, DataplaneInspect)
+    dp = view.dataplane
     lines = [f"Dataplane {dp.get('mesh')}/{dp.get('name')}"]
-    conn = data.get("xds") or {}
-    if conn:
-        state = "connected" if conn.get("connected") else "disconnected"
-        lines.append(f"  xDS: {state}" + (f" since {conn['since']}" if conn.get("since") else ""))
-        for type_url, t in sorted((conn.get("types") or {}).items()):
-            short = type_url.rsplit(".", 1)[-1]
-            acked = t.get("acked_version") or "-"
-            lines.append(f"    {short:<24} sent {t.get('sent_version') or '-':<18} acked {acked}")
-            nack = t.get("last_nack")
-            if nack:
-                lines.append(f"      last NACK (version {nack.get('version')}): {nack.get('error')}")
-    else:
+    xds = view.xds
+    if xds is None:
         lines.append("  xDS: never connected to this control plane")
-    cert = data.get("certificate") or {}
-    if cert:
-        lines.append(f"  certificate: serial {cert.get('serial')} expires {cert.get('notAfter')} "
-                     f"(backend {cert.get('backend')}, issued {cert.get('issued')})")
-    policies = data.get("policies") or {}
-    if policies:
+    else:
+        if xds.connected:
+            lines.append(f"  xDS: connected since {when(xds.since, now)}")
+        else:
+            lines.append(f"  xDS: disconnected (last stream closed {when(xds.last_disconnect, now)})")
+        for type_url, t in sorted(xds.types.items(), key=lambda kv: _short(kv[0])):
+            state = "in sync" if t.acked_version and t.acked_version == t.snapshot_version else "pending"
+            lines.append(f"    {_short(type_url):<24} {state:<8} config {t.snapshot_version or '-':<26} "
+                         f"acked {t.acked_version or '-'} {when(t.acked_at, now) if t.acked_at else ''}".rstrip())
+            if t.nack is not None:
+                lines.append(f"      NACK of version {t.nack.version} at {when(t.nack.at, now)}: {t.nack.error}")
+    cert = view.certificate
+    if cert is not None:
+        lines.append(f"  certificate: serial {cert.serial or '-'} ({cert.spiffe_id or '-'}), "
+                     f"backend {cert.backend or '-'}")
+        lines.append(f"    expires {when_iso(cert.not_after, now)}")
+        lines.append(f"    issued {when(cert.issued, now)}, {cert.regenerations or 0} issued so far")
+    if view.policies:
         lines.append("  matched policies:")
-        for kind, names in sorted(policies.items()):
-            lines.append(f"    {kind}: {', '.join(names) or '-'}")
-    for w in data.get("warnings") or []:
+        for kp in view.policies:
+            lines.append(f"    {kp.kind}: {', '.join(kp.policies) or '-'}")
+    for w in view.warnings:
         lines.append(f"  warning: {w}")
     return "\n".join(lines)
+
+
+def _indented_yaml(obj: Any, indent: str) -> list[str]:
+    text = yaml.safe_dump(obj, sort_keys=False, default_flow_style=False).rstrip()
+    return [indent + line for line in text.splitlines()]
+
+
+def render_policies(data: dict[str, Any]) -> str:
+    """`--type policies`: per kind, per inbound and outbound, the matched policies and the conf they produce."""
+    kinds = msgspec.convert(data.get("kinds", []), list[KindPolicies])
+    lines = [f"Dataplane {data.get('mesh')}/{data.get('dataplane')}: policies (lowest priority first)"]
+    for kp in kinds:
+        lines.append(f"  {kp.kind}: {', '.join(kp.policies) or '-'}")
+        for ib in kp.inbounds:
+            lines.append(f"    inbound {ib.inbound}: {', '.join(ib.policies) or '-'}")
+            if ib.conf is not None:
+                lines += _indented_yaml(ib.conf, "      ")
+        for ob in kp.outbounds:
+            lines.append(f"    outbound {ob.service}: {', '.join(ob.policies) or '-'}")
+            if ob.conf:
+                lines += _indented_yaml(ob.conf, "      ")
+        for w in kp.warnings:
+            lines.append(f"    warning: {w}")
+    return "\n".join(lines)
+
+
+def render_affected(data: dict[str, Any]) -> str:
+    """`inspect <policy-kind> NAME`: the dataplanes it selects and, for inbound policies, which inbounds."""
+    view = msgspec.convert(data, PolicyInspect)
+    if not view.items:
+        return f"{view.kind} {view.mesh}/{view.name} selects no dataplane"
+    rows = [["DATAPLANE", "INBOUNDS"]] + [[i.name, ", ".join(i.inbounds) or "-"] for i in view.items]
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{r[0].ljust(width)}  {r[1]}".rstrip() for r in rows)

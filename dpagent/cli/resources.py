@@ -134,7 +134,10 @@ def _row(k: Kind, doc: dict[str, Any], insight: dict[str, Any] | None = None) ->
         row.append(f"{mtls['enabledBackend']}" if mtls.get("enabledBackend") else "off")
     elif k.has_spec:
         ref = ((doc.get("spec") or {}).get("targetRef")) or {"kind": "Mesh"}
-        row.append(ref.get("kind", "") + (f"/{ref['name']}" if ref.get("name") else ""))
+        sel = ref.get("labels") or ref.get("tags") or {}
+        row.append(ref.get("kind", "") + (f"/{ref['name']}" if ref.get("name") else "")
+                   + ("{" + ",".join(f"{a}={b}" for a, b in sorted(sel.items())) + "}" if sel else "")
+                   + (f":{ref['sectionName']}" if ref.get("sectionName") else ""))
     row.append(_age(doc.get("creationTime", "")))
     return row
 
@@ -216,18 +219,49 @@ def delete_cmd(type_name: str, name: str, mesh: str, api_address: str, api_token
 
 
 @click.command("inspect")
-@click.argument("type_name", metavar="TYPE", type=click.Choice(["dataplane", "dp", "dataplanes"]))
+@click.argument("type_name", metavar="TYPE")
 @click.argument("name")
 @click.option("-m", "--mesh", default="default", show_default=True)
 @click.option("-o", "--output", type=OUTPUT, default="table", show_default=True)
+@click.option("--type", "view", type=click.Choice(["summary", "policies", "config"]), default="summary",
+              show_default=True, help="dataplanes only: the summary, the policies per inbound/outbound with the conf "
+                                      "they produce, or the Envoy resources the CP generated for it")
+@click.option("--config-type", type=click.Choice(["listeners", "clusters", "routes", "endpoints", "secrets"]),
+              default=None, help="with --type config: only this resource type")
 @api_options
-def inspect_cmd(type_name: str, name: str, mesh: str, output: str, api_address: str, api_token_file: str) -> None:
-    """Explain a dataplane: connection, ACKed config per type, last NACK, matched policies, certificate."""
-    path = url_path("meshes", ("mesh", mesh), "dataplanes", ("name", name), "_inspect")
-    data = make_client(api_address, api_token_file).get(path)
-    if output != "table":
-        _emit(data, output)
-        return
-    from dpagent.cli.inspect_view import render
+def inspect_cmd(type_name: str, name: str, mesh: str, output: str, view: str, config_type: str | None,
+                api_address: str, api_token_file: str) -> None:
+    """Explain a dataplane (connection, ACKed config per type, last NACK, certificate, matched policies), or list
+    the dataplanes a policy (TYPE = a policy kind, e.g. mtp) selects."""
+    k = kind_of(type_name)
+    client = make_client(api_address, api_token_file)
+    from dpagent.cli import inspect_view
 
-    click.echo(render(data))
+    if k.name != "Dataplane":
+        if not k.has_spec:
+            raise ConfigError(f"inspect works on dataplanes and policy kinds, not {k.plural}")
+        if view != "summary" or config_type:
+            raise ConfigError("--type and --config-type apply to `inspect dataplane` only")
+        data = client.get(url_path("meshes", ("mesh", mesh), k.plural, ("name", name), "_resources", "dataplanes"))
+        _show(data, output, inspect_view.render_affected)
+        return
+    if config_type and view != "config":
+        raise ConfigError("--config-type needs --type config")
+    if view == "config":
+        params = {"type": config_type} if config_type else None
+        data = client.get(url_path("meshes", ("mesh", mesh), "dataplanes", ("name", name), "_config"), params=params)
+        _emit(data["resources"], "json" if output == "json" else "yaml")
+        return
+    if view == "policies":
+        path = url_path("meshes", ("mesh", mesh), "dataplanes", ("name", name), "_policies")
+        _show(client.get(path), output, inspect_view.render_policies)
+        return
+    path = url_path("meshes", ("mesh", mesh), "dataplanes", ("name", name), "_inspect")
+    _show(client.get(path), output, inspect_view.render)
+
+
+def _show(data: Any, output: str, table: Any) -> None:
+    if output == "table":
+        click.echo(table(data))
+    else:
+        _emit(data, output)

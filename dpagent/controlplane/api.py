@@ -19,7 +19,9 @@ from aiohttp import web
 from dpagent import __version__, safe_yaml
 from dpagent.controlplane import secrets
 from dpagent.controlplane.http_guard import BodyError, Guard
+from dpagent.controlplane.inspect import Inspector, to_json
 from dpagent.controlplane.kinds import KINDS, Kind, kind_of
+from dpagent.controlplane.policies.registry import POLICY_KINDS
 from dpagent.controlplane.resources import Resources, record_to_doc
 from dpagent.controlplane.tokens import TokenError, issue_token
 from dpagent.durations import parse_duration
@@ -28,7 +30,6 @@ from dpagent.model.validation import TAG_KEY_RE, TAG_VALUE_RE, name_problem
 
 log = logging.getLogger("dpagent.cp.api")
 
-Inspector = Callable[[str, str], Awaitable[dict[str, Any]]]
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 MAX_OFFSET = 2**31 - 1  # far past any real listing; SQLite cannot take an offset beyond 2**63
@@ -135,10 +136,14 @@ class Api:
         r.add_post("/meshes/{mesh}/signing-keys", self.rotate_signing_key)
         r.add_delete("/meshes/{mesh}/signing-keys/{serial}", self.delete_signing_key)
         r.add_get("/meshes/{mesh}/dataplanes/{name}/_inspect", self.inspect)
+        r.add_get("/meshes/{mesh}/dataplanes/{name}/_policies", self.inspect_policies)
+        r.add_get("/meshes/{mesh}/dataplanes/{name}/_config", self.inspect_config)
         r.add_get("/meshes/{mesh}/dataplanes+insights", self.dataplanes_insights)
         r.add_get("/meshes/{mesh}/certificates", self.certificate_counts)
         r.add_get("/metrics", self.metrics)
         for k in KINDS:
+            if k.name in POLICY_KINDS:
+                r.add_get(f"/meshes/{{mesh}}/{k.plural}/{{name}}/_resources/dataplanes", self._affected(k))
             if k.mesh_scoped:
                 r.add_get(f"/{k.plural}", self._list(k, all_meshes=True))
                 r.add_get(f"/meshes/{{mesh}}/{k.plural}", self._list(k))
@@ -276,11 +281,36 @@ class Api:
 
     async def inspect(self, request: web.Request) -> web.Response:
         mesh, name = request.match_info["mesh"], request.match_info["name"]
-        rec = await self.resources.get(kind_of("dataplane"), mesh, name)
-        out: dict[str, Any] = {"dataplane": record_to_doc(rec)}
-        if self.inspector:
-            out.update(await self.inspector(mesh, name))
-        return web.json_response(out)
+        doc = record_to_doc(await self.resources.get(kind_of("dataplane"), mesh, name))
+        if self.inspector is None:
+            return web.json_response({"dataplane": doc})
+        return web.json_response(to_json(await self.inspector.dataplane(mesh, name, doc)))
+
+    async def inspect_policies(self, request: web.Request) -> web.Response:
+        """Kuma's `inspect dataplane --type policies`: each kind's matched policies per inbound and outbound, with
+        the conf they produce."""
+        mesh, name = request.match_info["mesh"], request.match_info["name"]
+        await self.resources.get(kind_of("dataplane"), mesh, name)
+        kinds = await self.inspector.policies(mesh, name) if self.inspector else []
+        return web.json_response({"mesh": mesh, "dataplane": name, "kinds": to_json(kinds)})
+
+    async def inspect_config(self, request: web.Request) -> web.Response:
+        """The Envoy resources the CP generates for the dataplane (`?type=listeners|clusters|routes|...`)."""
+        mesh, name = request.match_info["mesh"], request.match_info["name"]
+        await self.resources.get(kind_of("dataplane"), mesh, name)
+        config = await self.inspector.config(mesh, name, request.query.get("type", "")) if self.inspector else {}
+        return web.json_response({"mesh": mesh, "dataplane": name, "resources": config})
+
+    def _affected(self, k: Kind) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            """The dataplanes a policy selects (Kuma's `inspect <policy-kind> NAME`)."""
+            mesh, name = request.match_info["mesh"], request.match_info["name"]
+            await self.resources.get(k, mesh, name)
+            if self.inspector is None:
+                return web.json_response({"kind": k.name, "mesh": mesh, "name": name, "total": 0, "items": []})
+            return web.json_response(to_json(await self.inspector.affected(k.name, mesh, name)))
+
+        return handler
 
 
 def _jti_of(token: str) -> str:

@@ -25,10 +25,12 @@ from dpagent.controlplane.auth import DataplaneAuth
 from dpagent.controlplane.dpserver import DpServer
 from dpagent.controlplane.http_guard import Guard, GuardedSite
 from dpagent.controlplane.identity import INSIGHT, Issuer
+from dpagent.controlplane.inspect import Inspector
 from dpagent.controlplane.resources import Resources
 from dpagent.controlplane.settings import CpConfig
 from dpagent.controlplane.store import ResourceStore
 from dpagent.controlplane.store.backends import open_store, store_location
+from dpagent.controlplane.supervisor import Supervisor
 from dpagent.controlplane.tokens import TokenError
 from dpagent.controlplane.xds.cache import SnapshotCache
 from dpagent.controlplane.xds.server import AdsServer, StreamError, serve
@@ -149,6 +151,7 @@ class ControlPlane:
         self.ready = asyncio.Event()
         self._direct: dict[str, dict[str, Any]] = {}
         self._pending_delete: dict[str, asyncio.TimerHandle] = {}
+        self.supervisor = Supervisor()
 
     async def run(self) -> int:
         cfg = self.cfg
@@ -196,12 +199,12 @@ class ControlPlane:
                              dp_guard)
             # The API is for operators and the CLI (loopback by default): fewer slots, more time for a 4 MiB body.
             api_guard = Guard("api server", max_connections=API_MAX_CONNECTIONS, read_timeout=API_READ_TIMEOUT)
-            api = Api(resources, admin_token=admin_token, inspector=self.inspect,
+            api = Api(resources, admin_token=admin_token, inspector=Inspector(store, cache, sync.state),
                       certificates=issuer.certificate_counts, metrics=self.metrics, guard=api_guard,
                       max_token_validity=cfg.max_token_validity)
             await self._site(stack, api.app(), cfg.api_address, cfg.api_port, None, "--api-port", api_guard)
-            sync_task = asyncio.create_task(sync.run(), name="xds-sync")
-            stack.callback(sync_task.cancel)
+            self.supervisor.start("xds-sync", sync.run, on_restart=sync.resync)
+            stack.push_async_callback(self.supervisor.stop)
             kv(log, logging.INFO, "control plane ready", dp_server=f"https://{cfg.bind_address}:{cfg.dp_server_port}",
                xds=f"{cfg.bind_address}:{cfg.xds_port}", api=f"http://{cfg.api_address}:{cfg.api_port}",
                ca_cert=str(data_dir / "ca.pem"), admin_token_file=str(token_path), store=store_location(cfg))
@@ -245,7 +248,8 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         # The delay counts from the drain's start; deregistration waits for the stream to close (see _deregister).
         self._pending_delete[node] = loop.call_later(
-            self.cfg.deregistration_delay, lambda: asyncio.ensure_future(self._deregister(node, info)))
+            self.cfg.deregistration_delay,
+            lambda: self.supervisor.spawn(f"deregister {node}", self._deregister(node, info)))
 
     async def _on_connect(self, node: str, info: dict[str, Any]) -> None:
         pending = self._pending_delete.pop(node, None)
@@ -286,24 +290,5 @@ class ControlPlane:
             c = await self.issuer.certificate_counts(rec.name)
             for state in ("total", "expired", "nearExpiry"):
                 lines.append(f'dpagent_cp_certificates{{mesh="{rec.name}",state="{state}"}} {c[state]}')
+        lines += self.supervisor.prometheus()
         return "\n".join(lines) + "\n"
-
-    async def inspect(self, mesh: str, name: str) -> dict[str, Any]:
-        node = f"{mesh}.{name}"
-        out: dict[str, Any] = {"xds": self.cache.status(node) or {}, "warnings": self.sync.warnings(mesh, name)}
-        insight = await self.store.get(INSIGHT, mesh, name)
-        if insight:
-            m = insight.doc.get("mTLS") or {}
-            out["certificate"] = {"serial": m.get("serial"), "notAfter": m.get("certificateExpirationTime"),
-                                  "backend": m.get("issuedBackend"), "spiffeId": m.get("spiffeId"),
-                                  "issued": m.get("lastCertificateRegeneration"),
-                                  "regenerations": m.get("certificateRegenerations")}
-        state = self.sync.states.get(mesh)
-        dp = state.by_name.get(name) if state else None
-        if state and dp:
-            from dpagent.controlplane.policies.registry import proxy_rules
-
-            out["policies"] = {kind: sorted(getattr(rules, "matched", []) or [])
-                               for kind, rules in proxy_rules(state.ctx, dp).items()}
-        return out
-

@@ -22,6 +22,8 @@ def dataplane(name: str, service: str, port: int, service_port: int, protocol: s
 type: Dataplane
 mesh: default
 name: {name}
+labels:
+  app: {service}
 networking:
   address: 127.0.0.1
   inbound:
@@ -123,15 +125,79 @@ def test_deny_gives_403_and_reset_within_2s_then_allow_restores(mesh, cp):
     wait_for(lambda: echo_via_web() == b"ping", 5, what="tcp echo after the Deny is gone")
 
 
+def _versions(cp, name: str) -> dict[str, tuple[str, str]]:
+    """type (short) → (snapshot version, acked version) for one proxy, from the CP's inspect view."""
+    types = ((cp.inspect(name).get("xds") or {}).get("types") or {})
+    return {k.rsplit(".", 1)[-1]: (v.get("snapshot_version") or "", v.get("acked_version") or "")
+            for k, v in types.items()}
+
+
+def test_removed_deny_allows_the_next_request_on_an_open_connection(mesh, cp):
+    """HTTP RBAC lives in the inbound's RDS route, so a permission change is a route update that applies to live
+    connections at once. Before, the inbound listener was replaced and its pooled connections drained under the
+    old rules: the first request after a removed Deny still got 403."""
+    with httpx.Client(timeout=3) as client:  # one keep-alive connection to web, web keeps one to backend
+        url = f"http://127.0.0.1:{PORTS['w_out_b']}/pooled"
+        assert client.get(url).status_code == 200
+        before = _versions(cp, "backend-1")
+        cp.cli("apply", "-f", "-", input=DENY % "backend")
+        wait_for(lambda: client.get(url).status_code == 403, 5, interval=0.02, what="403 after Deny")
+        denied = _versions(cp, "backend-1")
+        cp.cli("delete", "mtp", "deny-web")
+
+        def pushed() -> bool:
+            now = _versions(cp, "backend-1")
+            route = now.get("RouteConfiguration", ("", ""))
+            return route[0] != denied["RouteConfiguration"][0] and route[0] == route[1]
+
+        wait_for(pushed, 5, interval=0.02, what="backend ACKed the route without the Deny")
+        time.sleep(0.2)  # an ACK means the main thread took it; give the workers their copy
+        r = client.get(url)
+        assert r.status_code == 200, f"first request after the Deny was removed got {r.status_code}"
+        after = _versions(cp, "backend-1")
+    assert before["Listener"][0] == denied["Listener"][0] == after["Listener"][0], "inbound listener was replaced"
+    assert before["RouteConfiguration"][0] != denied["RouteConfiguration"][0]
+
+
+SPIFFE_DENY = """\
+type: MeshTrafficPermission
+mesh: default
+name: deny-web-spiffe
+spec:
+  targetRef: {kind: Dataplane, labels: {app: backend}}
+  rules:
+  - default:
+      deny:
+      - spiffeID: {type: Exact, value: "spiffe://default/web"}
+"""
+
+
+def test_rules_deny_by_spiffe_id_on_a_labelled_dataplane(mesh, cp):
+    """Kuma 2.12's rules form: the SPIFFE match works on the wire because each leaf carries exactly one URI."""
+    cp.cli("apply", "-f", "-", input=SPIFFE_DENY)
+    try:
+        wait_for(lambda: via_web().status_code == 403, 5, interval=0.05, what="403 after the SPIFFE deny")
+    finally:
+        cp.cli("delete", "mtp", "deny-web-spiffe")
+    wait_for(lambda: via_web().status_code == 200, 5, interval=0.05, what="200 after the SPIFFE deny is gone")
+
+
 def test_get_and_inspect_explain_the_mesh(mesh, cp):
     out = cp.cli("get", "dataplanes").stdout
     assert "backend-1" in out and "web-1" in out and "127.0.0.1" in out
     text = cp.cli("inspect", "dataplane", "web-1").stdout
-    assert "xDS: connected" in text and "certificate: serial" in text
+    assert "xDS: connected since 20" in text and "certificate: serial" in text
+    assert "MeshTrafficPermission: allow-all" in text  # was always "-"
     data = cp.inspect("web-1")
     types = data["xds"]["types"]
     listener = next(v for k, v in types.items() if k.endswith("Listener"))
     assert listener["acked_version"] == listener["snapshot_version"]
+    policies = cp.cli("inspect", "dataplane", "backend-1", "--type", "policies").stdout
+    assert f"inbound 127.0.0.1:{PORTS['b_in']}: allow-all" in policies and "action: Allow" in policies
+    routes = cp.cli("inspect", "dataplane", "backend-1", "--type", "config", "--config-type", "routes").stdout
+    assert f"inbound:127.0.0.1:{PORTS['b_in']}" in routes and "dpagent.mtp.allow" in routes
+    affected = cp.cli("inspect", "mtp", "allow-all").stdout
+    assert all(name in affected for name in ("backend-1", "echo-1", "web-1"))
 
 
 def test_cp_restart_keeps_traffic_and_agents_reconnect(mesh, cp):

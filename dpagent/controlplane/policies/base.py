@@ -1,28 +1,23 @@
-"""The policy plugin protocol: what one policy kind must provide so the registry, the API and xDS can use it.
+"""What one policy kind provides so the registry, the REST API, the CLI, sync and xDS generation can use it.
 
-Matching (which policies reach a proxy, in which order) is done generically in matching.py and handed to the
-plugin already sorted, so a plugin only turns matched policies into rules for one proxy.
+A plugin declares its names, Kuma order and spec shape, validates its own `default` conf, turns generically
+matched policies into typed rules for one proxy (`rules`), and edits the proxy's ResourceSet (`apply`). Matching
+and merging are not its business (matching.py, merge.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from dpagent.controlplane.policies.envelope import Policy, Shape, parse_policy, validate_policy
+from dpagent.controlplane.policies.matching import Matched
 from dpagent.model.dataplane import Dataplane
 from dpagent.model.mesh import Mesh
-from dpagent.model.targetref import TargetRef
 
-
-class TargetedPolicy(Protocol):
-    """The two attributes generic matching reads from any parsed policy."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def target_ref(self) -> TargetRef: ...
+if TYPE_CHECKING:
+    from dpagent.controlplane.xds.resources import ResourceSet
 
 
 class MeshView(Protocol):
@@ -34,9 +29,6 @@ class MeshView(Protocol):
     @property
     def dataplanes(self) -> Sequence[Dataplane]: ...
 
-    @property
-    def policies(self) -> Mapping[str, Sequence[Any]]: ...
-
 
 @dataclass(frozen=True)
 class Rules:
@@ -44,19 +36,39 @@ class Rules:
 
     warnings: tuple[str, ...] = ()
 
+    def inbound_conf(self, key: str) -> Any:
+        """The effective conf on inbound `key` (address:port) for `inspect`, as a typed struct or None."""
+        return None
 
-class PolicyPlugin(Protocol):
-    kind: str
-    order: int
+    def outbound_conf(self, service: str) -> Any:
+        """The effective conf toward `service` for `inspect`, as a typed struct or None."""
+        return None
+
+
+class PolicyPlugin:
+    """Subclass per kind and set the class attributes; override `rules` and `apply`."""
+
+    kind: str = ""
+    plural: str = ""  # REST path segment
+    aliases: tuple[str, ...] = ()  # CLI names besides the kind and plural: Kuma's short name (`mtp`) and friends
+    order: int = 0  # Kuma's plugin order (reference §1.7); unique
+    shape: Shape = Shape(sections=())
+
+    def validate_conf(self, v: Any, conf: Mapping[str, Any], path: str, section: str) -> None:
+        """Record every problem with one `default` block found under `section` (to/from/rules/default)."""
 
     def validate(self, doc: Any) -> list[tuple[str, str]]:
         """Every violation with its path; the REST API and CLI print them all."""
-        ...
+        return validate_policy(self.kind, self.shape, self.validate_conf, doc)
 
-    def parse(self, doc: Any) -> Any:
-        """Typed policy from a validated document."""
-        ...
+    def parse(self, doc: Any) -> Policy:
+        if isinstance(doc, Policy):
+            return doc
+        return parse_policy(self.kind, self.shape, self.validate_conf, doc)
 
-    def rules(self, ctx: MeshView, dp: Dataplane, matched: Sequence[Any]) -> Rules:
-        """Turn the policies matched for `dp` (least → most specific) into this proxy's rules."""
-        ...
+    def rules(self, ctx: MeshView, dp: Dataplane, matched: Matched) -> Rules:
+        """Turn the generically matched policies into this proxy's typed rules."""
+        return Rules()
+
+    def apply(self, rs: ResourceSet, ctx: MeshView, dp: Dataplane, rules: Rules) -> None:
+        """Edit the resources of the origins this policy cares about; runs in registry order."""

@@ -1,17 +1,17 @@
-"""Pure matching: policies × dataplane → the policies that apply, least → most specific, plus from-rule helpers.
-
-This is the one place that knows how targetRefs select proxies and peers, so no policy re-implements it.
+"""Pure, generic matching: the policies of one kind × one dataplane → what applies, in Kuma's priority order, per
+inbound (`from[]`, `rules[]`) and per destination (`to[]`), plus the merged confs (reference kuma-policies.md
+§1.4-1.6). This is the one place that knows how targetRefs select proxies and peers; plugins receive its output.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from dpagent.controlplane.policies.base import TargetedPolicy
-from dpagent.model.dataplane import Dataplane, Inbound
-from dpagent.model.targetref import (
+from dpagent.controlplane.policies.envelope import Policy
+from dpagent.controlplane.policies.merge import merge_confs
+from dpagent.controlplane.policies.targetref import (
     MESH,
     MESH_SERVICE,
     MESH_SERVICE_SUBSET,
@@ -23,20 +23,85 @@ from dpagent.model.targetref import (
     specificity,
     tags_match,
 )
-
-P = TypeVar("P", bound=TargetedPolicy)
-
-
-def match(policies: Iterable[P], dp: Dataplane) -> list[P]:
-    """Policies whose top-level targetRef selects `dp`, sorted least → most specific (ties by name)."""
-    chosen = [p for p in policies if selects(p.target_ref, dp)]
-    return sorted(chosen, key=lambda p: sort_key(p.target_ref, p.name))
+from dpagent.model.dataplane import Dataplane, Inbound
 
 
-def match_inbound(policies: Iterable[P], inbound: Inbound) -> list[P]:
-    """Same as match() for one inbound, so a MeshService policy only shapes that service's listener."""
-    chosen = [p for p in policies if selects_inbound(p.target_ref, inbound)]
-    return sorted(chosen, key=lambda p: sort_key(p.target_ref, p.name))
+def inbound_key(dp: Dataplane, inbound: Inbound) -> str:
+    """`address:port`: how rules, `inspect` and generators name one inbound."""
+    return f"{inbound.address or dp.networking.address}:{inbound.port}"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One `to[]`/`from[]`/`rules[]` entry of one matched policy. `rank` is the policy's place in priority order
+    (higher wins), `index` its place in its section."""
+
+    policy: str
+    rank: int
+    index: int
+    conf: Mapping[str, Any]
+    target_ref: TargetRef | None = None
+
+
+@dataclass(frozen=True)
+class InboundMatch:
+    """The policies that selected one inbound (lowest priority first) and their inbound entries in that order."""
+
+    key: str
+    policies: tuple[str, ...] = ()
+    from_: tuple[Item, ...] = ()
+    rules: tuple[Item, ...] = ()
+
+    def rules_conf(self) -> dict[str, Any]:
+        """Every catch-all rule merged, lowest priority first (Kuma's MatchesAllIncomingTraffic)."""
+        return merge_confs(i.conf for i in self.rules)
+
+
+@dataclass(frozen=True)
+class Matched:
+    """One kind's policies for one proxy. `inbounds` is keyed by inbound_key()."""
+
+    kind: str
+    policies: tuple[str, ...] = ()
+    to: tuple[Item, ...] = ()
+    default: Mapping[str, Any] = field(default_factory=dict)
+    inbounds: Mapping[str, InboundMatch] = field(default_factory=dict)
+
+    def to_items(self, service: str) -> list[Item]:
+        """The `to[]` entries that concern `service`, lowest priority first: Mesh, or MeshService with its name."""
+        return [i for i in self.to if i.target_ref is not None and (
+            i.target_ref.kind == MESH or (i.target_ref.kind == MESH_SERVICE and i.target_ref.name == service))]
+
+    def to_conf(self, service: str) -> dict[str, Any]:
+        return merge_confs(i.conf for i in self.to_items(service))
+
+
+def _ordered(policies: Iterable[Policy]) -> list[Policy]:
+    return sorted(policies, key=lambda p: sort_key(p.target_ref, p.name, p.labels))
+
+
+def match(kind: str, policies: Iterable[Policy], dp: Dataplane) -> Matched:
+    """Select, sort and split one kind's policies for `dp`."""
+    chosen = _ordered(p for p in policies if selects(p.target_ref, dp))
+    # to[] order (§1.5): the policy's own keys, then the to-targetRef's kind, and only then the policy name.
+    keys = {p.name: sort_key(p.target_ref, p.name, p.labels) for p in chosen}
+    to = sorted((Item(p.name, rank, i, e.conf, e.target_ref) for rank, p in enumerate(chosen)
+                 for i, e in enumerate(p.to)),
+                key=lambda it: (*keys[it.policy][:-1], specificity(it.target_ref or TargetRef()),
+                                keys[it.policy][-1], it.index))
+    inbounds: dict[str, InboundMatch] = {}
+    for ib in dp.networking.inbound:
+        mine = [p for p in chosen if p.inbound and selects_inbound(p.target_ref, ib, dp)]
+        inbounds[inbound_key(dp, ib)] = InboundMatch(
+            key=inbound_key(dp, ib), policies=tuple(p.name for p in mine),
+            from_=tuple(Item(p.name, r, i, e.conf, e.target_ref) for r, p in enumerate(mine)
+                        for i, e in enumerate(p.from_)),
+            rules=tuple(Item(p.name, r, i, e.conf) for r, p in enumerate(mine) for i, e in enumerate(p.rules)))
+    default = merge_confs(p.default for p in chosen if p.default is not None)
+    return Matched(kind, tuple(p.name for p in chosen), tuple(to), default, inbounds)
+
+
+# ---- peers of a from-targetRef ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -47,7 +112,7 @@ class PeerSet:
     warning: str = ""
 
 
-def services_with_tags(tags: dict[str, str], dataplanes: Sequence[Dataplane],
+def services_with_tags(tags: Mapping[str, str], dataplanes: Sequence[Dataplane],
                        service: str = "") -> frozenset[str]:
     out: set[str] = set()
     for dp in dataplanes:
@@ -77,17 +142,11 @@ def resolve_peers(ref: TargetRef, dataplanes: Sequence[Dataplane]) -> PeerSet:
     return PeerSet(frozenset(), f"{ref.describe()}: unsupported targetRef kind; the rule is ignored")
 
 
-@dataclass(frozen=True)
-class FromEntry:
-    """One `from[]` item of one matched policy, with its position for ordering."""
+def from_by_specificity(items: Iterable[Item]) -> list[Item]:
+    """Most specific from-targetRef first (kind, then how many tags narrow it); for equal refs the entry of the
+    higher-priority policy first, so the first entry that covers a peer decides."""
+    def key(it: Item) -> tuple[Any, ...]:
+        ref = it.target_ref or TargetRef()
+        return (*specificity(ref), len(ref.tags), it.rank, it.index)
 
-    target_ref: TargetRef
-    conf: dict[str, Any]
-    policy: str
-    policy_index: int
-    item_index: int
-
-
-def order_from_entries(entries: Iterable[FromEntry]) -> list[FromEntry]:
-    """Most specific from-targetRef first; for equal refs the later (more specific) policy first."""
-    return sorted(entries, key=lambda e: (specificity(e.target_ref), e.policy_index, e.item_index), reverse=True)
+    return sorted(items, key=key, reverse=True)

@@ -60,8 +60,10 @@ def dns_names(service: str, domain: str = "mesh") -> list[str]:
     return out
 
 
-def inbound_route(service: str) -> str:
-    return f"inbound:{service}"
+def inbound_route(address: str, port: int) -> str:
+    """The RDS route configuration of one HTTP inbound (per inbound, not per service: two inbounds of one service
+    may be governed by different permissions)."""
+    return f"inbound:{address}:{port}"
 
 
 def outbound_route(service: str) -> str:

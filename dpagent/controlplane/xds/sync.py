@@ -16,42 +16,38 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from dpagent.controlplane.policies.registry import POLICY_KINDS
 from dpagent.controlplane.store import ChangeEvent, ResourceStore, SubscriptionOverflow
 from dpagent.controlplane.xds import vips as vip
+from dpagent.controlplane.xds.context import MeshContext
 from dpagent.controlplane.xds.generators.outbound import service_protocols
-from dpagent.controlplane.xds.proxy import (
-    SHARED_LISTENERS,
-    MeshContext,
-    generate_proxy,
-    generate_shared,
-    proxy_warnings,
-    wanted_services,
-)
-from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, SECRET, Resource, Snapshot
+from dpagent.controlplane.xds.generators.profile import generate
+from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Resource, Snapshot
 from dpagent.errors import Conflict
 from dpagent.log import kv
 from dpagent.model.dataplane import Dataplane, decode_dataplane
 from dpagent.model.mesh import Mesh, decode_mesh, mtls_enabled
-from dpagent.model.meshtrafficpermission import KIND as MTP
-from dpagent.model.meshtrafficpermission import parse_meshtrafficpermission
 
 log = logging.getLogger("dpagent.cp.sync")
 
 # Kinds whose changes alter Envoy config. Secrets and insights do not: certificates travel as files on the host.
 # VirtualIPs must stay out: sync writes it itself during a rebuild, and an event for it would trigger another.
-CONFIG_KINDS = frozenset({"Mesh", "Dataplane", MTP})
+# Policy kinds come from the registry, so a registered kind cannot be stored and then silently never reach Envoy.
+CONFIG_KINDS = frozenset({"Mesh", "Dataplane", *POLICY_KINDS})
 INSIGHT = "DataplaneInsight"
-POLICY_PARSERS = {MTP: parse_meshtrafficpermission}
+# Types every snapshot carries, empty or not: an empty type is an answer Envoy needs to finish initialising.
+SNAPSHOT_TYPES = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshState:
     ctx: MeshContext
     by_name: dict[str, Dataplane]
-    shared: dict[str, dict[str, Resource]]
     bundle_backends: tuple[str, ...] = ()
-    # (listener name, id(message)) → (message, Resource): the SHARED_LISTENERS serialised once per state.
-    listener_resources: dict[tuple[str, int], tuple[Any, Resource]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def shared(self) -> Mapping[str, Mapping[str, Resource]]:
+        return self.ctx.shared_resources
 
 
 def node_id(mesh: str, name: str) -> str:
@@ -62,18 +58,19 @@ def build_mesh_state(mesh_doc: dict[str, Any], dp_docs: list[dict[str, Any]],
                      policy_docs: dict[str, list[dict[str, Any]]], trust_bundle: str = "",
                      bundle_backends: tuple[str, ...] = (), vips: Mapping[str, str] | None = None,
                      vip_cidr: str = vip.DEFAULT_CIDR) -> MeshState:
-    """Pure: parse and generate the shared part once (wrapped so each message is serialised once).
+    """Pure: parse, then generate and serialise the shared part once (the context caches it).
 
     `vips` are the stored allocations; the state's `ctx.vips` is them made current (new services get addresses,
     gone ones lose theirs), which the caller persists when it differs.
     """
     dps = [decode_dataplane(d) for d in dp_docs]
-    policies = {kind: [POLICY_PARSERS[kind](d) for d in docs] for kind, docs in policy_docs.items()}
+    policies = {kind: [POLICY_KINDS[kind].parse(d) for d in docs] for kind, docs in policy_docs.items()
+                if kind in POLICY_KINDS}
     mesh = decode_mesh(mesh_doc)
     ctx = MeshContext(mesh, dps, policies, trust_bundle=trust_bundle,
                       vips=_allocate(mesh.name, dict(vips or {}), service_protocols(dps), vip_cidr))
-    shared = {t: {n: Resource(n, m, t) for n, m in by_name.items()} for t, by_name in generate_shared(ctx).items()}
-    return MeshState(ctx, {d.name: d for d in dps}, shared, bundle_backends)
+    _ = ctx.shared_resources  # built here, in the worker thread, not by the first proxy's snapshot
+    return MeshState(ctx, {d.name: d for d in dps}, bundle_backends)
 
 
 def _allocate(mesh: str, existing: dict[str, str], services: Mapping[str, str], cidr: str) -> dict[str, str]:
@@ -89,27 +86,12 @@ def _allocate(mesh: str, existing: dict[str, str], services: Mapping[str, str], 
             return {}
 
 
-def _shared_listener(state: MeshState, name: str, msg: Any) -> Any:
-    """The same Resource for the same memoised listener message, so its bytes are serialised once per state."""
-    key = (name, id(msg))
-    hit = state.listener_resources.get(key)
-    if hit is None or hit[0] is not msg:
-        hit = state.listener_resources[key] = (msg, Resource(name, msg, LISTENER))
-    return hit[1]
-
-
 def proxy_snapshot(state: MeshState, dp: Dataplane) -> Snapshot:
-    """The proxy's own resources plus the shared clusters/endpoints of the services it calls (its outbounds, or
-    under tproxy its reachable services)."""
-    own = generate_proxy(state.ctx, dp, shared={})
-    wanted = set(wanted_services(state.ctx, dp))
-    clusters: dict[str, Any] = {n: r for n, r in state.shared.get(CLUSTER, {}).items() if n in wanted}
-    endpoints: dict[str, Any] = {n: r for n, r in state.shared.get(ENDPOINT, {}).items() if n in wanted}
-    clusters.update(own.get(CLUSTER, {}))
-    listeners = {n: _shared_listener(state, n, m) if n in SHARED_LISTENERS else m
-                 for n, m in own.get(LISTENER, {}).items()}
-    return Snapshot.build({CLUSTER: clusters, ENDPOINT: endpoints, LISTENER: listeners,
-                           SECRET: dict(state.shared.get(SECRET, {}))})
+    """The proxy's resources from the generator profile; shared ones go in as their already-serialised Resource."""
+    resources = generate(state.ctx, dp).for_snapshot()
+    for type_url in SNAPSHOT_TYPES:
+        resources.setdefault(type_url, {})
+    return Snapshot.build(resources)
 
 
 def _draining(doc: dict[str, Any]) -> dict[str, Any]:
@@ -172,13 +154,12 @@ class XdsSync:
             fut.add_done_callback(lambda f: self._building.pop(mesh, None) if self._building.get(mesh) is f else None)
         return await asyncio.shield(fut)
 
+    async def state(self, mesh: str) -> MeshState | None:
+        """The mesh's current state, built now if no proxy has needed it yet (for `inspect`)."""
+        return self.states.get(mesh) or await self._shared_rebuild(mesh)
+
     def on_disconnect(self, mesh: str, name: str) -> None:
         self.connected.pop(node_id(mesh, name), None)
-
-    def warnings(self, mesh: str, name: str) -> list[str]:
-        state = self.states.get(mesh)
-        dp = state.by_name.get(name) if state else None
-        return proxy_warnings(state.ctx, dp) if state and dp else []
 
     # ---- change loop ---------------------------------------------------------------------------------------
 
@@ -189,14 +170,20 @@ class XdsSync:
     async def run(self) -> None:
         """Consume store events forever; rebuild touched meshes at most once per debounce window."""
         pump = asyncio.create_task(self._pump(), name="xds-store-events")
+        pump.add_done_callback(lambda _: self._wake.set())  # a dead pump must stop the loop, not idle it
         try:
             while True:
+                if pump.done():
+                    pump.result()  # re-raise the pump's failure so the supervisor logs and restarts us
+                    raise RuntimeError("the store event pump stopped")
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.bundle_recheck)
                 except TimeoutError:
                     self._bundle_check.update(self.states)  # leaves expire with time, not only with events
                 await asyncio.sleep(self.debounce)
                 self._wake.clear()
+                if pump.done():
+                    continue
                 await self._check_bundles()
                 dirty, self._dirty = self._dirty, set()
                 for mesh in sorted(dirty):
@@ -213,8 +200,13 @@ class XdsSync:
                         await self._publish(state, targets)
         finally:
             pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
+
+    def resync(self) -> None:
+        """Rebuild every known mesh: after a restart of run() events may have been missed."""
+        for mesh in {m for m, _ in self.connected.values()} | set(self.states):
+            self.mark(mesh)
 
     async def _pump(self) -> None:
         sub = await self.store.subscribe()
@@ -224,8 +216,7 @@ class XdsSync:
                     self._on_event(ev)
             except SubscriptionOverflow:
                 sub.resync()
-                for mesh in {m for m, _ in self.connected.values()} | set(self.states):
-                    self.mark(mesh)
+                self.resync()
 
     def _on_event(self, ev: ChangeEvent) -> None:
         if ev.kind == INSIGHT:
@@ -275,7 +266,7 @@ class XdsSync:
             return self.states.get(mesh)
         dps = [_draining(r.doc) if (mesh, r.name) in self.leaving else r.doc
                for r in await self.store.list("Dataplane", mesh=mesh)]
-        policies = {kind: [r.doc for r in await self.store.list(kind, mesh=mesh)] for kind in POLICY_PARSERS}
+        policies = {kind: [r.doc for r in await self.store.list(kind, mesh=mesh)] for kind in POLICY_KINDS}
         bundle_pem, bundle_names = "", ()
         parsed_mesh = decode_mesh(mesh_rec.doc)
         if self.bundle is not None and mtls_enabled(parsed_mesh):

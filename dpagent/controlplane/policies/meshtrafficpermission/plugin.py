@@ -1,32 +1,40 @@
-"""Matched MeshTrafficPermissions → per-inbound peer rules (from-selector → action), ready to become RBAC.
+"""Matched MeshTrafficPermissions → per-inbound permissions: legacy peer rules (from-selector → action) plus the
+SPIFFE deny/allow/allowWithShadowDeny lists of `rules[]`.
 
 Kuma semantics: with mTLS on, a peer nothing allows is denied; with mTLS off there is no peer identity, so the
-policy does not apply and everything is allowed. Peers are identified only by the certificate's single URI SAN
-`spiffe://<mesh>/<service>`; subset selectors are widened to whole services (see matching.resolve_peers).
+policy does not apply and everything is allowed. Legacy `from[]` peers are identified only by the certificate's
+single URI SAN `spiffe://<mesh>/<service>` (subset selectors are widened to whole services, see
+matching.resolve_peers); `rules[]` match that URI directly, Exact or Prefix. The `rules[]` lists of every policy
+that selects an inbound are concatenated (a deny anywhere cannot be undone by a more specific policy), and a deny
+wins over any allow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from dpagent.controlplane.policies.base import MeshView, Rules
-from dpagent.controlplane.policies.matching import FromEntry, order_from_entries, resolve_peers
-from dpagent.model.dataplane import Dataplane, Inbound
-from dpagent.model.mesh import mtls_enabled
-from dpagent.model.meshtrafficpermission import (
+from dpagent.controlplane.policies.base import MeshView, PolicyPlugin, Rules
+from dpagent.controlplane.policies.matching import Matched, from_by_specificity, resolve_peers
+from dpagent.controlplane.policies.meshtrafficpermission.api import (
     ALLOW,
     ALLOW_WITH_SHADOW_DENY,
     DENY,
     KIND,
-    MeshTrafficPermission,
-    parse_meshtrafficpermission,
-    validate_meshtrafficpermission,
+    SHAPE,
+    Match,
+    rule_conf,
+    validate_conf,
 )
-from dpagent.model.targetref import TargetRef, selects_inbound
+from dpagent.controlplane.policies.targetref import TargetRef
+from dpagent.model.dataplane import Dataplane
+from dpagent.model.mesh import mtls_enabled
+
+if TYPE_CHECKING:
+    from dpagent.controlplane.xds.resources import ResourceSet
 
 ORDER = 1100
 
@@ -46,9 +54,14 @@ class PeerRule:
 
 @dataclass(frozen=True)
 class InboundPermissions:
-    """Peer rules for one inbound, most specific first: the first rule covering a peer decides."""
+    """Who may call one inbound. `rules`: legacy peer rules, most specific first (the first covering a peer
+    decides); `deny`/`allow`/`shadow`: the SPIFFE matches of every `rules[]` entry."""
 
     rules: tuple[PeerRule, ...] = ()
+    deny: tuple[Match, ...] = ()
+    allow: tuple[Match, ...] = ()
+    shadow: tuple[Match, ...] = ()  # allowWithShadowDeny
+    policies: tuple[str, ...] = ()
 
     def action_for(self, service: str) -> str:
         return next((r.action for r in self.rules if r.covers(service)), DENY)
@@ -60,20 +73,42 @@ class InboundPermissions:
     def named_peers(self) -> frozenset[str]:
         return frozenset(s for r in self.rules if r.services is not None for s in r.services)
 
-    def rbac(self, shadow: bool = False) -> tuple[str, tuple[str, ...]]:
-        """(ALLOW | DENY, principals' services) for Envoy RBAC; the list holds only the exceptions to the default.
+    def legacy(self, shadow: bool = False) -> tuple[bool, tuple[str, ...]]:
+        """(peers allowed by default, the named services that are the exception) for the `from[]` rules.
 
         shadow=True treats AllowWithShadowDeny as Deny, which is what Envoy's shadow rules should log.
         """
         def allowed(action: str) -> bool:
             return action == ALLOW or (action == ALLOW_WITH_SHADOW_DENY and not shadow)
 
-        if allowed(self.default_action()):
-            return "DENY", tuple(sorted(s for s in self.named_peers() if not allowed(self.action_for(s))))
-        return "ALLOW", tuple(sorted(s for s in self.named_peers() if allowed(self.action_for(s))))
+        by_default = allowed(self.default_action())
+        return by_default, tuple(sorted(s for s in self.named_peers() if allowed(self.action_for(s)) != by_default))
 
     def has_shadow(self) -> bool:
-        return any(r.action == ALLOW_WITH_SHADOW_DENY for r in self.rules)
+        return bool(self.shadow) or any(r.action == ALLOW_WITH_SHADOW_DENY for r in self.rules)
+
+
+class PeerView(msgspec.Struct, frozen=True):
+    from_: str = msgspec.field(name="from")
+    action: str = ""
+    policy: str = ""
+    services: list[str] | None = None  # None: every peer
+
+
+class InboundView(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
+    """One inbound's effective permissions as `inspect` shows them."""
+
+    from_: list[PeerView] = msgspec.field(default_factory=list, name="from")
+    deny: list[str] = []
+    allow: list[str] = []
+    allow_with_shadow_deny: list[str] = []
+
+
+def inbound_view(perm: InboundPermissions) -> InboundView:
+    return InboundView(
+        [PeerView(r.target_ref.describe(), r.action, r.policy, None if r.services is None else sorted(r.services))
+         for r in perm.rules],
+        [m.describe() for m in perm.deny], [m.describe() for m in perm.allow], [m.describe() for m in perm.shadow])
 
 
 @dataclass(frozen=True)
@@ -86,51 +121,45 @@ class MtpRules(Rules):
     def for_inbound(self, key: str) -> InboundPermissions | None:
         return self.inbounds.get(key) if self.enforced else None
 
+    def inbound_conf(self, key: str) -> InboundView | None:
+        perm = self.for_inbound(key)
+        return inbound_view(perm) if perm is not None else None
 
-def inbound_key(dp: Dataplane, inbound: Inbound) -> str:
-    return f"{inbound.address or dp.networking.address}:{inbound.port}"
 
-
-class MeshTrafficPermissionPlugin:
+class MeshTrafficPermissionPlugin(PolicyPlugin):
     kind = KIND
+    plural = "meshtrafficpermissions"
+    aliases = ("mtp",)
     order = ORDER
+    shape = SHAPE
 
-    def validate(self, doc: Any) -> list[tuple[str, str]]:
-        return validate_meshtrafficpermission(doc)
+    def validate_conf(self, v: Any, conf: Any, path: str, section: str) -> None:
+        validate_conf(v, conf, path, section)
 
-    def parse(self, doc: Any) -> MeshTrafficPermission:
-        if isinstance(doc, MeshTrafficPermission):
-            return doc
-        return parse_meshtrafficpermission(doc)
-
-    def rules(self, ctx: MeshView, dp: Dataplane, matched: Sequence[Any]) -> MtpRules:
+    def rules(self, ctx: MeshView, dp: Dataplane, matched: Matched) -> MtpRules:
         if not mtls_enabled(ctx.mesh):
             return MtpRules()
         warnings: list[str] = []
         inbounds: dict[str, InboundPermissions] = {}
-        for ib in dp.networking.inbound:
-            entries = [
-                FromEntry(item.target_ref, {"action": item.default.action}, p.name, pi, ii)
-                for pi, p in enumerate(matched) if selects_inbound(p.target_ref, ib)
-                for ii, item in enumerate(p.spec.from_)
-            ]
-            rules = []
-            for e in order_from_entries(entries):
-                peers = resolve_peers(e.target_ref, ctx.dataplanes)
-                if peers.warning:
-                    warnings.append(f"{KIND} {e.policy} from[{e.item_index}]: {peers.warning}")
-                if peers.services is None or peers.services:
-                    rules.append(PeerRule(e.target_ref, e.conf["action"], peers.services, e.policy))
-            inbounds[inbound_key(dp, ib)] = InboundPermissions(tuple(rules))
+        for key, ib in matched.inbounds.items():
+            peers = []
+            for item in from_by_specificity(ib.from_):
+                ref = item.target_ref or TargetRef()
+                resolved = resolve_peers(ref, ctx.dataplanes)
+                if resolved.warning:
+                    warnings.append(f"{KIND} {item.policy} from[{item.index}]: {resolved.warning}")
+                if resolved.services is None or resolved.services:
+                    peers.append(PeerRule(ref, str(item.conf["action"]), resolved.services, item.policy))
+            confs = [rule_conf(item.conf) for item in ib.rules]
+            inbounds[key] = InboundPermissions(
+                tuple(peers), deny=tuple(m for c in confs for m in c.deny),
+                allow=tuple(m for c in confs for m in c.allow),
+                shadow=tuple(m for c in confs for m in c.allow_with_shadow_deny), policies=ib.policies)
         return MtpRules(warnings=tuple(dict.fromkeys(warnings)), enforced=True, inbounds=inbounds)
 
+    def apply(self, rs: ResourceSet, ctx: MeshView, dp: Dataplane, rules: Rules) -> None:
+        # Imported here: the CLI reads this plugin for kind names and must not load Envoy's protos to do so.
+        from dpagent.controlplane.policies.meshtrafficpermission import xds
 
-def to_builtins(rules: MtpRules) -> dict[str, Any]:
-    """A plain view of the rules for `inspect`."""
-    return {
-        "enforced": rules.enforced,
-        "warnings": list(rules.warnings),
-        "inbounds": {key: [{"from": msgspec.to_builtins(r.target_ref), "action": r.action, "policy": r.policy,
-                            "services": None if r.services is None else sorted(r.services)} for r in perm.rules]
-                     for key, perm in sorted(rules.inbounds.items())},
-    }
+        if isinstance(rules, MtpRules) and rules.enforced:
+            xds.configure(rs, ctx.mesh.name, rules.inbounds)

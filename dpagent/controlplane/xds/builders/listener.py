@@ -1,4 +1,4 @@
-"""Listener, tcp_proxy and HTTP connection manager factories (routes inline: one route per listener)."""
+"""Listener, tcp_proxy, HTTP connection manager and route configuration factories."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import wrappers_pb2
 
-from dpagent.controlplane.xds.builders.core import cidr, pack, socket_address
+from dpagent.controlplane.xds.builders.core import ads_source, cidr, pack, socket_address
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
 HCM = "envoy.filters.network.http_connection_manager"
@@ -32,6 +32,12 @@ def listener(name: str, address: str, port: int, direction: int, filters: Sequen
         chain.transport_socket.CopyFrom(transport_socket)
     return listener_pb2.Listener(name=name, address=socket_address(address, port), traffic_direction=direction,
                                  filter_chains=[chain])
+
+
+def listener_with_chains(name: str, address: str, port: int, direction: int,
+                         chains: Sequence[listener_components_pb2.FilterChain]) -> listener_pb2.Listener:
+    return listener_pb2.Listener(name=name, address=socket_address(address, port), traffic_direction=direction,
+                                 filter_chains=list(chains))
 
 
 def filter_chain(filters: Sequence[listener_components_pb2.Filter],
@@ -69,31 +75,42 @@ def tcp_proxy(stat_prefix: str, cluster: str) -> listener_components_pb2.Filter:
     return listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(cfg))
 
 
+def route_config(name: str, cluster: str, validate_clusters: bool = True) -> route_pb2.RouteConfiguration:
+    """One virtual host with one catch-all route to `cluster`."""
+    route = route_components_pb2.Route(
+        match=route_components_pb2.RouteMatch(prefix="/"),
+        route=route_components_pb2.RouteAction(cluster=cluster),
+    )
+    return route_pb2.RouteConfiguration(
+        name=name,
+        virtual_hosts=[route_components_pb2.VirtualHost(name=cluster, domains=["*"], routes=[route])],
+        validate_clusters=wrappers_pb2.BoolValue(value=validate_clusters),
+    )
+
+
 def http_connection_manager(stat_prefix: str, route_name: str, cluster: str,
                             http_filters: Sequence[hcm_pb2.HttpFilter] = (),
                             validate_clusters: bool = True,
-                            forward_identity: bool = False) -> listener_components_pb2.Filter:
-    """One virtual host, one catch-all route to `cluster`.
+                            forward_identity: bool = False,
+                            rds: bool = False) -> listener_components_pb2.Filter:
+    """One virtual host, one catch-all route to `cluster`, inline unless `rds`.
 
     validate_clusters=False on outbounds: the target service may have no cluster yet (no dataplane), and an inline
     route to an unknown cluster would make Envoy reject the whole listener instead of answering 503.
     forward_identity=True on inbounds: the app gets `x-forwarded-client-cert` with the caller's SPIFFE URI (and a
     header the caller sent itself is replaced, so it cannot be forged).
+    rds=True: the route configuration `route_name` comes over ADS (built with route_config()); a change to it
+    (per-route filter config such as RBAC) reaches open connections at once, without replacing the listener.
     """
-    route = route_components_pb2.Route(
-        match=route_components_pb2.RouteMatch(prefix="/"),
-        route=route_components_pb2.RouteAction(cluster=cluster),
-    )
     cfg = hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-        route_config=route_pb2.RouteConfiguration(
-            name=route_name,
-            virtual_hosts=[route_components_pb2.VirtualHost(name=cluster, domains=["*"], routes=[route])],
-            validate_clusters=wrappers_pb2.BoolValue(value=validate_clusters),
-        ),
         http_filters=[*http_filters, hcm_pb2.HttpFilter(name=ROUTER, typed_config=pack(router_pb2.Router()))],
     )
+    if rds:
+        cfg.rds.CopyFrom(hcm_pb2.Rds(config_source=ads_source(), route_config_name=route_name))
+    else:
+        cfg.route_config.CopyFrom(route_config(route_name, cluster, validate_clusters))
     if forward_identity:
         cfg.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE_SET
         cfg.set_current_client_cert_details.uri = True

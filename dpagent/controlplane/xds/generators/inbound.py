@@ -1,55 +1,56 @@
-"""Inbound side, per proxy: what each inbound needs (mTLS + MeshTrafficPermission RBAC when the mesh has mTLS, the
-local cluster that reaches the workload behind it), and one listener per inbound when there is no transparent proxy
+"""Inbound side, per proxy: what each inbound needs (mTLS when the mesh has it, the local cluster that reaches the
+workload behind it, an RDS route for HTTP), and one listener per inbound when there is no transparent proxy
 (generators/transparent.py turns the same parts into chains of the capture listener)."""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
-from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.listener.v3 import listener_components_pb2
+from envoy.config.route.v3 import route_pb2
 
 from dpagent.controlplane.policies.base import MeshView
-from dpagent.controlplane.policies.meshtrafficpermission.plugin import InboundPermissions, MtpRules, inbound_key
+from dpagent.controlplane.policies.matching import inbound_key
 from dpagent.controlplane.xds import names
 from dpagent.controlplane.xds.builders import cluster as cb
 from dpagent.controlplane.xds.builders import listener as lb
-from dpagent.controlplane.xds.builders import rbac
 from dpagent.controlplane.xds.builders.tls import downstream_tls
+from dpagent.controlplane.xds.resources import Origin, ResourceSet
+from dpagent.controlplane.xds.snapshot import CLUSTER, LISTENER, ROUTE
 from dpagent.model.dataplane import Dataplane
 from dpagent.model.mesh import mtls_enabled
 from dpagent.model.validation import is_ip
 
+if TYPE_CHECKING:
+    from dpagent.controlplane.xds.context import Proxy
+
 DEFAULT_SERVICE_ADDRESS = "127.0.0.1"
 
 
-def _filters(mesh: str, ib_protocol: str, service: str, listener_name: str, cluster: str,
-             perm: InboundPermissions | None) -> list[listener_components_pb2.Filter]:
+def _filters(ib_protocol: str, listener_name: str, route: str, cluster: str) -> list[listener_components_pb2.Filter]:
+    """HTTP inbounds read their route over RDS, so policies that edit routes (RBAC) reach live connections."""
     stat = names.stat_prefix(listener_name)
-    rules = shadow = None
-    if perm is not None:
-        rules = rbac.rbac_rules(mesh, *perm.rbac())
-        shadow = rbac.rbac_rules(mesh, *perm.rbac(shadow=True)) if perm.has_shadow() else None
     if ib_protocol in lb.HTTP_PROTOCOLS:
-        http_filters = [rbac.http_rbac(rules, shadow)] if rules is not None else []
-        return [lb.http_connection_manager(stat, names.inbound_route(service), cluster, http_filters,
-                                           forward_identity=True)]
-    pre = [rbac.network_rbac(stat, rules, shadow)] if rules is not None else []
-    return [*pre, lb.tcp_proxy(stat, cluster)]
+        return [lb.http_connection_manager(stat, route, cluster, forward_identity=True, rds=True)]
+    return [lb.tcp_proxy(stat, cluster)]
 
 
 @dataclass(frozen=True)
 class InboundPart:
     """What serving one inbound takes, whether it becomes its own listener or a chain of the capture listener."""
 
-    name: str  # inbound:<address>:<port>
+    name: str  # inbound:<address>:<port>, also the name of its filter chain
+    key: str  # <address>:<port>, how policies name the inbound
     address: str
     port: int
     cluster: cluster_pb2.Cluster
     filters: list[listener_components_pb2.Filter]
     tls: base_pb2.TransportSocket | None
+    route: route_pb2.RouteConfiguration | None  # HTTP inbounds only
 
 
 def passthrough_source(app_address: str) -> str:
@@ -58,12 +59,10 @@ def passthrough_source(app_address: str) -> str:
     return names.INBOUND_PASSTHROUGH_SOURCE_V6 if v6 else names.INBOUND_PASSTHROUGH_SOURCE_V4
 
 
-def inbound_parts(ctx: MeshView, dp: Dataplane, mtp: MtpRules, *, transparent: bool = False) -> list[InboundPart]:
-    """One part per inbound of `dp`, in declaration order.
-
-    With mTLS on and no rule for an inbound, the RBAC filter is still emitted with no allowed peer: deny by
-    default, as Kuma does once mTLS is enabled. `transparent`: the app cluster binds to the passthrough source.
-    """
+def inbound_parts(ctx: MeshView, dp: Dataplane, *, transparent: bool = False) -> list[InboundPart]:
+    """One part per inbound of `dp`, in declaration order; mTLS (any identity of the mesh) when the mesh has it.
+    Which peers may call is MeshTrafficPermission's job, applied later by its plugin.
+    `transparent`: the app cluster binds to the passthrough source."""
     mesh = ctx.mesh.name
     mtls = mtls_enabled(ctx.mesh)
     out: list[InboundPart] = []
@@ -75,18 +74,30 @@ def inbound_parts(ctx: MeshView, dp: Dataplane, mtp: MtpRules, *, transparent: b
         cluster = cb.static_cluster(cluster_name, local_address, ib.workload_port,
                                     http2=ib.protocol in lb.HTTP2_PROTOCOLS,
                                     bind_source=passthrough_source(local_address) if transparent else "")
-        perm = (mtp.for_inbound(inbound_key(dp, ib)) or InboundPermissions()) if mtls else None
-        filters = _filters(mesh, ib.protocol, ib.service, name, cluster_name, perm)
-        out.append(InboundPart(name, address, ib.port, cluster, filters, downstream_tls(mesh) if mtls else None))
+        route_name = names.inbound_route(address, ib.port)
+        route = lb.route_config(route_name, cluster_name) if ib.protocol in lb.HTTP_PROTOCOLS else None
+        out.append(InboundPart(name, inbound_key(dp, ib), address, ib.port, cluster,
+                               _filters(ib.protocol, name, route_name, cluster_name),
+                               downstream_tls(mesh) if mtls else None, route))
     return out
 
 
-def inbound_resources(ctx: MeshView, dp: Dataplane, mtp: MtpRules) -> tuple[dict[str, listener_pb2.Listener],
-                                                                            dict[str, cluster_pb2.Cluster]]:
-    """Listeners and local clusters for every inbound of `dp` (no transparent proxy), keyed and sorted by name."""
-    listeners: dict[str, listener_pb2.Listener] = {}
-    clusters: dict[str, cluster_pb2.Cluster] = {}
-    for part in inbound_parts(ctx, dp, mtp):
-        clusters[part.cluster.name] = part.cluster
-        listeners[part.name] = lb.listener(part.name, part.address, part.port, lb.INBOUND, part.filters, part.tls)
-    return dict(sorted(listeners.items())), dict(sorted(clusters.items()))
+class InboundGenerator:
+    """Each inbound's local cluster and (HTTP) route configuration; its own listener unless a transparent proxy
+    captures inbound traffic (then generators/transparent.py puts the same filters in the capture listener)."""
+
+    def generate(self, rs: ResourceSet, ctx: MeshView, proxy: Proxy) -> None:
+        dp = proxy.dp
+        transparent = dp.networking.transparent_proxying is not None
+        for part in inbound_parts(ctx, dp, transparent=transparent):
+            # First one wins on a clash: two inbounds may share a workload port (one cluster), and a duplicate
+            # address:port is reported by validation / transparent_warnings rather than failing generation.
+            if rs.get(CLUSTER, part.cluster.name) is None:
+                rs.add(CLUSTER, part.cluster.name, part.cluster, Origin.INBOUND, inbound=part.key)
+            if part.route is not None and rs.get(ROUTE, part.route.name) is None:
+                rs.add(ROUTE, part.route.name, part.route, Origin.INBOUND, inbound=part.key)
+            if not transparent and rs.get(LISTENER, part.name) is None:
+                chain = lb.filter_chain(part.filters, part.tls, name=part.name)
+                rs.add(LISTENER, part.name, lb.listener_with_chains(part.name, part.address, part.port, lb.INBOUND,
+                                                                     [chain]),
+                       Origin.INBOUND, inbound=part.key, chains={part.name: part.key})

@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 from google.protobuf.json_format import MessageToDict
 
 from dpagent.controlplane.xds.names import MESH_CA
-from dpagent.controlplane.xds.proxy import CLUSTER, ENDPOINT, LISTENER, SECRET
+from dpagent.controlplane.xds.proxy import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from dpagent.controlplane.xds.sds_files import CURRENT_DIR, IDENTITY_DIR, sds_files
 
 TESTDATA = Path(__file__).parent / "testdata"
@@ -45,9 +45,9 @@ def resources_to_plain(resources: dict[str, dict[str, Any]]) -> dict[str, Any]:
             for t, by in sorted(resources.items())}
 
 
-def assert_golden(obj: Any, case: str) -> None:
+def assert_golden(obj: Any, case: str, testdata: Path = TESTDATA) -> None:
     """Compare as parsed YAML; UPDATE_GOLDEN=1 rewrites the file instead."""
-    path = TESTDATA / f"{case}.golden.yaml"
+    path = testdata / f"{case}.golden.yaml"
     obj = plain(obj)
     if os.environ.get("UPDATE_GOLDEN") == "1" or not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,11 +125,27 @@ def _static_sds(node: Any) -> Any:
     return node
 
 
+def _inline_rds(node: Any, routes: dict[str, Any]) -> Any:
+    """An HCM's RDS reference becomes its route configuration inline, so Envoy validates the routes too."""
+    if isinstance(node, dict):
+        out = {k: _inline_rds(v, routes) for k, v in node.items()}
+        rds = out.get("rds")
+        if isinstance(rds, dict) and rds.get("routeConfigName") in routes:
+            out.pop("rds")
+            out["routeConfig"] = routes[rds["routeConfigName"]]
+        return out
+    if isinstance(node, list):
+        return [_inline_rds(v, routes) for v in node]
+    return node
+
+
 def static_bootstrap(resources: dict[str, dict[str, Any]], admin_port: int = 0,
                      trust_bundle: str | None = None) -> dict[str, Any]:
     """Generated listeners/clusters as static_resources; EDS clusters become STATIC with their endpoints inline,
     ADS-delivered secrets become static secrets (`trust_bundle` supplies `mesh_ca` when the input has none)."""
     res = _static_sds(resources_to_plain(resources))
+    routes = res.get(ROUTE.rsplit(".", 1)[-1], {})
+    res = {t: (_inline_rds(by, routes) if t == LISTENER.rsplit(".", 1)[-1] else by) for t, by in res.items()}
     secrets = list(res.get(SECRET.rsplit(".", 1)[-1], {}).values())
     if trust_bundle and not any(x.get("name") == MESH_CA for x in secrets):
         secrets.append({"name": MESH_CA, "validationContext": {"trustedCa": {"inlineString": trust_bundle}}})

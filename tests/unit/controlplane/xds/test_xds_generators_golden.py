@@ -11,6 +11,7 @@ from dpagent.controlplane.xds.proxy import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
+    ROUTE,
     SECRET,
     MeshContext,
     generate_proxy,
@@ -113,7 +114,7 @@ def test_deterministic_and_shared_is_proxy_independent() -> None:
     b, _ = _generate("mtls_on_http_allow")
     assert {t: {n: m.SerializeToString(deterministic=True) for n, m in by.items()} for t, by in a.items()} == \
            {t: {n: m.SerializeToString(deterministic=True) for n, m in by.items()} for t, by in b.items()}
-    assert set(a) == {CLUSTER, ENDPOINT, LISTENER, SECRET}
+    assert set(a) == {CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET}
     assert a[SECRET]["mesh_ca"].validation_context.trusted_ca.inline_string == GOLDEN_BUNDLE
 
 

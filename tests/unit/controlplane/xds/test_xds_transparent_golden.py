@@ -11,7 +11,7 @@ from _xds_testlib import Pki, assert_golden, envoy_validate, install_identity, r
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from dpagent.controlplane.xds import names
-from dpagent.controlplane.xds.proxy import CLUSTER, ENDPOINT, LISTENER, SHARED_LISTENERS, proxy_warnings
+from dpagent.controlplane.xds.proxy import CLUSTER, ENDPOINT, LISTENER, proxy_warnings
 from dpagent.controlplane.xds.sync import build_mesh_state, proxy_snapshot
 
 MTLS = {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}
@@ -130,7 +130,7 @@ def test_shared_listeners_are_one_resource_across_proxies() -> None:
     state = build_mesh_state(mesh(mtls), dps, {"MeshTrafficPermission": policies}, trust_bundle=GOLDEN_BUNDLE)
     a = proxy_snapshot(state, state.by_name["web-1"]).resources(LISTENER)
     b = proxy_snapshot(state, state.by_name["db-1"]).resources(LISTENER)
-    for name in SHARED_LISTENERS:
+    for name in (names.OUTBOUND_PASSTHROUGH, names.DYNCONF_LISTENER):
         assert a[name] is b[name]
     assert a[names.INBOUND_PASSTHROUGH] is not b[names.INBOUND_PASSTHROUGH]
 

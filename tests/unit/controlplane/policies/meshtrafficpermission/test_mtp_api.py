@@ -6,12 +6,16 @@ from typing import Any
 
 import pytest
 
+from dpagent.controlplane.policies.meshtrafficpermission import MeshTrafficPermissionPlugin
+from dpagent.controlplane.policies.targetref import TargetRef, selects, sort_key
 from dpagent.errors import ValidationError
 from dpagent.model.dataplane import parse_dataplane
-from dpagent.model.meshtrafficpermission import parse_meshtrafficpermission, validate_meshtrafficpermission
-from dpagent.model.targetref import TargetRef, selects, sort_key
 
+PLUGIN = MeshTrafficPermissionPlugin()
+validate_meshtrafficpermission = PLUGIN.validate
+parse_meshtrafficpermission = PLUGIN.parse
 KINDS_MSG = "value is not supported (expected one of: Mesh, MeshSubset, MeshService, MeshServiceSubset)"
+TOP_KINDS_MSG = "value is not supported (expected one of: Mesh, Dataplane, MeshSubset, MeshService, MeshServiceSubset)"
 
 
 def mtp(spec: Any, **top: Any) -> dict[str, Any]:
@@ -28,8 +32,8 @@ def test_valid_and_parsed_defaults() -> None:
     assert validate_meshtrafficpermission(doc) == []
     p = parse_meshtrafficpermission(doc)
     assert p.target_ref == TargetRef()
-    assert [f.default.action for f in p.spec.from_] == ["AllowWithShadowDeny", "Deny"]
-    assert p.spec.from_[1].target_ref.tags == {"version": "v1"}
+    assert [f.conf["action"] for f in p.from_] == ["AllowWithShadowDeny", "Deny"]
+    assert p.from_[1].target_ref is not None and p.from_[1].target_ref.tags == {"version": "v1"}
 
 
 BAD: list[tuple[str, Any, list[tuple[str, str]]]] = [
@@ -42,8 +46,8 @@ BAD: list[tuple[str, Any, list[tuple[str, str]]]] = [
      [("x", "unknown field (expected one of: creationTime, labels, mesh, modificationTime, name, spec, type)")]),
     ("no spec", {"type": "MeshTrafficPermission", "mesh": "default", "name": "p"}, [("spec", "must be defined")]),
     ("spec unknown", mtp({"from": [rule({"kind": "Mesh"})], "to": []}),
-     [("spec.to", "unknown field (expected one of: from, targetRef)")]),
-    ("empty from", mtp({"targetRef": {"kind": "Mesh"}}), [("spec.from", "needs at least one item")]),
+     [("spec.to", "unknown field (expected one of: from, rules, targetRef)")]),
+    ("empty from", mtp({"targetRef": {"kind": "Mesh"}}), [("spec", "needs at least one item in 'from' or 'rules'")]),
     ("from not list", mtp({"from": {}}), [("spec.from", "must be a list, not an object")]),
     ("item not object", mtp({"from": [3]}), [("spec.from[0]", "must be an object, not a number")]),
     ("item unknown", mtp({"from": [{**rule({"kind": "Mesh"}), "x": 1}]}),
@@ -60,7 +64,7 @@ BAD: list[tuple[str, Any, list[tuple[str, str]]]] = [
     ("no kind", mtp({"from": [rule({"name": "x"})]}), [("spec.from[0].targetRef.kind", "must be defined")]),
     ("bad kind", mtp({"from": [rule({"kind": "Dataplane"})]}), [("spec.from[0].targetRef.kind", KINDS_MSG)]),
     ("top bad kind", mtp({"targetRef": {"kind": "MeshGateway"}, "from": [rule({"kind": "Mesh"})]}),
-     [("spec.targetRef.kind", KINDS_MSG)]),
+     [("spec.targetRef.kind", TOP_KINDS_MSG)]),
     ("Mesh with name and tags", mtp({"from": [rule({"kind": "Mesh", "name": "x", "tags": {"a": "b"}})]}),
      [("spec.from[0].targetRef.name", "must not be set with kind Mesh"),
       ("spec.from[0].targetRef.tags", "must not be set with kind Mesh")]),
@@ -77,8 +81,11 @@ BAD: list[tuple[str, Any, list[tuple[str, str]]]] = [
       ("spec.from[0].targetRef.tags", "must be set with kind MeshServiceSubset")]),
     ("bad tag value", mtp({"from": [rule({"kind": "MeshSubset", "tags": {"a": ""}})]}),
      [('spec.from[0].targetRef.tags["a"]', "tag value must be a non-empty string")]),
-    ("targetRef unknown", mtp({"from": [rule({"kind": "Mesh", "sectionName": "x"})]}),
-     [("spec.from[0].targetRef.sectionName", "unknown field (expected one of: kind, name, tags)")]),
+    ("targetRef unknown", mtp({"from": [rule({"kind": "Mesh", "port": "x"})]}),
+     [("spec.from[0].targetRef.port",
+       "unknown field (expected one of: kind, labels, name, proxyTypes, sectionName, tags)")]),
+    ("Mesh with sectionName", mtp({"from": [rule({"kind": "Mesh", "sectionName": "x"})]}),
+     [("spec.from[0].targetRef.sectionName", "must not be set with kind Mesh")]),
 ]
 
 
@@ -117,5 +124,54 @@ def test_specificity_order() -> None:
             ("b", TargetRef("MeshSubset", tags={"x": "1", "y": "2"})), ("a", TargetRef("MeshSubset", tags={"x": "1"})),
             ("c", TargetRef()), ("b", TargetRef())]
     ordered = sorted(refs, key=lambda r: sort_key(r[1], r[0]))
-    assert [(n, r.kind) for n, r in ordered] == [("b", "Mesh"), ("c", "Mesh"), ("a", "MeshSubset"),
-                                                ("b", "MeshSubset"), ("y", "MeshService"), ("z", "MeshServiceSubset")]
+    # Kuma §1.5: kind first, tags do not count, and among equals the alphabetically smaller name has the higher
+    # priority (sorts last).
+    assert [(n, r.kind) for n, r in ordered] == [("c", "Mesh"), ("b", "Mesh"), ("b", "MeshSubset"),
+                                                ("a", "MeshSubset"), ("y", "MeshService"), ("z", "MeshServiceSubset")]
+
+
+def spiffe_rules(**lists: Any) -> dict[str, Any]:
+    return mtp({"targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}, "sectionName": "main"},
+                "rules": [{"default": lists}]})
+
+
+def test_rules_form_and_dataplane_target_are_valid() -> None:
+    doc = spiffe_rules(deny=[{"spiffeID": {"type": "Prefix", "value": "spiffe://default/job"}}],
+                       allow=[{"spiffeID": {"type": "Exact", "value": "spiffe://default/web"},
+                               "sni": {"type": "Exact", "value": "backend.mesh"}}],
+                       allowWithShadowDeny=[{"sni": {"type": "Exact", "value": "backend.mesh"}}])
+    assert validate_meshtrafficpermission(doc) == []
+    p = parse_meshtrafficpermission(doc)
+    assert p.target_ref.kind == "Dataplane" and p.target_ref.labels == {"app": "backend"}
+    assert p.target_ref.section_name == "main" and p.rules[0].conf["deny"][0]["spiffeID"]["type"] == "Prefix"
+
+
+RULES_BAD: list[tuple[str, Any, list[tuple[str, str]]]] = [
+    ("empty default", spiffe_rules(), [("spec.rules[0].default", "must define at least one of: deny, allow, "
+                                                                 "allowWithShadowDeny")]),
+    ("empty match", spiffe_rules(allow=[{}]),
+     [("spec.rules[0].default.allow[0]", "must define spiffeID and/or sni (an empty match would match every "
+                                         "client)")]),
+    ("bad spiffe", spiffe_rules(deny=[{"spiffeID": {"type": "Regex", "value": "http://x"}}]),
+     [("spec.rules[0].default.deny[0].spiffeID.type", "must be one of: Exact, Prefix"),
+      ("spec.rules[0].default.deny[0].spiffeID.value",
+       "'http://x' is not a SPIFFE ID (spiffe://<trust-domain>/<path>)")]),
+    ("bad sni", spiffe_rules(allow=[{"sni": {"type": "Prefix", "value": "Not_A_Host"}}]),
+     [("spec.rules[0].default.allow[0].sni.type", "must be Exact"),
+      ("spec.rules[0].default.allow[0].sni.value", "'Not_A_Host' is not a lower-case DNS name")]),
+    ("rule unknown", mtp({"rules": [{"matches": [], "default": {"allow": [{"sni": {"type": "Exact",
+                                                                                    "value": "a"}}]}}]}),
+     [("spec.rules[0].matches", "unknown field (expected one of: default)")]),
+    ("Dataplane labels with name", mtp({"targetRef": {"kind": "Dataplane", "name": "a",
+                                                                       "labels": {"x": "y"}},
+                                                         "from": [rule({"kind": "Mesh"})]}),
+     [("spec.targetRef.labels", "must not be set together with name")]),
+    ("Dataplane from", mtp({"from": [rule({"kind": "Dataplane"})]}), [("spec.from[0].targetRef.kind", KINDS_MSG)]),
+    ("empty proxyTypes", mtp({"targetRef": {"kind": "Mesh", "proxyTypes": []}, "from": [rule({"kind": "Mesh"})]}),
+     [("spec.targetRef.proxyTypes", "must not be empty (leave it out to mean every proxy type)")]),
+]
+
+
+@pytest.mark.parametrize(("doc", "expected"), [(d, e) for _, d, e in RULES_BAD], ids=[c for c, _, _ in RULES_BAD])
+def test_rules_form_violations(doc: Any, expected: list[tuple[str, str]]) -> None:
+    assert validate_meshtrafficpermission(doc) == expected

@@ -1,0 +1,132 @@
+"""What generation reads about one mesh (MeshContext, immutable per change) and about one proxy (Proxy: its
+Dataplane plus every policy kind's matched policies and rules).
+
+The context also memoises resources that are identical for many proxies and hands out one serialised `Resource`
+per key, so sharing survives per-proxy policy: a plugin that gives a service's cluster a conf asks for the memo
+keyed by (service, effective conf) and every proxy with the same conf gets the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from google.protobuf.message import Message
+
+from dpagent.controlplane.policies.base import Rules
+from dpagent.controlplane.policies.envelope import Policy
+from dpagent.controlplane.policies.matching import Matched, match
+from dpagent.controlplane.policies.registry import PLUGINS, plugin_for
+from dpagent.controlplane.xds.builders.tls import mesh_ca_secret
+from dpagent.controlplane.xds.dns import dns_table
+from dpagent.controlplane.xds.generators.dynconf import dynconf_listener
+from dpagent.controlplane.xds.generators.outbound import service_protocols, shared_clusters
+from dpagent.controlplane.xds.generators.transparent import (
+    outbound_capture_listener,
+    service_addresses,
+    service_ports,
+)
+from dpagent.controlplane.xds.names import DYNCONF_DNS_PATH, DYNCONF_LISTENER, MESH_CA, OUTBOUND_PASSTHROUGH
+from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, SECRET, Resource
+from dpagent.model.dataplane import Dataplane
+from dpagent.model.mesh import Mesh, mtls_enabled
+
+
+@dataclass(frozen=True)
+class MeshContext:
+    """Everything generation reads about one mesh. `policies` maps kind → parsed policies (raw documents are
+    parsed by their plugin on first use)."""
+
+    mesh: Mesh
+    dataplanes: Sequence[Dataplane] = ()
+    policies: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    trust_bundle: str = ""  # PEM roots proxies of this mesh trust; pushed as the `mesh_ca` secret
+    vips: Mapping[str, str] = field(default_factory=dict)  # service → virtual IP (allocated and stored by sync)
+
+    @cached_property
+    def parsed_policies(self) -> Mapping[str, list[Policy]]:
+        out: dict[str, list[Policy]] = {}
+        for kind, docs in self.policies.items():
+            plugin = plugin_for(kind)
+            if plugin is not None:
+                out[kind] = [plugin.parse(d) for d in docs]
+        return out
+
+    @cached_property
+    def service_protocols(self) -> Mapping[str, str]:
+        """Each service's protocol, computed once per context: every proxy's outbound listeners need it, and
+        deriving it walks all dataplanes (O(N) per proxy, O(N²) per mesh otherwise). The context is immutable."""
+        return service_protocols(self.dataplanes)
+
+    @cached_property
+    def service_addresses(self) -> Mapping[str, list[tuple[str, int]]]:
+        return service_addresses(self.dataplanes)
+
+    @cached_property
+    def service_ports(self) -> Mapping[str, list[int]]:
+        return service_ports(self.dataplanes)
+
+    @cached_property
+    def _memo(self) -> dict[Hashable, Resource]:
+        return {}
+
+    @cached_property
+    def shared_resources(self) -> Mapping[str, Mapping[str, Resource]]:
+        """The mesh-wide part (every service's cluster and endpoints, the trust bundle), serialised once per
+        context and handed to every proxy that calls the service."""
+        return {t: {n: Resource(n, m, t) for n, m in by.items()} for t, by in generate_shared(self).items()}
+
+    def shared(self, key: Hashable, type_url: str, name: str, build: Callable[[], Message]) -> Resource:
+        """The Resource for `key`, built and serialised once per context however many proxies ask for it.
+        `key` must capture every input of `build` (e.g. (kind, service, effective conf as sorted JSON))."""
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = Resource(name, build(), type_url)
+        return hit
+
+    def outbound_capture(self, port: int, reachable: tuple[str, ...]) -> Resource:
+        """The outbound capture listener, once per (port, reachable set): with 1,000 tproxy proxies in a mesh it
+        is otherwise rebuilt (and serialised) 1,000 times from the same inputs."""
+        return self.shared((OUTBOUND_PASSTHROUGH, port, reachable), LISTENER, OUTBOUND_PASSTHROUGH,
+                           lambda: outbound_capture_listener(port, reachable, self.service_protocols, self.vips,
+                                                             self.service_addresses, self.service_ports))
+
+    def dynconf(self, reachable: tuple[str, ...]) -> Resource:
+        """The agent's dynconf listener (DNS table of the reachable services), once per reachable set."""
+        return self.shared((DYNCONF_LISTENER, reachable), LISTENER, DYNCONF_LISTENER,
+                           lambda: dynconf_listener({DYNCONF_DNS_PATH: dns_table(self.vips, reachable)}))
+
+
+def generate_shared(ctx: MeshContext) -> dict[str, dict[str, Message]]:
+    """Per-service EDS clusters, their endpoints and the trust bundle: identical for every proxy in the mesh."""
+    clusters, assignments = shared_clusters(ctx)
+    out: dict[str, dict[str, Message]] = {CLUSTER: dict(clusters), ENDPOINT: dict(assignments)}
+    if mtls_enabled(ctx.mesh) and ctx.trust_bundle:
+        out[SECRET] = {MESH_CA: mesh_ca_secret(ctx.trust_bundle)}
+    return out
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """One proxy as generation sees it: every registered kind has an entry in `matched` and `rules`."""
+
+    dp: Dataplane
+    matched: Mapping[str, Matched]
+    rules: Mapping[str, Rules]
+
+    @property
+    def warnings(self) -> list[str]:
+        return [w for r in self.rules.values() for w in r.warnings]
+
+
+def build_proxy(ctx: MeshContext, dp: Dataplane) -> Proxy:
+    """Match every kind's policies to `dp` and let each plugin turn them into rules, in registry order."""
+    matched: dict[str, Matched] = {}
+    rules: dict[str, Rules] = {}
+    for plugin in PLUGINS:
+        m = match(plugin.kind, ctx.parsed_policies.get(plugin.kind, ()), dp)
+        matched[plugin.kind] = m
+        rules[plugin.kind] = plugin.rules(ctx, dp, m)
+    return Proxy(dp, matched, rules)

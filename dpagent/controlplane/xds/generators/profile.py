@@ -1,0 +1,121 @@
+"""The generator profile: the ordered list of core generators that fill one proxy's ResourceSet, then every policy
+plugin's `apply` in registry order. Reading PROFILE top to bottom is reading the whole pipeline.
+
+Core generators know no policy; they tag what they make with an origin (and the inbound or service it serves)
+so plugins can find it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from dpagent.controlplane.policies.registry import PLUGINS
+from dpagent.controlplane.xds import names
+from dpagent.controlplane.xds.builders import listener as lb
+from dpagent.controlplane.xds.context import MeshContext, Proxy, build_proxy
+from dpagent.controlplane.xds.generators.inbound import InboundGenerator, inbound_parts
+from dpagent.controlplane.xds.generators.outbound import outbound_filter
+from dpagent.controlplane.xds.generators.transparent import (
+    inbound_capture_listener,
+    is_transparent,
+    passthrough_clusters,
+    reachable_services,
+)
+from dpagent.controlplane.xds.resources import Origin, ResourceSet
+from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, SECRET
+from dpagent.model.dataplane import Dataplane
+
+
+class Generator(Protocol):
+    def generate(self, rs: ResourceSet, ctx: MeshContext, proxy: Proxy) -> None: ...
+
+
+def wanted_services(ctx: MeshContext, dp: Dataplane) -> list[str]:
+    """Services whose shared cluster and endpoints this proxy receives: its outbounds, or under tproxy its reachable
+    services (all of the mesh's unless `reachableServices` narrows them)."""
+    return reachable_services(dp, ctx.service_protocols)
+
+
+class SharedServicesGenerator:
+    """The mesh-wide cluster + endpoints of every service the proxy calls, as the shared serialised Resources, and
+    the mesh trust bundle."""
+
+    def generate(self, rs: ResourceSet, ctx: MeshContext, proxy: Proxy) -> None:
+        shared = ctx.shared_resources
+        for service in wanted_services(ctx, proxy.dp):
+            name = names.service_cluster(service)
+            for type_url in (CLUSTER, ENDPOINT):
+                res = shared.get(type_url, {}).get(name)
+                if res is not None:
+                    rs.add(type_url, name, res, Origin.OUTBOUND, service=service)
+        for name, res in shared.get(SECRET, {}).items():
+            rs.add(SECRET, name, res, Origin.SECRETS)
+
+
+class OutboundListenersGenerator:
+    """One listener per `outbound` entry (no transparent proxy)."""
+
+    def generate(self, rs: ResourceSet, ctx: MeshContext, proxy: Proxy) -> None:
+        if is_transparent(proxy.dp):
+            return
+        for ob in proxy.dp.networking.outbound:
+            name = names.outbound_listener(ob.address, ob.port)
+            if rs.get(LISTENER, name) is None:
+                rs.add(LISTENER, name, lb.listener(name, ob.address, ob.port, lb.OUTBOUND,
+                                                   [outbound_filter(name, ob.service, ctx.service_protocols)]),
+                       Origin.OUTBOUND, service=ob.service)
+
+
+class TransparentGenerator:
+    """Capture listeners instead of per-inbound/per-outbound ones: under tproxy the inbound port is the app's own
+    port (Envoy cannot bind it) and outbounds are ignored (Kuma rejects them). The outbound capture and dynconf
+    listeners are the same for every proxy with the same reachable set, so they come shared from the context."""
+
+    def generate(self, rs: ResourceSet, ctx: MeshContext, proxy: Proxy) -> None:
+        tp = proxy.dp.networking.transparent_proxying
+        if tp is None:
+            return
+        parts = inbound_parts(ctx, proxy.dp, transparent=True)
+        seen_ports: set[int] = set()
+        chains = {}
+        for p in parts:
+            if p.port not in seen_ports:
+                seen_ports.add(p.port)
+                chains[p.name] = p.key
+        rs.add(LISTENER, names.INBOUND_PASSTHROUGH, inbound_capture_listener(tp.redirect_port_inbound, parts),
+               Origin.TRANSPARENT, chains=chains)
+        for name, cluster in passthrough_clusters().items():
+            rs.add(CLUSTER, name, cluster, Origin.TRANSPARENT)
+        reachable = tuple(wanted_services(ctx, proxy.dp))
+        rs.add(LISTENER, names.OUTBOUND_PASSTHROUGH, ctx.outbound_capture(tp.redirect_port_outbound, reachable),
+               Origin.TRANSPARENT)
+        rs.add(LISTENER, names.DYNCONF_LISTENER, ctx.dynconf(reachable), Origin.DYNCONF)
+
+
+class PolicyGenerator:
+    """Every policy plugin's `apply`, in registry (Kuma) order, over the same ResourceSet."""
+
+    def generate(self, rs: ResourceSet, ctx: MeshContext, proxy: Proxy) -> None:
+        for plugin in PLUGINS:
+            try:
+                plugin.apply(rs, ctx, proxy.dp, proxy.rules[plugin.kind])
+            except Exception as e:
+                raise RuntimeError(f"policy plugin {plugin.kind} failed: {e}") from e
+
+
+PROFILE: tuple[Generator, ...] = (
+    SharedServicesGenerator(),
+    InboundGenerator(),
+    OutboundListenersGenerator(),
+    TransparentGenerator(),
+    PolicyGenerator(),
+)
+
+
+def generate(ctx: MeshContext, dp: Dataplane, proxy: Proxy | None = None) -> ResourceSet:
+    """Run the profile for one proxy."""
+    proxy = proxy or build_proxy(ctx, dp)
+    rs = ResourceSet()
+    for gen in PROFILE:
+        gen.generate(rs, ctx, proxy)
+    return rs
