@@ -6,43 +6,18 @@ here instead of printing "-". Times print as UTC ISO 8601 with a relative age.
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import yaml
 
 from dpagent.controlplane.views import DataplaneInspect, KindPolicies, PolicyInspect
+from dpagent.timefmt import human_time
 
 
-def age(seconds: float) -> str:
-    """`95` → `1m35s`; `90061` → `1d1h`: two units at most, enough to read at a glance."""
-    s = int(abs(seconds))
-    for big, big_name, small, small_name in ((86400, "d", 3600, "h"), (3600, "h", 60, "m"), (60, "m", 1, "s")):
-        if s >= big:
-            rest = (s % big) // small
-            return f"{s // big}{big_name}" + (f"{rest}{small_name}" if rest else "")
-    return f"{s}s"
-
-
-def when(ts: float | None, now: float | None = None) -> str:
-    """Epoch seconds → `2026-12-02T13:00:00Z (5m ago)` (or `in 5m` for the future); `-` when unknown."""
-    if ts is None:
-        return "-"
-    now = time.time() if now is None else now
-    stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    delta = now - ts
-    return f"{stamp} ({age(delta)} ago)" if delta >= 0 else f"{stamp} (in {age(delta)})"
-
-
-def when_iso(value: str | None, now: float | None = None) -> str:
-    if not value:
-        return "-"
-    try:
-        return when(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp(), now)
-    except ValueError:
-        return value
+def when(ts: float | str | None, now: float | None = None) -> str:
+    """One time format for people everywhere (dpagent.timefmt): `2026-12-02T13:00:00Z (5m ago)`, `-` if unknown."""
+    return human_time(ts, now=now)
 
 
 def _short(type_url: str) -> str:
@@ -71,7 +46,7 @@ def render(data: dict[str, Any], now: float | None = None) -> str:
     if cert is not None:
         lines.append(f"  certificate: serial {cert.serial or '-'} ({cert.spiffe_id or '-'}), "
                      f"backend {cert.backend or '-'}")
-        lines.append(f"    expires {when_iso(cert.not_after, now)}")
+        lines.append(f"    expires {when(cert.not_after, now)}")
         lines.append(f"    issued {when(cert.issued, now)}, {cert.regenerations or 0} issued so far")
     if view.policies:
         lines.append("  matched policies:")
