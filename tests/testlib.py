@@ -41,6 +41,41 @@ networking:
 """
 
 
+def mesh_dataplane(name: str, service: str, port: int, service_port: int, protocol: str = "http",
+                   outbound: str = "") -> str:
+    """A Dataplane of the e2e meshes: one inbound on 127.0.0.1, labelled `app: <service>`, plus optional
+    `outbound:` YAML (indented two spaces)."""
+    return f"""\
+type: Dataplane
+mesh: default
+name: {name}
+labels:
+  app: {service}
+networking:
+  address: 127.0.0.1
+  inbound:
+  - port: {port}
+    servicePort: {service_port}
+    tags:
+      kuma.io/service: {service}
+      kuma.io/protocol: {protocol}
+{outbound}"""
+
+
+def deny_web(target: str = "backend") -> str:
+    """A MeshTrafficPermission `deny-web` that denies service web calling `target`."""
+    return f"""\
+type: MeshTrafficPermission
+mesh: default
+name: deny-web
+spec:
+  targetRef: {{kind: MeshService, name: {target}}}
+  from:
+  - targetRef: {{kind: MeshService, name: web}}
+    default: {{action: Deny}}
+"""
+
+
 class LocalControlPlane:
     """Addresses and command line of a `dpagent cp run` on loopback with its own data dir and free ports.
 

@@ -44,19 +44,6 @@ class CertificateStatus(msgspec.Struct, frozen=True, rename="camel"):
     regenerations: int | None = None
 
 
-class _InsightMtls(msgspec.Struct, rename="camel"):
-    serial: str | None = None
-    certificate_expiration_time: str | None = None
-    issued_backend: str | None = None
-    spiffe_id: str | None = None
-    last_certificate_regeneration: float | None = None
-    certificate_regenerations: int | None = None
-
-
-class _Insight(msgspec.Struct):
-    mTLS: _InsightMtls | None = None
-
-
 # ---- policies -------------------------------------------------------------------------------------------------
 
 class InboundPolicies(msgspec.Struct, frozen=True):

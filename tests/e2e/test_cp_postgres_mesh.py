@@ -15,38 +15,14 @@ import httpx
 import pgserver
 import pytest
 from pgserver import PgServer
-from testlib import HttpApp, free_port, wait_for
+from testlib import HttpApp, deny_web, free_port, mesh_dataplane, wait_for
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 PORTS = {k: free_port() for k in ("b_in", "w_in", "w_out_b")}
 
-DENY = """\
-type: MeshTrafficPermission
-mesh: default
-name: deny-web
-spec:
-  targetRef: {kind: MeshService, name: backend}
-  from:
-  - targetRef: {kind: MeshService, name: web}
-    default: {action: Deny}
-"""
 
 
-def dataplane(name: str, service: str, port: int, service_port: int, outbound: str = "") -> str:
-    return f"""\
-type: Dataplane
-mesh: default
-name: {name}
-networking:
-  address: 127.0.0.1
-  inbound:
-  - port: {port}
-    servicePort: {service_port}
-    tags:
-      kuma.io/service: {service}
-      kuma.io/protocol: http
-{outbound}"""
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +52,14 @@ def via_web() -> httpx.Response:
 
 def test_policy_applied_through_another_replica_reaches_the_proxies(cp, cp_b, agents) -> None:
     backend = HttpApp("backend")
-    agents("backend-1", dataplane("backend-1", "backend", PORTS["b_in"], backend.port))
+    agents("backend-1", mesh_dataplane("backend-1", "backend", PORTS["b_in"], backend.port))
     outbound = f"  outbound:\n  - port: {PORTS['w_out_b']}\n    tags:\n      kuma.io/service: backend\n"
-    agents("web-1", dataplane("web-1", "web", PORTS["w_in"], 1, outbound))
+    agents("web-1", mesh_dataplane("web-1", "web", PORTS["w_in"], 1, outbound))
     wait_for(lambda: via_web().status_code == 200, 20, what="web -> backend over mTLS, CP on PostgreSQL")
     assert via_web().text == "backend /hello"
     # Both replicas list what the agents registered through A.
     assert "web-1" in cp_b.cli("get", "dataplanes").stdout
-    cp_b.cli("apply", "-f", "-", input=DENY)
+    cp_b.cli("apply", "-f", "-", input=deny_web())
     wait_for(lambda: via_web().status_code == 403, 10, interval=0.05, what="403 after a Deny applied via replica B")
     cp_b.cli("delete", "mtp", "deny-web")
     wait_for(lambda: via_web().status_code == 200, 10, what="200 after the Deny is deleted via replica B")

@@ -10,29 +10,14 @@ import time
 
 import httpx
 import pytest
-from testlib import HttpApp, free_port, wait_for
+from testlib import HttpApp, deny_web, free_port, mesh_dataplane, wait_for
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 PORTS: dict[str, int] = {k: free_port() for k in ("b_in", "e_in", "w_in", "w_out_b", "w_out_e")}
 
 
-def dataplane(name: str, service: str, port: int, service_port: int, protocol: str, outbound: str = "") -> str:
-    return f"""\
-type: Dataplane
-mesh: default
-name: {name}
-labels:
-  app: {service}
-networking:
-  address: 127.0.0.1
-  inbound:
-  - port: {port}
-    servicePort: {service_port}
-    tags:
-      kuma.io/service: {service}
-      kuma.io/protocol: {protocol}
-{outbound}"""
+dataplane = mesh_dataplane
 
 
 WEB_OUTBOUND = f"""\
@@ -45,16 +30,6 @@ WEB_OUTBOUND = f"""\
       kuma.io/service: echo
 """
 
-DENY = """\
-type: MeshTrafficPermission
-mesh: default
-name: deny-web
-spec:
-  targetRef: {kind: MeshService, name: %s}
-  from:
-  - targetRef: {kind: MeshService, name: web}
-    default: {action: Deny}
-"""
 
 
 def via_web(path: str = "/hello") -> httpx.Response:
@@ -112,12 +87,12 @@ def test_backend_inbound_refuses_plaintext_and_unauthenticated_tls(mesh, cp):
 
 
 def test_deny_gives_403_and_reset_within_2s_then_allow_restores(mesh, cp):
-    cp.cli("apply", "-f", "-", input=DENY % "backend")
+    cp.cli("apply", "-f", "-", input=deny_web("backend"))
     t0 = time.monotonic()
     wait_for(lambda: via_web().status_code == 403, 5, interval=0.02, what="403 after Deny")
     took = time.monotonic() - t0
     assert took <= 2.0, f"Deny took {took:.2f}s to apply"
-    cp.cli("apply", "-f", "-", input=(DENY % "echo").replace("deny-web", "deny-web-echo"))
+    cp.cli("apply", "-f", "-", input=deny_web("echo").replace("deny-web", "deny-web-echo"))
     wait_for(lambda: echo_via_web() == b"", 5, what="tcp reset after Deny")
     cp.cli("delete", "mtp", "deny-web")
     cp.cli("delete", "mtp", "deny-web-echo")
@@ -140,7 +115,7 @@ def test_removed_deny_allows_the_next_request_on_an_open_connection(mesh, cp):
         url = f"http://127.0.0.1:{PORTS['w_out_b']}/pooled"
         assert client.get(url).status_code == 200
         before = _versions(cp, "backend-1")
-        cp.cli("apply", "-f", "-", input=DENY % "backend")
+        cp.cli("apply", "-f", "-", input=deny_web("backend"))
         wait_for(lambda: client.get(url).status_code == 403, 5, interval=0.02, what="403 after Deny")
         denied = _versions(cp, "backend-1")
         cp.cli("delete", "mtp", "deny-web")
