@@ -28,6 +28,7 @@ from dpagent.controlplane.resources import Resources
 from dpagent.controlplane.settings import CpConfig
 from dpagent.controlplane.store import ResourceStore, SqliteStore
 from dpagent.controlplane.tokens import TokenError
+from dpagent.controlplane.xds import nodeid
 from dpagent.controlplane.xds.cache import SnapshotCache
 from dpagent.controlplane.xds.server import AdsServer, StreamError, serve
 from dpagent.controlplane.xds.sync import XdsSync
@@ -98,33 +99,44 @@ class XdsAuth:
         # and re-parsing unchanged documents was half of an idle CP's CPU at 1,000 proxies.
         self._parsed: dict[tuple[str, str], tuple[int, Any]] = {}
 
-    async def _dataplane(self, node_id: str) -> Any:
-        for i, ch in enumerate(node_id):
-            if ch != ".":
-                continue
-            key = (node_id[:i], node_id[i + 1:])
-            rec = await self.store.get("Dataplane", *key)
-            if rec is not None:
-                hit = self._parsed.get(key)
-                if hit is None or hit[0] != rec.version:
-                    hit = (rec.version, parse_dataplane(rec.doc))
-                    self._parsed[key] = hit
-                return hit[1]
-        raise StreamError(_unauth(), f"no Dataplane for node id {node_id!r}; create it in the control plane first "
-                                     "or pass it to the agent with --dataplane-file")
+    async def _dataplane(self, mesh: str, name: str) -> Any:
+        rec = await self.store.get("Dataplane", mesh, name)
+        if rec is None:
+            return None
+        key = (mesh, name)
+        hit = self._parsed.get(key)
+        if hit is None or hit[0] != rec.version:
+            hit = (rec.version, parse_dataplane(rec.doc))
+            self._parsed[key] = hit
+        return hit[1]
 
     async def authenticate(self, metadata: dict[str, str], node: Any) -> dict[str, Any]:
-        dp = await self._dataplane(node.id)
+        """The first reading of the node id that names a stored Dataplane *and* whose token verifies wins: an id
+        from an earlier CP's bootstrap may be read more than one way (see nodeid.candidates)."""
         token = metadata.get("authorization", "")
-        try:
-            await self.auth.verify(token, dp)
-        except TokenError as e:
-            raise StreamError(_unauth(), f"authentication failed: {e}") from None
-        fields = node.metadata.fields if node.HasField("metadata") else {}
-        return {"mesh": dp.mesh, "name": dp.name, "token": token, "direct": "dataplane.resource" in fields}
+        refusal: TokenError | None = None
+        for mesh, name in nodeid.candidates(node.id):
+            dp = await self._dataplane(mesh, name)
+            if dp is None:
+                continue
+            try:
+                await self.auth.verify(token, dp)
+            except TokenError as e:
+                refusal = refusal or e
+                continue
+            fields = node.metadata.fields if node.HasField("metadata") else {}
+            return {"mesh": dp.mesh, "name": dp.name, "node": nodeid.node_id(dp.mesh, dp.name), "token": token,
+                    "direct": "dataplane.resource" in fields}
+        if refusal is not None:
+            raise StreamError(_unauth(), f"authentication failed: {refusal}")
+        raise StreamError(_unauth(), f"no Dataplane for node id {node.id!r}; create it in the control plane first "
+                                     "or pass it to the agent with --dataplane-file")
 
     async def revalidate(self, info: dict[str, Any]) -> None:
-        dp = await self._dataplane(f"{info['mesh']}.{info['name']}")
+        dp = await self._dataplane(info["mesh"], info["name"])
+        if dp is None:
+            raise StreamError(_unauth(), f"Dataplane {info['name']!r} of mesh {info['mesh']!r} was deleted; apply it "
+                                         "again or restart the agent with --dataplane-file")
         try:
             await self.auth.still_valid(info["token"], dp)
         except TokenError as e:
@@ -144,6 +156,9 @@ class ControlPlane:
         self.ready = asyncio.Event()
         self._direct: dict[str, dict[str, Any]] = {}
         self._pending_delete: dict[str, asyncio.TimerHandle] = {}
+        # node -> {stream id: auth info}. Per stream, because a proxy that reconnects before the CP saw its old
+        # connection die has two streams for a while; the node is gone only when its last stream is.
+        self._streams: dict[str, dict[int, dict[str, Any]]] = {}
 
     async def run(self) -> int:
         cfg = self.cfg
@@ -174,8 +189,7 @@ class ControlPlane:
             xauth = XdsAuth(store, auth)
             ads = AdsServer(cache, xauth.authenticate, revalidate=xauth.revalidate,
                             revalidate_interval=cfg.revalidate_interval, on_connect=self._on_connect,
-                            on_disconnect=self._on_disconnect)
-            self._auth_info: dict[str, dict[str, Any]] = {}
+                            on_disconnect=self._on_disconnect, node_key=lambda _raw, info: info["node"])
             self._xauth = xauth
             grpc_server = await serve(ads, cfg.bind_address, cfg.xds_port, tls=(cert, key))
             stack.push_async_callback(grpc_server.stop, 2)
@@ -218,10 +232,10 @@ class ControlPlane:
     # ---- lifecycle -----------------------------------------------------------------------------------------
 
     async def _on_leave(self, mesh: str, name: str) -> None:
-        node = f"{mesh}.{name}"
+        node = nodeid.node_id(mesh, name)
         self.sync.set_leaving(mesh, name, True)
         kv(log, logging.INFO, "proxy is draining; its endpoints are withdrawn", proxy=node)
-        info = self._auth_info.get(node)
+        info = next(iter(self._streams.get(node, {}).values()), None)
         if info and info.get("direct"):
             self._schedule_deregistration(node, info)
 
@@ -233,19 +247,27 @@ class ControlPlane:
         self._pending_delete[node] = loop.call_later(
             self.cfg.deregistration_delay, lambda: asyncio.ensure_future(self._deregister(node, info)))
 
-    async def _on_connect(self, node: str, info: dict[str, Any]) -> None:
+    async def _on_connect(self, node: str, stream_id: int, info: dict[str, Any]) -> None:
         pending = self._pending_delete.pop(node, None)
         if pending:
             pending.cancel()
+        streams = self._streams.setdefault(node, {})
+        streams[stream_id] = info
         self.sync.set_leaving(info["mesh"], info["name"], False)
-        self._auth_info[node] = info
-        kv(log, logging.INFO, "proxy connected", proxy=node)
+        kv(log, logging.INFO, "proxy connected", proxy=node, streams=len(streams))
         await self.sync.on_connect(info["mesh"], info["name"])
 
-    async def _on_disconnect(self, node: str, graceful: bool) -> None:
-        info = self._auth_info.pop(node, None)
+    async def _on_disconnect(self, node: str, stream_id: int, graceful: bool) -> None:
+        streams = self._streams.get(node)
+        info = streams.pop(stream_id, None) if streams is not None else None
         if info is None:
             return
+        if streams:
+            # An older stream of a proxy that has already reconnected: the proxy is still here.
+            kv(log, logging.INFO, "proxy closed a stream and keeps another", proxy=node, graceful=graceful,
+               streams=len(streams))
+            return
+        del self._streams[node]
         self.sync.on_disconnect(info["mesh"], info["name"])
         kv(log, logging.INFO, "proxy disconnected", proxy=node, graceful=graceful)
         if info.get("direct") and (graceful or (info["mesh"], info["name"]) in self.sync.leaving):
@@ -253,8 +275,8 @@ class ControlPlane:
 
     async def _deregister(self, node: str, info: dict[str, Any]) -> None:
         self._pending_delete.pop(node, None)
-        if self.sync.connected.get(node):
-            # Still draining: try again after another delay, once its stream is gone.
+        if self._streams.get(node):
+            # Still draining, or back: try again after another delay, once its last stream is gone.
             self._schedule_deregistration(node, info)
             return
         self.sync.leaving.discard((info["mesh"], info["name"]))
@@ -275,7 +297,7 @@ class ControlPlane:
         return "\n".join(lines) + "\n"
 
     async def inspect(self, mesh: str, name: str) -> dict[str, Any]:
-        node = f"{mesh}.{name}"
+        node = nodeid.node_id(mesh, name)
         out: dict[str, Any] = {"xds": self.cache.status(node) or {}, "warnings": self.sync.warnings(mesh, name)}
         insight = await self.store.get(INSIGHT, mesh, name)
         if insight:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dpagent.controlplane.xds import names
+from dpagent.controlplane.xds.nodeid import node_id
 
 _T = "type.googleapis.com/"
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -71,7 +72,7 @@ def _node(p: BootstrapParams, admin_meta: Mapping[str, str]) -> dict[str, Any]:
     meta["version"] = dict(p.versions)
     meta["workdir"] = p.workdir
     # Envoy refuses file-based SDS when node.cluster is empty, so fall back to the proxy name.
-    return {"id": f"{p.mesh}.{p.name}", "cluster": p.service or p.name, "metadata": dict(sorted(meta.items()))}
+    return {"id": node_id(p.mesh, p.name), "cluster": p.service or p.name, "metadata": dict(sorted(meta.items()))}
 
 
 def _ads_cluster(p: BootstrapParams) -> dict[str, Any]:

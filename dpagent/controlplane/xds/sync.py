@@ -19,6 +19,7 @@ from typing import Any
 from dpagent.controlplane.store import ChangeEvent, ResourceStore, SubscriptionOverflow
 from dpagent.controlplane.xds import vips as vip
 from dpagent.controlplane.xds.generators.outbound import service_protocols
+from dpagent.controlplane.xds.nodeid import node_id
 from dpagent.controlplane.xds.proxy import (
     SHARED_LISTENERS,
     MeshContext,
@@ -51,10 +52,6 @@ class MeshState:
     bundle_backends: tuple[str, ...] = ()
     # (listener name, id(message)) → (message, Resource): the SHARED_LISTENERS serialised once per state.
     listener_resources: dict[tuple[str, int], tuple[Any, Resource]] = dataclasses.field(default_factory=dict)
-
-
-def node_id(mesh: str, name: str) -> str:
-    return f"{mesh}.{name}"
 
 
 def build_mesh_state(mesh_doc: dict[str, Any], dp_docs: list[dict[str, Any]],
