@@ -89,6 +89,37 @@ async def first_start(resources: Resources, store: ResourceStore) -> None:
     await store.upsert("GlobalSecret", "", "cp-initialized", {"type": "GlobalSecret", "name": "cp-initialized"})
 
 
+# Below this many open files, a few hundred idle or slow connections lock every proxy out of the CP.
+FD_LIMIT_WARNING = 16_384
+
+
+def raise_fd_limit() -> None:
+    """Lift the soft limit on open files to the hard one: every proxy holds a connection, every API and DP-server
+    client another, and the usual soft limit of 1,024 was spent by 1,100 slow clients, after which no agent could
+    bootstrap or connect. Raising the soft limit up to the hard one needs no privilege."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            target = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            kv(log, logging.INFO, "raised the open-file limit", soft_before=soft, soft=target)
+            soft = target
+        except (ValueError, OSError) as e:
+            kv(log, logging.WARNING, "could not raise the open-file limit", soft=soft, hard=hard, error=str(e))
+    if soft != resource.RLIM_INFINITY and soft < FD_LIMIT_WARNING:
+        kv(log, logging.WARNING, "the control plane may open only a few files; each proxy and client needs one. "
+                                 "Raise the hard limit (systemd: LimitNOFILE=, shell: ulimit -Hn)", limit=soft)
+
+
 class XdsAuth:
     """Stream authentication: the node id names the dataplane, the `authorization` metadata carries its token."""
 
@@ -170,6 +201,7 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
+        raise_fd_limit()
         async with contextlib.AsyncExitStack() as stack:
             store = await SqliteStore.open(str(data_dir / "store.db"))
             stack.push_async_callback(store.close)
