@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import secrets as pysecrets
 import signal
@@ -33,7 +34,7 @@ from dpagent.controlplane.xds.cache import SnapshotCache
 from dpagent.controlplane.xds.server import AdsServer, StreamError, serve
 from dpagent.controlplane.xds.sync import XdsSync
 from dpagent.errors import ConfigError, PortInUseError
-from dpagent.log import kv
+from dpagent.log import Throttled, kv
 from dpagent.model.dataplane import parse_dataplane
 
 log = logging.getLogger("dpagent.cp")
@@ -120,6 +121,22 @@ def raise_fd_limit() -> None:
                                  "Raise the hard limit (systemd: LimitNOFILE=, shell: ulimit -Hn)", limit=soft)
 
 
+def quiet_fd_exhaustion(loop: asyncio.AbstractEventLoop) -> None:
+    """When descriptors do run out, asyncio's accept loop reports every failed accept with a traceback: thousands of
+    lines a second that bury the log and burn the CPU the CP needs to recover. One line per interval says it."""
+    throttled = Throttled(log, interval=10.0)
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            throttled(logging.ERROR, "out of file descriptors: new connections fail until some close; raise the "
+                                     "open-file limit (systemd: LimitNOFILE=)", kind="fd-exhausted", error=str(exc))
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
 class XdsAuth:
     """Stream authentication: the node id names the dataplane, the `authorization` metadata carries its token."""
 
@@ -202,6 +219,7 @@ class ControlPlane:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         raise_fd_limit()
+        quiet_fd_exhaustion(loop)
         async with contextlib.AsyncExitStack() as stack:
             store = await SqliteStore.open(str(data_dir / "store.db"))
             stack.push_async_callback(store.close)

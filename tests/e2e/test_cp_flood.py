@@ -7,6 +7,7 @@ bootstrap, get its config and become ready, and the CP's log must not turn into 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
 import signal
 import socket
@@ -31,10 +32,14 @@ STREAMS_PER_CONNECTION = 5
 
 
 class LowFdControlPlane(ControlPlaneProc):
+    """Started with a soft limit of 1,024 open files; with `hard_too`, the hard limit is 1,024 as well."""
+
+    hard_too = False
+
     def start(self) -> None:
         def low_soft_limit() -> None:
             _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024 if self.hard_too else hard))
 
         logf = open(self.log, "a")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(self.command(sys.executable), stdout=logf, stderr=subprocess.STDOUT, text=True,
@@ -111,4 +116,25 @@ async def test_slow_and_silent_clients_do_not_lock_agents_out(tmp_path: Path):
             agent.send_signal(signal.SIGTERM)
             agent.send_signal(signal.SIGTERM)
             agent.wait(20)
+        await asyncio.to_thread(cp.stop)
+
+
+async def test_running_out_of_descriptors_anyway_is_one_log_line_per_interval(tmp_path: Path):
+    """With a hard limit of 1,024 nothing can be raised: connections fail, but the log must stay readable."""
+    cp = LowFdControlPlane(tmp_path / "cp")
+    cp.hard_too = True
+    await asyncio.to_thread(cp.start)
+    held: list[socket.socket] = []
+    try:
+        before = len(cp.log.read_text().splitlines())
+        for _ in range(SLOW_CLIENTS):  # plain TCP: the CP cannot even accept most of them
+            with contextlib.suppress(OSError):
+                held.append(socket.create_connection(("127.0.0.1", cp.dp_port), timeout=0.2))
+        await asyncio.sleep(3)
+        lines = cp.log.read_text().splitlines()[before:]
+        assert any("out of file descriptors" in line for line in lines), "\n".join(lines[:20])
+        assert len(lines) < 20 and not any("Traceback" in line for line in lines), "\n".join(lines[:20])
+    finally:
+        for s in held:
+            s.close()
         await asyncio.to_thread(cp.stop)
