@@ -231,3 +231,10 @@ def test_render_uses_the_unambiguous_node_id():
     assert nodeid.parse(boot["node"]["id"]) == ("x.y", "z")
     assert nodeid.parse(nodeid.node_id("a%b.c", "d.e")) == ("a%b.c", "d.e")
     json.dumps(boot)
+
+
+def test_an_id_offers_only_a_few_readings():
+    """Each reading is a store lookup before authentication: a crafted id with many dots must stay cheap."""
+    assert len(nodeid.candidates("a." * 400 + "b")) == nodeid.MAX_READINGS
+    assert nodeid.candidates("x" * (nodeid.MAX_LENGTH + 1) + ".y") == []
+    assert nodeid.candidates("x%2Ey.z")[0] == ("x.y", "z")

@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 
 _UNESCAPE = re.compile(r"%(25|2[eE])")
+# Each reading costs a store lookup before the stream is authenticated, so an id may offer only a few.
+MAX_READINGS = 8
+MAX_LENGTH = 1024  # two escaped 253-character names fit with room to spare
 
 
 def node_id(mesh: str, name: str) -> str:
@@ -31,9 +34,13 @@ def candidates(node: str) -> list[tuple[str, str]]:
     The others are for Envoys still running with a bootstrap from an earlier CP, which joined mesh and name with a
     plain dot (so `a.b.c` may be mesh `a.b`); their token, which names mesh and dataplane, decides among them.
     """
+    if len(node) > MAX_LENGTH:
+        return []
     first = parse(node)
     out = [first] if first else []
     for i, ch in enumerate(node):
+        if len(out) >= MAX_READINGS:
+            break
         if ch == "." and 0 < i < len(node) - 1:
             split = (node[:i], node[i + 1:])
             if split not in out:

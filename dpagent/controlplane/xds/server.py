@@ -357,7 +357,9 @@ async def serve(
         # connections cost a file descriptor each, and enough of them lock every proxy out.
         ("grpc.server_handshake_timeout_ms", 10_000),
         ("grpc.max_connection_idle_ms", 60_000),
-        ("grpc.max_receive_message_length", 64 * MiB),
+        # Requests are small (a subscription is a list of names); the limit bounds what an unauthenticated
+        # first message can make the CP buffer. Responses may be large.
+        ("grpc.max_receive_message_length", 16 * MiB),
         ("grpc.max_send_message_length", 64 * MiB),
         ("grpc.so_reuseport", 0),
     ])
