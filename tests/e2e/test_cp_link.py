@@ -141,6 +141,32 @@ def test_refused_proxy_stops_reporting_ready_and_recovers_with_a_new_token(cp, a
     wait_for(lambda: readiness(agent) == "READY", 40, interval=0.5, what="READY again with a fresh token")
 
 
+def test_token_of_a_just_rotated_signing_key_is_accepted_at_once(cp, apps):
+    """The CP caches signing keys for a second; a token of a key made within that second used to get 401."""
+    from dpagent.agent import bootstrap as bs
+
+    doc = dataplane("fresh-key-1", "fresh", free_port(), apps["backend"].port)
+    cp.cli("apply", "-f", "-", input=doc)
+    api = httpx.Client(base_url=cp.api, timeout=10)
+
+    def bootstrap(token: str) -> httpx.Response:
+        body = bs.build_request(bs.BootstrapRequestParams(
+            mesh="default", name="fresh-key-1", token=token, token_path="", resource_json="",
+            envoy=bs.EnvoyVersion("1.40.0", "x/1.40.0/Clean/RELEASE/BoringSSL"), ca_cert="", dns_port=0,
+            readiness_port=0, workdir=""))
+        return httpx.post(f"{cp.url}/bootstrap", json=body, verify=str(cp.ca_file), timeout=10)
+
+    def token() -> str:
+        r = api.post("/tokens/dataplane", json={"name": "fresh-key-1", "mesh": "default", "validFor": "1h"})
+        r.raise_for_status()
+        return r.text.strip()
+
+    assert bootstrap(token()).status_code == 200  # the CP has just read (and cached) the mesh's keys
+    api.post("/meshes/default/signing-keys").raise_for_status()
+    r = bootstrap(token())
+    assert r.status_code == 200, r.text
+
+
 def test_policy_reaches_proxies_within_5s_of_the_cp_answering_after_an_outage(cp, agents, apps):
     """Envoy's default ADS back-off grows to 30 s; after a 10 s outage proxies took 3-15 s to come back."""
     out = free_port()
