@@ -79,3 +79,32 @@ def kv(logger: logging.Logger, level: int, msg: str, **fields: Any) -> None:
     """Log with structured fields; use this rather than formatting values into the message."""
     if logger.isEnabledFor(level):
         logger.log(level, msg, extra={"kv": fields})
+
+
+class Throttled:
+    """At most `burst` lines per kind of event per interval, however many events happen: a flood (a thousand silent
+    or refused streams from one misbehaving client) must neither bury the log nor cost a line of CPU each. The first
+    line of the next window says how many were left out, so nothing goes unseen."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0, burst: int = 1,
+                 clock: Any = time.monotonic) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.burst = burst
+        self.clock = clock
+        self._windows: dict[str, list[float]] = {}  # kind -> [window start, lines logged, events left out]
+
+    def __call__(self, level: int, msg: str, *, kind: str = "", **fields: Any) -> bool:
+        """Log unless this kind's budget for the current window is spent; True when it was logged."""
+        now = self.clock()
+        w = self._windows.get(kind or msg)
+        if w is None or now - w[0] >= self.interval:
+            if w is not None and w[2]:
+                fields["similar_events_not_logged"] = int(w[2])
+            w = self._windows[kind or msg] = [now, 0, 0]
+        if w[1] >= self.burst:
+            w[2] += 1
+            return False
+        w[1] += 1
+        kv(self.logger, level, msg, **fields)
+        return True

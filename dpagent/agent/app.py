@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from dpagent import fsutil
 from dpagent.agent import bootstrap as bs
+from dpagent.agent.cplink import ControlPlaneLink
 from dpagent.agent.dataplane import load_dataplane, resource_json
 from dpagent.agent.envoy import EnvoyAdmin, EnvoyProcess, admin_endpoint, envoy_args, envoy_version, find_envoy
 from dpagent.agent.http import SmallHttpServer
@@ -54,6 +55,8 @@ class Agent:
         self._health_task: asyncio.Task[None] | None = None
         # ---- end sd_notify ----
         self.readiness = Readiness()
+        self.cp_link = ControlPlaneLink()
+        self.readiness.cp = self.cp_link
         self.signals = StopSignals()
         self.envoy: EnvoyProcess | None = None
         self.admin: EnvoyAdmin | None = None
@@ -220,7 +223,7 @@ class Agent:
         crashes: collections.deque[float] = collections.deque()
         assert self.work_dir is not None
         while True:
-            proc = EnvoyProcess(binary, args, str(self.work_dir), self.tail)
+            proc = EnvoyProcess(binary, args, str(self.work_dir), self.tail, on_line=self.cp_link.observe)
             self.envoy = proc
             await proc.start()
             self.readiness.set(Phase.RUNNING)
@@ -322,6 +325,7 @@ class Agent:
         out: dict[str, tuple[str, float]] = {
             "dpagent_envoy_restarts_total": ("counter", self.restarts),
             "dpagent_terminating": ("gauge", 1.0 if self.signals.graceful.is_set() else 0.0),
+            "dpagent_control_plane_refused": ("gauge", 1.0 if self.cp_link.refusal else 0.0),
         }
         if self.dns is not None:
             out.update(self.dns.metrics())

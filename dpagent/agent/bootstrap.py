@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import platform
+import re
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +29,16 @@ from dpagent.log import kv
 log = logging.getLogger("dpagent.bootstrap")
 
 FEATURES = ("feature-tcp-accesslog-via-named-pipe", "feature-embedded-dns", "feature-file-sds-identity")
+# The agent writes its token as a file-based SDS secret too (lifecycle.TokenMirror), so the CP may have Envoy inject
+# it on the Envoy gRPC client, whose reconnect back-off it can bound (controlplane/xds/bootstrap.py). Asked for only
+# with the Envoy this was verified with: the credential injector as an upstream filter is recent.
+TOKEN_SDS_FEATURE = "feature-token-sds"
+TOKEN_SDS_MIN_ENVOY = (1, 40)
+
+
+def _envoy_at_least(version: str, floor: tuple[int, int]) -> bool:
+    nums = tuple(int(x) for x in re.findall(r"\d+", version)[:2])
+    return len(nums) == 2 and nums >= floor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +88,8 @@ def build_request(p: BootstrapRequestParams) -> dict[str, Any]:
         "dnsPort": p.dns_port,
         "readinessPort": p.readiness_port,
         "operatingSystem": platform.system().lower(),
-        "features": list(FEATURES),
+        "features": list(FEATURES) + ([TOKEN_SDS_FEATURE] if p.token_path and _envoy_at_least(
+            p.envoy.version, TOKEN_SDS_MIN_ENVOY) else []),
         "resources": {"maxHeapSizeBytes": 0},
         "workdir": p.workdir,
         "metricsResources": {"certPath": "", "keyPath": ""},

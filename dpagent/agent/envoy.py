@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -169,8 +169,10 @@ class EnvoyAdmin:
 class EnvoyProcess:
     """One run of Envoy. A restart is a new EnvoyProcess; the last error lines survive for crash reports."""
 
-    def __init__(self, binary: str, args: list[str], cwd: str, tail: collections.deque[str]) -> None:
+    def __init__(self, binary: str, args: list[str], cwd: str, tail: collections.deque[str],
+                 on_line: Callable[[str, str], None] | None = None) -> None:
         self.binary = binary
+        self.on_line = on_line  # (component, message) of every line, e.g. to notice the CP refusing the proxy
         self.args = args
         self.cwd = cwd
         self.tail = tail
@@ -200,6 +202,8 @@ class EnvoyProcess:
             text = line.decode(errors="replace").rstrip()
             self.tail.append(text)
             level, component, message = parse_envoy_line(text)
+            if self.on_line is not None:
+                self.on_line(component, message)
             if envoy_log.isEnabledFor(level):
                 envoy_log.log(level, message, extra={"kv": {"component": component} if component else {}})
 
@@ -249,6 +253,9 @@ def envoy_args(bootstrap_path: str, *, drain_time: float, log_level: str, compon
                concurrency: int) -> list[str]:
     args = ["--config-path", bootstrap_path, "--drain-time-s", str(max(1, round(drain_time))),
             "--drain-strategy", "immediate", "--disable-hot-restart", "--log-level", log_level]
+    if log_level in ("error", "critical", "off") and "config:" not in component_log_level:
+        # The agent learns that the CP refuses the proxy from Envoy's config warnings (agent/cplink.py).
+        component_log_level = ",".join(x for x in (component_log_level, "config:warning") if x)
     if component_log_level:
         args += ["--component-log-level", component_log_level]
     if concurrency:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -69,12 +70,14 @@ class TokenMirror:
     """
 
     FILE = "dataplane-token"
+    SDS_SUFFIX = ".sds.yaml"  # the same token as an SDS secret; the CP's bootstrap names it (TOKEN_SDS_SUFFIX there)
 
     def __init__(self, cfg: AgentConfig, work_dir: Path, interval: float = 10.0) -> None:
         """`interval`: an idle agent should not wake often (each wakeup costs a scheduler tick on small VMs);
         a rotated token is needed only at Envoy's next reconnect, which retries on its own."""
         self.cfg = cfg
         self.path = work_dir / self.FILE
+        self.sds_path = work_dir / (self.FILE + self.SDS_SUFFIX)
         self.interval = interval
         self.current = ""
 
@@ -83,6 +86,10 @@ class TokenMirror:
         token = read_token(self.cfg)
         if token == self.current:
             return False
+        secret = {"resources": [{"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+                                 "name": "dataplane_token", "genericSecret": {"secret": {"inlineString": token}}}]}
+        # Written by rename into a directory Envoy watches, so Envoy reloads the secret for its next ADS stream.
+        fsutil.write_atomic(self.sds_path, json.dumps(secret).encode(), mode=0o600)
         fsutil.write_atomic(self.path, token.encode(), mode=0o600)
         changed = bool(self.current)
         self.current = token

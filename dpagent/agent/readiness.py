@@ -31,6 +31,7 @@ class Readiness:
         self.admin: EnvoyAdmin | None = None
         self.identity: Any = None  # IdentityManager once identity is managed locally
         self.dns: Any = None  # DnsService with transparent proxying
+        self.cp: Any = None  # ControlPlaneLink: does the CP refuse this proxy?
         self.detail = ""
 
     def set(self, phase: Phase, detail: str = "") -> None:
@@ -46,6 +47,8 @@ class Readiness:
             # Never serve an expired certificate silently: peers reject it, so this proxy is not ready.
             return False, f"NOT_READY: identity certificate expired ({self.identity.last_error or 'renewal failing'})"
         ok, state = await self.admin.ready()
+        if ok and self.cp is not None and (refusal := await self.cp.refused(self.admin)):
+            return False, f"NOT_READY: the control plane refuses this proxy ({refusal})"
         if ok and self.dns is not None and (reason := self.dns.not_ready_reason()):
             return False, f"NOT_READY: {reason}"
         if ok:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import secrets as pysecrets
 import signal
@@ -32,11 +33,12 @@ from dpagent.controlplane.store import ResourceStore
 from dpagent.controlplane.store.backends import open_store, store_location
 from dpagent.controlplane.supervisor import Supervisor
 from dpagent.controlplane.tokens import TokenError
+from dpagent.controlplane.xds import nodeid
 from dpagent.controlplane.xds.cache import SnapshotCache
 from dpagent.controlplane.xds.server import AdsServer, StreamError, serve
 from dpagent.controlplane.xds.sync import XdsSync
 from dpagent.errors import ConfigError, PortInUseError
-from dpagent.log import kv
+from dpagent.log import Throttled, kv
 from dpagent.model.dataplane import decode_dataplane
 
 log = logging.getLogger("dpagent.cp")
@@ -95,6 +97,53 @@ async def first_start(resources: Resources, store: ResourceStore) -> None:
     await store.upsert("GlobalSecret", "", "cp-initialized", {"type": "GlobalSecret", "name": "cp-initialized"})
 
 
+# Below this many open files, a few hundred idle or slow connections lock every proxy out of the CP.
+FD_LIMIT_WARNING = 16_384
+
+
+def raise_fd_limit() -> None:
+    """Lift the soft limit on open files to the hard one: every proxy holds a connection, every API and DP-server
+    client another, and the usual soft limit of 1,024 was spent by 1,100 slow clients, after which no agent could
+    bootstrap or connect. Raising the soft limit up to the hard one needs no privilege."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            target = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            kv(log, logging.INFO, "raised the open-file limit", soft_before=soft, soft=target)
+            soft = target
+        except (ValueError, OSError) as e:
+            kv(log, logging.WARNING, "could not raise the open-file limit", soft=soft, hard=hard, error=str(e))
+    if soft != resource.RLIM_INFINITY and soft < FD_LIMIT_WARNING:
+        kv(log, logging.WARNING, "the control plane may open only a few files; each proxy and client needs one. "
+                                 "Raise the hard limit (systemd: LimitNOFILE=, shell: ulimit -Hn)", limit=soft)
+
+
+def quiet_fd_exhaustion(loop: asyncio.AbstractEventLoop) -> None:
+    """When descriptors do run out, asyncio's accept loop reports every failed accept with a traceback: thousands of
+    lines a second that bury the log and burn the CPU the CP needs to recover. One line per interval says it."""
+    throttled = Throttled(log, interval=10.0)
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            throttled(logging.ERROR, "out of file descriptors: new connections fail until some close; raise the "
+                                     "open-file limit (systemd: LimitNOFILE=)", kind="fd-exhausted", error=str(exc))
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
 class XdsAuth:
     """Stream authentication: the node id names the dataplane, the `authorization` metadata carries its token."""
 
@@ -105,33 +154,44 @@ class XdsAuth:
         # and re-parsing unchanged documents was half of an idle CP's CPU at 1,000 proxies.
         self._parsed: dict[tuple[str, str], tuple[int, Any]] = {}
 
-    async def _dataplane(self, node_id: str) -> Any:
-        for i, ch in enumerate(node_id):
-            if ch != ".":
-                continue
-            key = (node_id[:i], node_id[i + 1:])
-            rec = await self.store.get("Dataplane", *key)
-            if rec is not None:
-                hit = self._parsed.get(key)
-                if hit is None or hit[0] != rec.version:
-                    hit = (rec.version, decode_dataplane(rec.doc))
-                    self._parsed[key] = hit
-                return hit[1]
-        raise StreamError(_unauth(), f"no Dataplane for node id {node_id!r}; create it in the control plane first "
-                                     "or pass it to the agent with --dataplane-file")
+    async def _dataplane(self, mesh: str, name: str) -> Any:
+        rec = await self.store.get("Dataplane", mesh, name)
+        if rec is None:
+            return None
+        key = (mesh, name)
+        hit = self._parsed.get(key)
+        if hit is None or hit[0] != rec.version:
+            hit = (rec.version, decode_dataplane(rec.doc))
+            self._parsed[key] = hit
+        return hit[1]
 
     async def authenticate(self, metadata: dict[str, str], node: Any) -> dict[str, Any]:
-        dp = await self._dataplane(node.id)
+        """The first reading of the node id that names a stored Dataplane *and* whose token verifies wins: an id
+        from an earlier CP's bootstrap may be read more than one way (see nodeid.candidates)."""
         token = metadata.get("authorization", "")
-        try:
-            await self.auth.verify(token, dp)
-        except TokenError as e:
-            raise StreamError(_unauth(), f"authentication failed: {e}") from None
-        fields = node.metadata.fields if node.HasField("metadata") else {}
-        return {"mesh": dp.mesh, "name": dp.name, "token": token, "direct": "dataplane.resource" in fields}
+        refusal: TokenError | None = None
+        for mesh, name in nodeid.candidates(node.id):
+            dp = await self._dataplane(mesh, name)
+            if dp is None:
+                continue
+            try:
+                await self.auth.verify(token, dp)
+            except TokenError as e:
+                refusal = refusal or e
+                continue
+            fields = node.metadata.fields if node.HasField("metadata") else {}
+            return {"mesh": dp.mesh, "name": dp.name, "node": nodeid.node_id(dp.mesh, dp.name), "token": token,
+                    "direct": "dataplane.resource" in fields}
+        if refusal is not None:
+            raise StreamError(_unauth(), f"authentication failed: {refusal}")
+        raise StreamError(_unauth(), f"no Dataplane for node id {node.id!r}; create it in the control plane first "
+                                     "or pass it to the agent with --dataplane-file")
 
     async def revalidate(self, info: dict[str, Any]) -> None:
-        dp = await self._dataplane(f"{info['mesh']}.{info['name']}")
+        dp = await self._dataplane(info["mesh"], info["name"])
+        if dp is None:
+            raise StreamError(_unauth(), f"Dataplane {info['name']!r} of mesh {info['mesh']!r} was deleted; apply it "
+                                         "again or restart the agent with --dataplane-file")
         try:
             await self.auth.still_valid(info["token"], dp)
         except TokenError as e:
@@ -152,6 +212,9 @@ class ControlPlane:
         self._direct: dict[str, dict[str, Any]] = {}
         self._pending_delete: dict[str, asyncio.TimerHandle] = {}
         self.supervisor = Supervisor()
+        # node -> {stream id: auth info}. Per stream, because a proxy that reconnects before the CP saw its old
+        # connection die has two streams for a while; the node is gone only when its last stream is.
+        self._streams: dict[str, dict[int, dict[str, Any]]] = {}
 
     async def run(self) -> int:
         cfg = self.cfg
@@ -163,6 +226,8 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
+        raise_fd_limit()
+        quiet_fd_exhaustion(loop)
         async with contextlib.AsyncExitStack() as stack:
             store = await open_store(cfg)
             stack.push_async_callback(store.close)
@@ -182,8 +247,7 @@ class ControlPlane:
             xauth = XdsAuth(store, auth)
             ads = AdsServer(cache, xauth.authenticate, revalidate=xauth.revalidate,
                             revalidate_interval=cfg.revalidate_interval, on_connect=self._on_connect,
-                            on_disconnect=self._on_disconnect)
-            self._auth_info: dict[str, dict[str, Any]] = {}
+                            on_disconnect=self._on_disconnect, node_key=lambda _raw, info: info["node"])
             self._xauth = xauth
             grpc_server = await serve(ads, cfg.bind_address, cfg.xds_port, tls=(cert, key))
             stack.push_async_callback(grpc_server.stop, 2)
@@ -235,10 +299,10 @@ class ControlPlane:
     # ---- lifecycle -----------------------------------------------------------------------------------------
 
     async def _on_leave(self, mesh: str, name: str) -> None:
-        node = f"{mesh}.{name}"
+        node = nodeid.node_id(mesh, name)
         self.sync.set_leaving(mesh, name, True)
         kv(log, logging.INFO, "proxy is draining; its endpoints are withdrawn", proxy=node)
-        info = self._auth_info.get(node)
+        info = next(iter(self._streams.get(node, {}).values()), None)
         if info and info.get("direct"):
             self._schedule_deregistration(node, info)
 
@@ -251,19 +315,27 @@ class ControlPlane:
             self.cfg.deregistration_delay,
             lambda: self.supervisor.spawn(f"deregister {node}", self._deregister(node, info)))
 
-    async def _on_connect(self, node: str, info: dict[str, Any]) -> None:
+    async def _on_connect(self, node: str, stream_id: int, info: dict[str, Any]) -> None:
         pending = self._pending_delete.pop(node, None)
         if pending:
             pending.cancel()
+        streams = self._streams.setdefault(node, {})
+        streams[stream_id] = info
         self.sync.set_leaving(info["mesh"], info["name"], False)
-        self._auth_info[node] = info
-        kv(log, logging.INFO, "proxy connected", proxy=node)
+        kv(log, logging.INFO, "proxy connected", proxy=node, streams=len(streams))
         await self.sync.on_connect(info["mesh"], info["name"])
 
-    async def _on_disconnect(self, node: str, graceful: bool) -> None:
-        info = self._auth_info.pop(node, None)
+    async def _on_disconnect(self, node: str, stream_id: int, graceful: bool) -> None:
+        streams = self._streams.get(node)
+        info = streams.pop(stream_id, None) if streams is not None else None
         if info is None:
             return
+        if streams:
+            # An older stream of a proxy that has already reconnected: the proxy is still here.
+            kv(log, logging.INFO, "proxy closed a stream and keeps another", proxy=node, graceful=graceful,
+               streams=len(streams))
+            return
+        del self._streams[node]
         self.sync.on_disconnect(info["mesh"], info["name"])
         kv(log, logging.INFO, "proxy disconnected", proxy=node, graceful=graceful)
         if info.get("direct") and (graceful or (info["mesh"], info["name"]) in self.sync.leaving):
@@ -271,8 +343,8 @@ class ControlPlane:
 
     async def _deregister(self, node: str, info: dict[str, Any]) -> None:
         self._pending_delete.pop(node, None)
-        if self.sync.connected.get(node):
-            # Still draining: try again after another delay, once its stream is gone.
+        if self._streams.get(node):
+            # Still draining, or back: try again after another delay, once its last stream is gone.
             self._schedule_deregistration(node, info)
             return
         self.sync.leaving.discard((info["mesh"], info["name"]))

@@ -24,6 +24,9 @@ from dpagent.controlplane.tokens import (
 )
 from dpagent.model.dataplane import Dataplane
 
+# A token naming an unknown key makes the keys be read again at once, but not more often than this per mesh:
+# a flood of tokens with made-up key ids must not turn into a flood of store reads.
+REFRESH_GAP = 0.05
 MAX_VERIFIED = 100_000  # tokens remembered as verified (~1 KB each), well above any zone's proxy count
 
 
@@ -37,9 +40,9 @@ class DataplaneAuth:
         # (mesh, token) -> (verifier it verified against, claims); a verifier object is kept while its keys stay
         self._verified: dict[tuple[str, str], tuple[TokenVerifier, DataplaneClaims]] = {}
 
-    async def _verifier(self, mesh: str) -> tuple[TokenVerifier, frozenset[str]]:
+    async def _verifier(self, mesh: str, *, fresh: bool = False) -> tuple[TokenVerifier, frozenset[str]]:
         hit = self._cache.get(mesh)
-        if hit and self.clock() - hit[0] < self.ttl:
+        if hit and self.clock() - hit[0] < (REFRESH_GAP if fresh else self.ttl):
             return hit[1], hit[2]
         keys = await secrets.signing_keys(self.store, mesh)
         if not keys:  # a mesh named by an unauthenticated caller: nothing to cache, or made-up names fill memory
@@ -75,7 +78,15 @@ class DataplaneAuth:
             raise TokenError("malformed", "a dataplane token is required; generate one with "
                                           f"`{generate_command(dp.name, dp.mesh)}`")
         verifier, revoked = await self._verifier(dp.mesh)
-        claims = self._check(verifier, token, dp.mesh, revoked)
+        try:
+            claims = self._check(verifier, token, dp.mesh, revoked)
+        except TokenError as e:
+            if e.reason != "unknown-kid":
+                raise
+            # Signed by a key newer than the cached key set (`token signing-key rotate` a moment ago): read the
+            # keys again now instead of refusing a valid token until the cache expires.
+            verifier, revoked = await self._verifier(dp.mesh, fresh=True)
+            claims = self._check(verifier, token, dp.mesh, revoked)
         check_dataplane_matches(claims, name=dp.name, mesh=dp.mesh, tags=dp.all_tags())
         return claims
 

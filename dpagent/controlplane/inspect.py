@@ -30,6 +30,7 @@ from dpagent.controlplane.views import (
 from dpagent.controlplane.xds.context import Proxy, build_proxy
 from dpagent.controlplane.xds.generators.profile import generate
 from dpagent.controlplane.xds.generators.transparent import transparent_warnings
+from dpagent.controlplane.xds.nodeid import node_id
 from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from dpagent.errors import NotFound, ValidationError
 
@@ -81,7 +82,7 @@ class Inspector:
         return state, (build_proxy(state.ctx, dp) if state and dp else None)
 
     async def dataplane(self, mesh: str, name: str, doc: dict[str, Any]) -> DataplaneInspect:
-        raw = self.cache.status(f"{mesh}.{name}") if self.cache is not None else None
+        raw = self.cache.status(node_id(mesh, name)) if self.cache is not None else None
         xds = msgspec.convert(raw, XdsStatus) if raw else None
         cert = None
         insight = await self.store.get(INSIGHT, mesh, name)

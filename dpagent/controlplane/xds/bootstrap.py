@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dpagent.controlplane.xds import names
+from dpagent.controlplane.xds.nodeid import node_id
 
 _T = "type.googleapis.com/"
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -71,7 +72,7 @@ def _node(p: BootstrapParams, admin_meta: Mapping[str, str]) -> dict[str, Any]:
     meta["version"] = dict(p.versions)
     meta["workdir"] = p.workdir
     # Envoy refuses file-based SDS when node.cluster is empty, so fall back to the proxy name.
-    return {"id": f"{p.mesh}.{p.name}", "cluster": p.service or p.name, "metadata": dict(sorted(meta.items()))}
+    return {"id": node_id(p.mesh, p.name), "cluster": p.service or p.name, "metadata": dict(sorted(meta.items()))}
 
 
 def _ads_cluster(p: BootstrapParams) -> dict[str, Any]:
@@ -91,7 +92,8 @@ def _ads_cluster(p: BootstrapParams) -> dict[str, Any]:
             "address": {"socketAddress": {"address": p.xds_host, "portValue": p.xds_port}}}}]}]},
         "transportSocket": {"name": "envoy.transport_sockets.tls", "typedConfig": tls},
         "typedExtensionProtocolOptions": {_HTTP_OPTIONS: {
-            "@type": _T + _HTTP_OPTIONS, "explicitHttpConfig": {"http2ProtocolOptions": {}}}},
+            "@type": _T + _HTTP_OPTIONS, "explicitHttpConfig": {"http2ProtocolOptions": {}},
+            **({"httpFilters": _token_injector(p)} if _token_sds(p) else {})}},
         "upstreamConnectionOptions": {"tcpKeepalive": {"keepaliveInterval": 10, "keepaliveProbes": 3,
                                                        "keepaliveTime": 10}},
     }
@@ -106,6 +108,48 @@ def _cp_validation(p: BootstrapParams) -> dict[str, Any]:
         "trustedCa": {"inlineString": p.ca_pem},
         "matchTypedSubjectAltNames": [{"sanType": san, "matcher": {"exact": p.xds_host}}],
     }}
+
+
+# How soon a proxy is back after a CP outage. Envoy re-opens a failed ADS stream after a jittered exponential
+# back-off: by default from 0.5 s up to 30 s, the wait drawn uniformly below the current step. Proxies came back
+# 3-9 s after a 10 s outage, and up to ~30 s after a long one. Envoy takes a different back-off only from
+# `envoy_grpc.retry_policy` (not for its Google gRPC client), so ADS goes over the Envoy gRPC client with the step
+# capped at a few seconds: the wait then no longer depends on how long the outage was. The cost is one connection
+# attempt per proxy every ~1.5 s while the CP is down, which a dead port refuses for nothing; the jitter spreads a
+# fleet's reconnects when it comes back.
+RECONNECT_BASE = "0.5s"
+RECONNECT_MAX = "3s"
+# Agents that write their token as a file-based SDS secret next to the token file say so with this feature; only
+# for them is the token injected from that secret (older agents keep the Google gRPC file credentials).
+TOKEN_SDS_FEATURE = "feature-token-sds"
+TOKEN_SDS_SUFFIX = ".sds.yaml"
+TOKEN_SECRET = "dataplane_token"
+_INJECTOR = "envoy.extensions.filters.http.credential_injector.v3.CredentialInjector"
+_GENERIC = "envoy.extensions.http.injected_credentials.generic.v3.Generic"
+_UPSTREAM_CODEC = "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+
+
+def _token_sds(p: BootstrapParams) -> bool:
+    return bool(p.token_path) and TOKEN_SDS_FEATURE in p.features
+
+
+def _token_injector(p: BootstrapParams) -> list[dict[str, Any]]:
+    """Upstream filters of the ADS cluster that set `authorization` from the token secret on every new stream.
+
+    The secret is a file the agent rewrites (by rename) when the token file changes, in a directory Envoy watches,
+    so a replaced token is used from the next reconnect without restarting Envoy: what Kuma's "reloadable tokens"
+    give, without the Google gRPC client and its fixed reconnect back-off."""
+    path = p.token_path + TOKEN_SDS_SUFFIX
+    cut = max(path.rfind("/"), path.rfind("\\"))
+    sds = {"pathConfigSource": {"path": path, "watchedDirectory": {"path": path[:cut] if cut > 0 else "."}}}
+    return [
+        {"name": "envoy.filters.http.credential_injector", "typedConfig": {
+            "@type": _T + _INJECTOR, "overwrite": True,
+            "credential": {"name": "envoy.http.injected_credentials.generic", "typedConfig": {
+                "@type": _T + _GENERIC, "header": "authorization",
+                "credential": {"name": TOKEN_SECRET, "sdsConfig": sds}}}}},
+        {"name": "envoy.filters.http.upstream_codec", "typedConfig": {"@type": _T + _UPSTREAM_CODEC}},
+    ]
 
 
 def _reloadable_grpc(p: BootstrapParams) -> dict[str, Any]:
@@ -135,10 +179,15 @@ def _reloadable_grpc(p: BootstrapParams) -> dict[str, Any]:
 MAX_DOWNSTREAM_CONNECTIONS = 50_000
 
 
+
 def render_bootstrap(params: BootstrapParams) -> dict[str, Any]:
     """A JSON/YAML-able bootstrap; the token rides as `authorization` gRPC metadata, raw (no `Bearer `)."""
     admin, admin_meta = _admin(params)
-    grpc = _reloadable_grpc(params) if params.token_path else {"envoyGrpc": {"clusterName": names.ADS_CLUSTER}}
+    if params.token_path and not _token_sds(params):
+        grpc = _reloadable_grpc(params)
+    else:
+        grpc = {"envoyGrpc": {"clusterName": names.ADS_CLUSTER, "retryPolicy": {
+            "retryBackOff": {"baseInterval": RECONNECT_BASE, "maxInterval": RECONNECT_MAX}}}}
     if params.token and not params.token_path:
         grpc["initialMetadata"] = [{"key": "authorization", "value": params.token}]
     ads = {"ads": {}, "initialFetchTimeout": "0s", "resourceApiVersion": "V3"}

@@ -167,6 +167,10 @@ class SnapshotCache:
     def record_nack(self, node_id: str, type_url: str, version: str, error: str) -> None:
         self._type(node_id, type_url).nack = _Nack(version, error, self._clock())
 
+    def stream_count(self, node_id: str) -> int:
+        st = self._status.get(node_id)
+        return st.streams if st is not None else 0
+
     def is_connected(self, node_id: str) -> bool:
         st = self._status.get(node_id)
         return st is not None and st.streams > 0

@@ -29,7 +29,7 @@ from dpagent.controlplane.xds.snapshot import (
     response_rank,
 )
 from dpagent.errors import PortInUseError
-from dpagent.log import kv
+from dpagent.log import Throttled, kv
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,17 @@ MiB = 1024 * 1024
 AuthInfo = Any
 Authenticate = Callable[[dict[str, str], base_pb2.Node], Awaitable[AuthInfo]]
 Revalidate = Callable[[AuthInfo], Awaitable[None]]
-OnConnect = Callable[[str, AuthInfo], Awaitable[None]]
-OnDisconnect = Callable[[str, bool], Awaitable[None]]
+# Hooks get the node key and the stream's own id: a proxy that reconnects before the CP noticed its old connection
+# die has two streams for a while, and only the end of its *last* stream means the proxy is gone.
+OnConnect = Callable[[str, int, AuthInfo], Awaitable[None]]
+OnDisconnect = Callable[[str, int, bool], Awaitable[None]]
+NodeKey = Callable[[str, AuthInfo], str]
+
+# A client that opens a stream and says nothing holds a file descriptor and a task; one that has not sent its first
+# (authenticating) request within this time is cut off.
+FIRST_MESSAGE_TIMEOUT = 10.0
+# Envoy keeps one ADS stream per connection (two for a moment while it re-opens one); more is not a proxy.
+MAX_STREAMS_PER_CONNECTION = 8
 
 
 class StreamError(Exception):
@@ -67,9 +76,10 @@ class _TypeState:
 class _Stream:
     """Protocol state of one ADS stream; request handling is synchronous so it cannot interleave with a push."""
 
-    def __init__(self, server: AdsServer, node_id: str, watch: Watch) -> None:
+    def __init__(self, server: AdsServer, node_id: str, watch: Watch, raw_id: str = "") -> None:
         self.server = server
-        self.node_id = node_id
+        self.node_id = node_id  # the cache key (canonical form of the node id)
+        self.raw_id = raw_id or node_id  # as the proxy sent it; it may not change on the stream
         self.watch = watch
         self.types: dict[str, _TypeState] = {}
         self._nonces = itertools.count(1)
@@ -83,9 +93,9 @@ class _Stream:
 
     def on_request(self, req: discovery_pb2.DiscoveryRequest) -> None:
         cache = self.server.cache
-        if req.node.id and req.node.id != self.node_id:
+        if req.node.id and req.node.id != self.raw_id:
             raise StreamError(grpc.StatusCode.PERMISSION_DENIED,
-                              f"node id changed on an open stream ({self.node_id!r} -> {req.node.id!r}); "
+                              f"node id changed on an open stream ({self.raw_id!r} -> {req.node.id!r}); "
                               "one stream serves one proxy: reconnect to change identity")
         t = req.type_url
         if not t:
@@ -171,8 +181,15 @@ class AdsServer:
         nack_backoff: float = 1.0,
         on_connect: OnConnect | None = None,
         on_disconnect: OnDisconnect | None = None,
+        node_key: NodeKey | None = None,
+        first_message_timeout: float = FIRST_MESSAGE_TIMEOUT,
     ) -> None:
         self.cache = cache
+        self.node_key = node_key  # the canonical cache key of an authenticated node id (legacy id forms map here)
+        self.first_message_timeout = first_message_timeout
+        self._stream_ids = itertools.count(1)
+        self._events = Throttled(log, interval=10.0)
+        self._refusals = Throttled(log, interval=10.0, burst=20)
         self.authenticate = authenticate
         self.revalidate = revalidate
         self.revalidate_interval = revalidate_interval
@@ -205,42 +222,58 @@ class AdsServer:
         self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> None:
         metadata = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        first = await anext(aiter(requests), None)
+        try:
+            first = await asyncio.wait_for(anext(aiter(requests), None), self.first_message_timeout)
+        except TimeoutError:
+            self._events(logging.WARNING, "xDS streams closed for sending no first request in time",
+                         kind="first-message-timeout", peer=context.peer(), timeout=f"{self.first_message_timeout:g}s")
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"no DiscoveryRequest within {self.first_message_timeout:g}s of opening the stream")
         if first is None:
             return
         if not first.node.id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first ADS request must carry node.id")
-        node_id = first.node.id
+        raw_id = first.node.id
         try:
             auth = await self.authenticate(metadata, first.node)
         except Exception as exc:  # any refusal, whatever its type, is an auth failure for the proxy
             message = str(exc) or type(exc).__name__
-            kv(log, logging.WARNING, "xDS stream refused", proxy=node_id, reason=message)
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        if self.on_connect is not None:
-            try:
-                await self.on_connect(node_id, auth)
-            except Exception as exc:
-                kv(log, logging.ERROR, "xDS connect hook failed", proxy=node_id, error=str(exc))
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"control plane could not register proxy: {exc}")
-        await self._serve_stream(node_id, auth, first, requests, context)
+            self._refusals(logging.WARNING, "xDS stream refused", kind="refused", proxy=raw_id, reason=message)
+            code = exc.code if isinstance(exc, StreamError) else grpc.StatusCode.UNAUTHENTICATED
+            await context.abort(code, message)
+        node_id = self.node_key(raw_id, auth) if self.node_key is not None else raw_id
+        await self._serve_stream(node_id, raw_id, auth, first, requests, context)
 
     async def _serve_stream(
         self,
         node_id: str,
+        raw_id: str,
         auth: AuthInfo,
         first: discovery_pb2.DiscoveryRequest,
         requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
+        """Run one authenticated stream. Everything it registers (cache count, watch, the connect hook's state) is
+        undone in one `finally`, whatever ends it, so a node never keeps a stream that is gone."""
+        stream_id = next(self._stream_ids)
         watch = self.cache.watch(node_id)
         self.cache.stream_opened(node_id)
-        stream = _Stream(self, node_id, watch)
-        kv(log, logging.INFO, "xDS stream opened", proxy=node_id)
+        stream = _Stream(self, node_id, watch, raw_id)
         graceful = False
         failure: StreamError | None = None
+        connected = False
         tasks: list[asyncio.Task[None]] = []
         try:
+            if self.on_connect is not None:
+                connected = True  # before the await: a cancelled hook still gets its disconnect
+                try:
+                    await self.on_connect(node_id, stream_id, auth)
+                except Exception as exc:
+                    kv(log, logging.ERROR, "xDS connect hook failed", proxy=node_id, error=str(exc))
+                    raise StreamError(grpc.StatusCode.UNAVAILABLE,
+                                      f"control plane could not register proxy: {exc}") from exc
+            kv(log, logging.INFO, "xDS stream opened", proxy=node_id, stream=stream_id,
+               streams=self.cache.stream_count(node_id))
             stream.on_request(first)
             tasks.append(asyncio.create_task(self._read(stream, requests)))
             tasks.append(asyncio.create_task(self._push(stream, context)))
@@ -259,18 +292,21 @@ class AdsServer:
                 elif exc is not None:
                     raise exc
                 elif task is tasks[0]:
-                    graceful = True  # the proxy half-closed its side: an orderly goodbye
+                    # The proxy half-closed its side: an orderly goodbye. A cancelled call (reset, connection
+                    # gone) can end the request iterator the same way, so ask the call which one it was.
+                    await asyncio.sleep(0)
+                    graceful = not context.cancelled()
         except StreamError as exc:
             failure = exc
         finally:
             stream.close()
             self.cache.cancel_watch(watch)
             self.cache.stream_closed(node_id)
-            kv(log, logging.INFO, "xDS stream closed", proxy=node_id, graceful=graceful,
-               reason=failure.message if failure else "")
-            if self.on_disconnect is not None:
+            kv(log, logging.INFO, "xDS stream closed", proxy=node_id, stream=stream_id, graceful=graceful,
+               reason=failure.message if failure else "", streams_left=self.cache.stream_count(node_id))
+            if connected and self.on_disconnect is not None:
                 try:
-                    await self.on_disconnect(node_id, graceful)
+                    await self.on_disconnect(node_id, stream_id, graceful)
                 except Exception as exc:
                     kv(log, logging.ERROR, "xDS disconnect hook failed", proxy=node_id, error=str(exc))
         if failure is not None:
@@ -303,6 +339,7 @@ async def serve(
     *,
     tls: tuple[bytes | str, bytes | str] | None = None,
     port_flag: str = "--xds-port",
+    max_streams_per_connection: int = MAX_STREAMS_PER_CONNECTION,
 ) -> grpc.aio.Server:
     """Start a grpc.aio server for ADS; the bound port (useful with port 0) is left in `server.bound_port`.
 
@@ -315,8 +352,14 @@ async def serve(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_ping_strikes", 0),
-        ("grpc.max_concurrent_streams", 100_000),
-        ("grpc.max_receive_message_length", 64 * MiB),
+        ("grpc.max_concurrent_streams", max_streams_per_connection),
+        # A TCP or TLS connection that never gets to HTTP/2, or keeps none of its streams, is dropped: such
+        # connections cost a file descriptor each, and enough of them lock every proxy out.
+        ("grpc.server_handshake_timeout_ms", 10_000),
+        ("grpc.max_connection_idle_ms", 60_000),
+        # Requests are small (a subscription is a list of names); the limit bounds what an unauthenticated
+        # first message can make the CP buffer. Responses may be large.
+        ("grpc.max_receive_message_length", 16 * MiB),
         ("grpc.max_send_message_length", 64 * MiB),
         ("grpc.so_reuseport", 0),
     ])

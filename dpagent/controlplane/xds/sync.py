@@ -22,6 +22,7 @@ from dpagent.controlplane.xds import vips as vip
 from dpagent.controlplane.xds.context import MeshContext
 from dpagent.controlplane.xds.generators.outbound import service_protocols
 from dpagent.controlplane.xds.generators.profile import generate
+from dpagent.controlplane.xds.nodeid import node_id
 from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Resource, Snapshot
 from dpagent.errors import Conflict
 from dpagent.log import kv
@@ -48,10 +49,6 @@ class MeshState:
     @property
     def shared(self) -> Mapping[str, Mapping[str, Resource]]:
         return self.ctx.shared_resources
-
-
-def node_id(mesh: str, name: str) -> str:
-    return f"{mesh}.{name}"
 
 
 def build_mesh_state(mesh_doc: dict[str, Any], dp_docs: list[dict[str, Any]],

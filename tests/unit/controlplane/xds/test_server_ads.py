@@ -1,6 +1,7 @@
 """ADS stream semantics against a grpc.aio client that behaves like Envoy (nonces, ACK/NACK, subscriptions)."""
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -98,12 +99,16 @@ class Harness:
             if node_id in self.revoked:
                 raise PermissionError("token revoked")
 
-        async def on_connect(node_id: str, auth: str) -> None:
+        async def on_connect(node_id: str, stream_id: int, auth: str) -> None:
             self.events.append(("connect", node_id, auth))
+            self.stream_ids.append(stream_id)
 
-        async def on_disconnect(node_id: str, graceful: bool) -> None:
+        async def on_disconnect(node_id: str, stream_id: int, graceful: bool) -> None:
             self.events.append(("disconnect", node_id, graceful))
+            self.stream_ids.append(stream_id)
 
+        self.stream_ids: list[int] = []
+        self.serve_kw = {k: kw.pop(k) for k in ("max_streams_per_connection",) if k in kw}
         kw.setdefault("nack_backoff", 0.3)
         self.ads = AdsServer(self.cache, authenticate, revalidate=revalidate, on_connect=on_connect,
                              on_disconnect=on_disconnect, **kw)
@@ -112,7 +117,7 @@ class Harness:
 @pytest.fixture
 async def env(request) -> AsyncIterator[tuple[Harness, grpc.aio.Channel]]:
     h = Harness(**getattr(request, "param", {}))
-    server = await serve(h.ads, "127.0.0.1", 0)
+    server = await serve(h.ads, "127.0.0.1", 0, **h.serve_kw)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{h.ads.bound_port}")
     yield h, channel
     await channel.close()
@@ -318,8 +323,67 @@ async def test_delta_is_unimplemented_and_missing_node_is_invalid(env):
     _, ch = env
     stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(ch)
     delta = stub.DeltaAggregatedResources()
-    await delta.write(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER))
+    with contextlib.suppress(grpc.aio.AioRpcError):  # the server may refuse before the write lands
+        await delta.write(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER))
     assert await delta.code() == grpc.StatusCode.UNIMPLEMENTED
     sotw = stub.StreamAggregatedResources(metadata=(("authorization", "good"),))
     await sotw.write(discovery_pb2.DiscoveryRequest(type_url=CLUSTER))
     assert await sotw.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_two_streams_of_one_node_are_tracked_apart_and_both_get_pushes(env):
+    """A proxy that reconnects before its old connection is seen to die has two streams for a while."""
+    h, ch = env
+    h.cache.set_snapshot("p1", snap())
+    old = FakeEnvoy(ch, "p1")
+    await old.send(CLUSTER)
+    await old.ack(await old.recv())
+    new = FakeEnvoy(ch, "p1")
+    await new.send(CLUSTER)
+    await new.ack(await new.recv())
+    assert h.cache.status("p1")["streams"] == 2
+    first, second = h.stream_ids
+    assert first != second
+    await old.call.done_writing()
+    await old.status()
+    await until(lambda: len(h.stream_ids) == 3)
+    assert h.events[-1] == ("disconnect", "p1", True) and h.stream_ids[-1] == first
+    assert h.cache.is_connected("p1")
+    h.cache.set_snapshot("p1", snap(clusters=("a", "b")))
+    assert new.names(await new.recv()) == ["a", "b"]
+
+
+@pytest.mark.parametrize("env", [{"first_message_timeout": 0.3}], indirect=True)
+async def test_a_stream_that_sends_nothing_is_closed_after_the_first_message_timeout(env, caplog):
+    h, ch = env
+    stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(ch)
+    silent = [stub.StreamAggregatedResources(metadata=(("authorization", "good"),)) for _ in range(3)]
+    started = time.monotonic()
+    codes = await asyncio.wait_for(asyncio.gather(*(c.code() for c in silent)), 5)
+    assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 3
+    assert time.monotonic() - started < 2
+    assert "no DiscoveryRequest within 0.3s" in await silent[0].details()
+    assert h.events == []
+    lines = [r for r in caplog.records if "no first request" in r.getMessage()]
+    assert len(lines) == 1, "a flood is logged once per interval, not once per stream"
+
+
+@pytest.mark.parametrize("env", [{"max_streams_per_connection": 2}], indirect=True)
+async def test_streams_per_connection_are_capped(env):
+    h, ch = env
+    for n in ("p1", "p2", "p3"):
+        h.cache.set_snapshot(n, snap())
+    a = FakeEnvoy(ch, "p1")
+    await a.send(CLUSTER)
+    await a.recv()
+    b = FakeEnvoy(ch, "p2")
+    await b.send(CLUSTER)
+    await b.recv()
+    c = FakeEnvoy(ch, "p3")
+    send_c = asyncio.create_task(c.send(CLUSTER))
+    await asyncio.sleep(0.5)
+    assert not h.cache.is_connected("p3"), "a third stream on the connection waits for a free slot"
+    a.call.cancel()
+    await c.recv()
+    await send_c
+    assert h.cache.is_connected("p3")

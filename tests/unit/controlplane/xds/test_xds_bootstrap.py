@@ -93,3 +93,46 @@ def test_envoy_accepts_the_reloadable_form(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("eyJ.token.sig")
     b = render_bootstrap(params(ca_pem=pki.ca_pem.decode(), workdir=str(tmp_path), token_path=str(tmp_path / "token")))
     envoy_validate(b, tmp_path)
+
+
+def _token_sds_params(tmp: Path, **kw: object) -> BootstrapParams:
+    return params(token_path=str(tmp / "dataplane-token"), features=["feature-token-sds"], **kw)
+
+
+def test_reconnect_back_off_is_bounded_on_every_form() -> None:
+    """Envoy's own ADS back-off grows to 30 s; only `envoy_grpc.retry_policy` can bound it."""
+    for p in (params(), params(token=""), _token_sds_params(Path("/w"))):
+        svc = render_bootstrap(p)["dynamicResources"]["adsConfig"]["grpcServices"][0]
+        assert svc["envoyGrpc"]["retryPolicy"]["retryBackOff"] == {"baseInterval": "0.5s", "maxInterval": "3s"}
+
+
+def test_token_sds_form_injects_the_token_from_the_agents_secret_file() -> None:
+    b = render_bootstrap(_token_sds_params(Path("/var/lib/dpagent/web-1")))
+    svc = b["dynamicResources"]["adsConfig"]["grpcServices"][0]
+    assert "initialMetadata" not in svc and "googleGrpc" not in svc, "the token is not baked into the bootstrap"
+    opts = b["staticResources"]["clusters"][0]["typedExtensionProtocolOptions"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    injector, codec = opts["httpFilters"]
+    assert codec["name"] == "envoy.filters.http.upstream_codec"
+    cred = injector["typedConfig"]["credential"]["typedConfig"]
+    assert cred["header"] == "authorization"
+    assert cred["credential"]["sdsConfig"]["pathConfigSource"] == {
+        "path": "/var/lib/dpagent/web-1/dataplane-token.sds.yaml",
+        "watchedDirectory": {"path": "/var/lib/dpagent/web-1"}}
+
+
+@pytest.mark.envoy
+def test_envoy_accepts_the_token_sds_form(tmp_path: Path) -> None:
+    import envoy.extensions.filters.http.credential_injector.v3.credential_injector_pb2
+    import envoy.extensions.filters.http.upstream_codec.v3.upstream_codec_pb2
+    import envoy.extensions.http.injected_credentials.generic.v3.generic_pb2  # noqa: F401
+
+    from dpagent.agent.lifecycle import TokenMirror
+    from dpagent.agent.settings import build_agent_config
+
+    cfg, _ = build_agent_config({"cp_url": "https://cp:5678", "name": "web-1", "mesh": "default",
+                                 "token": "eyJ.token.sig"}, env={})
+    TokenMirror(cfg, tmp_path).sync()  # the secret file exactly as the agent writes it
+    b = render_bootstrap(_token_sds_params(tmp_path, ca_pem=Pki().ca_pem.decode(), workdir=str(tmp_path)))
+    ParseDict(b, bootstrap_pb2.Bootstrap())
+    envoy_validate(b, tmp_path)
