@@ -333,3 +333,48 @@ class RunningCp(LocalControlPlane):
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+PY = sys.executable
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("KUMA_", "DPAGENT_"))}
+
+
+class ControlPlaneProc(LocalControlPlane):
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+        super().__init__(data_dir)
+        self.env = env or {}  # e.g. KUMA_STORE_* for a CP on PostgreSQL
+        self.proc: subprocess.Popen[str] | None = None
+        self.log = data_dir.parent / "cp.log"
+
+    def start(self) -> None:
+        logf = open(self.log, "a")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            self.command(PY, "--token-recheck-interval", "1s", "--deregistration-delay", "1s"),
+            stdout=logf, stderr=subprocess.STDOUT, text=True, env={**clean_env(), **self.env})
+        wait_for(lambda: httpx.get(self.api, timeout=1).status_code == 200, 20, what="control plane API")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run([PY, "-m", "dpagent", *args, "--api-address", self.api], input=input,
+                             capture_output=True, text=True, env=clean_env(), timeout=60)
+        if check and out.returncode != 0:
+            raise AssertionError(f"dpagent {' '.join(args)} failed ({out.returncode}): {out.stderr}")
+        return out
+
+    def token(self, name: str, *extra: str, mesh: str = "default", valid_for: str = "1h") -> str:
+        return self.cli("token", "generate", "--name", name, "--mesh", mesh, "--valid-for", valid_for,
+                        *extra).stdout.strip()
+
+    def inspect(self, name: str, mesh: str = "default") -> dict[str, Any]:
+        return httpx.get(f"{self.api}/meshes/{mesh}/dataplanes/{name}/_inspect", timeout=5).json()

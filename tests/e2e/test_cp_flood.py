@@ -20,9 +20,8 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from conftest import ControlPlaneProc, clean_env
 from envoy.service.discovery.v3 import ads_pb2_grpc
-from testlib import DATAPLANE_TEMPLATE, free_port, wait_for
+from testlib import DATAPLANE_TEMPLATE, ControlPlaneProc, clean_env, free_port, wait_for
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
