@@ -138,6 +138,7 @@ class Agent:
                 self._token_mirror.sync()
                 token_path = str(self._token_mirror.path)
                 self._background.append(asyncio.create_task(self._token_mirror.run(), name="token-mirror"))
+                self.cp_link.on_refusal = self._token_mirror.sync_quietly
             ca_pem = cfg.ca_cert or (Path(cfg.ca_cert_file).read_text() if cfg.ca_cert_file else "")
             body = bs.build_request(bs.BootstrapRequestParams(
                 mesh=mesh, name=name, token=token, token_path=os.path.abspath(token_path) if token_path else "",

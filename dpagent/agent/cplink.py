@@ -31,6 +31,9 @@ class ControlPlaneLink:
         self.clock = clock
         self.refusal = ""  # the CP's reason, while it refuses this proxy
         self.refused_at = 0.0
+        # Called on every refusal: the usual cause is a token revoked right after its file was replaced, and
+        # re-reading the file then (rather than at the next periodic check) ends the refusal at Envoy's next retry.
+        self.on_refusal: Callable[[], None] | None = None
 
     def observe(self, component: str, message: str) -> None:
         """Fed every line Envoy prints; only ADS stream closes matter."""
@@ -45,6 +48,8 @@ class ControlPlaneLink:
             kv(log, logging.WARNING, "the control plane refuses this proxy; readiness reports NOT_READY until it "
                                      "accepts it again", reason=reason)
         self.refusal, self.refused_at = reason, self.clock()
+        if self.on_refusal is not None:
+            self.on_refusal()
 
     async def refused(self, admin: EnvoyAdmin) -> str:
         """The refusal that still stands, or ""; cleared once Envoy holds a stream the CP did not refuse."""

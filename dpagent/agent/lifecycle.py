@@ -97,10 +97,14 @@ class TokenMirror:
             log.info("the dataplane token file changed; Envoy uses the new token from its next xDS reconnect")
         return True
 
+    def sync_quietly(self) -> None:
+        """`sync`, keeping the last good token when the file is half-written or removed."""
+        try:
+            self.sync()
+        except ConfigError as e:
+            log.warning("cannot re-read the dataplane token (%s); keeping the previous one", e)
+
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            try:
-                self.sync()
-            except ConfigError as e:  # a half-written or removed file: keep the last good token
-                log.warning("cannot re-read the dataplane token (%s); keeping the previous one", e)
+            self.sync_quietly()

@@ -77,16 +77,7 @@ class DataplaneAuth:
         if not token or not token.strip():
             raise TokenError("malformed", "a dataplane token is required; generate one with "
                                           f"`{generate_command(dp.name, dp.mesh)}`")
-        verifier, revoked = await self._verifier(dp.mesh)
-        try:
-            claims = self._check(verifier, token, dp.mesh, revoked)
-        except TokenError as e:
-            if e.reason != "unknown-kid":
-                raise
-            # Signed by a key newer than the cached key set (`token signing-key rotate` a moment ago): read the
-            # keys again now instead of refusing a valid token until the cache expires.
-            verifier, revoked = await self._verifier(dp.mesh, fresh=True)
-            claims = self._check(verifier, token, dp.mesh, revoked)
+        claims = await self._claims(token, dp.mesh)
         check_dataplane_matches(claims, name=dp.name, mesh=dp.mesh, tags=dp.all_tags())
         return claims
 
@@ -96,7 +87,18 @@ class DataplaneAuth:
         if not token or not token.strip():
             raise TokenError("malformed", "a dataplane token is required; generate one with "
                                           f"`{generate_command('', mesh)}`")
+        return await self._claims(token, mesh)
+
+    async def _claims(self, token: str, mesh: str) -> DataplaneClaims:
         verifier, revoked = await self._verifier(mesh)
+        try:
+            return self._check(verifier, token, mesh, revoked)
+        except TokenError as e:
+            if e.reason != "unknown-kid":
+                raise
+        # Signed by a key newer than the cached key set (`token signing-key rotate` a moment ago): read the keys
+        # again now instead of refusing a valid token until the cache expires.
+        verifier, revoked = await self._verifier(mesh, fresh=True)
         return self._check(verifier, token, mesh, revoked)
 
     async def still_valid(self, token: str, dp: Dataplane) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 import resource
 import signal
 import socket
@@ -118,8 +120,9 @@ async def test_slow_and_silent_clients_do_not_lock_agents_out(tmp_path: Path):
         await asyncio.to_thread(cp.stop)
 
 
-async def test_running_out_of_descriptors_anyway_is_one_log_line_per_interval(tmp_path: Path):
-    """With a hard limit of 1,024 nothing can be raised: connections fail, but the log must stay readable."""
+async def test_a_flood_past_the_descriptor_limit_is_one_log_line_per_interval(tmp_path: Path):
+    """With a hard limit of 1,024 nothing can be raised: connections fail, but the log must stay readable. The DP
+    server's connection cap (half the limit) refuses the flood before descriptors run out, and says so once."""
     cp = LowFdControlPlane(tmp_path / "cp")
     cp.hard_too = True
     await asyncio.to_thread(cp.start)
@@ -131,9 +134,28 @@ async def test_running_out_of_descriptors_anyway_is_one_log_line_per_interval(tm
                 held.append(socket.create_connection(("127.0.0.1", cp.dp_port), timeout=0.2))
         await asyncio.sleep(3)
         lines = cp.log.read_text().splitlines()[before:]
-        assert any("out of file descriptors" in line for line in lines), "\n".join(lines[:20])
+        assert any("refused connections" in line or "out of file descriptors" in line for line in lines), \
+            "\n".join(lines[:20])
         assert len(lines) < 20 and not any("Traceback" in line for line in lines), "\n".join(lines[:20])
     finally:
         for s in held:
             s.close()
         await asyncio.to_thread(cp.stop)
+
+
+def test_descriptor_exhaustion_in_the_accept_loop_is_one_line_per_interval(caplog: pytest.LogCaptureFixture):
+    """Where descriptors do run out (another listener, another process), asyncio's per-accept tracebacks become one
+    line per interval."""
+    from dpagent.controlplane.app import quiet_fd_exhaustion
+
+    loop = asyncio.new_event_loop()
+    try:
+        quiet_fd_exhaustion(loop)
+        with caplog.at_level(logging.DEBUG, logger="dpagent.cp"):
+            for _ in range(1000):
+                loop.call_exception_handler({"message": "socket.accept() out of system resource",
+                                             "exception": OSError(errno.EMFILE, "Too many open files")})
+    finally:
+        loop.close()
+    lines = [r for r in caplog.records if "out of file descriptors" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in caplog.records]

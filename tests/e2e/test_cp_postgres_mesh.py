@@ -54,7 +54,7 @@ def test_policy_applied_through_another_replica_reaches_the_proxies(cp, cp_b, ag
     backend = HttpApp("backend")
     agents("backend-1", mesh_dataplane("backend-1", "backend", PORTS["b_in"], backend.port))
     outbound = f"  outbound:\n  - port: {PORTS['w_out_b']}\n    tags:\n      kuma.io/service: backend\n"
-    agents("web-1", mesh_dataplane("web-1", "web", PORTS["w_in"], 1, outbound))
+    agents("web-1", mesh_dataplane("web-1", "web", PORTS["w_in"], 1, outbound=outbound))
     wait_for(lambda: via_web().status_code == 200, 20, what="web -> backend over mTLS, CP on PostgreSQL")
     assert via_web().text == "backend /hello"
     # Both replicas list what the agents registered through A.

@@ -32,8 +32,10 @@ DEREGISTRATION_DELAY = 0.3
 
 
 def dataplane(name: str, mesh: str = "default", service: str = "backend") -> dict[str, Any]:
+    # TCP: a permission change then rewrites the inbound listener itself (HTTP permissions travel over RDS, which
+    # these LDS/CDS-only clients do not subscribe to), so a push is visible as a new LDS version.
     return {"type": "Dataplane", "mesh": mesh, "name": name, "networking": {"address": "127.0.0.1", "inbound": [
-        {"port": free_port(), "servicePort": 9, "tags": {"kuma.io/service": service, "kuma.io/protocol": "http"}}]}}
+        {"port": free_port(), "servicePort": 9, "tags": {"kuma.io/service": service, "kuma.io/protocol": "tcp"}}]}}
 
 
 DENY = {"type": "MeshTrafficPermission", "mesh": "default", "name": "deny-web", "spec": {

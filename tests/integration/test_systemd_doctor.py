@@ -134,7 +134,8 @@ def test_token_expired(healthy: Setup, tmp_path: Path) -> None:
     assert code == 1
     t = checks["token"]
     assert t["status"] == "fail" and "it expired at" in t["detail"]
-    assert "`dpagent token generate --name web-1 --mesh default --valid-for 720h`" in t["fix"]
+    assert ("`dpagent token generate --name web-1 --mesh default --tag kuma.io/service=<service> --valid-for 720h`"
+            in t["fix"])
     # ... and the agent itself stops at once with the same command (exit 3: retrying cannot help)
     out = subprocess.run([sys.executable, "-m", "dpagent", "run", *[a for a in healthy.flags(**{
         "--dataplane-token-file": str(tok), "--readiness-port": str(free_port()),
@@ -142,7 +143,8 @@ def test_token_expired(healthy: Setup, tmp_path: Path) -> None:
         capture_output=True, text=True, env=clean_env(), timeout=60)
     assert out.returncode == 3, out.stderr
     assert "token expired at" in out.stderr
-    assert "dpagent token generate --name web-1 --mesh default --valid-for 720h" in out.stderr
+    assert "dpagent token generate --name web-1 --mesh default --tag kuma.io/service=<service> --valid-for 720h" in \
+        out.stderr
 
 
 def test_token_for_another_dataplane(healthy: Setup, tmp_path: Path) -> None:
