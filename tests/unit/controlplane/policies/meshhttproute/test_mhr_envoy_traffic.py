@@ -1,5 +1,6 @@
 """Real Envoy, real requests: a MeshHTTPRoute's RouteConfiguration, served by an outbound HCM, routes by path
-(whole segments), method and header, splits to tag subsets whose endpoints were selected by tags, rewrites and redirects paths, and sets response headers."""
+(whole segments), method and header, splits to tag subsets whose endpoints were selected by tags, rewrites and
+redirects paths, and sets response headers."""
 
 from __future__ import annotations
 
