@@ -37,9 +37,9 @@ def ctx(*policies: dict[str, Any]) -> MeshContext:
 
 
 def test_rules_per_destination_lowest_priority_first_and_only_for_selected_proxies() -> None:
+    v2 = {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}}
     c = ctx(http_route("b-wide", to_backends({"kind": "MeshService", "name": "backend"})),
-            http_route("a-web", to_backends({"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}}),
-                       top={"kind": "MeshService", "name": "web"}))
+            http_route("a-web", to_backends(v2), top={"kind": "MeshService", "name": "web"}))
     rules = build_proxy(c, CLIENT).rules["MeshHTTPRoute"]
     assert isinstance(rules, HttpRouteRules)
     dest = rules.by_service["backend"]
