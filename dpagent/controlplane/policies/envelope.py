@@ -71,9 +71,9 @@ def check_envelope(v: Violations, doc: Any, kind: str) -> Mapping[str, Any] | No
     v.unknown(top, _TOP, "")
     if top.get("type", kind) != kind:
         v.add("type", f"must be {kind}, not {top.get('type')!r}")
-    v.name(top.get("mesh"), "mesh")
+    mesh = v.mesh_ref(top.get("mesh"), "mesh")  # Kuma's older set: meshes made before 2.5 may hold '_'
     v.name(top.get("name"), "name")
-    v.tags(top.get("labels"), "labels")
+    v.labels(top.get("labels"), mesh or "")  # Kubernetes label rules; `kuma.io/mesh` must match `mesh`
     return v.mapping(top.get("spec"), "spec")
 
 

@@ -72,6 +72,11 @@ class MeshContext:
     def _memo(self) -> dict[Hashable, Any]:
         return {}
 
+    @cached_property
+    def match_cache(self) -> dict[Hashable, Any]:
+        """Shared matching results of proxies selected by the same policies (see matching.match)."""
+        return {}
+
     def memo(self, key: Hashable, build: Callable[[], Any]) -> Any:
         """Any value derived from this (immutable) context only, computed once however many proxies ask: e.g. a
         route policy's endpoints of a tag subset, which otherwise walks every dataplane once per proxy."""
@@ -132,7 +137,7 @@ def build_proxy(ctx: MeshContext, dp: Dataplane) -> Proxy:
     matched: dict[str, Matched] = {}
     rules: dict[str, Rules] = {}
     for plugin in PLUGINS:
-        m = match(plugin.kind, ctx.parsed_policies.get(plugin.kind, ()), dp)
+        m = match(plugin.kind, ctx.parsed_policies.get(plugin.kind, ()), dp, cache=ctx.match_cache)
         matched[plugin.kind] = m
         rules[plugin.kind] = plugin.rules(ctx, dp, m)
     return Proxy(dp, matched, rules)

@@ -61,8 +61,13 @@ def _refs(rules: tuple[Rule, ...]) -> list[tuple[str, BackendRef]]:
 
 
 def destinations(ctx: MeshView, matched: Matched) -> tuple[dict[str, Destination], list[str]]:
-    """Typed rules per destination plus the warnings of every matched item; each item is converted and checked
-    once per mesh change, not once per proxy."""
+    """Typed rules per destination plus the warnings of every matched item, computed once per mesh change for
+    every proxy with the same matched items (a mesh-wide route set: once for the whole mesh)."""
+    key = (KIND, "destinations", tuple((i.policy, i.index) for i in matched.to))
+    return ctx.memo(key, lambda: _destinations(ctx, matched))  # type: ignore[no-any-return]
+
+
+def _destinations(ctx: MeshView, matched: Matched) -> tuple[dict[str, Destination], list[str]]:
     def typed(item: Item) -> tuple[ItemKey, tuple[Rule, ...]]:
         key = (item.policy, item.index)
         return key, ctx.memo((KIND, "rules", key), lambda: to_rules(item.conf))

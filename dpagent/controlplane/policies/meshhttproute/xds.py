@@ -10,24 +10,23 @@ from dpagent.controlplane.policies.base import MeshView
 from dpagent.controlplane.policies.meshhttproute.api import KIND
 from dpagent.controlplane.policies.meshhttproute.plugin import Destination
 from dpagent.controlplane.policies.meshhttproute.routes import outbound_routes
-from dpagent.controlplane.policies.meshroute.refs import BackendRef
-from dpagent.controlplane.policies.meshroute.xds import add_backends
+from dpagent.controlplane.policies.meshroute.xds import Backend, add_backends, resolved
 from dpagent.controlplane.xds import names
 from dpagent.controlplane.xds.resources import Origin, ResourceSet
 from dpagent.controlplane.xds.snapshot import ROUTE, Resource
 
 
-def _route(ctx: MeshView, name: str, service: str, dest: Destination) -> tuple[Resource, list[BackendRef]]:
+def _route(ctx: MeshView, name: str, service: str, dest: Destination) -> tuple[Resource, list[Backend]]:
     """Built and serialised once per (service, matched items) per mesh change, however many proxies share it."""
-    def build() -> tuple[Resource, list[BackendRef]]:
+    def build() -> tuple[Resource, list[Backend]]:
         rc, used = outbound_routes(name, service, dest.rules, names.service_cluster(service))
-        return Resource(name, rc, ROUTE), used
+        return Resource(name, rc, ROUTE), resolved(used)
 
     return ctx.memo((KIND, "route", name, service, dest.items), build)  # type: ignore[no-any-return]
 
 
 def configure(rs: ResourceSet, ctx: MeshView, by_service: Mapping[str, Destination]) -> None:
-    used: list[BackendRef] = []
+    used: list[Backend] = []
     for entry in list(rs.entries(ROUTE, Origin.OUTBOUND)):
         dest = by_service.get(entry.service)
         if dest is None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dpagent.controlplane.policies.base import MeshView
 from dpagent.controlplane.policies.meshroute.refs import BackendRef
-from dpagent.controlplane.policies.meshroute.xds import add_backends, protocols
+from dpagent.controlplane.policies.meshroute.xds import add_backends, protocols, resolved
 from dpagent.controlplane.policies.meshtcproute.plugin import TcpRouteRules
 from dpagent.controlplane.policies.meshtcproute.tcp import outbound_tcp_proxy, uses_tcp_route
 from dpagent.controlplane.xds import names
@@ -50,4 +50,4 @@ def configure(rs: ResourceSet, ctx: MeshView, rules: TcpRouteRules) -> None:
                 del target.filters[:]
                 target.filters.append(proxy)
                 used.extend(refs)
-    add_backends(rs, ctx, used)
+    add_backends(rs, ctx, resolved(used))

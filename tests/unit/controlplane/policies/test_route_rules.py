@@ -82,3 +82,14 @@ def test_http_route_takes_precedence_over_tcp_route_on_an_http_destination() -> 
                        CLIENT).rules["MeshTCPRoute"]
     assert isinstance(only_tcp, TcpRouteRules) and isinstance(both, TcpRouteRules)
     assert only_tcp.http_routed == frozenset() and both.http_routed == frozenset({"backend"})
+
+
+def test_proxies_selected_by_the_same_policies_share_one_sorted_match() -> None:
+    """Sorting a mesh-wide route set per proxy was most of generation; the context's match cache sorts it once,
+    and a proxy selected by a different set still gets its own."""
+    c = ctx(http_route("wide", to_backends({"kind": "MeshService", "name": "backend"})),
+            http_route("web-only", to_backends({"kind": "MeshService", "name": "backend"}),
+                       top={"kind": "MeshService", "name": "web"}))
+    a, b, server = (build_proxy(c, dp).matched["MeshHTTPRoute"] for dp in (CLIENT, TPROXY_CLIENT, SERVERS[0]))
+    assert a.to is b.to and [i.policy for i in a.to] == ["wide", "web-only"]
+    assert [i.policy for i in server.to] == ["wide"]

@@ -46,7 +46,7 @@ def perm(r: MtpRules) -> Any:
 def test_registry_order() -> None:
     assert [(p.kind, p.order) for p in PLUGINS] == [("MeshHTTPRoute", 100), ("MeshTCPRoute", 200),
                                                    ("MeshTrafficPermission", 1100)]
-    assert plugin_for("MeshTrafficPermission") is PLUGINS[0] and plugin_for("Nope") is None
+    assert plugin_for("MeshTrafficPermission") is PLUGINS[2] and plugin_for("Nope") is None
 
 
 def test_mtls_off_not_enforced() -> None:
