@@ -93,7 +93,7 @@ def bootstrap(filters: Sequence[Message] | Sequence[dict[str, Any]], clusters: S
 
 
 def hcm(route_config: Message) -> dict[str, Any]:
-    """An outbound HCM (as the route plugin builds it) around an inline RouteConfiguration."""
+    """An outbound HCM with the RouteConfiguration inline (the CP serves it over RDS; a static bootstrap has none)."""
     return {"name": HCM, "typedConfig": {"@type": HCM_TYPE, "statPrefix": "outbound", "normalizePath": True,
                                          "routeConfig": to_plain(route_config), "httpFilters": [ROUTER]}}
 
