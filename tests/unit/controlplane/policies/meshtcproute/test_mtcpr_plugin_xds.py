@@ -10,12 +10,9 @@ from typing import Any
 import pytest
 from unit.controlplane.policies.route_plugin_testlib import CLIENT, TPROXY_CLIENT, generate_with
 from unit.controlplane.xds._xds_testlib import (
-    Pki,
     assert_golden,
-    envoy_validate,
-    install_identity,
+    envoy_accepts,
     resources_to_plain,
-    static_bootstrap,
 )
 
 from dpagent.controlplane.policies.meshtcproute.api import KIND, to_rules
@@ -59,9 +56,7 @@ def test_golden(case: str) -> None:
 @pytest.mark.envoy
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_envoy_accepts(case: str, tmp_path: Any) -> None:
-    pki = Pki()
-    install_identity(tmp_path, pki, "spiffe://default/web", 1)
-    envoy_validate(static_bootstrap(_apply(*CASES[case]).messages(), trust_bundle=pki.ca_pem.decode()), tmp_path)
+    envoy_accepts(_apply(*CASES[case]).messages(), tmp_path, "spiffe://default/web")
 
 
 def test_only_the_destination_chains_change() -> None:
