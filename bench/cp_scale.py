@@ -6,6 +6,7 @@ dataplane token (RS256, verified by the CP on connect and re-checked while it li
 from the store by XdsSync. The CP runs as a subprocess so its RSS and CPU are its own.
 
     .venv/bin/python bench/cp_scale.py [--sizes 100,1000] [--per-service 10] [--outbounds 5] [--protocol http]
+                                       [--policy-mix]
 
 Per size: a fresh data dir; mesh `default` (builtin mTLS + allow-all MeshTrafficPermission, as on first start);
 N dataplanes, `--per-service` per service, one inbound each and `--outbounds` random other services. Measured:
@@ -14,6 +15,11 @@ N dataplanes, `--per-service` per service, one inbound each and `--outbounds` ra
   2. policy change: a Deny MeshTrafficPermission PUT through the REST API until every proxy whose config
      changed ACKed it (target <= 2 s); which proxies changed is read from the versions they receive;
   3. CP RSS after sync (target <= 1 GiB) and CP CPU seconds.
+
+--policy-mix runs every size twice, side by side: route-free, then with one MeshHTTPRoute per service (a 90/10
+split of its version v1/v2 subsets, the mesh-wide allow-all MeshTrafficPermission of the first start still in
+place), and in that run also times a route change (one service's weights 90/10 -> 50/50) until every proxy that
+calls the service ACKed it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,14 +83,26 @@ def dataplane_docs(n: int, per_service: int, outbounds: int, protocol: str, seed
                 "address": ip,
                 "inbound": [{"port": 10000 + i, "servicePort": 8080,
                              "tags": {"kuma.io/service": service(s), "kuma.io/protocol": protocol,
-                                      "version": "v1", "zone": "bench"}}],
+                                      "version": f"v{1 + i % 2}", "zone": "bench"}}],
                 "outbound": [{"port": 40000 + k, "tags": {"kuma.io/service": service(k)}} for k in calls],
             },
         })
     return docs
 
 
-async def populate(data_dir: Path, docs: list[dict[str, Any]]) -> list[str]:
+def route_policy(target: str, v1: int, v2: int) -> dict[str, Any]:
+    """One service's MeshHTTPRoute: every caller splits its requests v1:v2 over the service's version subsets."""
+    def subset(version: str, weight: int) -> dict[str, Any]:
+        return {"kind": "MeshServiceSubset", "name": target, "tags": {"version": version}, "weight": weight}
+
+    return {"type": "MeshHTTPRoute", "mesh": MESH, "name": f"route-{target}", "spec": {"to": [
+        {"targetRef": {"kind": "MeshService", "name": target}, "rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+             "default": {"backendRefs": [subset("v1", v1), subset("v2", v2)]}}]}]}}
+
+
+async def populate(data_dir: Path, docs: list[dict[str, Any]],
+                   policies: Sequence[dict[str, Any]] = ()) -> list[str]:
     """Create the mesh as the CP's first start does, apply the Dataplanes, and issue one token per dataplane.
 
     Done before the CP starts (it holds an exclusive lock on the store while running); `NORMAL` sync only
@@ -93,7 +112,7 @@ async def populate(data_dir: Path, docs: list[dict[str, Any]]) -> list[str]:
     try:
         resources = Resources(store)
         await first_start(resources, store)
-        for doc in docs:
+        for doc in [*docs, *policies]:
             await resources.apply(doc)
         key = await secrets.ensure_signing_key(store, MESH)
     finally:
@@ -182,12 +201,14 @@ class Change:
 class Result:
     n: int
     services: int
+    routes: bool = False
     populate_s: float = 0.0
     sync_s: float = float("nan")
     sync_cpu: float = float("nan")
     idle_cpu: float = float("nan")
     one: Change = field(default_factory=Change)
     all: Change | None = None
+    route: Change | None = None
     rss: int = 0
     rss_idle: int = 0
     retries: int = 0
@@ -216,8 +237,9 @@ async def measure_change(cp: ControlPlaneProcess, fakes: list[FakeProxy], expect
     c1 = cp.cpu()
     async with httpx.AsyncClient() as client:
         t1 = time.perf_counter()
-        r = await client.put(f"{cp.api}/meshes/{MESH}/meshtrafficpermissions/{policy['name']}", json=policy,
-                             timeout=30)
+        plural = {"MeshTrafficPermission": "meshtrafficpermissions",
+                  "MeshHTTPRoute": "meshhttproutes"}[policy["type"]]
+        r = await client.put(f"{cp.api}/meshes/{MESH}/{plural}/{policy['name']}", json=policy, timeout=30)
         r.raise_for_status()
     await wait_change(fakes, expected, tasks, args.quiet, args.timeout)
     changed = [f for f in fakes if f.last_change_ack is not None]
@@ -240,9 +262,10 @@ async def wait_change(fakes: list[FakeProxy], expected: list[FakeProxy], tasks: 
         await asyncio.sleep(wait)
 
 
-async def run_size(args: argparse.Namespace, n: int) -> Result:
+async def run_size(args: argparse.Namespace, n: int, routes: bool = False) -> Result:
     docs = dataplane_docs(n, args.per_service, args.outbounds, args.protocol, args.seed)
-    res = Result(n, len({d["networking"]["inbound"][0]["tags"]["kuma.io/service"] for d in docs}))
+    res = Result(n, len({d["networking"]["inbound"][0]["tags"]["kuma.io/service"] for d in docs}), routes)
+    policies = [route_policy(service(k), 90, 10) for k in range(res.services)] if routes else []
     data_dir = Path(tempfile.mkdtemp(prefix=f"cp-scale-{n}-"))
     cp: ControlPlaneProcess | None = None
     tasks: list[asyncio.Task[None]] = []
@@ -250,7 +273,7 @@ async def run_size(args: argparse.Namespace, n: int) -> Result:
     me = psutil.Process()
     try:
         t = time.perf_counter()
-        tokens = await populate(data_dir, docs)
+        tokens = await populate(data_dir, docs, policies)
         res.populate_s = time.perf_counter() - t
         cp = ControlPlaneProcess(data_dir, args.cp_log_level)
         await cp.wait_ready()
@@ -287,6 +310,13 @@ async def run_size(args: argparse.Namespace, n: int) -> Result:
         if args.mesh_wide:
             third = service(min(2, res.services - 1))
             res.all = await measure_change(cp, fakes, fakes, tasks, deny_policy("bench-deny-all", third, None), args)
+        # 2c. a route change: one service's split 90/10 -> 50/50; every proxy calling it gets a new RDS route
+        if routes:
+            target_ = service(1)
+            callers = {d["name"] for d in docs
+                       if any(o["tags"]["kuma.io/service"] == target_ for o in d["networking"]["outbound"])}
+            res.route = await measure_change(cp, fakes, [f for f in fakes if f.node.split(".", 1)[1] in callers],
+                                             tasks, route_policy(target_, 50, 50), args)
         res.retries = sum(f.reconnects for f in fakes)
         m1 = me.cpu_times()
         res.client_cpu = (m1.user + m1.system) - (m0.user + m0.system)
@@ -340,6 +370,8 @@ def table(results: list[Result]) -> str:
     ]
     if any(r.all is not None for r in results):
         rows += _change_rows("mesh-wide deny", [r.all for r in results])
+    if any(r.route is not None for r in results):
+        rows += _change_rows("route change (1 service)", [r.route for r in results])
     rows += [
         ("CP RSS after sync", [f"{r.rss / 2**20:.0f} MiB" for r in results], "<= 1024 MiB"),
         ("  CP RSS before streams", [f"{r.rss_idle / 2**20:.0f} MiB" for r in results], ""),
@@ -348,7 +380,7 @@ def table(results: list[Result]) -> str:
         ("stream retries", [str(r.retries) for r in results], ""),
         ("populate store + tokens", [f"{r.populate_s:.2f} s" for r in results], ""),
     ]
-    heads = [f"N={r.n}" for r in results]
+    heads = [f"N={r.n}" + (" +routes" if r.routes else "") for r in results]
     w0 = max(len(r[0]) for r in rows)
     ws = [max(len(h), *(len(r[1][i]) for r in rows)) for i, h in enumerate(heads)]
 
@@ -366,8 +398,11 @@ def verdicts(results: list[Result]) -> list[str]:
         parts = [f"full sync {verdict(r.sync_s <= TARGET_SYNC)}", f"policy change {verdict(r.one.ok())}"]
         if r.all is not None:
             parts.append(f"mesh-wide change {verdict(r.all.ok())}")
+        if r.route is not None:
+            parts.append(f"route change {verdict(r.route.ok())}")
         parts.append(f"RSS {verdict(0 < r.rss <= TARGET_RSS)}")
-        out.append(f"N={r.n}: " + ", ".join(parts) + (f"  ERROR {r.error}" if r.error else ""))
+        label = f"N={r.n}" + (" +routes" if r.routes else "")
+        out.append(f"{label}: " + ", ".join(parts) + (f"  ERROR {r.error}" if r.error else ""))
     return out
 
 
@@ -376,6 +411,9 @@ async def main_async(args: argparse.Namespace) -> int:
     for n in args.sizes:
         print(f"running N={n} ...", file=sys.stderr, flush=True)
         results.append(await run_size(args, n))
+        if args.policy_mix:
+            print(f"running N={n} with a MeshHTTPRoute per service ...", file=sys.stderr, flush=True)
+            results.append(await run_size(args, n, routes=True))
     print(f"cpus={os.cpu_count()} shape: {args.per_service} dataplanes/service, {args.outbounds} outbounds each, "
           f"protocol={args.protocol}, TLS ADS, one token per proxy, channels={args.channels or 'one per proxy'}")
     print(table(results))
@@ -400,6 +438,8 @@ def main() -> None:
                    help="seconds of idle CPU measured after sync (token re-checks run every 5 s per stream)")
     p.add_argument("--no-mesh-wide", dest="mesh_wide", action="store_false",
                    help="skip the second change (a Mesh-wide deny that changes every proxy)")
+    p.add_argument("--policy-mix", action="store_true",
+                   help="also run each size with one MeshHTTPRoute per service, and time a route change")
     p.add_argument("--timeout", type=float, default=90.0, help="give up on a phase after this many seconds")
     p.add_argument("--cp-log-level", default="info", choices=["error", "warning", "info", "debug"])
     p.add_argument("--keep", action="store_true", help="keep the data dirs (store, cp.log)")

@@ -16,7 +16,10 @@ the median of per-round mesh/minimal ratios. Also shown: the two Envoys' CPU tim
 steadiest signal on a noisy host, and the data-path part of each Envoy's config_dump.
 Targets: mesh/minimal p50 and p99 ≤ 1.05, throughput mesh/minimal ≥ 0.95.
 
-Usage: python bench/dataplane_latency.py [--rate 500] [--seconds 20] [--rounds 3] [--dump-config DIR]
+With --route the mesh row carries a MeshHTTPRoute on `backend` (several rules; the one the load hits rewrites a
+request header, adds a response header and sends to the service), to price routes against the route-free run.
+
+Usage: python bench/dataplane_latency.py [--rate 500] [--seconds 20] [--rounds 3] [--dump-config DIR] [--route]
 """
 
 from __future__ import annotations
@@ -525,8 +528,10 @@ def setup(procs: Procs, tmp: Path, args: argparse.Namespace) -> tuple[list[Row],
     web.wait_ready()
     wait_for(lambda: get_ok(a_port), 15, what="minimal Envoy pair")
     wait_for(lambda: get_ok(w_out), 30, what="web → backend through the mesh")
+    if args.route:
+        apply_route(cp, w_out)
     rows = [Row("direct", app_port), Row("minimal", a_port, minimal_pids),
-            Row("mesh", w_out, backend.envoy_pids() + web.envoy_pids())]
+            Row("mesh+route" if args.route else "mesh", w_out, backend.envoy_pids() + web.envoy_pids())]
     sockets = {
         "minimal A": (tmp / "minimal-a.sock", "out", "backend"),
         "minimal B": (tmp / "minimal-b.sock", "in", "app"),
@@ -534,6 +539,38 @@ def setup(procs: Procs, tmp: Path, args: argparse.Namespace) -> tuple[list[Row],
         "mesh backend": (backend.admin_socket, f"inbound:127.0.0.1:{b_in}", f"localhost:{app_port}"),
     }
     return rows, sockets
+
+
+ROUTE_MARK = "x-bench-route"
+
+
+def route_policy() -> dict[str, Any]:
+    """A realistic route table for `backend`: exact, regex and header rules the load does not hit, then the prefix
+    rule it does (header rewrite + response header + the service itself as the backend)."""
+    def rule(match: dict[str, Any], **default: Any) -> dict[str, Any]:
+        return {"matches": [match], "default": default}
+
+    backend = [{"kind": "MeshService", "name": "backend", "weight": 100}]
+    return {"type": "MeshHTTPRoute", "mesh": "default", "name": "bench-route", "spec": {"to": [
+        {"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [
+            rule({"path": {"type": "Exact", "value": "/health"}}, backendRefs=backend),
+            rule({"path": {"type": "RegularExpression", "value": "/items/[0-9]+"}}, backendRefs=backend),
+            rule({"path": {"type": "PathPrefix", "value": "/"}, "headers": [
+                {"type": "Exact", "name": "x-canary", "value": "yes"}]}, backendRefs=backend),
+            rule({"path": {"type": "PathPrefix", "value": "/bench"}}, backendRefs=backend, filters=[
+                {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-api", "value": "2"}]}},
+                {"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                    "set": [{"name": ROUTE_MARK, "value": "1"}]}}]),
+        ]}]}}
+
+
+def apply_route(cp: ControlPlane, port: int) -> None:
+    import httpx
+
+    r = httpx.put(f"{cp.api}/meshes/default/meshhttproutes/bench-route", json=route_policy(), timeout=10)
+    r.raise_for_status()
+    wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/bench", timeout=2).headers.get(ROUTE_MARK) == "1", 15,
+             what="the MeshHTTPRoute served on web's outbound")
 
 
 def _get(r: dict[str, Any], path: tuple[str, ...]) -> float:
@@ -594,6 +631,7 @@ def main() -> int:
     ap.add_argument("--skip-throughput", action="store_true", help="no wrk runs")
     ap.add_argument("--dump-config", type=Path, help="write each Envoy's full config_dump here")
     ap.add_argument("--keep-tmp", action="store_true", help="keep logs and bootstraps")
+    ap.add_argument("--route", action="store_true", help="put a MeshHTTPRoute on the mesh row's path")
     ap.add_argument("--role", choices=("bench", "app", "load"), default="bench", help=argparse.SUPPRESS)
     ap.add_argument("--slice", type=float, default=0.25, help="seconds per slice when interleaving minimal and mesh")
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)

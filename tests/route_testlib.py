@@ -27,6 +27,17 @@ ROUTER = {"name": "envoy.filters.http.router",
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
+def matched(kind: str, policies: Sequence[Any]) -> Any:
+    """Generic matching of parsed route policies for a client proxy the Mesh-wide policies select: the input the
+    route plugins receive (to[] items lowest priority first)."""
+    from dpagent.controlplane.policies.matching import match
+    from dpagent.model.dataplane import decode_dataplane
+
+    client = decode_dataplane({"mesh": "default", "name": "client", "networking": {"address": "10.9.9.9", "inbound": [
+        {"port": 9000, "tags": {"kuma.io/service": "client"}}]}})
+    return match(kind, policies, client)
+
+
 def to_plain(msg: Message) -> Any:
     return json.loads(json.dumps(MessageToDict(msg)))
 
@@ -82,7 +93,7 @@ def bootstrap(filters: Sequence[Message] | Sequence[dict[str, Any]], clusters: S
 
 
 def hcm(route_config: Message) -> dict[str, Any]:
-    """An outbound HCM (as the route plugin builds it) around an inline RouteConfiguration."""
+    """An outbound HCM with the RouteConfiguration inline (the CP serves it over RDS; a static bootstrap has none)."""
     return {"name": HCM, "typedConfig": {"@type": HCM_TYPE, "statPrefix": "outbound", "normalizePath": True,
                                          "routeConfig": to_plain(route_config), "httpFilters": [ROUTER]}}
 

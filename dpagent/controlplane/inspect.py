@@ -15,6 +15,8 @@ import msgspec
 from google.protobuf.json_format import MessageToDict
 
 from dpagent.controlplane.identity import INSIGHT
+from dpagent.controlplane.policies.base import Rules
+from dpagent.controlplane.policies.matching import Matched
 from dpagent.controlplane.policies.registry import PLUGINS, plugin_for
 from dpagent.controlplane.store import ResourceStore
 from dpagent.controlplane.views import (
@@ -38,6 +40,12 @@ CONFIG_TYPES = {"listeners": LISTENER, "clusters": CLUSTER, "routes": ROUTE, "en
                 "secrets": SECRET}
 
 
+def _outbound_conf(rules: Rules, matched: Matched, service: str) -> Any:
+    """The plugin's own view when it has one (route kinds merge rules, not confs), else the merged confs."""
+    conf = rules.outbound_conf(service)
+    return conf if conf is not None else matched.to_conf(service)
+
+
 def kind_policies(proxy: Proxy) -> list[KindPolicies]:
     """Per kind, in registry order: matched policies, per inbound and per outbound service, with effective confs."""
     out = []
@@ -46,8 +54,8 @@ def kind_policies(proxy: Proxy) -> list[KindPolicies]:
         inbounds = [InboundPolicies(key, list(m.policies), rules.inbound_conf(key))
                     for key, m in sorted(matched.inbounds.items())]
         services = sorted({ob.service for ob in proxy.dp.networking.outbound if ob.service})
-        outbounds = [OutboundPolicies(s, sorted({i.policy for i in matched.to_items(s)}), matched.to_conf(s))
-                     for s in services if matched.to_items(s)]
+        outbounds = [OutboundPolicies(s, sorted({i.policy for i in matched.to_items(s)}),
+                                      _outbound_conf(rules, matched, s)) for s in services if matched.to_items(s)]
         out.append(KindPolicies(plugin.kind, list(matched.policies), inbounds, outbounds, list(rules.warnings)))
     return out
 

@@ -7,7 +7,7 @@ and merging are not its business (matching.py, merge.py).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,6 +28,10 @@ class MeshView(Protocol):
 
     @property
     def dataplanes(self) -> Sequence[Dataplane]: ...
+
+    def memo(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """A value derived from the mesh only, computed once per mesh change (see xds.context.MeshContext)."""
+        ...
 
 
 @dataclass(frozen=True)

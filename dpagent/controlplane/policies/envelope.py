@@ -32,6 +32,9 @@ class Shape:
     from_kinds: tuple[str, ...] = KINDS
     to_kinds: tuple[str, ...] = KINDS
     required_one_of: tuple[str, ...] = ()  # at least one of these sections must be non-empty
+    # Route kinds: a to[] item carries `rules` (and `hostnames`) instead of `default`; its Entry conf is then the
+    # item without its targetRef, and the plugin validates the whole item (its checks depend on the top kind).
+    route_to: bool = False
 
 
 class Entry(msgspec.Struct, frozen=True):
@@ -59,19 +62,25 @@ class Policy(msgspec.Struct, frozen=True):
         return bool(self.from_ or self.rules)
 
 
-def validate_policy(kind: str, shape: Shape, conf: ConfValidator, doc: Any) -> list[tuple[str, str]]:
-    """Every violation in a decoded policy document, with Kuma-style paths (`spec.from[0].default.action`)."""
-    v = Violations()
+def check_envelope(v: Violations, doc: Any, kind: str) -> Mapping[str, Any] | None:
+    """Record the problems of everything around `spec` (type, mesh, name, labels); returns the spec mapping when
+    there is one to check further. Every kind's validation starts here."""
     top = v.mapping(doc, "")
     if top is None:
-        return v.items
+        return None
     v.unknown(top, _TOP, "")
     if top.get("type", kind) != kind:
         v.add("type", f"must be {kind}, not {top.get('type')!r}")
-    v.name(top.get("mesh"), "mesh")
+    mesh = v.mesh_ref(top.get("mesh"), "mesh")  # Kuma's older set: meshes made before 2.5 may hold '_'
     v.name(top.get("name"), "name")
-    v.tags(top.get("labels"), "labels")
-    spec = v.mapping(top.get("spec"), "spec")
+    v.labels(top.get("labels"), mesh or "")  # Kubernetes label rules; `kuma.io/mesh` must match `mesh`
+    return v.mapping(top.get("spec"), "spec")
+
+
+def validate_policy(kind: str, shape: Shape, conf: ConfValidator, doc: Any) -> list[tuple[str, str]]:
+    """Every violation in a decoded policy document, with Kuma-style paths (`spec.from[0].default.action`)."""
+    v = Violations()
+    spec = check_envelope(v, doc, kind)
     if spec is None:
         return v.items
     sections = [s for s in (TO, FROM, RULES, DEFAULT) if s in shape.sections]
@@ -117,16 +126,24 @@ def _conf(v: Violations, conf: ConfValidator, doc: Any, path: str, section: str)
         conf(v, m, path, section)
 
 
-def parse_policy(kind: str, shape: Shape, conf: ConfValidator, doc: Any) -> Policy:
-    """Validate then convert; raises ValidationError listing every violation."""
-    problems = validate_policy(kind, shape, conf, doc)
+def parse_policy(kind: str, shape: Shape, conf: ConfValidator, doc: Any,
+                 problems: list[tuple[str, str]] | None = None) -> Policy:
+    """Validate (unless the caller passes its own `problems`) then convert; raises ValidationError listing every
+    violation."""
+    if problems is None:
+        problems = validate_policy(kind, shape, conf, doc)
     if problems:
         raise ValidationError(f"{kind} {doc.get('name')!r}" if isinstance(doc, dict) else kind, problems)
     spec = doc["spec"]
     ref = msgspec.convert(spec.get("targetRef") or {"kind": MESH}, TargetRef)
 
+    def body(item: Mapping[str, Any], section: str) -> dict[str, Any]:
+        if section == TO and shape.route_to:
+            return {k: val for k, val in item.items() if k != "targetRef"}
+        return dict(item["default"])
+
     def entries(section: str, with_ref: bool) -> tuple[Entry, ...]:
-        return tuple(Entry(dict(item["default"]), msgspec.convert(item["targetRef"], TargetRef) if with_ref
+        return tuple(Entry(body(item, section), msgspec.convert(item["targetRef"], TargetRef) if with_ref
                            else None) for item in spec.get(section) or [])
 
     return Policy(kind=kind, mesh=doc["mesh"], name=doc["name"], target_ref=ref, labels=dict(doc.get("labels") or {}),

@@ -7,10 +7,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from dpagent.controlplane.policies.base import PolicyPlugin
+from dpagent.controlplane.policies.meshhttproute import MeshHTTPRoutePlugin
+from dpagent.controlplane.policies.meshtcproute import MeshTCPRoutePlugin
 from dpagent.controlplane.policies.meshtrafficpermission import MeshTrafficPermissionPlugin
 
 _PLUGINS: tuple[PolicyPlugin, ...] = (
-    # MeshHTTPRoute (100) and MeshTCPRoute (200) go here: they create outbound listeners/clusters, so run first.
+    MeshHTTPRoutePlugin(),  # 100: outbound routes and the clusters their backends need
+    MeshTCPRoutePlugin(),  # 200: outbound tcp_proxy splits
     MeshTrafficPermissionPlugin(),  # 1100
 )
 

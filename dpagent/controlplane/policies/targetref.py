@@ -22,6 +22,12 @@ MESH_SUBSET = "MeshSubset"
 MESH_SERVICE = "MeshService"
 MESH_SERVICE_SUBSET = "MeshServiceSubset"
 KINDS = (MESH, DATAPLANE, MESH_SUBSET, MESH_SERVICE, MESH_SERVICE_SUBSET)
+# Kinds only route policies name (a gateway to attach to, destinations this CP cannot resolve yet); they select
+# no dpagent proxy.
+MESH_GATEWAY = "MeshGateway"
+MESH_EXTERNAL_SERVICE = "MeshExternalService"
+MESH_MULTI_ZONE_SERVICE = "MeshMultiZoneService"
+MESH_HTTP_ROUTE = "MeshHTTPRoute"
 # Kuma's kind rank (§1.5 step 1); the gaps are kinds this CP does not have (MeshGateway, MeshExternalService, ...).
 _RANK = {MESH: 1, DATAPLANE: 2, MESH_SUBSET: 3, MESH_SERVICE: 5, MESH_SERVICE_SUBSET: 8}
 PROXY_TYPES = ("Sidecar", "Gateway")
@@ -35,6 +41,7 @@ class TargetRef(msgspec.Struct, rename="camel", omit_defaults=True, forbid_unkno
     labels: dict[str, str] = {}
     section_name: str = ""
     proxy_types: tuple[str, ...] = ()
+    namespace: str = ""  # route kinds' refs (MeshService in another namespace); nothing selects by it yet
 
     def describe(self) -> str:
         """Short human form for warnings and `inspect`: `MeshService(web)`, `Dataplane{app=web}/main`."""

@@ -29,7 +29,7 @@ from dpagent.controlplane.xds.generators.transparent import (
     service_ports,
 )
 from dpagent.controlplane.xds.names import DYNCONF_DNS_PATH, DYNCONF_LISTENER, MESH_CA, OUTBOUND_PASSTHROUGH
-from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, SECRET, Resource
+from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Resource
 from dpagent.model.dataplane import Dataplane
 from dpagent.model.mesh import Mesh, mtls_enabled
 
@@ -69,8 +69,22 @@ class MeshContext:
         return service_ports(self.dataplanes)
 
     @cached_property
-    def _memo(self) -> dict[Hashable, Resource]:
+    def _memo(self) -> dict[Hashable, Any]:
         return {}
+
+    @cached_property
+    def match_cache(self) -> dict[Hashable, Any]:
+        """Shared matching results of proxies selected by the same policies (see matching.match)."""
+        return {}
+
+    def memo(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """Any value derived from this (immutable) context only, computed once however many proxies ask: e.g. a
+        route policy's endpoints of a tag subset, which otherwise walks every dataplane once per proxy."""
+        try:
+            return self._memo[key]
+        except KeyError:
+            value = self._memo[key] = build()
+            return value
 
     @cached_property
     def shared_resources(self) -> Mapping[str, Mapping[str, Resource]]:
@@ -81,10 +95,7 @@ class MeshContext:
     def shared(self, key: Hashable, type_url: str, name: str, build: Callable[[], Message]) -> Resource:
         """The Resource for `key`, built and serialised once per context however many proxies ask for it.
         `key` must capture every input of `build` (e.g. (kind, service, effective conf as sorted JSON))."""
-        hit = self._memo.get(key)
-        if hit is None:
-            hit = self._memo[key] = Resource(name, build(), type_url)
-        return hit
+        return self.memo(key, lambda: Resource(name, build(), type_url))  # type: ignore[no-any-return]
 
     def outbound_capture(self, port: int, reachable: tuple[str, ...]) -> Resource:
         """The outbound capture listener, once per (port, reachable set): with 1,000 tproxy proxies in a mesh it
@@ -101,8 +112,8 @@ class MeshContext:
 
 def generate_shared(ctx: MeshContext) -> dict[str, dict[str, Message]]:
     """Per-service EDS clusters, their endpoints and the trust bundle: identical for every proxy in the mesh."""
-    clusters, assignments = shared_clusters(ctx)
-    out: dict[str, dict[str, Message]] = {CLUSTER: dict(clusters), ENDPOINT: dict(assignments)}
+    clusters, assignments, routes = shared_clusters(ctx)
+    out: dict[str, dict[str, Message]] = {CLUSTER: dict(clusters), ENDPOINT: dict(assignments), ROUTE: dict(routes)}
     if mtls_enabled(ctx.mesh) and ctx.trust_bundle:
         out[SECRET] = {MESH_CA: mesh_ca_secret(ctx.trust_bundle)}
     return out
@@ -126,7 +137,7 @@ def build_proxy(ctx: MeshContext, dp: Dataplane) -> Proxy:
     matched: dict[str, Matched] = {}
     rules: dict[str, Rules] = {}
     for plugin in PLUGINS:
-        m = match(plugin.kind, ctx.parsed_policies.get(plugin.kind, ()), dp)
+        m = match(plugin.kind, ctx.parsed_policies.get(plugin.kind, ()), dp, cache=ctx.match_cache)
         matched[plugin.kind] = m
         rules[plugin.kind] = plugin.rules(ctx, dp, m)
     return Proxy(dp, matched, rules)

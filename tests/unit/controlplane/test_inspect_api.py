@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from dpagent.controlplane.api import Api
 from dpagent.controlplane.inspect import Inspector
+from dpagent.controlplane.policies.registry import PLUGINS
 from dpagent.controlplane.resources import Resources
 from dpagent.controlplane.store import MemoryStore
 from dpagent.controlplane.xds.cache import SnapshotCache
@@ -60,8 +61,8 @@ async def test_inspect_names_matched_policies_and_the_nack(env) -> None:
     cache.record_sent("default.backend-1", LISTENER, "v1", "n1")
     cache.record_nack("default.backend-1", LISTENER, "v1", "invalid listener")
     data = await (await client.get("/meshes/default/dataplanes/backend-1/_inspect")).json()
-    assert [(k["kind"], k["policies"]) for k in data["policies"]] == [
-        ("MeshTrafficPermission", ["allow-all", "deny-web"])]
+    assert [(k["kind"], k["policies"]) for k in data["policies"]] == [  # every registered kind, in order
+        (p.kind, ["allow-all", "deny-web"] if p.kind == "MeshTrafficPermission" else []) for p in PLUGINS]
     assert data["xds"]["connected"] is True and data["xds"]["since"] == 1_700_000_000.0
     assert data["xds"]["types"][LISTENER]["nack"] == {"version": "v1", "error": "invalid listener",
                                                       "at": 1_700_000_000.0}
@@ -71,7 +72,7 @@ async def test_inspect_names_matched_policies_and_the_nack(env) -> None:
 async def test_policies_view_gives_each_inbound_its_policies_and_conf(env) -> None:
     client, _ = env
     data = await (await client.get("/meshes/default/dataplanes/backend-1/_policies")).json()
-    (mtp_view,) = data["kinds"]
+    (mtp_view,) = [k for k in data["kinds"] if k["kind"] == "MeshTrafficPermission"]
     (inbound,) = mtp_view["inbounds"]
     assert inbound["inbound"] == "10.0.0.1:8080" and inbound["policies"] == ["allow-all", "deny-web"]
     assert inbound["conf"]["from"] == [

@@ -8,12 +8,12 @@ from typing import Any
 
 import msgspec
 
+from dpagent.controlplane.policies.envelope import TO, Policy, Shape, check_envelope, parse_policy
 from dpagent.controlplane.policies.meshhttproute.api_filters import (
     check_regex,
     header_name,
     validate_filter,
 )
-from dpagent.controlplane.policies.meshroute.envelope import check_envelope, convert
 from dpagent.controlplane.policies.meshroute.refs import (
     BACKEND_KINDS,
     GATEWAY_TO_KINDS,
@@ -21,7 +21,6 @@ from dpagent.controlplane.policies.meshroute.refs import (
     TO_KINDS,
     TOP_KINDS,
     BackendRef,
-    TargetRef,
     validate_ref,
 )
 from dpagent.model.validation import HOST_RE, Violations, join
@@ -123,27 +122,19 @@ class Rule(_S):
     default: RuleConf = RuleConf()
 
 
-class To(_S):
-    target_ref: TargetRef
+class ToConf(_S):
+    """One `to[]` item without its targetRef: what the generic envelope keeps as the item's conf (route_to)."""
+
     rules: tuple[Rule, ...] = ()
     hostnames: tuple[str, ...] = ()
 
 
-class Spec(_S):
-    target_ref: TargetRef = TargetRef()
-    to: tuple[To, ...] = ()
+SHAPE = Shape(sections=(TO,), top_kinds=TOP_KINDS, to_kinds=TO_KINDS, route_to=True)
 
 
-class MeshHTTPRoute(_S):
-    mesh: str
-    name: str
-    spec: Spec
-    type: str = KIND
-    labels: dict[str, str] = {}
-
-    @property
-    def target_ref(self) -> TargetRef:
-        return self.spec.target_ref
+def to_rules(conf: Mapping[str, Any]) -> tuple[Rule, ...]:
+    """The typed rules of one matched `to[]` item (its conf was validated when the policy was parsed)."""
+    return msgspec.convert(conf, ToConf).rules
 
 
 def validate_meshhttproute(doc: Any) -> list[tuple[str, str]]:
@@ -160,9 +151,10 @@ def validate_meshhttproute(doc: Any) -> list[tuple[str, str]]:
     return v.items
 
 
-def parse_meshhttproute(doc: Any) -> MeshHTTPRoute:
-    """Validate then convert; raises ValidationError listing every violation."""
-    return convert(doc, validate_meshhttproute(doc), KIND, MeshHTTPRoute)
+def parse_meshhttproute(doc: Any) -> Policy:
+    """Validate then convert to the generic Policy (to[] confs kept as JSON); raises ValidationError listing every
+    violation."""
+    return parse_policy(KIND, SHAPE, lambda *_: None, doc, problems=validate_meshhttproute(doc))
 
 
 def _to(v: Violations, raw: Any, path: str, gateway: bool) -> None:

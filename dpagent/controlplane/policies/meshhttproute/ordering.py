@@ -17,17 +17,18 @@ from typing import Any
 
 import msgspec
 
+from dpagent.controlplane.policies.matching import Matched
 from dpagent.controlplane.policies.merge import merge_confs
 from dpagent.controlplane.policies.meshhttproute.api import (
     EXACT,
     PATH_PREFIX,
     Match,
-    MeshHTTPRoute,
     PathMatch,
     Rule,
     RuleConf,
+    to_rules,
 )
-from dpagent.controlplane.policies.meshroute.refs import names_legacy_service
+from dpagent.controlplane.policies.meshroute.refs import rules_by_destination
 
 CATCH_ALL = Match(path=PathMatch(type=PATH_PREFIX, value="/"))
 _PATH_RANK = {EXACT: 0, PATH_PREFIX: 1}  # RegularExpression (and anything else) ranks last
@@ -47,10 +48,10 @@ def _key(matches: tuple[Match, ...]) -> bytes:
     return msgspec.json.encode(matches)
 
 
-def destination_rules(policies: Sequence[MeshHTTPRoute], service: str) -> list[tuple[Rule, ...]]:
-    """The `to[].rules` lists that reach the legacy destination `service`, in the policies' order (pass them
-    lowest priority first)."""
-    return [to.rules for p in policies for to in p.spec.to if names_legacy_service(to.target_ref, service)]
+def destination_rules(matched: Matched, service: str) -> list[tuple[Rule, ...]]:
+    """The `to[].rules` lists of the matched policies that reach the legacy destination `service`, lowest
+    priority first."""
+    return rules_by_destination(matched.to, lambda i: to_rules(i.conf)).get(service, [])
 
 
 def merge_rules(rule_lists: Sequence[Sequence[Rule]]) -> list[Rule]:

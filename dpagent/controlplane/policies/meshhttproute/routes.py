@@ -1,4 +1,4 @@
-"""Ordered route entries (ordering.py) → the outbound's inline Envoy RouteConfiguration (reference
+"""Ordered route entries (ordering.py) → the outbound's Envoy RouteConfiguration, served over RDS (reference
 kuma-policies.md §2.3 steps 2-6). Pure: backendRefs become cluster names through `resolve`, so the same function
 serves legacy services today and real MeshServices later.
 """
@@ -15,7 +15,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
-from google.protobuf import duration_pb2, wrappers_pb2
+from google.protobuf import wrappers_pb2
 
 from dpagent.controlplane.policies.meshhttproute.api import (
     ABSENT,
@@ -161,7 +161,9 @@ def _header(name: str, kind: str, value: str | None) -> rc.HeaderMatcher:
 
 def _action(backends: list[tuple[str, int]], filters: Sequence[Filter], exact_twin: bool,
             resolve: Resolve) -> rc.RouteAction:
-    action = rc.RouteAction(timeout=duration_pb2.Duration())  # 0: no route timeout until MeshTimeout sets one
+    # No timeout set: Envoy's 15 s route default, as on a route-free outbound. Kuma disables it (0s) and leaves
+    # the timeout to MeshTimeout, which this CP does not have yet; keeping the default bounds a hung upstream.
+    action = rc.RouteAction()
     if len(backends) == 1:
         action.cluster = backends[0][0]
     else:

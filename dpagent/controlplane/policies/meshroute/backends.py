@@ -13,28 +13,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from dpagent.controlplane.policies.meshroute import names
-from dpagent.controlplane.policies.meshroute.refs import MESH_SERVICE, MESH_SERVICE_SUBSET, BackendRef
+from dpagent.controlplane.policies.meshroute.names import resolve_legacy
+from dpagent.controlplane.policies.meshroute.refs import MESH_SERVICE_SUBSET, BackendRef
 from dpagent.controlplane.xds.builders import cluster as cb
+from dpagent.controlplane.xds.builders.listener import HTTP2_PROTOCOLS
 from dpagent.controlplane.xds.builders.tls import upstream_tls
-from dpagent.model.dataplane import Dataplane, Inbound
+from dpagent.controlplane.xds.generators.outbound import serving
+from dpagent.model.dataplane import Dataplane
 from dpagent.model.validation import is_ip
-
-_NOT_SERVING = ("NotReady", "Ignored")
-HTTP2_PROTOCOLS = ("http2", "grpc")
-
-
-def resolve_legacy(ref: BackendRef) -> str | None:
-    """The cluster name of a legacy backendRef; None when it names something this CP cannot route to."""
-    if not ref.legacy or not ref.name:
-        return None
-    if ref.kind == MESH_SERVICE_SUBSET:
-        return names.subset_cluster(ref.name, ref.tags)
-    return names.service_cluster(ref.name) if ref.kind == MESH_SERVICE else None
-
-
-def _serving(ib: Inbound) -> bool:
-    return not (ib.health is not None and not ib.health.ready) and ib.state not in _NOT_SERVING
 
 
 def subset_endpoints(dataplanes: Iterable[Dataplane], service: str,
@@ -47,7 +33,7 @@ def subset_endpoints(dataplanes: Iterable[Dataplane], service: str,
             if ib.service != service or any(ib.tags.get(k) != v for k, v in tags.items()):
                 continue
             address = ib.address or dp.networking.address
-            if _serving(ib) and is_ip(address):
+            if serving(ib) and is_ip(address):
                 out.add((address, ib.port))
     return sorted(out)
 

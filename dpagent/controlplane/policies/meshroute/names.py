@@ -13,14 +13,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from dpagent.controlplane.policies.meshroute.refs import MESH_SERVICE, MESH_SERVICE_SUBSET, BackendRef
+from dpagent.controlplane.xds.names import service_cluster
 from dpagent.model.dataplane import SERVICE_TAG
 
 _SUBSET_HEX = 16
-
-
-def service_cluster(service: str) -> str:
-    """A whole legacy service: its name, the same cluster the default outbound uses."""
-    return service
 
 
 def subset_cluster(service: str, tags: Mapping[str, str]) -> str:
@@ -38,3 +35,12 @@ def route_name(matches: Any) -> str:
     rule's `matches` as canonical JSON, as Kuma does for legacy outbounds."""
     canonical = json.dumps(matches, sort_keys=True, separators=(",", ":"))
     return base64.b64encode(hashlib.sha256(canonical.encode()).digest()).decode()
+
+
+def resolve_legacy(ref: BackendRef) -> str | None:
+    """The cluster name of a legacy backendRef; None when it names something this CP cannot route to."""
+    if not ref.legacy or not ref.name:
+        return None
+    if ref.kind == MESH_SERVICE_SUBSET:
+        return subset_cluster(ref.name, ref.tags)
+    return service_cluster(ref.name) if ref.kind == MESH_SERVICE else None

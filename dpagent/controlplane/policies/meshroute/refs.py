@@ -1,29 +1,34 @@
-"""targetRef and backendRef as the route policies use them: the full field set of Kuma's TargetRef and the
-per-kind rules of reference kuma-policies.md §1.2, plus the `weight`/`port` a backendRef adds (§2.1).
-
-The route policies need kinds the generic MeshTrafficPermission-era targetRef does not know (MeshExternalService,
-MeshMultiZoneService, MeshGateway, `namespace`, `labels`), so they validate refs here, in one place for both.
+"""targetRef and backendRef validation as the route policies need it: the per-kind rules of reference
+kuma-policies.md §1.2 for the kinds only routes name (MeshGateway, MeshExternalService, MeshMultiZoneService,
+`namespace`), plus the `weight`/`port` a backendRef adds (§2.1). The parsed targetRef is the one TargetRef of
+policies/targetref.py.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import msgspec
 
+from dpagent.controlplane.policies.matching import Item
+from dpagent.controlplane.policies.targetref import (
+    DATAPLANE,
+    MESH,
+    MESH_EXTERNAL_SERVICE,
+    MESH_GATEWAY,
+    MESH_HTTP_ROUTE,
+    MESH_MULTI_ZONE_SERVICE,
+    MESH_SERVICE,
+    MESH_SERVICE_SUBSET,
+    MESH_SUBSET,
+    PROXY_TYPES,
+    TargetRef,
+)
 from dpagent.model.validation import Violations, join
 
-MESH = "Mesh"
-DATAPLANE = "Dataplane"
-MESH_SUBSET = "MeshSubset"
-MESH_GATEWAY = "MeshGateway"
-MESH_SERVICE = "MeshService"
-MESH_EXTERNAL_SERVICE = "MeshExternalService"
-MESH_MULTI_ZONE_SERVICE = "MeshMultiZoneService"
-MESH_SERVICE_SUBSET = "MeshServiceSubset"
-MESH_HTTP_ROUTE = "MeshHTTPRoute"
+R = TypeVar("R")
 
 # Where a route policy may point (§2.1, §3).
 TOP_KINDS = (MESH, DATAPLANE, MESH_SUBSET, MESH_GATEWAY, MESH_SERVICE, MESH_SERVICE_SUBSET)
@@ -31,7 +36,6 @@ TO_KINDS = (MESH_SERVICE, MESH_EXTERNAL_SERVICE, MESH_MULTI_ZONE_SERVICE)
 GATEWAY_TO_KINDS = (MESH,)
 BACKEND_KINDS = (MESH_SERVICE, MESH_SERVICE_SUBSET, MESH_EXTERNAL_SERVICE, MESH_MULTI_ZONE_SERVICE)
 MIRROR_KINDS = (MESH_SERVICE, MESH_SERVICE_SUBSET)
-PROXY_TYPES = ("Sidecar", "Gateway")
 
 _REF_FIELDS = ("kind", "name", "namespace", "labels", "tags", "sectionName", "proxyTypes", "mesh")
 _BACKEND_FIELDS = (*_REF_FIELDS, "weight", "port")
@@ -59,18 +63,6 @@ class _S(msgspec.Struct, rename="camel", omit_defaults=True, frozen=True):
     pass
 
 
-class TargetRef(_S):
-    """Kuma's TargetRef with every field; an empty field means "not given"."""
-
-    kind: str = MESH
-    name: str = ""
-    namespace: str = ""
-    labels: dict[str, str] = {}
-    tags: dict[str, str] = {}
-    section_name: str = ""
-    proxy_types: tuple[str, ...] = ()
-
-
 class BackendRef(_S):
     """Where a route sends traffic. `port` (or `section_name`) on a MeshService means a real MeshService resource;
     without them the name is a legacy `kuma.io/service` value (§14)."""
@@ -88,6 +80,22 @@ class BackendRef(_S):
     def legacy(self) -> bool:
         return self.kind == MESH_SERVICE_SUBSET or (self.kind == MESH_SERVICE and not self.port
                                                     and not self.section_name and not self.labels)
+
+
+def legacy_destination(ref: TargetRef | None) -> str | None:
+    """The `kuma.io/service` a `to[].targetRef` names, or None when it names something else (see below)."""
+    return ref.name if ref is not None and ref.name and names_legacy_service(ref, ref.name) else None
+
+
+def rules_by_destination(items: Iterable[Item], convert: Callable[[Item], R]) -> dict[str, list[R]]:
+    """Matched `to[]` items (lowest priority first) grouped by the legacy service they name, in one pass over
+    them; `convert` turns an item into its typed rules."""
+    out: dict[str, list[R]] = {}
+    for item in items:
+        service = legacy_destination(item.target_ref)
+        if service is not None:
+            out.setdefault(service, []).append(convert(item))
+    return out
 
 
 def names_legacy_service(ref: TargetRef, service: str) -> bool:

@@ -3,11 +3,12 @@ targetRefs §1.2). Only `rules[0]` of a `to[]` item takes effect; later rules ar
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
-from dpagent.controlplane.policies.meshroute.envelope import check_envelope, convert
+from dpagent.controlplane.policies.envelope import TO, Policy, Shape, check_envelope, parse_policy
 from dpagent.controlplane.policies.meshroute.refs import (
     BACKEND_KINDS,
     GATEWAY_TO_KINDS,
@@ -15,7 +16,6 @@ from dpagent.controlplane.policies.meshroute.refs import (
     TO_KINDS,
     TOP_KINDS,
     BackendRef,
-    TargetRef,
     validate_ref,
 )
 from dpagent.model.validation import Violations, join
@@ -35,26 +35,18 @@ class Rule(_S):
     default: RuleConf
 
 
-class To(_S):
-    target_ref: TargetRef
+class ToConf(_S):
+    """One `to[]` item without its targetRef: what the generic envelope keeps as the item's conf (route_to)."""
+
     rules: tuple[Rule, ...] = ()
 
 
-class Spec(_S):
-    target_ref: TargetRef = TargetRef()
-    to: tuple[To, ...] = ()
+SHAPE = Shape(sections=(TO,), top_kinds=TOP_KINDS, to_kinds=TO_KINDS, route_to=True)
 
 
-class MeshTCPRoute(_S):
-    mesh: str
-    name: str
-    spec: Spec
-    type: str = KIND
-    labels: dict[str, str] = {}
-
-    @property
-    def target_ref(self) -> TargetRef:
-        return self.spec.target_ref
+def to_rules(conf: Mapping[str, Any]) -> tuple[Rule, ...]:
+    """The typed rules of one matched `to[]` item (its conf was validated when the policy was parsed)."""
+    return msgspec.convert(conf, ToConf).rules
 
 
 def validate_meshtcproute(doc: Any) -> list[tuple[str, str]]:
@@ -97,6 +89,7 @@ def _rule(v: Violations, raw: Any, path: str) -> None:
         validate_ref(v, ref, f"{join(p, 'backendRefs')}[{k}]", BACKEND_KINDS, backend=True)
 
 
-def parse_meshtcproute(doc: Any) -> MeshTCPRoute:
-    """Validate then convert; raises ValidationError listing every violation."""
-    return convert(doc, validate_meshtcproute(doc), KIND, MeshTCPRoute)
+def parse_meshtcproute(doc: Any) -> Policy:
+    """Validate then convert to the generic Policy (to[] confs kept as JSON); raises ValidationError listing every
+    violation."""
+    return parse_policy(KIND, SHAPE, lambda *_: None, doc, problems=validate_meshtcproute(doc))

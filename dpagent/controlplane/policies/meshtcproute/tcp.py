@@ -12,9 +12,10 @@ from collections.abc import Callable, Sequence
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
+from dpagent.controlplane.policies.matching import Matched
 from dpagent.controlplane.policies.meshroute.backends import resolve_legacy
-from dpagent.controlplane.policies.meshroute.refs import BackendRef, names_legacy_service
-from dpagent.controlplane.policies.meshtcproute.api import MeshTCPRoute, Rule
+from dpagent.controlplane.policies.meshroute.refs import BackendRef, rules_by_destination
+from dpagent.controlplane.policies.meshtcproute.api import Rule, to_rules
 from dpagent.controlplane.xds.builders.core import pack
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -23,10 +24,10 @@ DEFAULT_WEIGHT = 1
 Resolve = Callable[[BackendRef], "str | None"]
 
 
-def destination_rules(policies: Sequence[MeshTCPRoute], service: str) -> list[tuple[Rule, ...]]:
-    """The `to[].rules` lists that reach the legacy destination `service`, in the policies' order (pass them
-    lowest priority first)."""
-    return [to.rules for p in policies for to in p.spec.to if names_legacy_service(to.target_ref, service)]
+def destination_rules(matched: Matched, service: str) -> list[tuple[Rule, ...]]:
+    """The `to[].rules` lists of the matched policies that reach the legacy destination `service`, lowest
+    priority first."""
+    return rules_by_destination(matched.to, lambda i: to_rules(i.conf)).get(service, [])
 
 
 def outbound_tcp_proxy(stat_prefix: str, rule_lists: Sequence[Sequence[Rule]], destination: str,

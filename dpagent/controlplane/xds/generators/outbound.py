@@ -9,6 +9,7 @@ from typing import Any
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
 
 from dpagent.controlplane.policies.base import MeshView
 from dpagent.controlplane.xds import names
@@ -40,7 +41,7 @@ def service_protocols(dataplanes: Sequence[Dataplane]) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def _serving(ib: Inbound) -> bool:
+def serving(ib: Inbound) -> bool:
     return not (ib.health is not None and not ib.health.ready) and ib.state not in _NOT_SERVING
 
 
@@ -53,35 +54,44 @@ def service_endpoints(dataplanes: Sequence[Dataplane]) -> dict[str, list[tuple[s
                 continue
             eps = out.setdefault(ib.service, set())
             address = ib.address or dp.networking.address
-            if _serving(ib) and is_ip(address):
+            if serving(ib) and is_ip(address):
                 eps.add((address, ib.port))
     return {s: sorted(eps) for s, eps in sorted(out.items())}
 
 
 Clusters = dict[str, cluster_pb2.Cluster]
 Assignments = dict[str, endpoint_pb2.ClusterLoadAssignment]
+Routes = dict[str, route_pb2.RouteConfiguration]
 
 
-def shared_clusters(ctx: MeshView) -> tuple[Clusters, Assignments]:
+def shared_clusters(ctx: MeshView) -> tuple[Clusters, Assignments, Routes]:
+    """Every service's cluster and endpoints, and for HTTP services the route-free RouteConfiguration the outbound
+    HCMs read over RDS (a MeshHTTPRoute swaps in its own, the listeners stay as they are)."""
     mtls = mtls_enabled(ctx.mesh)
     protocols = service_protocols(ctx.dataplanes)
     clusters: Clusters = {}
     assignments: Assignments = {}
+    routes: Routes = {}
     for service, endpoints in service_endpoints(ctx.dataplanes).items():
         name = names.service_cluster(service)
         tls = upstream_tls(ctx.mesh.name, service) if mtls else None
         clusters[name] = cb.eds_cluster(name, http2=protocols[service] in lb.HTTP2_PROTOCOLS, tls=tls)
         assignments[name] = cb.load_assignment(name, endpoints)
-    return clusters, assignments
+        if protocols[service] in lb.HTTP_PROTOCOLS:
+            route = names.outbound_route(service)
+            routes[route] = lb.route_config(route, name, validate_clusters=False)
+    return clusters, assignments, routes
 
 
 def outbound_filter(name: str, service: str, protocols: Mapping[str, str]) -> Any:
     """The network filter that sends a client's traffic to `service`: HTTP-aware for HTTP protocols, else TCP.
-    Shared by outbound listeners and the transparent-proxy capture chains."""
+    Shared by outbound listeners and the transparent-proxy capture chains. HTTP reads the service's route over RDS
+    (`outbound:<service>`, see shared_clusters), so a route change reaches open connections and never replaces a
+    listener."""
     cluster = names.service_cluster(service)
     stat = names.stat_prefix(name)
     if protocols.get(service, "tcp") in lb.HTTP_PROTOCOLS:
-        return lb.http_connection_manager(stat, names.outbound_route(service), cluster, validate_clusters=False)
+        return lb.http_connection_manager(stat, names.outbound_route(service), cluster, rds=True)
     return lb.tcp_proxy(stat, cluster)
 
 

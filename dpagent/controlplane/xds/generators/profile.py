@@ -22,7 +22,7 @@ from dpagent.controlplane.xds.generators.transparent import (
     reachable_services,
 )
 from dpagent.controlplane.xds.resources import Origin, ResourceSet
-from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, SECRET
+from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from dpagent.model.dataplane import Dataplane
 
 
@@ -37,14 +37,14 @@ def wanted_services(ctx: MeshContext, dp: Dataplane) -> list[str]:
 
 
 class SharedServicesGenerator:
-    """The mesh-wide cluster + endpoints of every service the proxy calls, as the shared serialised Resources, and
-    the mesh trust bundle."""
+    """The mesh-wide cluster + endpoints (+ route-free RDS route, HTTP services) of every service the proxy calls,
+    as the shared serialised Resources, and the mesh trust bundle."""
 
     def generate(self, rs: ResourceSet, ctx: MeshContext, proxy: Proxy) -> None:
         shared = ctx.shared_resources
         for service in wanted_services(ctx, proxy.dp):
-            name = names.service_cluster(service)
-            for type_url in (CLUSTER, ENDPOINT):
+            cluster = names.service_cluster(service)
+            for type_url, name in ((CLUSTER, cluster), (ENDPOINT, cluster), (ROUTE, names.outbound_route(service))):
                 res = shared.get(type_url, {}).get(name)
                 if res is not None:
                     rs.add(type_url, name, res, Origin.OUTBOUND, service=service)

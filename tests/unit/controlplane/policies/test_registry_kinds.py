@@ -36,6 +36,16 @@ def dp(name: str, service: str, port: int) -> dict[str, Any]:
 
 # kind → a policy that changes the config of dataplane "backend-1" (selected through its labels).
 SAMPLES: dict[str, dict[str, Any]] = {
+    "MeshHTTPRoute": {"type": "MeshHTTPRoute", "mesh": "default", "name": "sample", "spec": {
+        "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+        "to": [{"targetRef": {"kind": "MeshService", "name": "web"}, "rules": [{
+            "matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}],
+            "default": {"filters": [{"type": "RequestHeaderModifier",
+                                     "requestHeaderModifier": {"set": [{"name": "x-v", "value": "2"}]}}]}}]}]}},
+    "MeshTCPRoute": {"type": "MeshTCPRoute", "mesh": "default", "name": "sample", "spec": {
+        "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+        "to": [{"targetRef": {"kind": "MeshService", "name": "web"},
+                "rules": [{"default": {"backendRefs": [{"kind": "MeshService", "name": "web"}]}}]}]}},
     "MeshTrafficPermission": {"type": "MeshTrafficPermission", "mesh": "default", "name": "sample", "spec": {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "rules": [{"default": {"allow": [{"spiffeID": {"type": "Exact", "value": "spiffe://default/web"}}]}}]}},
@@ -84,7 +94,7 @@ async def test_registered_kind_is_served_listed_watched_and_changes_config(api, 
 
 
 def test_duplicate_order_or_name_fails_at_import() -> None:
-    mtp = PLUGINS[0]
+    mtp = POLICY_KINDS["MeshTrafficPermission"]
     twin = type("Twin", (type(mtp),), {"kind": "Twin", "plural": "twins", "aliases": ()})()
     with pytest.raises(RuntimeError, match="share order"):
         check([mtp, twin])

@@ -178,3 +178,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def envoy_accepts(resources: dict[str, dict[str, Any]], workdir: Path, uri: str) -> None:
+    """The real Envoy loads these generated resources (`--mode validate`) as the proxy with identity `uri`."""
+    pki = Pki()
+    install_identity(workdir, pki, uri, 1)
+    envoy_validate(static_bootstrap(resources, trust_bundle=pki.ca_pem.decode()), workdir)

@@ -7,8 +7,6 @@ from typing import Any
 
 import msgspec
 import pytest
-from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.type.v3 import percent_pb2
 
 from dpagent.controlplane.policies.meshhttproute.api import Rule
@@ -16,10 +14,7 @@ from dpagent.controlplane.policies.meshhttproute.ordering import route_entries
 from dpagent.controlplane.policies.meshhttproute.routes import fraction, route_configuration
 from dpagent.controlplane.policies.meshroute import names
 from dpagent.controlplane.policies.meshroute.backends import backend_resources, resolve_legacy, subset_endpoints
-from dpagent.controlplane.policies.meshroute.listeners import HCM, with_route_config, with_tcp_proxy
 from dpagent.controlplane.policies.meshroute.refs import BackendRef
-from dpagent.controlplane.policies.meshtcproute.tcp import tcp_proxy
-from dpagent.controlplane.xds.builders.core import pack
 from dpagent.model.dataplane import decode_dataplane
 
 
@@ -100,38 +95,3 @@ FP = percent_pb2.FractionalPercent
 def test_mirror_fraction(pct: Any, num: int, den: int) -> None:
     f = fraction(pct)
     assert (f.numerator, f.denominator) == (num, den)
-
-
-def _listener(*chains: str) -> listener_pb2.Listener:
-    cfg = hcm_pb2.HttpConnectionManager(stat_prefix="keep")
-    cfg.route_config.name = "old"
-    return listener_pb2.Listener(name="l", filter_chains=[listener_components_pb2.FilterChain(
-        name=c, filters=[listener_components_pb2.Filter(name=HCM, typed_config=pack(cfg))]) for c in chains or ("",)])
-
-
-def _route_name(chain: listener_components_pb2.FilterChain) -> str:
-    cfg = hcm_pb2.HttpConnectionManager()
-    chain.filters[0].typed_config.Unpack(cfg)
-    return cfg.route_config.name
-
-
-def test_listener_edits_return_copies() -> None:
-    original = _listener()
-    before = original.SerializeToString(deterministic=True)
-    rc = route_configuration("outbound:s", "s", route_entries([]), "s")
-    edited = with_route_config(original, rc)
-    cfg = hcm_pb2.HttpConnectionManager()
-    edited.filter_chains[0].filters[0].typed_config.Unpack(cfg)
-    assert cfg.route_config == rc and cfg.stat_prefix == "keep"
-    tcp = with_tcp_proxy(original, tcp_proxy("outbound_s", [("s", 1)]))
-    assert [f.name for f in tcp.filter_chains[0].filters] == ["envoy.filters.network.tcp_proxy"]
-    assert original.SerializeToString(deterministic=True) == before
-
-
-def test_listener_edits_can_target_one_capture_chain() -> None:
-    capture = _listener("outbound:a:80", "outbound:b:80")
-    rc = route_configuration("outbound:b", "b", route_entries([]), "b")
-    edited = with_route_config(capture, rc, chains={"outbound:b:80"})
-    assert [_route_name(c) for c in edited.filter_chains] == ["old", "outbound:b"]
-    tcp = with_tcp_proxy(capture, tcp_proxy("outbound_a", [("a", 1)]), chains={"outbound:a:80"})
-    assert [c.filters[0].name for c in tcp.filter_chains] == ["envoy.filters.network.tcp_proxy", HCM]

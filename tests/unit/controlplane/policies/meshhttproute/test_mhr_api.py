@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
+from dpagent.controlplane.policies.envelope import Policy
 from dpagent.controlplane.policies.meshhttproute.api import (
-    MeshHTTPRoute,
     parse_meshhttproute,
+    to_rules,
     validate_meshhttproute,
 )
 from dpagent.errors import ValidationError
@@ -89,18 +90,19 @@ EXAMPLES = [d for d in yaml.safe_load_all(EXAMPLES_TEXT) if d]
 def test_examples_are_valid(doc: dict[str, Any]) -> None:
     assert validate_meshhttproute(doc) == []
     parsed = parse_meshhttproute(doc)
-    assert isinstance(parsed, MeshHTTPRoute)
+    assert isinstance(parsed, Policy)
 
 
 def test_parse_typed_and_defaults() -> None:
     doc = copy.deepcopy(EXAMPLES[0])
     route = parse_meshhttproute(doc)
     assert route.target_ref.kind == "Dataplane" and route.target_ref.labels == {"app": "web"}
-    rule = route.spec.to[0].rules[0]
+    rules = to_rules(route.to[0].conf)
+    rule = rules[0]
     assert rule.matches[0].path is not None and rule.matches[0].path.value == "/api"
     refs = rule.default.backend_refs or ()
     assert [(r.tags["version"], r.weight) for r in refs] == [("v1", 90), ("v2", 10)]
-    second = route.spec.to[0].rules[1].default
+    second = rules[1].default
     assert (second.backend_refs or ())[0].weight == 1  # Kuma's default weight
     assert second.filters is not None and second.filters[0].request_header_modifier is not None
     assert second.filters[0].request_header_modifier.remove == ("x-debug",)

@@ -1,6 +1,6 @@
-"""Real Envoy, real requests: a MeshHTTPRoute's RouteConfiguration, put onto an outbound listener with
-`with_route_config`, routes by path (whole segments), method and header, splits to tag subsets whose endpoints
-were selected by tags, rewrites and redirects paths, and sets response headers."""
+"""Real Envoy, real requests: a MeshHTTPRoute's RouteConfiguration, served by an outbound HCM, routes by path
+(whole segments), method and header, splits to tag subsets whose endpoints were selected by tags, rewrites and
+redirects paths, and sets response headers."""
 
 from __future__ import annotations
 
@@ -9,20 +9,14 @@ from typing import Any
 
 import httpx
 import pytest
-from envoy.config.core.v3 import base_pb2
-from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.extensions.filters.http.router.v3 import router_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from route_testlib import bootstrap, running_envoy, static_clusters, to_plain
+from route_testlib import bootstrap, hcm, running_envoy, static_clusters
 from testlib import HttpApp, free_port
 
-from dpagent.controlplane.policies.meshhttproute.api import parse_meshhttproute
+from dpagent.controlplane.policies.meshhttproute.api import parse_meshhttproute, to_rules
 from dpagent.controlplane.policies.meshhttproute.ordering import merge_rules, route_entries
 from dpagent.controlplane.policies.meshhttproute.routes import clusters_used, route_configuration
 from dpagent.controlplane.policies.meshroute.backends import backend_resources
-from dpagent.controlplane.policies.meshroute.listeners import HCM, with_route_config
 from dpagent.controlplane.policies.meshroute.refs import BackendRef
-from dpagent.controlplane.xds.builders.core import pack, socket_address
 from dpagent.model.dataplane import decode_dataplane
 
 pytestmark = pytest.mark.envoy
@@ -57,18 +51,6 @@ POLICY = {"type": "MeshHTTPRoute", "name": "traffic", "mesh": "default", "spec":
     ]}]}}
 
 
-def outbound_listener(port: int) -> listener_pb2.Listener:
-    """What the core outbound generator builds: an HCM with a default catch-all route (replaced by the policy)."""
-    cfg = hcm_pb2.HttpConnectionManager(
-        stat_prefix="outbound_backend", normalize_path={"value": True},
-        http_filters=[hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))])
-    cfg.route_config.name = "placeholder"
-    return listener_pb2.Listener(name="outbound:backend", address=socket_address("127.0.0.1", port),
-                                 traffic_direction=base_pb2.OUTBOUND, filter_chains=[
-                                     listener_components_pb2.FilterChain(filters=[listener_components_pb2.Filter(
-                                         name=HCM, typed_config=pack(cfg))])])
-
-
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     v1, v2 = HttpApp("v1"), HttpApp("v2")
@@ -76,15 +58,13 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "address": "127.0.0.1", "inbound": [{"port": app.port, "tags": {
             "kuma.io/service": "backend", "kuma.io/protocol": "http", "version": v}}]}})
         for v, app in (("v1", v1), ("v2", v2))]
-    entries = route_entries(merge_rules([parse_meshhttproute(POLICY).spec.to[0].rules]))
+    entries = route_entries(merge_rules([to_rules(parse_meshhttproute(POLICY).to[0].conf)]))
     rc = route_configuration("outbound:backend", "backend", entries, "backend")
     clusters, assignments = backend_resources([BackendRef(kind="MeshService", name="backend"),
                                                *clusters_used(entries)], dataplanes, mesh="default", mtls=False,
                                               protocols={"backend": "http"})
     port = free_port()
-    listener = with_route_config(outbound_listener(port), rc)
-    config = bootstrap([], static_clusters(clusters, assignments), port)
-    config["staticResources"]["listeners"] = [to_plain(listener)]
+    config = bootstrap([hcm(rc)], static_clusters(clusters, assignments), port)
     with running_envoy(config, tmp_path_factory.mktemp("envoy"), port):
         yield f"http://127.0.0.1:{port}"
     for app in (v1, v2):

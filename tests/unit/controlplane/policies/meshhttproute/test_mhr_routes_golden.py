@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from route_testlib import assert_golden, bootstrap, envoy_validate, hcm, static_clusters, to_plain
+from route_testlib import assert_golden, bootstrap, envoy_validate, hcm, matched, static_clusters, to_plain
 
 from dpagent.controlplane.policies.meshhttproute.api import parse_meshhttproute
 from dpagent.controlplane.policies.meshhttproute.ordering import destination_rules
@@ -125,7 +125,8 @@ CASES: dict[str, list[dict[str, Any]]] = {
 
 def build(case: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     policies = [parse_meshhttproute(p) for p in CASES[case]]
-    rc, used = outbound_routes(f"outbound:{SERVICE}", SERVICE, destination_rules(policies, SERVICE), SERVICE)
+    rules = destination_rules(matched("MeshHTTPRoute", policies), SERVICE)
+    rc, used = outbound_routes(f"outbound:{SERVICE}", SERVICE, rules, SERVICE)
     refs = [BackendRef(kind="MeshService", name=SERVICE), *used]
     clusters, assignments = backend_resources(refs, DATAPLANES, mesh="default", mtls=False,
                                               protocols={SERVICE: "http", "shadow": "http"})

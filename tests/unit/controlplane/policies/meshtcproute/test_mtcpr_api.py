@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from dpagent.controlplane.policies.meshtcproute.api import MeshTCPRoute, parse_meshtcproute, validate_meshtcproute
+from dpagent.controlplane.policies.envelope import Policy
+from dpagent.controlplane.policies.meshtcproute.api import parse_meshtcproute, to_rules, validate_meshtcproute
 from dpagent.errors import ValidationError
 
 EXAMPLE = yaml.safe_load("""
@@ -27,8 +28,8 @@ spec:
 def test_example_is_valid_and_parses() -> None:
     assert validate_meshtcproute(EXAMPLE) == []
     route = parse_meshtcproute(EXAMPLE)
-    assert isinstance(route, MeshTCPRoute) and route.target_ref.kind == "Mesh"
-    refs = route.spec.to[0].rules[0].default.backend_refs
+    assert isinstance(route, Policy) and route.target_ref.kind == "Mesh"
+    refs = to_rules(route.to[0].conf)[0].default.backend_refs
     assert [(r.name, r.weight) for r in refs] == [("db", 80), ("db-replica", 20)]
 
 

@@ -1,5 +1,6 @@
 """Real Envoy, real connections: a MeshTCPRoute turns an HTTP destination's outbound listener into plain L4
-(`with_tcp_proxy`) and spreads connections over tag subsets by weight; a zero weight gets nothing."""
+(the tcp_proxy that replaces the outbound's filters) and spreads connections over tag subsets by weight; a zero
+weight gets nothing."""
 
 from __future__ import annotations
 
@@ -8,17 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
-from envoy.config.core.v3 import base_pb2
-from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from route_testlib import bootstrap, running_envoy, static_clusters, to_plain
+from route_testlib import bootstrap, matched, running_envoy, static_clusters
 from testlib import HttpApp, free_port
 
 from dpagent.controlplane.policies.meshroute.backends import backend_resources
-from dpagent.controlplane.policies.meshroute.listeners import HCM, with_tcp_proxy
 from dpagent.controlplane.policies.meshtcproute.api import parse_meshtcproute
 from dpagent.controlplane.policies.meshtcproute.tcp import destination_rules, outbound_tcp_proxy
-from dpagent.controlplane.xds.builders.core import pack, socket_address
 from dpagent.model.dataplane import decode_dataplane
 
 pytestmark = pytest.mark.envoy
@@ -32,15 +28,6 @@ def policy(*refs: dict[str, Any]) -> dict[str, Any]:
     return {"type": "MeshTCPRoute", "name": "r", "mesh": "default", "spec": {"to": [
         {"targetRef": {"kind": "MeshService", "name": "backend"},
          "rules": [{"default": {"backendRefs": list(refs)}}]}]}}
-
-
-def http_listener(port: int) -> listener_pb2.Listener:
-    """The default outbound an HTTP destination gets before the route plugins run."""
-    cfg = hcm_pb2.HttpConnectionManager(stat_prefix="outbound_backend")
-    return listener_pb2.Listener(name="outbound:backend", address=socket_address("127.0.0.1", port),
-                                 traffic_direction=base_pb2.OUTBOUND, filter_chains=[
-                                     listener_components_pb2.FilterChain(filters=[listener_components_pb2.Filter(
-                                         name=HCM, typed_config=pack(cfg))])])
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +46,12 @@ def apps() -> Iterator[list[Any]]:
 @pytest.mark.parametrize(("weights", "expected"), [((1, 0), {"v1 /"}), ((1, 1), {"v1 /", "v2 /"})])
 def test_weighted_subsets(apps: list[Any], tmp_path: Any, weights: tuple[int, int], expected: set[str]) -> None:
     route = parse_meshtcproute(policy(subset("v1", weights[0]), subset("v2", weights[1])))
-    flt, used = outbound_tcp_proxy("outbound_backend", destination_rules([route], "backend"), "backend")
+    flt, used = outbound_tcp_proxy("outbound_backend", destination_rules(matched("MeshTCPRoute", [route]), "backend"),
+                                   "backend")
     assert flt is not None
     clusters, assignments = backend_resources(used, apps, mesh="default", mtls=False, protocols={"backend": "http"})
     port = free_port()
-    config = bootstrap([], static_clusters(clusters, assignments), port)
-    config["staticResources"]["listeners"] = [to_plain(with_tcp_proxy(http_listener(port), flt))]
+    config = bootstrap([flt], static_clusters(clusters, assignments), port)
     with running_envoy(config, tmp_path, port):
         seen = {httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text for _ in range(40)}
     assert seen == expected

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from route_testlib import assert_golden, bootstrap, envoy_validate, static_clusters, to_plain
+from route_testlib import assert_golden, bootstrap, envoy_validate, matched, static_clusters, to_plain
 
 from dpagent.controlplane.policies.meshroute.backends import backend_resources
 from dpagent.controlplane.policies.meshroute.refs import BackendRef
-from dpagent.controlplane.policies.meshtcproute.api import parse_meshtcproute
+from dpagent.controlplane.policies.meshtcproute.api import parse_meshtcproute, to_rules
 from dpagent.controlplane.policies.meshtcproute.tcp import (
     backends,
     destination_rules,
@@ -65,7 +65,7 @@ CASES: dict[str, list[dict[str, Any]]] = {
 
 def build(case: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     policies = [parse_meshtcproute(p) for p in CASES[case]]
-    flt, used = outbound_tcp_proxy("outbound_db", destination_rules(policies, "db"), "db")
+    flt, used = outbound_tcp_proxy("outbound_db", destination_rules(matched("MeshTCPRoute", policies), "db"), "db")
     assert flt is not None
     clusters, assignments = backend_resources([BackendRef(kind="MeshService", name="db"), *used], DATAPLANES,
                                               mesh="default", mtls=False, protocols={"db": "tcp", "db-replica": "tcp"})
@@ -87,9 +87,9 @@ def test_envoy_accepts(case: str, tmp_path: Path) -> None:
 
 
 def test_nothing_usable_means_no_tcp_proxy() -> None:
-    rule = effective_rule([parse_meshtcproute(route("zero", [
+    rule = effective_rule([to_rules(parse_meshtcproute(route("zero", [
         {"kind": "MeshService", "name": "db", "weight": 0},
-        {"kind": "MeshService", "name": "db", "port": 5432}])).spec.to[0].rules])  # a real MeshService: unresolved
+        {"kind": "MeshService", "name": "db", "port": 5432}])).to[0].conf)])  # a real MeshService: unresolved
     assert backends(rule, "db") == []
     with pytest.raises(ValueError, match="at least one backend"):
         tcp_proxy("outbound_db", [])

@@ -44,8 +44,10 @@ def perm(r: MtpRules) -> Any:
 
 
 def test_registry_order() -> None:
-    assert [(p.kind, p.order) for p in PLUGINS] == [("MeshTrafficPermission", 1100)]
-    assert plugin_for("MeshTrafficPermission") is PLUGINS[0] and plugin_for("Nope") is None
+    """Kuma's order: the route kinds (100, 200) build outbounds before permissions (1100) edit inbounds."""
+    assert [p.order for p in PLUGINS] == sorted(p.order for p in PLUGINS)
+    mtp = plugin_for("MeshTrafficPermission")
+    assert mtp is not None and mtp.order == 1100 and mtp in PLUGINS and plugin_for("Nope") is None
 
 
 def test_mtls_off_not_enforced() -> None:
