@@ -109,6 +109,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def terminate(proc: subprocess.Popen[Any] | None, timeout: float = 15) -> None:
+    """SIGTERM (the graceful path under test), then SIGKILL if it does not exit within `timeout`."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_for(fn: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -308,13 +320,7 @@ class RunningCp(LocalControlPlane):
         wait_for(lambda: httpx.get(self.api, timeout=1).status_code == 200, 30, what="control plane API")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
     def dp_client(self, **kw: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, verify=ssl.create_default_context(cafile=str(self.ca_file)),
@@ -357,13 +363,7 @@ class ControlPlaneProc(LocalControlPlane):
         wait_for(lambda: httpx.get(self.api, timeout=1).status_code == 200, 20, what="control plane API")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
     def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         out = subprocess.run([PY, "-m", "dpagent", *args, "--api-address", self.api], input=input,

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ import httpx
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from testlib import LocalControlPlane, free_port, wait_for
+from testlib import LocalControlPlane, free_port, terminate, wait_for
 
 from dpagent.controlplane.xds import nodeid
 from dpagent.controlplane.xds.snapshot import CLUSTER, LISTENER
@@ -59,12 +58,7 @@ class Cp(LocalControlPlane):
         self.xds = f"127.0.0.1:{self.xds_port}"
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc)
 
     async def put(self, doc: dict[str, Any]) -> None:
         path = f"/meshes/{doc['name']}" if doc["type"] == "Mesh" else \
