@@ -49,6 +49,11 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "MeshTrafficPermission": {"type": "MeshTrafficPermission", "mesh": "default", "name": "sample", "spec": {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "rules": [{"default": {"allow": [{"spiffeID": {"type": "Exact", "value": "spiffe://default/web"}}]}}]}},
+    "MeshLoadBalancingStrategy": {"type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "sample", "spec": {
+        "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+        "to": [{"targetRef": {"kind": "MeshService", "name": "web"},
+                "default": {"loadBalancer": {"type": "RingHash"},
+                            "hashPolicies": [{"type": "Header", "header": {"name": "x-user"}}]}}]}},
 }
 
 
