@@ -6,7 +6,7 @@ dataplane token (RS256, verified by the CP on connect and re-checked while it li
 from the store by XdsSync. The CP runs as a subprocess so its RSS and CPU are its own.
 
     .venv/bin/python bench/cp_scale.py [--sizes 100,1000] [--per-service 10] [--outbounds 5] [--protocol http]
-                                       [--policy-mix]
+                                       [--policy-mix] [--resilience-mix]
 
 Per size: a fresh data dir; mesh `default` (builtin mTLS + allow-all MeshTrafficPermission, as on first start);
 N dataplanes, `--per-service` per service, one inbound each and `--outbounds` random other services. Measured:
@@ -20,6 +20,13 @@ N dataplanes, `--per-service` per service, one inbound each and `--outbounds` ra
 split of its version v1/v2 subsets, the mesh-wide allow-all MeshTrafficPermission of the first start still in
 place), and in that run also times a route change (one service's weights 90/10 -> 50/50) until every proxy that
 calls the service ACKed it.
+
+--resilience-mix adds a run per size with every resilience / traffic-strategy kind the registry has (the rest are
+printed as skipped; documents from Kuma's examples, see bench/_resilience_mix.py): mesh-wide MeshTimeout, MeshRetry
+and MeshCircuitBreaker defaults plus one per-service override of each kind for 10 % of the services. It times a
+MeshTimeout change (one override's requestTimeout; a MeshLoadBalancingStrategy change while MeshTimeout is absent)
+until every proxy that calls the service ACKed it, and measures in-process the generation cost per proxy (generate
++ snapshot every proxy of the mesh) with all those kinds present beside the MeshTrafficPermission-only mesh.
 """
 
 from __future__ import annotations
@@ -46,10 +53,12 @@ from google.protobuf import struct_pb2
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _resilience_mix as mix
 from _ads_clients import FakeProxy, close, open_channels, start, wait_all
 
 from dpagent.controlplane import secrets
 from dpagent.controlplane.app import first_start
+from dpagent.controlplane.policies.registry import POLICY_KINDS
 from dpagent.controlplane.resources import Resources
 from dpagent.controlplane.store import SqliteStore
 from dpagent.controlplane.tokens import issue_token
@@ -202,6 +211,7 @@ class Result:
     n: int
     services: int
     routes: bool = False
+    resilience: bool = False
     populate_s: float = 0.0
     sync_s: float = float("nan")
     sync_cpu: float = float("nan")
@@ -209,6 +219,8 @@ class Result:
     one: Change = field(default_factory=Change)
     all: Change | None = None
     route: Change | None = None
+    mix_change: Change | None = None
+    mix_kind: str = ""
     rss: int = 0
     rss_idle: int = 0
     retries: int = 0
@@ -237,8 +249,7 @@ async def measure_change(cp: ControlPlaneProcess, fakes: list[FakeProxy], expect
     c1 = cp.cpu()
     async with httpx.AsyncClient() as client:
         t1 = time.perf_counter()
-        plural = {"MeshTrafficPermission": "meshtrafficpermissions",
-                  "MeshHTTPRoute": "meshhttproutes"}[policy["type"]]
+        plural = POLICY_KINDS[policy["type"]].plural
         r = await client.put(f"{cp.api}/meshes/{MESH}/{plural}/{policy['name']}", json=policy, timeout=30)
         r.raise_for_status()
     await wait_change(fakes, expected, tasks, args.quiet, args.timeout)
@@ -262,10 +273,18 @@ async def wait_change(fakes: list[FakeProxy], expected: list[FakeProxy], tasks: 
         await asyncio.sleep(wait)
 
 
-async def run_size(args: argparse.Namespace, n: int, routes: bool = False) -> Result:
+def callers_of(docs: list[dict[str, Any]], fakes: list[FakeProxy], target: str) -> list[FakeProxy]:
+    names = {d["name"] for d in docs
+             if any(o["tags"]["kuma.io/service"] == target for o in d["networking"]["outbound"])}
+    return [f for f in fakes if f.node.split(".", 1)[1] in names]
+
+
+async def run_size(args: argparse.Namespace, n: int, routes: bool = False, resilience: bool = False) -> Result:
     docs = dataplane_docs(n, args.per_service, args.outbounds, args.protocol, args.seed)
-    res = Result(n, len({d["networking"]["inbound"][0]["tags"]["kuma.io/service"] for d in docs}), routes)
+    res = Result(n, len({d["networking"]["inbound"][0]["tags"]["kuma.io/service"] for d in docs}), routes, resilience)
     policies = [route_policy(service(k), 90, 10) for k in range(res.services)] if routes else []
+    kinds = mix.present()[0] if resilience else []
+    policies += mix.policy_docs(res.services, service, kinds)
     data_dir = Path(tempfile.mkdtemp(prefix=f"cp-scale-{n}-"))
     cp: ControlPlaneProcess | None = None
     tasks: list[asyncio.Task[None]] = []
@@ -313,10 +332,15 @@ async def run_size(args: argparse.Namespace, n: int, routes: bool = False) -> Re
         # 2c. a route change: one service's split 90/10 -> 50/50; every proxy calling it gets a new RDS route
         if routes:
             target_ = service(1)
-            callers = {d["name"] for d in docs
-                       if any(o["tags"]["kuma.io/service"] == target_ for o in d["networking"]["outbound"])}
-            res.route = await measure_change(cp, fakes, [f for f in fakes if f.node.split(".", 1)[1] in callers],
-                                             tasks, route_policy(target_, 50, 50), args)
+            res.route = await measure_change(cp, fakes, callers_of(docs, fakes, target_), tasks,
+                                             route_policy(target_, 50, 50), args)
+        # 2d. a resilience change: one per-service override (MeshTimeout's requestTimeout) for svc-001's callers
+        kind = mix.change_kind(kinds)
+        if kind is not None:
+            target_ = service(mix.CHANGED_SERVICE_INDEX)
+            res.mix_kind = kind
+            res.mix_change = await measure_change(cp, fakes, callers_of(docs, fakes, target_), tasks,
+                                                  mix.override(kind, target_, variant=1), args)
         res.retries = sum(f.reconnects for f in fakes)
         m1 = me.cpu_times()
         res.client_cpu = (m1.user + m1.system) - (m0.user + m0.system)
@@ -372,6 +396,9 @@ def table(results: list[Result]) -> str:
         rows += _change_rows("mesh-wide deny", [r.all for r in results])
     if any(r.route is not None for r in results):
         rows += _change_rows("route change (1 service)", [r.route for r in results])
+    if any(r.mix_change is not None for r in results):
+        kind = next(r.mix_kind for r in results if r.mix_change is not None)
+        rows += _change_rows(f"{kind} change (1 service)", [r.mix_change for r in results])
     rows += [
         ("CP RSS after sync", [f"{r.rss / 2**20:.0f} MiB" for r in results], "<= 1024 MiB"),
         ("  CP RSS before streams", [f"{r.rss_idle / 2**20:.0f} MiB" for r in results], ""),
@@ -380,7 +407,7 @@ def table(results: list[Result]) -> str:
         ("stream retries", [str(r.retries) for r in results], ""),
         ("populate store + tokens", [f"{r.populate_s:.2f} s" for r in results], ""),
     ]
-    heads = [f"N={r.n}" + (" +routes" if r.routes else "") for r in results]
+    heads = [label(r) for r in results]
     w0 = max(len(r[0]) for r in rows)
     ws = [max(len(h), *(len(r[1][i]) for r in rows)) for i, h in enumerate(heads)]
 
@@ -392,6 +419,10 @@ def table(results: list[Result]) -> str:
     return "\n".join(out)
 
 
+def label(r: Result) -> str:
+    return f"N={r.n}" + (" +routes" if r.routes else "") + (" +resilience" if r.resilience else "")
+
+
 def verdicts(results: list[Result]) -> list[str]:
     out = []
     for r in results:
@@ -400,9 +431,10 @@ def verdicts(results: list[Result]) -> list[str]:
             parts.append(f"mesh-wide change {verdict(r.all.ok())}")
         if r.route is not None:
             parts.append(f"route change {verdict(r.route.ok())}")
+        if r.mix_change is not None:
+            parts.append(f"{r.mix_kind} change {verdict(r.mix_change.ok())}")
         parts.append(f"RSS {verdict(0 < r.rss <= TARGET_RSS)}")
-        label = f"N={r.n}" + (" +routes" if r.routes else "")
-        out.append(f"{label}: " + ", ".join(parts) + (f"  ERROR {r.error}" if r.error else ""))
+        out.append(f"{label(r)}: " + ", ".join(parts) + (f"  ERROR {r.error}" if r.error else ""))
     return out
 
 
@@ -414,12 +446,36 @@ async def main_async(args: argparse.Namespace) -> int:
         if args.policy_mix:
             print(f"running N={n} with a MeshHTTPRoute per service ...", file=sys.stderr, flush=True)
             results.append(await run_size(args, n, routes=True))
+        if args.resilience_mix:
+            print(f"running N={n} with the resilience mix ...", file=sys.stderr, flush=True)
+            results.append(await run_size(args, n, resilience=True))
     print(f"cpus={os.cpu_count()} shape: {args.per_service} dataplanes/service, {args.outbounds} outbounds each, "
           f"protocol={args.protocol}, TLS ADS, one token per proxy, channels={args.channels or 'one per proxy'}")
+    if args.resilience_mix:
+        kinds, skipped = mix.present()
+        print(f"resilience mix: kinds present {', '.join(kinds) or 'none'}; skipped (not registered): "
+              f"{', '.join(skipped) or 'none'}")
     print(table(results))
+    if args.resilience_mix:
+        print(generation_table(args))
     lines = verdicts(results)
     print("\n".join(lines))
     return 0 if all("FAIL" not in x and "ERROR" not in x for x in lines) else 1
+
+
+def generation_table(args: argparse.Namespace) -> str:
+    """In process, no network: µs per proxy to generate and snapshot a whole mesh, MTP-only beside all kinds."""
+    kinds = mix.present()[0]
+    out = ["generation per proxy, in process (generate + snapshot every proxy; best of 3; mesh state build in ())"]
+    for n in args.sizes:
+        docs = dataplane_docs(n, args.per_service, args.outbounds, args.protocol, args.seed)
+        services = -(-n // args.per_service)
+        base, base_build = mix.generation_us(docs, [])
+        full, full_build = mix.generation_us(docs, mix.policy_docs(services, service, kinds))
+        out.append(f"  N={n}: MeshTrafficPermission only {base:.0f} µs ({base_build:.0f} ms)   "
+                   f"+ {len(kinds)} resilience kind(s) {full:.0f} µs ({full_build:.0f} ms)   "
+                   f"x{full / base:.2f}")
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -440,6 +496,9 @@ def main() -> None:
                    help="skip the second change (a Mesh-wide deny that changes every proxy)")
     p.add_argument("--policy-mix", action="store_true",
                    help="also run each size with one MeshHTTPRoute per service, and time a route change")
+    p.add_argument("--resilience-mix", action="store_true",
+                   help="also run each size with every resilience kind present (mesh-wide defaults + 10 %% "
+                        "per-service overrides), time a MeshTimeout change, print generation µs per proxy")
     p.add_argument("--timeout", type=float, default=90.0, help="give up on a phase after this many seconds")
     p.add_argument("--cp-log-level", default="info", choices=["error", "warning", "info", "debug"])
     p.add_argument("--keep", action="store_true", help="keep the data dirs (store, cp.log)")
