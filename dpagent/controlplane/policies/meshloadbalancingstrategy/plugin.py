@@ -38,9 +38,13 @@ class LbRules(Rules):
     items: tuple[Item, ...] = ()
     zone: str = ""  # the client's kuma.io/zone tag ("" when it has none)
 
-    def for_service(self, ctx: MeshView, service: str) -> Effective | None:
-        mine = [i for i in self.items if i.target_ref is not None and (
+    def _mine(self, service: str) -> list[Item]:
+        """The items that reach `service`, lowest priority first: Mesh, or MeshService by name."""
+        return [i for i in self.items if i.target_ref is not None and (
             i.target_ref.kind == MESH or (i.target_ref.kind == MESH_SERVICE and i.target_ref.name == service))]
+
+    def for_service(self, ctx: MeshView, service: str) -> Effective | None:
+        mine = self._mine(service)
         if not mine:
             return None
         ids = tuple((i.policy, i.index) for i in mine)
@@ -52,8 +56,7 @@ class LbRules(Rules):
         return ctx.memo((KIND, "effective", ids), build)  # type: ignore[no-any-return]
 
     def outbound_conf(self, service: str) -> Any:
-        mine = [i for i in self.items if i.target_ref is not None and (
-            i.target_ref.kind == MESH or (i.target_ref.kind == MESH_SERVICE and i.target_ref.name == service))]
+        mine = self._mine(service)
         return merge_confs(i.conf for i in mine) if mine else None
 
 
