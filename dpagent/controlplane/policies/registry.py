@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from dpagent.controlplane.policies.base import PolicyPlugin
 from dpagent.controlplane.policies.meshhttproute import MeshHTTPRoutePlugin
+from dpagent.controlplane.policies.meshretry import MeshRetryPlugin
 from dpagent.controlplane.policies.meshtcproute import MeshTCPRoutePlugin
 from dpagent.controlplane.policies.meshtrafficpermission import MeshTrafficPermissionPlugin
 
@@ -15,6 +16,7 @@ _PLUGINS: tuple[PolicyPlugin, ...] = (
     MeshHTTPRoutePlugin(),  # 100: outbound routes and the clusters their backends need
     MeshTCPRoutePlugin(),  # 200: outbound tcp_proxy splits
     MeshTrafficPermissionPlugin(),  # 1100
+    MeshRetryPlugin(),  # 1400: retry policies on outbound routes, connect attempts on outbound tcp_proxies
 )
 
 

@@ -49,6 +49,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "MeshTrafficPermission": {"type": "MeshTrafficPermission", "mesh": "default", "name": "sample", "spec": {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "rules": [{"default": {"allow": [{"spiffeID": {"type": "Exact", "value": "spiffe://default/web"}}]}}]}},
+    "MeshRetry": {"type": "MeshRetry", "mesh": "default", "name": "sample", "spec": {
+        "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+        "to": [{"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"http": {"numRetries": 2}}}]}},
 }
 
 
