@@ -121,3 +121,12 @@ def test_matched_confs_merge_per_destination_and_show_in_inspect() -> None:
     view = {k.kind: k for k in kind_policies(build_proxy(ctx, dp))}["MeshRetry"]
     assert {o.service: o.conf for o in view.outbounds} == {"backend": r.outbound_conf("backend"),
                                                            "db": r.outbound_conf("db")}
+
+
+def test_destinations_this_cp_cannot_resolve_are_inspect_warnings() -> None:
+    per_route = policy("per-route", {"kind": "Mesh"}, {"kind": "MeshHTTPRoute", "name": "canary"},
+                       {"http": {"numRetries": 2}})
+    ctx = MeshContext(CONTEXT.mesh, [*CONTEXT.dataplanes], policies={"MeshRetry": [per_route]}, vips=CONTEXT.vips)
+    r = PLUGIN.rules(ctx, CLIENT, match("MeshRetry", ctx.parsed_policies["MeshRetry"], CLIENT))
+    assert r.items == () and r.outbound_conf("backend") is None
+    assert len(r.warnings) == 1 and "per-route" in r.warnings[0] and "MeshHTTPRoute" in r.warnings[0]
