@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import wrappers_pb2
 
 from dpagent.controlplane.policies.base import MeshView
-from dpagent.controlplane.policies.meshretry.api import KIND, Conf
+from dpagent.controlplane.policies.meshretry.api import KIND
 from dpagent.controlplane.policies.meshretry.plugin import RetryRules
 from dpagent.controlplane.policies.meshretry.retry import max_connect_attempts, retry_policy
 from dpagent.controlplane.policies.meshroute.xds import protocols
@@ -35,33 +36,34 @@ def configure(rs: ResourceSet, ctx: MeshView, rules: RetryRules) -> None:
     for entry in list(rs.entries(ROUTE, Origin.OUTBOUND)):
         protocol = kinds.get(entry.service, "tcp")
         eff = rules.effective(entry.service)
-        if eff is None or retry_policy(eff[1], protocol) is None:
+        if eff is None:
             continue
         conf_json, conf = eff
+        # Built once per (protocol, conf) per mesh change, not once per proxy and service.
+        policy = ctx.memo((KIND, "policy", protocol, conf_json), lambda c=conf, p=protocol: retry_policy(c, p))
+        if policy is None:
+            continue
         if entry.shared is None:  # already private to this proxy: edit it where it is
-            with_retries(rs.edit(entry), conf, protocol)  # type: ignore[arg-type]
+            with_retries(rs.edit(entry), policy)  # type: ignore[arg-type]
             continue
         original = entry.shared
         key = (KIND, "route", entry.name, original.digest, protocol, conf_json)
-        rs.replace(entry, ctx.shared(key, ROUTE, entry.name, lambda m=original.message, c=conf, p=protocol:
-                                     _copy_with_retries(m, c, p)))  # type: ignore[attr-defined]
+        rs.replace(entry, ctx.shared(key, ROUTE, entry.name, lambda m=original.message, rp=policy:
+                                     _copy_with_retries(m, rp)))  # type: ignore[arg-type]
     _tcp(rs, ctx, rules, kinds)
 
 
-def _copy_with_retries(message: route_pb2.RouteConfiguration, conf: Conf, protocol: str,
+def _copy_with_retries(message: route_pb2.RouteConfiguration, policy: rc.RetryPolicy,
                        ) -> route_pb2.RouteConfiguration:
     out = route_pb2.RouteConfiguration()
     out.CopyFrom(message)
-    with_retries(out, conf, protocol)
+    with_retries(out, policy)
     return out
 
 
-def with_retries(rc: route_pb2.RouteConfiguration, conf: Conf, protocol: str) -> None:
+def with_retries(config: route_pb2.RouteConfiguration, policy: rc.RetryPolicy) -> None:
     """Put the retry policy on every route that forwards (redirects and direct responses have nothing to retry)."""
-    policy = retry_policy(conf, protocol)
-    if policy is None:
-        return
-    for vhost in rc.virtual_hosts:
+    for vhost in config.virtual_hosts:
         for route in vhost.routes:
             if route.HasField("route"):
                 route.route.retry_policy.CopyFrom(policy)

@@ -130,3 +130,24 @@ def test_destinations_this_cp_cannot_resolve_are_inspect_warnings() -> None:
     r = PLUGIN.rules(ctx, CLIENT, match("MeshRetry", ctx.parsed_policies["MeshRetry"], CLIENT))
     assert r.items == () and r.outbound_conf("backend") is None
     assert len(r.warnings) == 1 and "per-route" in r.warnings[0] and "MeshHTTPRoute" in r.warnings[0]
+
+
+def test_retries_reach_every_forwarding_route_of_a_meshhttproute() -> None:
+    """Order 1400 after 100: the route MeshHTTPRoute built (itself shared) gets the retry policy on each route that
+    forwards; the redirect keeps none."""
+    from dpagent.controlplane.xds.generators.profile import generate
+
+    mhr = {"type": "MeshHTTPRoute", "mesh": "default", "name": "split", "spec": {"to": [{
+        "targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}], "default": {"backendRefs": [
+                {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}}]}},
+            {"matches": [{"path": {"type": "Exact", "value": "/old"}}], "default": {"filters": [
+                {"type": "RequestRedirect", "requestRedirect": {"statusCode": 301}}]}}]}]}}
+    ctx = MeshContext(CONTEXT.mesh, [*CONTEXT.dataplanes], vips=CONTEXT.vips,
+                      policies={"MeshHTTPRoute": [mhr], "MeshRetry": [MESH_WIDE]})
+    route = generate(ctx, CLIENT, build_proxy(ctx, CLIENT)).messages()[ROUTE]["outbound:backend"]
+    routes = [r for vh in route.virtual_hosts for r in vh.routes]
+    forwarding = [r for r in routes if r.HasField("route")]
+    assert len(forwarding) >= 2 and len(routes) > len(forwarding)
+    assert all(r.route.retry_policy.num_retries.value == 5 and r.route.retry_policy.retry_on == "5xx"
+               for r in forwarding)
