@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dpagent.controlplane.policies.base import PolicyPlugin
 from dpagent.controlplane.policies.meshhttproute import MeshHTTPRoutePlugin
 from dpagent.controlplane.policies.meshloadbalancingstrategy import MeshLoadBalancingStrategyPlugin
+from dpagent.controlplane.policies.meshretry import MeshRetryPlugin
 from dpagent.controlplane.policies.meshtcproute import MeshTCPRoutePlugin
 from dpagent.controlplane.policies.meshtrafficpermission import MeshTrafficPermissionPlugin
 
@@ -17,6 +18,7 @@ _PLUGINS: tuple[PolicyPlugin, ...] = (
     MeshTCPRoutePlugin(),  # 200: outbound tcp_proxy splits
     MeshTrafficPermissionPlugin(),  # 1100
     MeshLoadBalancingStrategyPlugin(),  # 400: outbound cluster balancer, route hash policies, zone priorities
+    MeshRetryPlugin(),  # 1400: retry policies on outbound routes, connect attempts on outbound tcp_proxies
 )
 
 

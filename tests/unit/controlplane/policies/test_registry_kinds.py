@@ -54,6 +54,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "to": [{"targetRef": {"kind": "MeshService", "name": "web"},
                 "default": {"loadBalancer": {"type": "RingHash"},
                             "hashPolicies": [{"type": "Header", "header": {"name": "x-user"}}]}}]}},
+    "MeshRetry": {"type": "MeshRetry", "mesh": "default", "name": "sample", "spec": {
+        "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+        "to": [{"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"http": {"numRetries": 2}}}]}},
 }
 
 
