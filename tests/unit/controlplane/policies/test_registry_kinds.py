@@ -50,6 +50,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "rules": [{"default": {"allow": [{"spiffeID": {"type": "Exact", "value": "spiffe://default/web"}}]}}]}},
     "MeshCircuitBreaker": {"type": "MeshCircuitBreaker", "mesh": "default", "name": "sample", "spec": {
+        "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "to": [{"targetRef": {"kind": "MeshService", "name": "web"},
                 "default": {"connectionLimits": {"maxConnections": 8}}}]}},
 }
