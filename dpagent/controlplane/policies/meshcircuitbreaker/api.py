@@ -35,7 +35,7 @@ CONSECUTIVE = ("totalFailures", "gatewayFailures", "localOriginFailures")
 DETECTORS = (*CONSECUTIVE, "successRate", "failurePercentage")
 
 
-def _positive_int(v: Violations, raw: Any, path: str) -> None:
+def positive_int(v: Violations, raw: Any, path: str) -> None:
     if raw is None:
         return
     if isinstance(raw, bool) or not isinstance(raw, int):
@@ -46,7 +46,7 @@ def _positive_int(v: Violations, raw: Any, path: str) -> None:
         v.add(path, "must be at most 4294967295")
 
 
-def _positive_duration(v: Violations, raw: Any, path: str) -> None:
+def positive_duration(v: Violations, raw: Any, path: str) -> None:
     if raw is None:
         return
     try:
@@ -69,7 +69,7 @@ def decimal(raw: Any) -> Decimal | None:
     return value if value.is_finite() else None
 
 
-def _percent(v: Violations, raw: Any, path: str, decimals: bool = True) -> None:
+def percent(v: Violations, raw: Any, path: str, decimals: bool = True) -> None:
     if raw is None:
         return
     value = decimal(raw) if decimals or isinstance(raw, int) else None
@@ -80,7 +80,7 @@ def _percent(v: Violations, raw: Any, path: str, decimals: bool = True) -> None:
         v.add(path, "must be between 0 and 100")
 
 
-def _bool(v: Violations, raw: Any, path: str) -> None:
+def boolean(v: Violations, raw: Any, path: str) -> None:
     if raw is not None and not isinstance(raw, bool):
         v.add(path, "must be true or false")
 
@@ -94,7 +94,7 @@ def validate_conf(v: Violations, conf: Mapping[str, Any], path: str, section: st
         p = join(path, "connectionLimits")
         v.unknown(limits, LIMITS, p)
         for key in LIMITS:
-            _positive_int(v, limits.get(key), join(p, key))
+            positive_int(v, limits.get(key), join(p, key))
     od = v.mapping(conf.get("outlierDetection"), join(path, "outlierDetection"), required=False)
     if od is not None:
         _outlier(v, od, join(path, "outlierDetection"))
@@ -102,12 +102,12 @@ def validate_conf(v: Violations, conf: Mapping[str, Any], path: str, section: st
 
 def _outlier(v: Violations, od: Mapping[str, Any], p: str) -> None:
     v.unknown(od, OUTLIER, p)
-    _bool(v, od.get("disabled"), join(p, "disabled"))
-    _bool(v, od.get("splitExternalAndLocalErrors"), join(p, "splitExternalAndLocalErrors"))
-    _positive_duration(v, od.get("interval"), join(p, "interval"))
-    _positive_duration(v, od.get("baseEjectionTime"), join(p, "baseEjectionTime"))
-    _percent(v, od.get("maxEjectionPercent"), join(p, "maxEjectionPercent"), decimals=False)
-    _percent(v, od.get("healthyPanicThreshold"), join(p, "healthyPanicThreshold"))
+    boolean(v, od.get("disabled"), join(p, "disabled"))
+    boolean(v, od.get("splitExternalAndLocalErrors"), join(p, "splitExternalAndLocalErrors"))
+    positive_duration(v, od.get("interval"), join(p, "interval"))
+    positive_duration(v, od.get("baseEjectionTime"), join(p, "baseEjectionTime"))
+    percent(v, od.get("maxEjectionPercent"), join(p, "maxEjectionPercent"), decimals=False)
+    percent(v, od.get("healthyPanicThreshold"), join(p, "healthyPanicThreshold"))
     dp = join(p, "detectors")
     if od.get("detectors") is None:
         v.add(dp, "must be defined (at least one detector) when outlierDetection is set")
@@ -122,13 +122,13 @@ def _outlier(v: Violations, od: Mapping[str, Any], p: str) -> None:
         m = v.mapping(det.get(key), join(dp, key), required=False)
         if m is not None:
             v.unknown(m, ("consecutive",), join(dp, key))
-            _positive_int(v, m.get("consecutive"), join(dp, f"{key}.consecutive"))
+            positive_int(v, m.get("consecutive"), join(dp, f"{key}.consecutive"))
     sr = v.mapping(det.get("successRate"), join(dp, "successRate"), required=False)
     if sr is not None:
         sp = join(dp, "successRate")
         v.unknown(sr, ("minimumHosts", "requestVolume", "standardDeviationFactor"), sp)
-        _positive_int(v, sr.get("minimumHosts"), join(sp, "minimumHosts"))
-        _positive_int(v, sr.get("requestVolume"), join(sp, "requestVolume"))
+        positive_int(v, sr.get("minimumHosts"), join(sp, "minimumHosts"))
+        positive_int(v, sr.get("requestVolume"), join(sp, "requestVolume"))
         raw = sr.get("standardDeviationFactor")
         if raw is not None:
             value = decimal(raw)
@@ -140,9 +140,9 @@ def _outlier(v: Violations, od: Mapping[str, Any], p: str) -> None:
     if fp is not None:
         pp = join(dp, "failurePercentage")
         v.unknown(fp, ("minimumHosts", "requestVolume", "threshold"), pp)
-        _positive_int(v, fp.get("minimumHosts"), join(pp, "minimumHosts"))
-        _positive_int(v, fp.get("requestVolume"), join(pp, "requestVolume"))
-        _percent(v, fp.get("threshold"), join(pp, "threshold"), decimals=False)
+        positive_int(v, fp.get("minimumHosts"), join(pp, "minimumHosts"))
+        positive_int(v, fp.get("requestVolume"), join(pp, "requestVolume"))
+        percent(v, fp.get("threshold"), join(pp, "threshold"), decimals=False)
 
 
 def validate_meshcircuitbreaker(doc: Any) -> list[tuple[str, str]]:

@@ -2,13 +2,12 @@
 `outlier_detection` with every detector the conf does not name switched off (Envoy would otherwise enforce
 consecutive 5xx by default), and the healthy panic threshold.
 
-Outbound clusters are shared by every proxy that calls the service; a changed one is memoised per (cluster, the
-resource it started from, effective conf), so proxies with the same conf still share the same bytes."""
+Outbound clusters stay shared per effective conf (cluster_edit.py)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
@@ -17,10 +16,11 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2
 
 from dpagent.controlplane.policies.base import MeshView
+from dpagent.controlplane.policies.cluster_edit import edit_outbound_clusters
 from dpagent.controlplane.policies.meshcircuitbreaker.api import KIND, decimal
 from dpagent.controlplane.policies.meshcircuitbreaker.plugin import McbRules
 from dpagent.controlplane.xds.builders.core import seconds
-from dpagent.controlplane.xds.resources import Origin, ResourceSet
+from dpagent.controlplane.xds.resources import Entry, Origin, ResourceSet
 from dpagent.controlplane.xds.snapshot import CLUSTER
 from dpagent.durations import parse_duration
 
@@ -93,24 +93,13 @@ def apply_conf(cluster: cluster_pb2.Cluster, conf: Mapping[str, Any]) -> None:
 
 
 def configure(rs: ResourceSet, ctx: MeshView, rules: McbRules) -> None:
-    for entry in list(rs.entries(CLUSTER, Origin.OUTBOUND)):
+    def plan(entry: Entry) -> tuple[str, Callable[[cluster_pb2.Cluster], None]] | None:
         conf = rules.for_service(entry.service) if entry.service else {}
         if not conf:
-            continue
-        if entry.shared is None:
-            apply_conf(entry.message, conf)  # type: ignore[arg-type]
-            continue
-        base = entry.shared
+            return None
+        return json.dumps(conf, sort_keys=True), lambda cluster: apply_conf(cluster, conf)
 
-        def build(base: Any = base, conf: dict[str, Any] = conf) -> cluster_pb2.Cluster:
-            cluster = cluster_pb2.Cluster()
-            cluster.CopyFrom(base.message)
-            apply_conf(cluster, conf)
-            return cluster
-
-        # id(base): the Resource lives in the same context memo as ours, so its id is stable for the key's life.
-        key = (KIND, entry.name, id(base), json.dumps(conf, sort_keys=True))
-        rs.replace(entry, ctx.shared(key, CLUSTER, entry.name, build))  # type: ignore[attr-defined]
+    edit_outbound_clusters(rs, ctx, KIND, plan)
     for entry in list(rs.entries(CLUSTER, Origin.INBOUND)):
         conf = rules.inbounds.get(entry.inbound)
         if conf:
