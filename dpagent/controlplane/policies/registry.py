@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from dpagent.controlplane.policies.base import PolicyPlugin
 from dpagent.controlplane.policies.meshcircuitbreaker import MeshCircuitBreakerPlugin
+from dpagent.controlplane.policies.meshhealthcheck import MeshHealthCheckPlugin
 from dpagent.controlplane.policies.meshhttproute import MeshHTTPRoutePlugin
 from dpagent.controlplane.policies.meshtcproute import MeshTCPRoutePlugin
 from dpagent.controlplane.policies.meshtrafficpermission import MeshTrafficPermissionPlugin
@@ -16,6 +17,7 @@ _PLUGINS: tuple[PolicyPlugin, ...] = (
     MeshHTTPRoutePlugin(),  # 100: outbound routes and the clusters their backends need
     MeshTCPRoutePlugin(),  # 200: outbound tcp_proxy splits
     MeshTrafficPermissionPlugin(),  # 1100
+    MeshHealthCheckPlugin(),  # 1200: active health checks on outbound clusters
     MeshCircuitBreakerPlugin(),  # 1300: outbound/inbound cluster limits and outlier detection
 )
 

@@ -53,6 +53,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "to": [{"targetRef": {"kind": "MeshService", "name": "web"},
                 "default": {"connectionLimits": {"maxConnections": 8}}}]}},
+    "MeshHealthCheck": {"type": "MeshHealthCheck", "mesh": "default", "name": "sample", "spec": {
+        "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+        "to": [{"targetRef": {"kind": "MeshService", "name": "web"},
+                "default": {"interval": "10s", "http": {"path": "/health"}, "tcp": {}}}]}},
 }
 
 
