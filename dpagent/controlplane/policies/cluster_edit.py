@@ -38,9 +38,9 @@ def edit_outbound_clusters(rs: ResourceSet, ctx: MeshView, kind: str,
             edit(cluster)
             return cluster
 
-        # id(base) is stable for the memo's life: the base Resource is itself held by the same context's memo.
         shared = getattr(ctx, "shared", None)
         if shared is None:
             edit(rs.edit(entry))  # type: ignore[arg-type]
             continue
-        rs.replace(entry, shared((kind, entry.name, id(base), key), CLUSTER, entry.name, build))
+        # The base is keyed by its content digest: an earlier plugin's shared edit is a different base.
+        rs.replace(entry, shared((kind, entry.name, base.digest, key), CLUSTER, entry.name, build))

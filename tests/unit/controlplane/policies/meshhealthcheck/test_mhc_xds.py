@@ -110,3 +110,19 @@ def test_inspect_shows_merged_conf_per_outbound() -> None:
     assert {o.service: o.conf for o in view.outbounds} == {
         "backend": {"interval": "2s", "tcp": {}, "http": {"path": "/health"}},
         "db": {"interval": "10s", "tcp": {}}}
+
+
+def test_health_check_and_circuit_breaker_together_stay_shared() -> None:
+    ctx = MeshContext(CONTEXT.mesh, CONTEXT.dataplanes, vips=CONTEXT.vips)
+
+    def both(path: str) -> Any:
+        mcb = McbRules(matched=Matched("MeshCircuitBreaker", to=(Item("cb", 0, 0, {"connectionLimits": {
+            "maxConnections": 7}}, TargetRef("Mesh")),)))
+        return generate_with({KIND: rules("backend", {"http": {"path": path}}), "MeshCircuitBreaker": mcb},
+                             ctx=ctx).get(CLUSTER, "backend")
+
+    a, b, c = both("/health"), both("/health"), both("/other")
+    assert a.shared is not None and a.shared is b.shared and c.shared is not a.shared
+    assert a.message.health_checks[0].http_health_check.path == "/health"
+    assert c.message.health_checks[0].http_health_check.path == "/other"  # not the /health cluster's MCB edit
+    assert c.message.circuit_breakers.thresholds[0].max_connections.value == 7
