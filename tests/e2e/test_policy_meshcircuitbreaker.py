@@ -68,11 +68,8 @@ def apply(cp: Any, conf: dict[str, Any]) -> None:
     wait_for(acked, 15, what="web's Envoy ACKing the circuit-breaker clusters")
 
 
-def test_pending_overflow_is_a_fast_503_not_a_hang(mesh, cp):
-    delay = 3.0
-    # maxConnections ≥ the number of hosts: below that, a request queued on a host with no connection would wait
-    # for one that the limit never lets it open.
-    apply(cp, {"connectionLimits": {"maxConnections": 2, "maxPendingRequests": 1}})
+def burst(mesh: dict[str, BackendApp], delay: float, n: int = 12) -> list[tuple[int, float, str]]:
+    """`n` concurrent requests while every instance answers after `delay`: (status, seconds, x-envoy-overloaded)."""
     for app in mesh.values():
         app.set(delay=delay)
     results: list[tuple[int, float, str]] = []
@@ -90,7 +87,7 @@ def test_pending_overflow_is_a_fast_503_not_a_hang(mesh, cp):
             results.append(outcome)
 
     try:
-        threads = [threading.Thread(target=call) for _ in range(12)]
+        threads = [threading.Thread(target=call) for _ in range(n)]
         for t in threads:
             t.start()
             time.sleep(0.02)  # one after another, so the first ones hold the connections
@@ -99,6 +96,15 @@ def test_pending_overflow_is_a_fast_503_not_a_hang(mesh, cp):
     finally:
         for app in mesh.values():
             app.set(delay=0.0)
+    return results
+
+
+def test_pending_overflow_is_a_fast_503_not_a_hang(mesh, cp):
+    delay = 3.0
+    # maxConnections ≥ the number of hosts: below that, a request queued on a host with no connection would wait
+    # for one that the limit never lets it open.
+    apply(cp, {"connectionLimits": {"maxConnections": 2, "maxPendingRequests": 1}})
+    results = burst(mesh, delay)
     statuses = Counter(s for s, _, _ in results)
     fast = [d for s, d, o in results if s == 503 and o == "true"]
     print(f"12 concurrent requests, {delay:.0f} s backend: {dict(statuses)}; overflow 503s in "
@@ -135,3 +141,31 @@ def test_failing_instance_is_ejected_after_consecutive_errors(mesh, cp):
     assert consecutive <= len(errors) <= consecutive + 2, Counter(s for _, s, _ in seen)
     assert ok >= 495, Counter((s, i) for _, s, i in last)
     assert bad.requests - bad_before == len(errors)  # the bad instance got no traffic once ejected
+
+
+def test_inbound_rules_limit_traffic_into_the_app(mesh, cp):
+    """`rules[]` limit the backend's own local cluster: each instance lets 1 request reach its app and queues 1."""
+    httpx.delete(f"{cp.api}/meshes/default/meshcircuitbreakers/cb", timeout=5)  # no outbound limits or ejection
+    before = {n: (cp.inspect(f"backend-{n}").get("xds") or {}).get("types", {}).get(CLUSTER, {}) for n in mesh}
+    doc = {"type": "MeshCircuitBreaker", "mesh": "default", "name": "into-backend", "spec": {
+        "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+        "rules": [{"default": {"connectionLimits": {"maxConnections": 1, "maxPendingRequests": 1}}}]}}
+    assert httpx.put(f"{cp.api}/meshes/default/meshcircuitbreakers/into-backend", json=doc,
+                     timeout=5).status_code in (200, 201)
+    for n in mesh:
+        def acked(n: str = n) -> bool:
+            s = (cp.inspect(f"backend-{n}").get("xds") or {}).get("types", {}).get(CLUSTER, {})
+            return s.get("snapshot_version") != before[n].get("snapshot_version") and \
+                s.get("acked_version") == s.get("snapshot_version")
+
+        wait_for(acked, 15, what=f"backend-{n} ACKing its limited local cluster")
+    delay = 2.0
+    try:
+        results = burst(mesh, delay)
+    finally:
+        httpx.delete(f"{cp.api}/meshes/default/meshcircuitbreakers/into-backend", timeout=5)
+    statuses = Counter(s for s, _, _ in results)
+    fast = [d for s, d, o in results if s == 503 and o == "true"]
+    print(f"inbound limits 1+1 per instance, 12 concurrent requests: {dict(statuses)}")
+    assert 0 not in statuses and statuses[200] + len(fast) == 12, results
+    assert 2 <= statuses[200] <= 6 and fast and max(fast) < delay / 2, results
