@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from dpagent.controlplane.policies.base import PolicyPlugin
+from dpagent.controlplane.policies.meshcircuitbreaker import MeshCircuitBreakerPlugin
+from dpagent.controlplane.policies.meshhealthcheck import MeshHealthCheckPlugin
 from dpagent.controlplane.policies.meshhttproute import MeshHTTPRoutePlugin
 from dpagent.controlplane.policies.meshloadbalancingstrategy import MeshLoadBalancingStrategyPlugin
 from dpagent.controlplane.policies.meshretry import MeshRetryPlugin
@@ -19,6 +21,8 @@ _PLUGINS: tuple[PolicyPlugin, ...] = (
     MeshTrafficPermissionPlugin(),  # 1100
     MeshLoadBalancingStrategyPlugin(),  # 400: outbound cluster balancer, route hash policies, zone priorities
     MeshRetryPlugin(),  # 1400: retry policies on outbound routes, connect attempts on outbound tcp_proxies
+    MeshHealthCheckPlugin(),  # 1200: active health checks on outbound clusters
+    MeshCircuitBreakerPlugin(),  # 1300: outbound/inbound cluster limits and outlier detection
 )
 
 

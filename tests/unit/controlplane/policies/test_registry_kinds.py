@@ -57,6 +57,14 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "MeshRetry": {"type": "MeshRetry", "mesh": "default", "name": "sample", "spec": {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "to": [{"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"http": {"numRetries": 2}}}]}},
+    "MeshCircuitBreaker": {"type": "MeshCircuitBreaker", "mesh": "default", "name": "sample", "spec": {
+        "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+        "to": [{"targetRef": {"kind": "MeshService", "name": "web"},
+                "default": {"connectionLimits": {"maxConnections": 8}}}]}},
+    "MeshHealthCheck": {"type": "MeshHealthCheck", "mesh": "default", "name": "sample", "spec": {
+        "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+        "to": [{"targetRef": {"kind": "MeshService", "name": "web"},
+                "default": {"interval": "10s", "http": {"path": "/health"}, "tcp": {}}}]}},
 }
 
 
