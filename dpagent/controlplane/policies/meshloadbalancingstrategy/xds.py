@@ -41,7 +41,7 @@ def _edit(rs: ResourceSet, ctx: MeshView, entry: Entry, key: tuple[object, ...],
             rs.replace(entry, result)
         return
     source = entry.shared
-    value = ctx.memo((KIND, entry.type_url, id(source), *key), lambda: _resource(entry.name, entry.type_url,
+    value = ctx.memo((KIND, entry.type_url, source.digest, *key), lambda: _resource(entry.name, entry.type_url,
                                                                                  build(source.message)))
     if value is not None:
         rs.replace(entry, value)
