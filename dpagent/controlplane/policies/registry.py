@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from dpagent.controlplane.policies.base import PolicyPlugin
+from dpagent.controlplane.policies.meshfaultinjection import MeshFaultInjectionPlugin
 from dpagent.controlplane.policies.meshhttproute import MeshHTTPRoutePlugin
 from dpagent.controlplane.policies.meshtcproute import MeshTCPRoutePlugin
 from dpagent.controlplane.policies.meshtrafficpermission import MeshTrafficPermissionPlugin
@@ -15,6 +16,7 @@ _PLUGINS: tuple[PolicyPlugin, ...] = (
     MeshHTTPRoutePlugin(),  # 100: outbound routes and the clusters their backends need
     MeshTCPRoutePlugin(),  # 200: outbound tcp_proxy splits
     MeshTrafficPermissionPlugin(),  # 1100
+    MeshFaultInjectionPlugin(),  # 800: faults on HTTP inbounds
 )
 
 

@@ -49,6 +49,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "MeshTrafficPermission": {"type": "MeshTrafficPermission", "mesh": "default", "name": "sample", "spec": {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "rules": [{"default": {"allow": [{"spiffeID": {"type": "Exact", "value": "spiffe://default/web"}}]}}]}},
+    "MeshFaultInjection": {"type": "MeshFaultInjection", "mesh": "default", "name": "sample", "spec": {
+        "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+        "from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": [{"abort": {"httpStatus": 503,
+                                                                               "percentage": 30}}]}}]}},
 }
 
 
