@@ -17,8 +17,8 @@ import msgspec
 
 from dpagent.controlplane.policies.base import MeshView, PolicyPlugin, Rules
 from dpagent.controlplane.policies.matching import Matched
-from dpagent.controlplane.policies.meshfaultinjection.api import KIND, SHAPE, Fault, parse_conf, validate_conf
 from dpagent.controlplane.policies.merge import merge_confs
+from dpagent.controlplane.policies.meshfaultinjection.api import KIND, SHAPE, Fault, parse_conf, validate_conf
 from dpagent.controlplane.policies.targetref import MESH
 from dpagent.model.dataplane import Dataplane
 
