@@ -14,7 +14,7 @@ from dpagent.controlplane.policies.meshfaultinjection.api import Fault, kbps
 from dpagent.controlplane.policies.meshfaultinjection.plugin import InboundFaults
 from dpagent.controlplane.policies.meshhttproute.routes import fraction
 from dpagent.controlplane.xds.builders.core import pack, seconds
-from dpagent.controlplane.xds.builders.listener import HCM, ROUTER
+from dpagent.controlplane.xds.builders.listener import http_filter_names, insert_http_filters
 from dpagent.controlplane.xds.resources import ResourceSet
 from dpagent.controlplane.xds.snapshot import LISTENER
 from dpagent.durations import parse_duration
@@ -41,18 +41,10 @@ def http_fault(f: Fault) -> fault_pb2.HTTPFault:
 def configure(rs: ResourceSet, inbounds: Mapping[str, InboundFaults]) -> None:
     for entry, index, key in list(rs.inbound_chains(LISTENER)):
         faults = inbounds.get(key)
-        chain = rs.edit(entry).filter_chains[index]  # type: ignore[attr-defined]
-        if faults is None or not chain.filters or chain.filters[0].name != HCM:
+        if faults is None:
             continue
-        hcm = hcm_pb2.HttpConnectionManager()
-        chain.filters[0].typed_config.Unpack(hcm)
-        if any(f.name == FAULT_TYPE or f.name.startswith(FILTER_PREFIX) for f in hcm.http_filters):
+        chain = rs.edit(entry).filter_chains[index]  # type: ignore[attr-defined]
+        if any(n == FAULT_TYPE or n.startswith(FILTER_PREFIX) for n in http_filter_names(chain)):
             continue  # someone already configured faults here (Kuma leaves a legacy fault filter alone too)
-        added = [hcm_pb2.HttpFilter(name=f"{FILTER_PREFIX}{i}", typed_config=pack(http_fault(f)))
-                 for i, f in enumerate(faults.faults)]
-        filters = list(hcm.http_filters)
-        at = next((i for i, f in enumerate(filters) if f.name == ROUTER), len(filters))
-        filters[at:at] = added
-        del hcm.http_filters[:]
-        hcm.http_filters.extend(filters)
-        chain.filters[0].typed_config.CopyFrom(pack(hcm))
+        insert_http_filters(chain, [hcm_pb2.HttpFilter(name=f"{FILTER_PREFIX}{i}", typed_config=pack(http_fault(f)))
+                                    for i, f in enumerate(faults.faults)])
