@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dpagent.controlplane.policies.base import PolicyPlugin
 from dpagent.controlplane.policies.meshfaultinjection import MeshFaultInjectionPlugin
 from dpagent.controlplane.policies.meshhttproute import MeshHTTPRoutePlugin
+from dpagent.controlplane.policies.meshratelimit import MeshRateLimitPlugin
 from dpagent.controlplane.policies.meshtcproute import MeshTCPRoutePlugin
 from dpagent.controlplane.policies.meshtrafficpermission import MeshTrafficPermissionPlugin
 
@@ -17,6 +18,7 @@ _PLUGINS: tuple[PolicyPlugin, ...] = (
     MeshTCPRoutePlugin(),  # 200: outbound tcp_proxy splits
     MeshTrafficPermissionPlugin(),  # 1100
     MeshFaultInjectionPlugin(),  # 800: faults on HTTP inbounds
+    MeshRateLimitPlugin(),  # 900: local rate limits on inbounds
 )
 
 
