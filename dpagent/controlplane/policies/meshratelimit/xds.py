@@ -27,7 +27,7 @@ TCP_FILTER = "envoy.filters.network.local_ratelimit"
 
 
 def bucket(rate: Rate) -> token_bucket_pb2.TokenBucket:
-    """A full bucket of `num` tokens, refilled to full every interval: at most `num` per interval, bursts too."""
+    """`num` tokens at most, `num` more per interval (Envoy adds them gradually): a burst of `num`, then the rate."""
     return token_bucket_pb2.TokenBucket(max_tokens=rate.num, tokens_per_fill=wrap_u32(rate.num),
                                         fill_interval=seconds(rate.seconds()))
 
