@@ -51,7 +51,7 @@ def mesh(cp, agents):
         a.wait_ready(40)
     with httpx.Client(timeout=3) as c:
         wait_for(lambda: c.get(URL).headers.get("x-instance") == "b1", 30, what="web -> backend through the mesh")
-    wait_for(lambda: db_call() == b"db-1", 20, what="web -> db through the mesh")
+    wait_for(lambda: db_call() == b"db-1", 30, what="web -> db through the mesh")
     yield app
     app.close()
 
