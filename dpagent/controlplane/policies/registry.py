@@ -12,6 +12,9 @@ from dpagent.controlplane.policies.meshhealthcheck import MeshHealthCheckPlugin
 from dpagent.controlplane.policies.meshhttproute import MeshHTTPRoutePlugin
 from dpagent.controlplane.policies.meshloadbalancingstrategy import MeshLoadBalancingStrategyPlugin
 from dpagent.controlplane.policies.meshretry import MeshRetryPlugin
+from dpagent.controlplane.policies.meshfaultinjection import MeshFaultInjectionPlugin
+from dpagent.controlplane.policies.meshhttproute import MeshHTTPRoutePlugin
+from dpagent.controlplane.policies.meshratelimit import MeshRateLimitPlugin
 from dpagent.controlplane.policies.meshtcproute import MeshTCPRoutePlugin
 from dpagent.controlplane.policies.meshtrafficpermission import MeshTrafficPermissionPlugin
 
@@ -23,6 +26,8 @@ _PLUGINS: tuple[PolicyPlugin, ...] = (
     MeshRetryPlugin(),  # 1400: retry policies on outbound routes, connect attempts on outbound tcp_proxies
     MeshHealthCheckPlugin(),  # 1200: active health checks on outbound clusters
     MeshCircuitBreakerPlugin(),  # 1300: outbound/inbound cluster limits and outlier detection
+    MeshFaultInjectionPlugin(),  # 800: faults on HTTP inbounds
+    MeshRateLimitPlugin(),  # 900: local rate limits on inbounds
 )
 
 

@@ -20,7 +20,7 @@ from dpagent.controlplane.policies.meshtrafficpermission.plugin import InboundPe
 from dpagent.controlplane.xds import names
 from dpagent.controlplane.xds.builders import rbac
 from dpagent.controlplane.xds.builders.core import pack
-from dpagent.controlplane.xds.builders.listener import HCM
+from dpagent.controlplane.xds.builders.listener import hcm_index
 from dpagent.controlplane.xds.resources import Origin, ResourceSet
 from dpagent.controlplane.xds.snapshot import LISTENER, ROUTE
 
@@ -80,15 +80,16 @@ def configure(rs: ResourceSet, mesh: str, inbounds: Mapping[str, InboundPermissi
     for entry, index, key in list(rs.inbound_chains(LISTENER)):
         listener = rs.edit(entry)
         chain = listener.filter_chains[index]  # type: ignore[attr-defined]
-        if chain.filters and chain.filters[0].name == HCM:
+        at = hcm_index(chain)  # not always first: MeshRateLimit may prepend a TCP connection limit
+        if at is not None:
             hcm = hcm_pb2.HttpConnectionManager()
-            chain.filters[0].typed_config.Unpack(hcm)
+            chain.filters[at].typed_config.Unpack(hcm)
             fixed = [rbac.http_filter(DENY_FILTER, rbac.rules(rbac.DENY, {})),
                      rbac.http_filter(ALLOW_FILTER, rbac.rules(rbac.ALLOW, {}))]
             filters = [*fixed, *hcm.http_filters]
             del hcm.http_filters[:]
             hcm.http_filters.extend(filters)
-            chain.filters[0].typed_config.CopyFrom(pack(hcm))
+            chain.filters[at].typed_config.CopyFrom(pack(hcm))
             continue
         (deny, allow), (deny_shadow, allow_shadow) = _both(mesh, inbounds.get(key, InboundPermissions()))
         stat = names.stat_prefix(chain.name or entry.name)

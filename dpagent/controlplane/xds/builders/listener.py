@@ -115,3 +115,36 @@ def http_connection_manager(stat_prefix: str, route_name: str, cluster: str,
         cfg.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE_SET
         cfg.set_current_client_cert_details.uri = True
     return listener_components_pb2.Filter(name=HCM, typed_config=pack(cfg))
+
+
+
+def hcm_index(chain: listener_components_pb2.FilterChain) -> int | None:
+    """Where the chain's connection manager sits; a policy may have prepended network filters (a TCP rate limit),
+    so it is not always first. None for a TCP chain."""
+    return next((i for i, f in enumerate(chain.filters) if f.name == HCM), None)
+
+
+def insert_http_filters(chain: listener_components_pb2.FilterChain, filters: Sequence[hcm_pb2.HttpFilter]) -> bool:
+    """Put `filters` just before the router of the chain's connection manager (policies that act on requests
+    already let through by RBAC); False when the chain has no connection manager (a TCP chain)."""
+    at_hcm = hcm_index(chain)
+    if at_hcm is None:
+        return False
+    hcm = hcm_pb2.HttpConnectionManager()
+    chain.filters[at_hcm].typed_config.Unpack(hcm)
+    current = list(hcm.http_filters)
+    at = next((i for i, f in enumerate(current) if f.name == ROUTER), len(current))
+    current[at:at] = filters
+    del hcm.http_filters[:]
+    hcm.http_filters.extend(current)
+    chain.filters[at_hcm].typed_config.CopyFrom(pack(hcm))
+    return True
+
+
+def http_filter_names(chain: listener_components_pb2.FilterChain) -> list[str]:
+    at_hcm = hcm_index(chain)
+    if at_hcm is None:
+        return []
+    hcm = hcm_pb2.HttpConnectionManager()
+    chain.filters[at_hcm].typed_config.Unpack(hcm)
+    return [f.name for f in hcm.http_filters]

@@ -65,6 +65,13 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "to": [{"targetRef": {"kind": "MeshService", "name": "web"},
                 "default": {"interval": "10s", "http": {"path": "/health"}, "tcp": {}}}]}},
+    "MeshFaultInjection": {"type": "MeshFaultInjection", "mesh": "default", "name": "sample", "spec": {
+        "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+        "from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": [{"abort": {"httpStatus": 503,
+                                                                               "percentage": 30}}]}}]}},
+    "MeshRateLimit": {"type": "MeshRateLimit", "mesh": "default", "name": "sample", "spec": {
+        "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+        "rules": [{"default": {"local": {"http": {"requestRate": {"num": 10, "interval": "1s"}}}}}]}},
 }
 
 
