@@ -8,26 +8,25 @@ from collections.abc import Mapping, Sequence
 
 from dpagent.controlplane.policies.base import PolicyPlugin
 from dpagent.controlplane.policies.meshcircuitbreaker import MeshCircuitBreakerPlugin
+from dpagent.controlplane.policies.meshfaultinjection import MeshFaultInjectionPlugin
 from dpagent.controlplane.policies.meshhealthcheck import MeshHealthCheckPlugin
 from dpagent.controlplane.policies.meshhttproute import MeshHTTPRoutePlugin
 from dpagent.controlplane.policies.meshloadbalancingstrategy import MeshLoadBalancingStrategyPlugin
-from dpagent.controlplane.policies.meshretry import MeshRetryPlugin
-from dpagent.controlplane.policies.meshfaultinjection import MeshFaultInjectionPlugin
-from dpagent.controlplane.policies.meshhttproute import MeshHTTPRoutePlugin
 from dpagent.controlplane.policies.meshratelimit import MeshRateLimitPlugin
+from dpagent.controlplane.policies.meshretry import MeshRetryPlugin
 from dpagent.controlplane.policies.meshtcproute import MeshTCPRoutePlugin
 from dpagent.controlplane.policies.meshtrafficpermission import MeshTrafficPermissionPlugin
 
 _PLUGINS: tuple[PolicyPlugin, ...] = (
     MeshHTTPRoutePlugin(),  # 100: outbound routes and the clusters their backends need
     MeshTCPRoutePlugin(),  # 200: outbound tcp_proxy splits
-    MeshTrafficPermissionPlugin(),  # 1100
     MeshLoadBalancingStrategyPlugin(),  # 400: outbound cluster balancer, route hash policies, zone priorities
-    MeshRetryPlugin(),  # 1400: retry policies on outbound routes, connect attempts on outbound tcp_proxies
-    MeshHealthCheckPlugin(),  # 1200: active health checks on outbound clusters
-    MeshCircuitBreakerPlugin(),  # 1300: outbound/inbound cluster limits and outlier detection
     MeshFaultInjectionPlugin(),  # 800: faults on HTTP inbounds
     MeshRateLimitPlugin(),  # 900: local rate limits on inbounds
+    MeshTrafficPermissionPlugin(),  # 1100
+    MeshHealthCheckPlugin(),  # 1200: active health checks on outbound clusters
+    MeshCircuitBreakerPlugin(),  # 1300: outbound/inbound cluster limits and outlier detection
+    MeshRetryPlugin(),  # 1400: retry policies on outbound routes, connect attempts on outbound tcp_proxies
 )
 
 
