@@ -9,12 +9,14 @@ from collections.abc import Mapping, Sequence
 from dpagent.controlplane.policies.base import PolicyPlugin
 from dpagent.controlplane.policies.meshhttproute import MeshHTTPRoutePlugin
 from dpagent.controlplane.policies.meshtcproute import MeshTCPRoutePlugin
+from dpagent.controlplane.policies.meshtimeout import MeshTimeoutPlugin
 from dpagent.controlplane.policies.meshtrafficpermission import MeshTrafficPermissionPlugin
 
 _PLUGINS: tuple[PolicyPlugin, ...] = (
     MeshHTTPRoutePlugin(),  # 100: outbound routes and the clusters their backends need
     MeshTCPRoutePlugin(),  # 200: outbound tcp_proxy splits
     MeshTrafficPermissionPlugin(),  # 1100
+    MeshTimeoutPlugin(),  # 1000: cluster, route, HCM and tcp_proxy timeouts
 )
 
 
