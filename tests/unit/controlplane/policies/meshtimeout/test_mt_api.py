@@ -166,3 +166,34 @@ async def test_initial_policies_only_on_creation_and_existing_ones_are_kept(clie
     assert (await c.delete("/meshes/m3/meshtimeouts/mesh-gateways-timeout-all-m3")).status == 200
     assert (await c.put("/meshes/m3", json={"type": "Mesh", "name": "m3", "labels": {"a": "b"}})).status == 200
     assert await _names(c, "m3") == ["mesh-timeout-all-m3"]
+
+
+async def test_inspect_shows_effective_timeouts_per_outbound_and_inbound() -> None:
+    from dpagent.controlplane.inspect import Inspector
+    from dpagent.controlplane.xds.cache import SnapshotCache
+    from dpagent.controlplane.xds.sync import XdsSync
+
+    store = await MemoryStore.open()
+    cache = SnapshotCache(clock=lambda: 1.0)
+    sync = XdsSync(store, cache)
+    api = Api(Resources(store), admin_token="t", inspector=Inspector(store, cache, sync.state))
+    web = {"type": "Dataplane", "mesh": "default", "name": "web-1", "networking": {
+        "address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web", "kuma.io/protocol": "http"}}],
+        "outbound": [{"port": 10001, "tags": {"kuma.io/service": "backend"}}]}}
+    override = {"type": "MeshTimeout", "mesh": "default", "name": "backend-1s", "spec": {
+        "targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                                               "default": {"http": {"requestTimeout": "1s"}}}]}}
+    async with TestClient(TestServer(api.app())) as c:
+        c.session.headers["Authorization"] = "Bearer t"
+        for path, doc in (("/meshes/default", {"type": "Mesh", "name": "default"}),
+                          ("/meshes/default/dataplanes/web-1", web),
+                          ("/meshes/default/meshtimeouts/backend-1s", override)):
+            assert (await c.put(path, json=doc)).status == 201
+        data = await (await c.get("/meshes/default/dataplanes/web-1/_inspect")).json()
+    await store.close()
+    mt = next(k for k in data["policies"] if k["kind"] == "MeshTimeout")
+    assert sorted(mt["policies"]) == ["backend-1s", "mesh-timeout-all-default"]
+    outbound = mt["outbounds"][0]
+    assert outbound["conf"]["http"]["requestTimeout"] == "1s" and outbound["conf"]["connectionTimeout"] == "5s"
+    inbound = mt["inbounds"][0]["conf"]
+    assert inbound["http"]["requestTimeout"] == "0s" and inbound["idleTimeout"] == "2h"
