@@ -178,7 +178,8 @@ async def test_inspect_shows_effective_timeouts_per_outbound_and_inbound() -> No
     sync = XdsSync(store, cache)
     api = Api(Resources(store), admin_token="t", inspector=Inspector(store, cache, sync.state))
     web = {"type": "Dataplane", "mesh": "default", "name": "web-1", "networking": {
-        "address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web", "kuma.io/protocol": "http"}}],
+        "address": "10.0.0.1",
+        "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web", "kuma.io/protocol": "http"}}],
         "outbound": [{"port": 10001, "tags": {"kuma.io/service": "backend"}}]}}
     override = {"type": "MeshTimeout", "mesh": "default", "name": "backend-1s", "spec": {
         "targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
