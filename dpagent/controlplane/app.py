@@ -93,7 +93,7 @@ async def first_start(resources: Resources, store: ResourceStore) -> None:
     if await store.count("Mesh") == 0:
         await resources.apply(dict(DEFAULT_MESH))
         await resources.apply(dict(ALLOW_ALL))
-        log.info("created the default mesh (builtin mTLS, allow-all MeshTrafficPermission)")
+        log.info("created the default mesh (builtin mTLS, allow-all MeshTrafficPermission, Kuma's initial policies)")
     await store.upsert("GlobalSecret", "", "cp-initialized", {"type": "GlobalSecret", "name": "cp-initialized"})
 
 

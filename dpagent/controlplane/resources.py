@@ -144,6 +144,8 @@ class Resources:
         rec = await self.store.upsert(k.name, res_mesh, doc["name"], doc)
         if k.name == "Mesh":
             await self._mesh_side_effects(doc)
+            if existing is None:
+                await self._initial_policies(doc)
         return Applied(rec, existing is None)
 
     async def _mesh_side_effects(self, doc: dict[str, Any]) -> None:
@@ -154,6 +156,21 @@ class Resources:
             if backend.get("type") == "builtin":
                 key_type = "rsa" if ((backend.get("conf") or {}).get("caCert") or {}).get("RSAbits") else "ecdsa-p256"
                 await secrets.builtin_ca(self.store, mesh, backend["name"], key_type)
+
+    async def _initial_policies(self, doc: dict[str, Any]) -> None:
+        """Kuma's default policies of every registered kind, made once when the mesh is created; a policy of that
+        name that already exists is kept as it is (the user's)."""
+        from dpagent.controlplane.policies.registry import PLUGINS
+
+        skip = set(doc.get("skipCreatingInitialPolicies") or ())
+        if "*" in skip:
+            return
+        for plugin in PLUGINS:
+            if plugin.kind in skip:
+                continue
+            for policy in plugin.initial_policies(doc["name"]):
+                if await self.store.get(plugin.kind, doc["name"], policy["name"]) is None:
+                    await self.apply(policy)
 
     async def get(self, k: Kind, mesh: str, name: str) -> Record:
         rec = await self.store.get(k.name, mesh if k.mesh_scoped else "", name)

@@ -70,6 +70,11 @@ class PolicyPlugin:
             return doc
         return parse_policy(self.kind, self.shape, self.validate_conf, doc)
 
+    def initial_policies(self, mesh: str) -> list[dict[str, Any]]:
+        """Policy documents Kuma creates with every new mesh (e.g. `mesh-timeout-all-<mesh>`); the CP applies them
+        when a Mesh is created unless its `skipCreatingInitialPolicies` lists `*` or this kind."""
+        return []
+
     def rules(self, ctx: MeshView, dp: Dataplane, matched: Matched) -> Rules:
         """Turn the generically matched policies into this proxy's typed rules."""
         return Rules()

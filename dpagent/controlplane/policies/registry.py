@@ -15,6 +15,7 @@ from dpagent.controlplane.policies.meshloadbalancingstrategy import MeshLoadBala
 from dpagent.controlplane.policies.meshratelimit import MeshRateLimitPlugin
 from dpagent.controlplane.policies.meshretry import MeshRetryPlugin
 from dpagent.controlplane.policies.meshtcproute import MeshTCPRoutePlugin
+from dpagent.controlplane.policies.meshtimeout import MeshTimeoutPlugin
 from dpagent.controlplane.policies.meshtrafficpermission import MeshTrafficPermissionPlugin
 
 _PLUGINS: tuple[PolicyPlugin, ...] = (
@@ -23,6 +24,7 @@ _PLUGINS: tuple[PolicyPlugin, ...] = (
     MeshLoadBalancingStrategyPlugin(),  # 400: outbound cluster balancer, route hash policies, zone priorities
     MeshFaultInjectionPlugin(),  # 800: faults on HTTP inbounds
     MeshRateLimitPlugin(),  # 900: local rate limits on inbounds
+    MeshTimeoutPlugin(),  # 1000: cluster, route, HCM and tcp_proxy timeouts
     MeshTrafficPermissionPlugin(),  # 1100
     MeshHealthCheckPlugin(),  # 1200: active health checks on outbound clusters
     MeshCircuitBreakerPlugin(),  # 1300: outbound/inbound cluster limits and outlier detection

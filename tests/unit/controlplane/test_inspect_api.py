@@ -18,7 +18,7 @@ from dpagent.controlplane.xds.cache import SnapshotCache
 from dpagent.controlplane.xds.snapshot import LISTENER
 from dpagent.controlplane.xds.sync import XdsSync
 
-MESH = {"type": "Mesh", "name": "default",
+MESH = {"type": "Mesh", "name": "default", "skipCreatingInitialPolicies": ["*"],  # only this file's policies
         "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}
 
 

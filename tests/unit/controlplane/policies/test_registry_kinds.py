@@ -72,6 +72,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "MeshRateLimit": {"type": "MeshRateLimit", "mesh": "default", "name": "sample", "spec": {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "rules": [{"default": {"local": {"http": {"requestRate": {"num": 10, "interval": "1s"}}}}}]}},
+    "MeshTimeout": {"type": "MeshTimeout", "mesh": "default", "name": "sample", "spec": {
+        "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+        "to": [{"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"http": {"requestTimeout": "3s"}}}]}},
 }
 
 
@@ -105,7 +108,8 @@ async def test_registered_kind_is_served_listed_watched_and_changes_config(api, 
     r = await client.put(f"/meshes/default/{plugin.plural}/{sample['name']}", json=sample)
     assert r.status == 201, await r.text()
     listed = await (await client.get(f"/meshes/default/{plugin.plural}")).json()
-    assert [i["name"] for i in listed["items"]] == [sample["name"]]
+    initial = [p["name"] for p in plugin.initial_policies("default")]  # made with the mesh
+    assert sorted(i["name"] for i in listed["items"]) == sorted([*initial, sample["name"]])
     bad = await client.put(f"/meshes/default/{plugin.plural}/bad", json={**sample, "name": "bad", "spec": 3})
     assert bad.status == 400 and (await bad.json())["causes"][0]["field"] == "spec"
     after = await sync._rebuild("default")
