@@ -54,6 +54,13 @@ def mesh(cp, agents):
                       wait=False)]
     for a in started:
         a.wait_ready(40)
+    # Every new mesh has Kuma's default MeshRetry, whose retries on 5xx would hide most injected aborts from the
+    # client (as they would in Kuma). This test measures the fault itself, so web's calls to backend never retry.
+    no_retry = {"type": "MeshRetry", "mesh": "default", "name": "mfi-no-retry", "spec": {
+        "targetRef": {"kind": "Mesh"},
+        "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"http": {"numRetries": 0}}}]}}
+    r = httpx.put(f"{cp.api}/meshes/default/meshretries/mfi-no-retry", json=no_retry, timeout=5)
+    assert r.status_code in (200, 201), r.text
     with httpx.Client(timeout=3) as c:
         wait_for(lambda: c.get(URL).headers.get("x-instance") == "b1", 30, what="web -> backend through the mesh")
     yield app
