@@ -7,6 +7,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -103,8 +104,38 @@ class LocalControlPlane:
                 str(self.api_port), *extra]
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _below_ephemeral() -> tuple[int, int]:
+    try:
+        start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        start = 32768
+    return max(1024, start - 12000), start
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port that is free now and stays ours: many tests pick ports at import time and bind them much later.
+
+    Ports the kernel hands out for port 0 (servers, client source ports) come from the ephemeral range, so a port
+    picked there can be taken by a test app or a client connection before the agent binds it (seen: an Envoy
+    inbound refused with "Address already in use"). Picking below that range, and never the same port twice in a
+    run, leaves only other programs on the host to collide with.
+    """
+    lo, hi = _below_ephemeral()
+    for _ in range(500):
+        port = random.randrange(lo, hi)
+        if port in _HANDED_OUT:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket() as s:  # a host with that whole range busy: fall back to the kernel's choice
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
