@@ -33,6 +33,10 @@ class MeshView(Protocol):
         """A value derived from the mesh only, computed once per mesh change (see xds.context.MeshContext)."""
         ...
 
+    def dp_memo(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """A value derived from the dataplanes only (never a policy): kept across policy-only changes."""
+        ...
+
 
 @dataclass(frozen=True)
 class Rules:

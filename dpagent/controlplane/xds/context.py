@@ -73,6 +73,63 @@ class MeshContext:
         return {}
 
     @cached_property
+    def _dp_memo(self) -> dict[Hashable, Any]:
+        return {}
+
+    @cached_property
+    def by_service(self) -> Mapping[str, tuple[str, ...]]:
+        """Dataplane names per service of their inbounds: who a MeshService targetRef can select."""
+        out: dict[str, list[str]] = {}
+        for dp in self.dataplanes:
+            for service in sorted({ib.service for ib in dp.networking.inbound if ib.service}):
+                out.setdefault(service, []).append(dp.name)
+        return {s: tuple(names) for s, names in out.items()}
+
+    @cached_property
+    def consumers(self) -> tuple[Mapping[str, frozenset[str]], frozenset[str]]:
+        """(service → dataplanes that get its cluster and endpoints, dataplanes that get every service's): whose
+        config a change of one service's endpoints or outbound policies can reach. Transparent proxies without
+        `reachableServices` reach every service and sit in the second set, so this stays O(N), not O(N × S)."""
+        by: dict[str, set[str]] = {}
+        everything: set[str] = set()
+        for dp in self.dataplanes:
+            tp = dp.networking.transparent_proxying
+            if tp is not None and not tp.reachable_services:
+                everything.add(dp.name)
+                continue
+            wanted = tp.reachable_services if tp is not None else [ob.service for ob in dp.networking.outbound]
+            for service in wanted:
+                if service:
+                    by.setdefault(service, set()).add(dp.name)
+        return {s: frozenset(n) for s, n in by.items()}, frozenset(everything)
+
+    @cached_property
+    def tag_shape(self) -> frozenset[tuple[str, tuple[tuple[str, str], ...]]]:
+        """Every distinct (service, inbound tags) of the mesh. What subset targetRefs, peer sets, zones and service
+        protocols are resolved from: a dataplane change that leaves it alone can only reach its own config and the
+        consumers of its services' endpoints."""
+        return frozenset((ib.service, tuple(sorted(ib.tags.items())))
+                         for dp in self.dataplanes for ib in dp.networking.inbound)
+
+    def dp_memo(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """Like `memo`, for values derived from the dataplanes (and mesh) only: these survive a policy-only change
+        (see `with_policies`), so a policy change never re-walks the mesh's dataplanes."""
+        try:
+            return self._dp_memo[key]
+        except KeyError:
+            value = self._dp_memo[key] = build()
+            return value
+
+    def with_policies(self, policies: Mapping[str, Sequence[Any]]) -> MeshContext:
+        """The same mesh with other policies, keeping everything derived from the dataplanes (service maps, the
+        serialised shared clusters and endpoints, `dp_memo`): what makes a policy change cost what it touches."""
+        new = MeshContext(self.mesh, self.dataplanes, policies, self.trust_bundle, self.vips)
+        for name in _DATAPLANE_DERIVED:
+            if name in self.__dict__:
+                new.__dict__[name] = self.__dict__[name]
+        return new
+
+    @cached_property
     def match_cache(self) -> dict[Hashable, Any]:
         """Shared matching results of proxies selected by the same policies (see matching.match)."""
         return {}
@@ -97,17 +154,26 @@ class MeshContext:
         `key` must capture every input of `build` (e.g. (kind, service, effective conf as sorted JSON))."""
         return self.memo(key, lambda: Resource(name, build(), type_url))  # type: ignore[no-any-return]
 
+    def dp_shared(self, key: Hashable, type_url: str, name: str, build: Callable[[], Message]) -> Resource:
+        """`shared` for a resource built from the dataplanes only: it survives policy-only changes."""
+        return self.dp_memo(key, lambda: Resource(name, build(), type_url))  # type: ignore[no-any-return]
+
     def outbound_capture(self, port: int, reachable: tuple[str, ...]) -> Resource:
         """The outbound capture listener, once per (port, reachable set): with 1,000 tproxy proxies in a mesh it
         is otherwise rebuilt (and serialised) 1,000 times from the same inputs."""
-        return self.shared((OUTBOUND_PASSTHROUGH, port, reachable), LISTENER, OUTBOUND_PASSTHROUGH,
+        return self.dp_shared((OUTBOUND_PASSTHROUGH, port, reachable), LISTENER, OUTBOUND_PASSTHROUGH,
                            lambda: outbound_capture_listener(port, reachable, self.service_protocols, self.vips,
                                                              self.service_addresses, self.service_ports))
 
     def dynconf(self, reachable: tuple[str, ...]) -> Resource:
         """The agent's dynconf listener (DNS table of the reachable services), once per reachable set."""
-        return self.shared((DYNCONF_LISTENER, reachable), LISTENER, DYNCONF_LISTENER,
+        return self.dp_shared((DYNCONF_LISTENER, reachable), LISTENER, DYNCONF_LISTENER,
                            lambda: dynconf_listener({DYNCONF_DNS_PATH: dns_table(self.vips, reachable)}))
+
+
+# cached_property names of MeshContext that read only mesh, dataplanes, trust bundle and VIPs (never policies).
+_DATAPLANE_DERIVED = ("service_protocols", "service_addresses", "service_ports", "shared_resources", "_dp_memo",
+                      "by_service", "consumers", "tag_shape")
 
 
 def generate_shared(ctx: MeshContext) -> dict[str, dict[str, Message]]:

@@ -1,8 +1,11 @@
-"""Turn store changes into per-proxy snapshots: debounced, one regeneration per touched mesh.
+"""Turn store changes into per-proxy snapshots: debounced, and costing what a change touches.
 
-Per change, the shared part of a mesh (each service's cluster and endpoints) is generated and serialised once
-(`Resource`), and every connected proxy of that mesh gets a snapshot that references those same objects plus its
-own listeners. Generation runs in a worker thread so ADS streams keep flowing while a large mesh is rebuilt.
+Per mesh, the last rebuild's parsed inputs are kept; a change re-reads only the records its events name, keeps
+everything derived from the dataplanes when only policies changed (`MeshContext.with_policies`), and regenerates
+only the proxies the change can reach (`reach.py`). The shared part of a mesh (each service's cluster and
+endpoints) is generated and serialised once (`Resource`), and every proxy's snapshot references those objects.
+Generation runs in a worker thread so ADS streams keep flowing while many proxies are rebuilt; proxies that
+connect together are generated in one batch.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from dpagent.controlplane.policies.envelope import Policy
 from dpagent.controlplane.policies.registry import POLICY_KINDS
 from dpagent.controlplane.store import ChangeEvent, ResourceStore, SubscriptionOverflow
+from dpagent.controlplane.xds import reach
 from dpagent.controlplane.xds import vips as vip
 from dpagent.controlplane.xds.context import MeshContext
 from dpagent.controlplane.xds.generators.outbound import service_protocols
@@ -43,12 +48,35 @@ SNAPSHOT_TYPES = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
 @dataclasses.dataclass(frozen=True)
 class MeshState:
     ctx: MeshContext
-    by_name: dict[str, Dataplane]
+    by_name: Mapping[str, Dataplane]
     bundle_backends: tuple[str, ...] = ()
 
     @property
     def shared(self) -> Mapping[str, Mapping[str, Resource]]:
         return self.ctx.shared_resources
+
+
+DataplaneEntry = tuple[dict[str, Any], bool, Dataplane]  # (stored doc, draining, parsed)
+
+
+@dataclasses.dataclass
+class MeshInputs:
+    """What the last rebuild of a mesh read, parsed and versioned, so the next change re-reads and re-parses only
+    the records its events name."""
+
+    mesh_doc: dict[str, Any]
+    # Keyed by the stored document itself, not its version: a record deleted and created again within one
+    # debounce window comes back with the same version number and other content.
+    dataplanes: dict[str, DataplaneEntry]
+    policies: dict[str, dict[str, tuple[dict[str, Any], Policy]]]  # kind → name → (stored doc, parsed)
+    bundle_pem: str = ""
+    bundle_backends: tuple[str, ...] = ()
+
+    def parsed_policies(self) -> dict[str, list[Policy]]:
+        return {kind: [p for _, (_, p) in sorted(by.items())] for kind, by in self.policies.items() if by}
+
+    def parsed_dataplanes(self) -> list[Dataplane]:
+        return [dp for _, (_, _, dp) in sorted(self.dataplanes.items())]
 
 
 def build_mesh_state(mesh_doc: dict[str, Any], dp_docs: list[dict[str, Any]],
@@ -60,14 +88,21 @@ def build_mesh_state(mesh_doc: dict[str, Any], dp_docs: list[dict[str, Any]],
     `vips` are the stored allocations; the state's `ctx.vips` is them made current (new services get addresses,
     gone ones lose theirs), which the caller persists when it differs.
     """
-    dps = [decode_dataplane(d) for d in dp_docs]
-    policies = {kind: [POLICY_KINDS[kind].parse(d) for d in docs] for kind, docs in policy_docs.items()
-                if kind in POLICY_KINDS}
-    mesh = decode_mesh(mesh_doc)
-    ctx = MeshContext(mesh, dps, policies, trust_bundle=trust_bundle,
+    inputs = MeshInputs(
+        mesh_doc, {d["name"]: (d, False, decode_dataplane(d)) for d in dp_docs},
+        {kind: {d["name"]: (d, POLICY_KINDS[kind].parse(d)) for d in docs}
+         for kind, docs in policy_docs.items() if kind in POLICY_KINDS},
+        trust_bundle, bundle_backends)
+    return state_from_inputs(inputs, vips, vip_cidr)
+
+
+def state_from_inputs(inputs: MeshInputs, vips: Mapping[str, str] | None, vip_cidr: str) -> MeshState:
+    dps = inputs.parsed_dataplanes()
+    mesh = decode_mesh(inputs.mesh_doc)
+    ctx = MeshContext(mesh, dps, inputs.parsed_policies(), trust_bundle=inputs.bundle_pem,
                       vips=_allocate(mesh.name, dict(vips or {}), service_protocols(dps), vip_cidr))
     _ = ctx.shared_resources  # built here, in the worker thread, not by the first proxy's snapshot
-    return MeshState(ctx, {d.name: d for d in dps}, bundle_backends)
+    return MeshState(ctx, {d.name: d for d in dps}, inputs.bundle_backends)
 
 
 def _allocate(mesh: str, existing: dict[str, str], services: Mapping[str, str], cidr: str) -> dict[str, str]:
@@ -103,6 +138,10 @@ def _draining(doc: dict[str, Any]) -> dict[str, Any]:
 BundleFn = Callable[[Mesh], Awaitable[tuple[str, tuple[str, ...]]]]
 
 
+Changes = set[tuple[str, str]] | None  # (kind, name) of the records that changed; None: re-read the whole mesh
+CONNECT_BATCH = 256  # proxies generated per worker-thread call when many connect at once
+
+
 class XdsSync:
     def __init__(self, store: ResourceStore, cache: Any, *, debounce: float = 0.02,
                  bundle: BundleFn | None = None, bundle_recheck: float = 5.0,
@@ -117,6 +156,7 @@ class XdsSync:
         self.connected: dict[str, tuple[str, str]] = {}  # node id -> (mesh, name)
         self.leaving: set[tuple[str, str]] = set()  # draining proxies: no new traffic is sent to them
         self.states: dict[str, MeshState] = {}
+        self._inputs: dict[str, MeshInputs] = {}
         # One in-flight rebuild per mesh that connecting proxies share: when 1,000 proxies connect to a CP with no
         # state yet, each would otherwise start its own full rebuild (list + parse + generate the whole mesh).
         self._building: dict[str, asyncio.Future[MeshState | None]] = {}
@@ -124,10 +164,14 @@ class XdsSync:
         # than the state in place may replace it, so a slow, older rebuild never reinstates stale config.
         self._started = itertools.count(1)
         self._installed: dict[str, int] = {}
-        self._dirty: set[str] = set()
+        self._dirty: dict[str, Changes] = {}
         self._wake = asyncio.Event()
+        # Proxies that connected and wait for their first snapshot, generated together (see _connect_batches).
+        self._connecting: dict[str, asyncio.Future[None]] = {}
+        self._batcher: asyncio.Task[None] | None = None
         self.generations = 0
         self.last_duration = 0.0
+        self.last_reach = 0  # proxies the last change was generated for (tests, `inspect`)
 
     # ---- connections ---------------------------------------------------------------------------------------
 
@@ -135,13 +179,42 @@ class XdsSync:
         if leaving == ((mesh, name) in self.leaving):
             return
         (self.leaving.add if leaving else self.leaving.discard)((mesh, name))
-        self.mark(mesh)
+        self.mark(mesh, "Dataplane", name)
 
     async def on_connect(self, mesh: str, name: str) -> None:
-        self.connected[node_id(mesh, name)] = (mesh, name)
+        node = node_id(mesh, name)
+        self.connected[node] = (mesh, name)
         state = self.states.get(mesh) or await self._shared_rebuild(mesh)
-        if state is not None:
-            await self._publish(state, [node_id(mesh, name)])
+        if state is None:
+            return
+        fut = self._connecting.get(node)
+        if fut is None or fut.done():
+            fut = self._connecting[node] = asyncio.get_running_loop().create_future()
+        if self._batcher is None or self._batcher.done():
+            self._batcher = asyncio.create_task(self._connect_batches(), name="xds-connect-batches")
+        await asyncio.shield(fut)
+
+    async def _connect_batches(self) -> None:
+        """Generate the first snapshots of connecting proxies, up to CONNECT_BATCH per worker call. One thread hop
+        per batch instead of per proxy, and one batch at a time: when thousands connect at once the event loop keeps
+        serving streams (and the proxies behind them stay inside their handshake and first-message deadlines)
+        instead of queueing thousands of generation jobs."""
+        while self._connecting:
+            nodes = list(itertools.islice(self._connecting, CONNECT_BATCH))
+            futures = [self._connecting.pop(n) for n in nodes]
+            by_mesh: dict[str, list[str]] = {}
+            for n in nodes:
+                if n in self.connected:
+                    by_mesh.setdefault(self.connected[n][0], []).append(n)
+            try:
+                for mesh, targets in by_mesh.items():
+                    state = self.states.get(mesh)
+                    if state is not None:
+                        await self._publish(state, targets)
+            finally:
+                for f in futures:
+                    if not f.done():
+                        f.set_result(None)
 
     async def _shared_rebuild(self, mesh: str) -> MeshState | None:
         """Join the mesh's in-flight connect-time rebuild, or start one that later connects can join."""
@@ -160,8 +233,14 @@ class XdsSync:
 
     # ---- change loop ---------------------------------------------------------------------------------------
 
-    def mark(self, mesh: str) -> None:
-        self._dirty.add(mesh)
+    def mark(self, mesh: str, kind: str | None = None, name: str = "") -> None:
+        """Note a change: of one record (kind, name), or of anything in the mesh (kind None: re-read it all)."""
+        if kind is None:
+            self._dirty[mesh] = None
+        else:
+            changes = self._dirty.setdefault(mesh, set())
+            if changes is not None:
+                changes.add((kind, name))
         self._wake.set()
 
     async def run(self) -> None:
@@ -182,18 +261,20 @@ class XdsSync:
                 if pump.done():
                     continue
                 await self._check_bundles()
-                dirty, self._dirty = self._dirty, set()
+                dirty, self._dirty = self._dirty, {}
                 for mesh in sorted(dirty):
                     try:
-                        state = await self._rebuild(mesh)
+                        state, reached = await self._change(mesh, dirty[mesh])
                     except Exception:
                         log.exception("generating config for mesh %s failed; proxies keep their last config", mesh)
                         continue
-                    targets = [n for n, (m, _) in self.connected.items() if m == mesh]
+                    targets = [n for n, (m, name) in self.connected.items()
+                               if m == mesh and (reached is None or name in reached)]
+                    self.last_reach = len(targets)
                     if state is None:
                         for n in targets:
                             self.cache.clear(n)
-                    else:
+                    elif targets:
                         await self._publish(state, targets)
         finally:
             pump.cancel()
@@ -222,18 +303,21 @@ class XdsSync:
             return
         if ev.kind not in CONFIG_KINDS:
             return
-        self.mark(ev.name if ev.kind == "Mesh" else ev.mesh)
+        if ev.kind == "Mesh":
+            self.mark(ev.name)
+        else:
+            self.mark(ev.mesh, ev.kind, ev.name)
 
     async def _check_bundles(self) -> None:
         """Rebuild a mesh whose trust bundle changed membership (a root added by a leaf or retired by expiry)."""
-        checks, self._bundle_check = self._bundle_check - self._dirty, set()
+        checks, self._bundle_check = self._bundle_check - {m for m, c in self._dirty.items() if c is None}, set()
         for mesh in checks:
             state = self.states.get(mesh)
             if state is None or self.bundle is None or not mtls_enabled(state.ctx.mesh):
                 continue
             _, names = await self.bundle(state.ctx.mesh)
             if names != state.bundle_backends:
-                self._dirty.add(mesh)
+                self._dirty[mesh] = None
 
     def issuable(self, mesh: str, backend: str) -> bool:
         """True once every connected proxy of the mesh has ACKed a trust bundle that contains `backend`'s root:
@@ -252,7 +336,24 @@ class XdsSync:
                 return False
         return True
 
+    # ---- rebuilding ----------------------------------------------------------------------------------------
+
+    async def _change(self, mesh: str, changes: Changes) -> tuple[MeshState | None, reach.Reach]:
+        """Apply one debounce window's changes to a mesh: (new state, the proxies it can reach)."""
+        if changes is None or mesh not in self.states or mesh not in self._inputs:
+            return await self._rebuild(mesh), None
+        return await self._apply(mesh, changes)
+
+    def _dataplane_entry(self, mesh: str, name: str, doc: dict[str, Any],
+                         known: DataplaneEntry | None) -> DataplaneEntry:
+        """The parsed Dataplane for this stored doc, re-parsed only when it (or its draining mark) changed."""
+        leaving = (mesh, name) in self.leaving
+        if known is not None and known[1] == leaving and known[0] == doc:
+            return known
+        return doc, leaving, decode_dataplane(_draining(doc) if leaving else doc)
+
     async def _rebuild(self, mesh: str) -> MeshState | None:
+        """Re-read the whole mesh (first use, a Mesh change, a trust bundle change, missed events)."""
         t0 = time.monotonic()
         seq = next(self._started)
         mesh_rec = await self.store.get("Mesh", "", mesh)
@@ -260,38 +361,116 @@ class XdsSync:
             if seq > self._installed.get(mesh, 0):
                 self._installed[mesh] = seq
                 self.states.pop(mesh, None)
+                self._inputs.pop(mesh, None)
             return self.states.get(mesh)
-        dps = [_draining(r.doc) if (mesh, r.name) in self.leaving else r.doc
-               for r in await self.store.list("Dataplane", mesh=mesh)]
-        policies = {kind: [r.doc for r in await self.store.list(kind, mesh=mesh)] for kind in POLICY_KINDS}
+        old = self._inputs.get(mesh)
+        dataplanes = {r.name: self._dataplane_entry(mesh, r.name, r.doc,
+                                                    old.dataplanes.get(r.name) if old else None)
+                      for r in await self.store.list("Dataplane", mesh=mesh)}
+        policies: dict[str, dict[str, tuple[dict[str, Any], Policy]]] = {}
+        for kind in POLICY_KINDS:
+            known = old.policies.get(kind, {}) if old else {}
+            by: dict[str, tuple[dict[str, Any], Policy]] = {}
+            for r in await self.store.list(kind, mesh=mesh):
+                hit = known.get(r.name)
+                by[r.name] = hit if hit is not None and hit[0] == r.doc else (r.doc, POLICY_KINDS[kind].parse(r.doc))
+            policies[kind] = by
         bundle_pem, bundle_names = "", ()
         parsed_mesh = decode_mesh(mesh_rec.doc)
         if self.bundle is not None and mtls_enabled(parsed_mesh):
             bundle_pem, bundle_names = await self.bundle(parsed_mesh)
+        inputs = MeshInputs(mesh_rec.doc, dataplanes, policies, bundle_pem, bundle_names)
         vips_rec = await self.store.get(vip.KIND, mesh, vip.NAME)
         stored_vips = vip.vips_from_doc(vips_rec.doc if vips_rec else None)
-        state = await asyncio.to_thread(build_mesh_state, mesh_rec.doc, dps, policies, bundle_pem, bundle_names,
-                                        stored_vips, self.vip_cidr)
-        if seq < self._installed.get(mesh, 0):
+        state = await asyncio.to_thread(state_from_inputs, inputs, stored_vips, self.vip_cidr)
+        if not self._install(mesh, seq, state, inputs, t0):
             return self.states.get(mesh)  # a rebuild that read the store later already installed its state
+        await self._store_vips(mesh, state, vips_rec, stored_vips)
+        return state
+
+    async def _apply(self, mesh: str, changes: set[tuple[str, str]]) -> tuple[MeshState | None, reach.Reach]:
+        """Re-read only the changed records; keep what the dataplanes determine when only policies changed."""
+        t0 = time.monotonic()
+        seq = next(self._started)
+        old_state, old = self.states[mesh], self._inputs[mesh]
+        dataplanes = dict(old.dataplanes)
+        policies = {kind: dict(by) for kind, by in old.policies.items()}
+        changed_dps: set[str] = set()
+        reaches: list[reach.Reach] = []
+        old_ctx = old_state.ctx
+        new_policies: list[Policy] = []
+        for kind, name in sorted(changes):
+            rec = await self.store.get(kind, mesh, name)
+            if kind == "Dataplane":
+                before = dataplanes.get(name)
+                if rec is None:
+                    if dataplanes.pop(name, None) is not None:
+                        changed_dps.add(name)
+                    continue
+                entry = self._dataplane_entry(mesh, name, rec.doc, before)
+                if entry is not before:
+                    dataplanes[name] = entry
+                    changed_dps.add(name)
+                continue
+            if kind not in POLICY_KINDS:
+                continue
+            by = policies.setdefault(kind, {})
+            prior = by.get(name)
+            if rec is None:
+                if by.pop(name, None) is not None and prior is not None:
+                    reaches.append(reach.policy_reach(old_ctx, prior[1]))
+                continue
+            if prior is not None and prior[0] == rec.doc:
+                continue
+            parsed = POLICY_KINDS[kind].parse(rec.doc)
+            by[name] = (rec.doc, parsed)
+            new_policies.append(parsed)
+            if prior is not None:
+                reaches.append(reach.policy_reach(old_ctx, prior[1]))
+        if not changed_dps and not reaches and not new_policies:
+            return old_state, frozenset()
+        inputs = MeshInputs(old.mesh_doc, dataplanes, policies, old.bundle_pem, old.bundle_backends)
+        vips_rec, stored_vips = None, dict(old_ctx.vips)
+        if changed_dps:
+            vips_rec = await self.store.get(vip.KIND, mesh, vip.NAME)
+            stored_vips = vip.vips_from_doc(vips_rec.doc if vips_rec else None)
+            state = await asyncio.to_thread(state_from_inputs, inputs, stored_vips, self.vip_cidr)
+            reaches.append(reach.dataplane_reach(old_ctx, state.ctx, changed_dps))
+        else:
+            state = MeshState(old_ctx.with_policies(inputs.parsed_policies()), old_state.by_name,
+                              old_state.bundle_backends)
+        reaches.extend(reach.policy_reach(state.ctx, p) for p in new_policies)
+        if not self._install(mesh, seq, state, inputs, t0):
+            return self.states.get(mesh), None
+        if changed_dps:
+            await self._store_vips(mesh, state, vips_rec, stored_vips)
+        return state, reach.union(reaches)
+
+    def _install(self, mesh: str, seq: int, state: MeshState, inputs: MeshInputs, t0: float) -> bool:
+        if seq < self._installed.get(mesh, 0):
+            return False
         self._installed[mesh] = seq
         self.states[mesh] = state
+        self._inputs[mesh] = inputs
         self.generations += 1
         self.last_duration = time.monotonic() - t0
-        if dict(state.ctx.vips) != stored_vips:  # after installing: no await between the check and the install
-            try:
-                # Compare-and-swap on what this rebuild read: another replica that stored first keeps its
-                # addresses, and this mesh is rebuilt from them (an upsert would hand one VIP to two services).
-                doc = vip.vips_doc(mesh, state.ctx.vips)
-                if vips_rec is None:
-                    await self.store.create(vip.KIND, mesh, vip.NAME, doc)
-                else:
-                    await self.store.update(vip.KIND, mesh, vip.NAME, doc, version=vips_rec.version)
-            except Conflict:
-                self.mark(mesh)
-            except Exception:
-                log.exception("mesh %s: storing virtual IPs failed; they are re-allocated on the next rebuild", mesh)
-        return state
+        return True
+
+    async def _store_vips(self, mesh: str, state: MeshState, vips_rec: Any, stored: Mapping[str, str]) -> None:
+        if dict(state.ctx.vips) == dict(stored):
+            return
+        try:
+            # Compare-and-swap on what this rebuild read: another replica that stored first keeps its
+            # addresses, and this mesh is rebuilt from them (an upsert would hand one VIP to two services).
+            doc = vip.vips_doc(mesh, state.ctx.vips)
+            if vips_rec is None:
+                await self.store.create(vip.KIND, mesh, vip.NAME, doc)
+            else:
+                await self.store.update(vip.KIND, mesh, vip.NAME, doc, version=vips_rec.version)
+        except Conflict:
+            self.mark(mesh)
+        except Exception:
+            log.exception("mesh %s: storing virtual IPs failed; they are re-allocated on the next rebuild", mesh)
 
     async def _publish(self, state: MeshState, targets: list[str]) -> None:
         """Generate the targets' snapshots off the loop, then hand them to the cache on the loop."""

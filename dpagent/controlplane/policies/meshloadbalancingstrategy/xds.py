@@ -29,7 +29,7 @@ def _endpoint_zones(ctx: MeshView) -> Mapping[tuple[str, int], str]:
                     out[(ib.address or dp.networking.address, ib.port)] = zone
         return out
 
-    return ctx.memo((KIND, "zones"), build)  # type: ignore[no-any-return]
+    return ctx.dp_memo((KIND, "zones"), build)  # type: ignore[no-any-return]
 
 
 def _edit(rs: ResourceSet, ctx: MeshView, entry: Entry, key: tuple[object, ...],

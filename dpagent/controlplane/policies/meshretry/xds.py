@@ -81,7 +81,7 @@ def _tcp(rs: ResourceSet, ctx: MeshView, rules: RetryRules, kinds: dict[str, str
     capture = rs.get(LISTENER, names.OUTBOUND_PASSTHROUGH)
     if capture is None:
         return
-    ports = ctx.memo(("meshroute", "ports"), lambda: service_ports(ctx.dataplanes))
+    ports = ctx.dp_memo(("meshroute", "ports"), lambda: service_ports(ctx.dataplanes))
     by_chain: dict[str, int] = {}
     for service, protocol in kinds.items():
         if protocol != "tcp":

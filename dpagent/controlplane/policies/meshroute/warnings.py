@@ -32,7 +32,7 @@ def _known(ctx: MeshView) -> Mapping[str, list[Mapping[str, str]]]:
                         out[ib.service].append(ib.tags)
         return out
 
-    return ctx.memo(("meshroute", "service-tags"), build)  # type: ignore[no-any-return]
+    return ctx.dp_memo(("meshroute", "service-tags"), build)  # type: ignore[no-any-return]
 
 
 def backend_problem(ctx: MeshView, ref: BackendRef) -> str:

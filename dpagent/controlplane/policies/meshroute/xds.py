@@ -18,7 +18,7 @@ from dpagent.model.mesh import mtls_enabled
 
 
 def protocols(ctx: MeshView) -> dict[str, str]:
-    return ctx.memo(("meshroute", "protocols"), lambda: service_protocols(ctx.dataplanes))  # type: ignore[no-any-return]
+    return ctx.dp_memo(("meshroute", "protocols"), lambda: service_protocols(ctx.dataplanes))  # type: ignore[no-any-return]
 
 
 def _by_service(ctx: MeshView) -> dict[str, list[Dataplane]]:
@@ -31,7 +31,7 @@ def _by_service(ctx: MeshView) -> dict[str, list[Dataplane]]:
                 out.setdefault(service, []).append(dp)
         return out
 
-    return ctx.memo(("meshroute", "dataplanes-by-service"), build)  # type: ignore[no-any-return]
+    return ctx.dp_memo(("meshroute", "dataplanes-by-service"), build)  # type: ignore[no-any-return]
 
 
 def _backend(ctx: MeshView, ref: BackendRef, name: str) -> tuple[Resource, Resource]:
@@ -41,7 +41,7 @@ def _backend(ctx: MeshView, ref: BackendRef, name: str) -> tuple[Resource, Resou
                                                   mtls=mtls_enabled(ctx.mesh), protocols=protocols(ctx))
         return Resource(name, clusters[name], CLUSTER), Resource(name, assignments[name], ENDPOINT)
 
-    return ctx.memo(("meshroute", "backend", name), build)  # type: ignore[no-any-return]
+    return ctx.dp_memo(("meshroute", "backend", name), build)  # type: ignore[no-any-return]
 
 
 Backend = tuple[str, BackendRef]  # (cluster name, the ref it came from)

@@ -35,7 +35,7 @@ def configure(rs: ResourceSet, ctx: MeshView, rules: TcpRouteRules) -> None:
             used.extend(refs)
     capture = rs.get(LISTENER, names.OUTBOUND_PASSTHROUGH)
     if capture is not None:
-        ports = ctx.memo(("meshroute", "ports"), lambda: service_ports(ctx.dataplanes))
+        ports = ctx.dp_memo(("meshroute", "ports"), lambda: service_ports(ctx.dataplanes))
         chains = {names.outbound_chain(s, p): s for s in shaped for p in {VIP_PORT, *ports.get(s, ())}}
         listener = capture.message
         for index, chain in enumerate(listener.filter_chains):  # type: ignore[attr-defined]
