@@ -29,7 +29,7 @@ from dpagent.controlplane.identity import INSIGHT, Issuer
 from dpagent.controlplane.inspect import Inspector
 from dpagent.controlplane.resources import Resources
 from dpagent.controlplane.settings import CpConfig
-from dpagent.controlplane.store import ResourceStore
+from dpagent.controlplane.store import ResourceStore, SubscriptionOverflow
 from dpagent.controlplane.store.backends import open_store, store_location
 from dpagent.controlplane.supervisor import Supervisor
 from dpagent.controlplane.tokens import TokenError
@@ -153,16 +153,47 @@ class XdsAuth:
         # Parsed Dataplanes by (mesh, name) and record version: every live stream is re-checked every few seconds,
         # and re-parsing unchanged documents was half of an idle CP's CPU at 1,000 proxies.
         self._parsed: dict[tuple[str, str], tuple[int, Any]] = {}
+        # While `run` follows the store's events, a cached Dataplane is known current until an event names it, so a
+        # re-check reads nothing; a store read per stream per interval was an idle CP's CPU at thousands of streams.
+        self._following = False
+        self._epoch = 0  # Dataplane events seen: a read that raced one is not kept
 
-    async def _dataplane(self, mesh: str, name: str) -> Any:
+    async def run(self) -> None:
+        """Follow Dataplane changes (supervised); on an overflow or an exit nothing cached is trusted."""
+        sub = await self.store.subscribe()
+        self._parsed.clear()
+        self._following = True
+        try:
+            while True:
+                try:
+                    async for ev in sub:
+                        if ev.kind == "Dataplane":
+                            self._parsed.pop((ev.mesh, ev.name), None)
+                            self._epoch += 1
+                except SubscriptionOverflow:
+                    sub.resync()
+                    self._parsed.clear()
+                    self._epoch += 1
+        finally:
+            self._following = False
+            self._parsed.clear()
+
+    async def _dataplane(self, mesh: str, name: str, *, cached: bool = False) -> Any:
+        key = (mesh, name)
+        if cached and self._following and key in self._parsed:
+            return self._parsed[key][1]
+        seen = self._epoch
         rec = await self.store.get("Dataplane", mesh, name)
         if rec is None:
+            self._parsed.pop(key, None)
             return None
-        key = (mesh, name)
         hit = self._parsed.get(key)
         if hit is None or hit[0] != rec.version:
             hit = (rec.version, decode_dataplane(rec.doc))
+        if self._epoch == seen:
             self._parsed[key] = hit
+        else:
+            self._parsed.pop(key, None)  # changed while we read: the next check reads again
         return hit[1]
 
     async def authenticate(self, metadata: dict[str, str], node: Any) -> dict[str, Any]:
@@ -188,7 +219,7 @@ class XdsAuth:
                                      "or pass it to the agent with --dataplane-file")
 
     async def revalidate(self, info: dict[str, Any]) -> None:
-        dp = await self._dataplane(info["mesh"], info["name"])
+        dp = await self._dataplane(info["mesh"], info["name"], cached=True)
         if dp is None:
             raise StreamError(_unauth(), f"Dataplane {info['name']!r} of mesh {info['mesh']!r} was deleted; apply it "
                                          "again or restart the agent with --dataplane-file")
@@ -268,6 +299,7 @@ class ControlPlane:
                       max_token_validity=cfg.max_token_validity)
             await self._site(stack, api.app(), cfg.api_address, cfg.api_port, None, "--api-port", api_guard)
             self.supervisor.start("xds-sync", sync.run, on_restart=sync.resync)
+            self.supervisor.start("xds-auth-follow", xauth.run)
             stack.push_async_callback(self.supervisor.stop)
             kv(log, logging.INFO, "control plane ready", dp_server=f"https://{cfg.bind_address}:{cfg.dp_server_port}",
                xds=f"{cfg.bind_address}:{cfg.xds_port}", api=f"http://{cfg.api_address}:{cfg.api_port}",

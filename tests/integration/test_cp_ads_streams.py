@@ -234,3 +234,26 @@ def test_an_id_offers_only_a_few_readings():
     assert len(nodeid.candidates("a." * 400 + "b")) == nodeid.MAX_READINGS
     assert nodeid.candidates("x" * (nodeid.MAX_LENGTH + 1) + ".y") == []
     assert nodeid.candidates("x%2Ey.z")[0] == ("x.y", "z")
+
+
+async def test_live_streams_end_when_their_dataplane_is_deleted_or_their_token_revoked(cp: Cp):
+    """Re-checks read cached Dataplanes that the store's events keep current (one sweep for every stream, no
+    store read per stream): a deletion or a revocation must still end the stream within a re-check or two."""
+    await cp.put(dataplane("gone-1"))
+    await cp.put(dataplane("revoked-1"))
+    gone = Proxy(cp.channel(), "default.gone-1", await cp.token("gone-1"))
+    token = await cp.token("revoked-1")
+    revoked = Proxy(cp.channel(), "default.revoked-1", token)
+    await gone.synced()
+    await revoked.synced()
+    await asyncio.sleep(0.5)  # a few re-checks pass while nothing changes: both stay
+    assert gone.alive() and revoked.alive()
+    async with httpx.AsyncClient(base_url=cp.api, timeout=10) as api:
+        assert (await api.delete("/meshes/default/dataplanes/gone-1")).status_code == 200
+        r = await api.post("/tokens/dataplane/revocations", json={"mesh": "default", "token": token})
+        assert r.status_code == 200, r.text
+    for proxy, why in ((gone, "was deleted"), (revoked, "revoked")):
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await asyncio.wait_for(proxy.task, 3)
+        assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED and why in (exc.value.details() or ""), \
+            exc.value.details()

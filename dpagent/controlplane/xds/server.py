@@ -193,6 +193,7 @@ class AdsServer:
         self.authenticate = authenticate
         self.revalidate = revalidate
         self.revalidate_interval = revalidate_interval
+        self._rechecker = _Rechecker(revalidate, revalidate_interval) if revalidate is not None else None
         self.nack_backoff = nack_backoff
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
@@ -263,6 +264,7 @@ class AdsServer:
         failure: StreamError | None = None
         connected = False
         tasks: list[asyncio.Task[None]] = []
+        recheck: asyncio.Future[None] | None = None
         try:
             if self.on_connect is not None:
                 connected = True  # before the await: a cancelled hook still gets its disconnect
@@ -277,8 +279,9 @@ class AdsServer:
             stream.on_request(first)
             tasks.append(asyncio.create_task(self._read(stream, requests)))
             tasks.append(asyncio.create_task(self._push(stream, context)))
-            if self.revalidate is not None:
-                tasks.append(asyncio.create_task(self._revalidate(auth)))
+            if self._rechecker is not None:
+                recheck = self._rechecker.add(auth)
+                tasks.append(recheck)  # type: ignore[arg-type] - a plain future: set when a re-check fails
             done: set[asyncio.Task[None]] = set()
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -299,6 +302,8 @@ class AdsServer:
         except StreamError as exc:
             failure = exc
         finally:
+            if recheck is not None and self._rechecker is not None:
+                self._rechecker.discard(recheck)
             stream.close()
             self.cache.cancel_watch(watch)
             self.cache.stream_closed(node_id)
@@ -322,14 +327,41 @@ class AdsServer:
         while True:
             await stream.send_pending(context, await stream.watch.wait())
 
-    async def _revalidate(self, auth: AuthInfo) -> None:
-        assert self.revalidate is not None
-        while True:
-            await asyncio.sleep(self.revalidate_interval)
-            try:
-                await self.revalidate(auth)
-            except Exception as exc:
-                raise StreamError(grpc.StatusCode.UNAUTHENTICATED, str(exc) or type(exc).__name__) from exc
+
+
+class _Rechecker:
+    """One timer for every live stream's periodic auth re-check. A sleeping task per stream was most of an idle
+    CP's CPU at thousands of streams (each wake-up a timer, a task switch and a store read); one sweep over all
+    streams per interval costs a loop iteration per stream and the hook's cached checks."""
+
+    def __init__(self, check: Revalidate, interval: float) -> None:
+        self.check = check
+        self.interval = interval
+        self._live: dict[asyncio.Future[None], AuthInfo] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, auth: AuthInfo) -> asyncio.Future[None]:
+        """A future that fails with a StreamError when this stream's re-check fails."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._live[fut] = auth
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="xds-auth-recheck")
+        return fut
+
+    def discard(self, fut: asyncio.Future[None]) -> None:
+        self._live.pop(fut, None)
+
+    async def _run(self) -> None:
+        while self._live:
+            await asyncio.sleep(self.interval)
+            for fut, auth in list(self._live.items()):
+                if fut.done() or fut not in self._live:
+                    continue
+                try:
+                    await self.check(auth)
+                except Exception as exc:
+                    if not fut.done():
+                        fut.set_exception(StreamError(grpc.StatusCode.UNAUTHENTICATED, str(exc) or type(exc).__name__))
 
 
 async def serve(
