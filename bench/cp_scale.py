@@ -441,8 +441,9 @@ def verdicts(results: list[Result]) -> list[str]:
 async def main_async(args: argparse.Namespace) -> int:
     results = []
     for n in args.sizes:
-        print(f"running N={n} ...", file=sys.stderr, flush=True)
-        results.append(await run_size(args, n))
+        if not args.mix_only:
+            print(f"running N={n} ...", file=sys.stderr, flush=True)
+            results.append(await run_size(args, n))
         if args.policy_mix:
             print(f"running N={n} with a MeshHTTPRoute per service ...", file=sys.stderr, flush=True)
             results.append(await run_size(args, n, routes=True))
@@ -499,6 +500,8 @@ def main() -> None:
     p.add_argument("--resilience-mix", action="store_true",
                    help="also run each size with every resilience kind present (mesh-wide defaults + 10 %% "
                         "per-service overrides), time a MeshTimeout change, print generation µs per proxy")
+    p.add_argument("--mix-only", action="store_true",
+                   help="with --policy-mix/--resilience-mix: skip the policy-free run of each size")
     p.add_argument("--timeout", type=float, default=90.0, help="give up on a phase after this many seconds")
     p.add_argument("--cp-log-level", default="info", choices=["error", "warning", "info", "debug"])
     p.add_argument("--keep", action="store_true", help="keep the data dirs (store, cp.log)")

@@ -112,6 +112,11 @@ def tags_match(ref_tags: Mapping[str, str], tags: Mapping[str, str]) -> bool:
     return all(tags.get(k) == val for k, val in ref_tags.items())
 
 
+def selects_sidecars(ref: TargetRef) -> bool:
+    """A kind Mesh ref selects every sidecar, or (limited to Gateway proxies) none of them."""
+    return ref.kind == MESH and _is_sidecar(ref)
+
+
 def _is_sidecar(ref: TargetRef) -> bool:
     """Every dpagent proxy is a sidecar; a ref limited to Gateway proxies selects none of them."""
     return not ref.proxy_types or "Sidecar" in ref.proxy_types

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dpagent.controlplane.policies.base import MeshView, PolicyPlugin, Rules
-from dpagent.controlplane.policies.matching import Item, Matched
+from dpagent.controlplane.policies.matching import Item, Matched, ToIndex
 from dpagent.controlplane.policies.merge import merge_confs
 from dpagent.controlplane.policies.meshloadbalancingstrategy.api import KIND, SHAPE, Conf, to_conf, validate_conf
-from dpagent.controlplane.policies.targetref import MESH, MESH_SERVICE
 from dpagent.model.dataplane import Dataplane
 from dpagent.model.validation import Violations
 
@@ -37,23 +36,26 @@ class Effective:
 class LbRules(Rules):
     items: tuple[Item, ...] = ()
     zone: str = ""  # the client's kuma.io/zone tag ("" when it has none)
+    index: ToIndex | None = None  # `items` by destination, shared by proxies with the same policies
 
-    def _mine(self, service: str) -> list[Item]:
+    def __post_init__(self) -> None:
+        if self.index is None and self.items:
+            object.__setattr__(self, "index", ToIndex(self.items))
+
+    def _mine(self, service: str) -> tuple[Item, ...]:
         """The items that reach `service`, lowest priority first: Mesh, or MeshService by name."""
-        return [i for i in self.items if i.target_ref is not None and (
-            i.target_ref.kind == MESH or (i.target_ref.kind == MESH_SERVICE and i.target_ref.name == service))]
+        return self.index.for_service(service) if self.index is not None else ()
 
     def for_service(self, ctx: MeshView, service: str) -> Effective | None:
-        mine = self._mine(service)
-        if not mine:
+        index = self.index
+        if index is None or not index.for_service(service):
             return None
-        ids = tuple((i.policy, i.index) for i in mine)
 
         def build() -> Effective:
-            raw = merge_confs(i.conf for i in mine)
+            raw = index.conf(service)
             return Effective(to_conf(raw), raw, json.dumps(raw, sort_keys=True))
 
-        return ctx.memo((KIND, "effective", ids), build)  # type: ignore[no-any-return]
+        return index.derived(KIND, service, build)  # type: ignore[no-any-return]
 
     def outbound_conf(self, service: str) -> Any:
         mine = self._mine(service)
@@ -93,9 +95,10 @@ class MeshLoadBalancingStrategyPlugin(PolicyPlugin):
     def rules(self, ctx: MeshView, dp: Dataplane, matched: Matched) -> LbRules:
         if not matched.to:
             return LbRules()
-        key = (KIND, "warnings", tuple((i.policy, i.index) for i in matched.to))
+        key = (KIND, "warnings", matched.to_index.key)
         warnings = ctx.memo(key, lambda: _warnings(matched.to))
-        return LbRules(warnings=tuple(dict.fromkeys(warnings)), items=matched.to, zone=_zone(dp))
+        return LbRules(warnings=tuple(dict.fromkeys(warnings)), items=matched.to, zone=_zone(dp),
+                       index=matched.to_index)
 
     def apply(self, rs: ResourceSet, ctx: MeshView, dp: Dataplane, rules: Rules) -> None:
         # Imported here: the CLI reads this plugin for kind names and must not load Envoy's protos to do so.

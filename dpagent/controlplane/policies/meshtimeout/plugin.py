@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from dpagent.controlplane.policies.base import MeshView, PolicyPlugin, Rules
 from dpagent.controlplane.policies.envelope import Policy, parse_policy, validate_policy
-from dpagent.controlplane.policies.matching import Item, Matched
+from dpagent.controlplane.policies.matching import Item, Matched, ToIndex
 from dpagent.controlplane.policies.merge import merge_confs
 from dpagent.controlplane.policies.meshtimeout.api import (
     KIND,
@@ -24,7 +24,6 @@ from dpagent.controlplane.policies.meshtimeout.api import (
     validate_spec,
     view,
 )
-from dpagent.controlplane.policies.targetref import MESH, MESH_SERVICE
 from dpagent.model.dataplane import Dataplane
 from dpagent.model.validation import Violations
 
@@ -32,11 +31,6 @@ if TYPE_CHECKING:
     from dpagent.controlplane.xds.resources import ResourceSet
 
 ORDER = 1000
-
-
-def _applies(item: Item, service: str) -> bool:
-    ref = item.target_ref
-    return ref is not None and (ref.kind == MESH or (ref.kind == MESH_SERVICE and ref.name == service))
 
 
 @dataclass(frozen=True)
@@ -47,10 +41,18 @@ class TimeoutRules(Rules):
 
     to: tuple[Item, ...] = ()
     inbounds: Mapping[str, Timeouts] = field(default_factory=dict)
+    index: ToIndex | None = None  # `to` indexed by destination, shared by proxies with the same policies
+
+    def __post_init__(self) -> None:
+        if self.index is None and self.to:
+            object.__setattr__(self, "index", ToIndex(self.to))
 
     def outbound(self, service: str) -> Timeouts | None:
-        items = [i for i in self.to if _applies(i, service)]
-        return effective(to_timeouts(merge_confs(i.conf for i in items))) if items else None
+        to = self.index
+        if to is None:
+            return None
+        return to.derived(KIND, service, lambda: effective(to_timeouts(to.conf(service)))
+                          if to.for_service(service) else None)
 
     def outbound_conf(self, service: str) -> Any:
         t = self.outbound(service)
@@ -91,7 +93,7 @@ class MeshTimeoutPlugin(PolicyPlugin):
             items = sorted((*ib.from_, *ib.rules), key=lambda i: (i.rank, i.index))
             if items:
                 inbounds[key] = effective(to_timeouts(merge_confs(i.conf for i in items)))
-        return TimeoutRules(to=matched.to, inbounds=inbounds)
+        return TimeoutRules(to=matched.to, inbounds=inbounds, index=matched.to_index if matched.to else None)
 
     def apply(self, rs: ResourceSet, ctx: MeshView, dp: Dataplane, rules: Rules) -> None:
         # Imported here: the CLI reads this plugin for kind names and must not load Envoy's protos to do so.
