@@ -42,39 +42,18 @@ networking:
 """
 
 
-def mesh_dataplane(name: str, service: str, port: int, service_port: int, protocol: str = "http",
-                   outbound: str = "") -> str:
-    """A Dataplane of the e2e meshes: one inbound on 127.0.0.1, labelled `app: <service>`, plus optional
-    `outbound:` YAML (indented two spaces)."""
-    return f"""\
-type: Dataplane
-mesh: default
-name: {name}
-labels:
-  app: {service}
-networking:
-  address: 127.0.0.1
-  inbound:
-  - port: {port}
-    servicePort: {service_port}
-    tags:
-      kuma.io/service: {service}
-      kuma.io/protocol: {protocol}
-{outbound}"""
+def mesh_dataplane(*args: Any, **kwargs: Any) -> str:
+    """Kept for e2e modules written before `e2e.meshlib` (imported late: meshlib imports this module)."""
+    from e2e.meshlib import dataplane
+
+    return dataplane(*args, **kwargs)
 
 
 def deny_web(target: str = "backend") -> str:
-    """A MeshTrafficPermission `deny-web` that denies service web calling `target`."""
-    return f"""\
-type: MeshTrafficPermission
-mesh: default
-name: deny-web
-spec:
-  targetRef: {{kind: MeshService, name: {target}}}
-  from:
-  - targetRef: {{kind: MeshService, name: web}}
-    default: {{action: Deny}}
-"""
+    """Kept for e2e modules written before `e2e.meshlib`."""
+    from e2e.meshlib import deny_web
+
+    return deny_web(target)
 
 
 class LocalControlPlane:
@@ -302,7 +281,7 @@ class HttpApp:
 
 
 class EchoApp:
-    """A TCP echo server, for tcp_proxy paths."""
+    """A TCP echo server, for tcp_proxy paths; it never closes a connection itself."""
 
     def __init__(self) -> None:
         self.sock = socket.socket()
@@ -322,8 +301,11 @@ class EchoApp:
     @staticmethod
     def _echo(conn: socket.socket) -> None:
         with conn:
-            while data := conn.recv(4096):
-                conn.sendall(data)
+            try:
+                while data := conn.recv(4096):
+                    conn.sendall(data)
+            except OSError:  # the peer (a proxy) reset the connection: nothing left to echo
+                pass
 
 
 # ---- a control plane process for front-door tests ----------------------------------------------------------------
