@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from dpagent.controlplane.policies.envelope import FROM, RULES, Shape
-from dpagent.controlplane.policies.meshhttproute.api_filters import _percentage
+from dpagent.controlplane.policies.meshhttproute.api_filters import check_percentage
 from dpagent.controlplane.policies.targetref import DATAPLANE, MESH, MESH_SERVICE, MESH_SERVICE_SUBSET, MESH_SUBSET
 from dpagent.durations import parse_duration
 from dpagent.model.validation import Violations, join
@@ -105,7 +105,7 @@ def _required_percentage(v: Violations, m: Mapping[str, Any], path: str) -> None
     if m.get("percentage") is None:
         v.add(join(path, "percentage"), "must be defined")
     else:
-        _percentage(v, m["percentage"], join(path, "percentage"))
+        check_percentage(v, m["percentage"], join(path, "percentage"))
 
 
 def parse_conf(conf: Mapping[str, Any]) -> Conf:

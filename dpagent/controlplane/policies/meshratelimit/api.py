@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from dpagent.controlplane.policies.envelope import FROM, RULES, Shape
-from dpagent.controlplane.policies.meshhttproute.api_filters import header_name
+from dpagent.controlplane.policies.meshroute.headers import header_name
 from dpagent.controlplane.policies.targetref import DATAPLANE, MESH, MESH_SERVICE, MESH_SERVICE_SUBSET, MESH_SUBSET
 from dpagent.durations import parse_duration
 from dpagent.model.validation import Violations, join

@@ -9,8 +9,7 @@ from typing import Any
 import msgspec
 
 from dpagent.controlplane.policies.envelope import TO, Shape
-from dpagent.controlplane.policies.meshhttproute.api import HeaderMatch
-from dpagent.controlplane.policies.meshhttproute.api import _header_match as header_match
+from dpagent.controlplane.policies.meshroute.headers import HeaderMatch, validate_header_match
 from dpagent.controlplane.policies.targetref import (
     DATAPLANE,
     MESH,
@@ -158,7 +157,7 @@ def _protocol(v: Violations, block: Mapping[str, Any], path: str, name: str, ext
         return
     for key in ("retriableResponseHeaders", "retriableRequestHeaders"):
         for i, raw in enumerate(v.sequence(block.get(key), join(path, key))):
-            header_match(v, raw, f"{join(path, key)}[{i}]")
+            validate_header_match(v, raw, f"{join(path, key)}[{i}]")
     _host_selection(v, block.get("hostSelection"), join(path, "hostSelection"))
     _uint(v, block.get("hostSelectionMaxAttempts"), join(path, "hostSelectionMaxAttempts"), limit=2**63 - 1)
 
