@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from policylib import policy_doc
 from unit.controlplane.xds._xds_testlib import assert_golden, envoy_accepts, resources_to_plain
 
 from dpagent.controlplane.inspect import kind_policies
@@ -72,11 +73,7 @@ def test_kuma_docs_accepted(doc: str) -> None:
 
 
 def mrl(local: Any, name: str = "p", section: str = "from", target: Any = None) -> dict[str, Any]:
-    item: dict[str, Any] = {"default": {"local": local}}
-    if section == "from":
-        item["targetRef"] = {"kind": "Mesh"}
-    return {"type": "MeshRateLimit", "mesh": "default", "name": name,
-            "spec": {"targetRef": target or {"kind": "Mesh"}, section: [item]}}
+    return policy_doc("MeshRateLimit", {"local": local}, section, top=target or {"kind": "Mesh"}, name=name)
 
 
 P = "spec.from[0].default.local"
