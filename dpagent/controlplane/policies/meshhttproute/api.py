@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from dpagent.controlplane.policies.envelope import TO, Policy, Shape, check_envelope, parse_policy
+from dpagent.controlplane.policies.envelope import TO, Policy, Shape, parse_policy
 from dpagent.controlplane.policies.meshhttproute.api_filters import validate_filter
 from dpagent.controlplane.policies.meshroute.headers import (
     EXACT,
@@ -20,11 +20,11 @@ from dpagent.controlplane.policies.meshroute.headers import (
 from dpagent.controlplane.policies.meshroute.refs import (
     BACKEND_KINDS,
     GATEWAY_TO_KINDS,
-    MESH_GATEWAY,
     TO_KINDS,
     TOP_KINDS,
     BackendRef,
     validate_ref,
+    validate_route_spec,
 )
 from dpagent.model.validation import HOST_RE, Violations, join
 
@@ -135,13 +135,8 @@ def to_rules(conf: Mapping[str, Any]) -> tuple[Rule, ...]:
 def validate_meshhttproute(doc: Any) -> list[tuple[str, str]]:
     """Every violation in a decoded MeshHTTPRoute document, with Kuma-style paths."""
     v = Violations()
-    spec = check_envelope(v, doc, KIND)
-    if spec is None:
-        return v.items
-    v.unknown(spec, ("targetRef", "to"), "spec")
-    top = validate_ref(v, spec.get("targetRef"), "spec.targetRef", TOP_KINDS, required=False, listener_tags=True)
-    gateway = top == MESH_GATEWAY
-    for i, raw in enumerate(v.sequence(spec.get("to"), "spec.to")):
+    items, gateway = validate_route_spec(v, doc, KIND)
+    for i, raw in enumerate(items):
         _to(v, raw, f"spec.to[{i}]", gateway)
     return v.items
 
