@@ -126,12 +126,9 @@ _TPROXY = ("redirectPortInbound", "redirectPortOutbound", "reachableServices", "
 def validate_dataplane(doc: Any) -> list[tuple[str, str]]:
     """Every violation in a decoded Dataplane document, with Kuma-style paths."""
     v = Violations()
-    top = v.mapping(doc, "")
+    top = v.document(doc, "Dataplane", _TOP)
     if top is None:
         return v.items
-    v.unknown(top, _TOP, "")
-    if top.get("type", "Dataplane") != "Dataplane":
-        v.add("type", f"must be Dataplane, not {top.get('type')!r}")
     mesh = v.mesh_ref(top.get("mesh"))
     v.name(top.get("name"), "name")
     v.labels(top.get("labels"), mesh or "")

@@ -80,12 +80,9 @@ _ROUTING = ("localityAwareLoadBalancing", "zoneEgress", "defaultForbidMeshExtern
 def validate_mesh(doc: Any) -> list[tuple[str, str]]:
     """Every violation in a decoded Mesh document, with Kuma-style paths."""
     v = Violations()
-    top = v.mapping(doc, "")
+    top = v.document(doc, "Mesh", _TOP)
     if top is None:
         return v.items
-    v.unknown(top, _TOP, "")
-    if top.get("type", "Mesh") != "Mesh":
-        v.add("type", f"must be Mesh, not {top.get('type')!r}")
     v.name(top.get("name"), "name")
     v.labels(top.get("labels"), None)
     for key in _IGNORED_OBJECTS:

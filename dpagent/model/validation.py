@@ -51,6 +51,17 @@ class Violations:
             return None
         return doc
 
+    def document(self, doc: Any, kind: str, fields: tuple[str, ...]) -> Mapping[str, Any] | None:
+        """A whole resource document of type `kind`: an object with only `fields` at its top and `type` (when set)
+        naming `kind`. Returns the object for the caller to check its own fields."""
+        top = self.mapping(doc, "")
+        if top is None:
+            return None
+        self.unknown(top, fields, "")
+        if top.get("type", kind) != kind:
+            self.add("type", f"must be {kind}, not {top.get('type')!r}")
+        return top
+
     def sequence(self, doc: Any, path: str) -> list[Any]:
         if doc is None:
             return []
