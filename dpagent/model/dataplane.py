@@ -150,12 +150,7 @@ def validate_dataplane(doc: Any) -> list[tuple[str, str]]:
     if inbounds and gateway is not None:
         v.add("networking", "inbound cannot be defined both with gateway")
     seen: dict[tuple[str, int], int] = {}
-    for i, ib in enumerate(inbounds):
-        p = f"networking.inbound[{i}]"
-        m = v.mapping(ib, p)
-        if m is None:
-            continue
-        v.unknown(m, _INBOUND, p)
+    for i, p, m in v.objects(inbounds, "networking.inbound", _INBOUND):
         port = v.port(m.get("port"), join(p, "port"))
         v.port(m.get("servicePort"), join(p, "servicePort"), required=False)
         v.ip(m.get("serviceAddress"), join(p, "serviceAddress"), required=False)
@@ -183,12 +178,7 @@ def validate_dataplane(doc: Any) -> list[tuple[str, str]]:
         if gateway.get("type", "DELEGATED") != "DELEGATED":
             v.add("networking.gateway.type", "only DELEGATED gateways are supported")
     outbounds = v.sequence(net.get("outbound"), "networking.outbound")
-    for i, ob in enumerate(outbounds):
-        p = f"networking.outbound[{i}]"
-        m = v.mapping(ob, p)
-        if m is None:
-            continue
-        v.unknown(m, _OUTBOUND, p)
+    for _, p, m in v.objects(outbounds, "networking.outbound", _OUTBOUND):
         v.port(m.get("port"), join(p, "port"))
         v.ip(m.get("address"), join(p, "address"), required=False)
         if m.get("backendRef") is None:

@@ -113,12 +113,7 @@ def _backends(v: Violations, raw: Any, path: str, fields: tuple[str, ...], read_
     """Each backend of the list at `path` (with its path), after the checks every Mesh backend list shares: known
     fields and a name unique in the list. `names` collects name → first index, for the section's default/enabled
     backend to be checked against."""
-    for i, raw_backend in enumerate(v.sequence(raw, path)):
-        p = f"{path}[{i}]"
-        b = v.mapping(raw_backend, p)
-        if b is None:
-            continue
-        v.unknown(b, fields, p)
+    for i, p, b in v.objects(v.sequence(raw, path), path, fields):
         name = read_name(b.get("name"), join(p, "name"))
         if name is not None:
             if name in names:

@@ -66,12 +66,7 @@ def kbps(limit: str) -> int:
 
 def validate_conf(v: Violations, conf: Mapping[str, Any], path: str, section: str) -> None:
     v.unknown(conf, ("http",), path)
-    for i, raw in enumerate(v.sequence(conf.get("http", []), join(path, "http"))):
-        p = f"{join(path, 'http')}[{i}]"
-        fault = v.mapping(raw, p)
-        if fault is None:
-            continue
-        v.unknown(fault, _FAULTS, p)
+    for _, p, fault in v.objects(v.sequence(conf.get("http", []), join(path, "http")), join(path, "http"), _FAULTS):
         if not any(fault.get(k) is not None for k in _FAULTS):
             v.add(p, "must define at least one of: " + ", ".join(_FAULTS))
         abort = v.mapping(fault.get("abort"), join(p, "abort"), required=False)

@@ -170,12 +170,7 @@ def _rate_limited(v: Violations, raw: Any, path: str) -> None:
     headers = v.sequence(block.get("resetHeaders"), join(path, "resetHeaders"))
     if not headers and isinstance(block.get("resetHeaders", []), list):
         v.add(join(path, "resetHeaders"), "must define at least one header")
-    for i, h in enumerate(headers):
-        p = f"{join(path, 'resetHeaders')}[{i}]"
-        m = v.mapping(h, p)
-        if m is None:
-            continue
-        v.unknown(m, ("name", "format"), p)
+    for _, p, m in v.objects(headers, join(path, "resetHeaders"), ("name", "format")):
         v.string(m.get("name"), join(p, "name"))
         if m.get("format") not in RESET_FORMATS:
             v.add(join(p, "format"), f"must be one of: {', '.join(RESET_FORMATS)}")
@@ -184,12 +179,7 @@ def _rate_limited(v: Violations, raw: Any, path: str) -> None:
 
 def _host_selection(v: Violations, raw: Any, path: str) -> None:
     priorities = 0
-    for i, item in enumerate(v.sequence(raw, path)):
-        p = f"{path}[{i}]"
-        m = v.mapping(item, p)
-        if m is None:
-            continue
-        v.unknown(m, ("predicate", "tags", "updateFrequency"), p)
+    for _, p, m in v.objects(v.sequence(raw, path), path, ("predicate", "tags", "updateFrequency")):
         predicate = m.get("predicate")
         if predicate not in PREDICATES:
             v.add(join(p, "predicate"), f"must be one of: {', '.join(PREDICATES)}")

@@ -54,12 +54,7 @@ def validate_meshtcproute(doc: Any) -> list[tuple[str, str]]:
     v = Violations()
     items, gateway = validate_route_spec(v, doc, KIND)
     to_kinds = GATEWAY_TO_KINDS if gateway else TO_KINDS
-    for i, raw in enumerate(items):
-        p = f"spec.to[{i}]"
-        item = v.mapping(raw, p)
-        if item is None:
-            continue
-        v.unknown(item, ("targetRef", "rules"), p)
+    for _, p, item in v.objects(items, "spec.to", ("targetRef", "rules")):
         validate_ref(v, item.get("targetRef"), join(p, "targetRef"), to_kinds)
         if item.get("rules") is None:
             v.add(join(p, "rules"), "must be defined")
