@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from dpagent.controlplane.policies.envelope import TO, Policy, Shape, parse_policy
+from dpagent.controlplane.policies.envelope import Policy, parse_policy
 from dpagent.controlplane.policies.meshhttproute.api_filters import validate_filter
 from dpagent.controlplane.policies.meshroute.headers import (
     EXACT,
@@ -20,8 +20,8 @@ from dpagent.controlplane.policies.meshroute.headers import (
 from dpagent.controlplane.policies.meshroute.refs import (
     BACKEND_KINDS,
     GATEWAY_TO_KINDS,
+    ROUTE_SHAPE,
     TO_KINDS,
-    TOP_KINDS,
     BackendRef,
     validate_ref,
     validate_route_spec,
@@ -124,7 +124,7 @@ class ToConf(_S):
     hostnames: tuple[str, ...] = ()
 
 
-SHAPE = Shape(sections=(TO,), top_kinds=TOP_KINDS, to_kinds=TO_KINDS, route_to=True)
+SHAPE = ROUTE_SHAPE
 
 
 def to_rules(conf: Mapping[str, Any]) -> tuple[Rule, ...]:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from dpagent.controlplane.policies.envelope import check_envelope
+from dpagent.controlplane.policies.envelope import TO, Shape, check_envelope
 from dpagent.controlplane.policies.matching import Item
 from dpagent.controlplane.policies.targetref import (
     DATAPLANE,
@@ -35,6 +35,8 @@ R = TypeVar("R")
 TOP_KINDS = (MESH, DATAPLANE, MESH_SUBSET, MESH_GATEWAY, MESH_SERVICE, MESH_SERVICE_SUBSET)
 TO_KINDS = (MESH_SERVICE, MESH_EXTERNAL_SERVICE, MESH_MULTI_ZONE_SERVICE)
 GATEWAY_TO_KINDS = (MESH,)
+# Both route kinds: `to[]` only, each item keeping its whole conf (rules, hostnames) for the route builders.
+ROUTE_SHAPE = Shape(sections=(TO,), top_kinds=TOP_KINDS, to_kinds=TO_KINDS, route_to=True)
 BACKEND_KINDS = (MESH_SERVICE, MESH_SERVICE_SUBSET, MESH_EXTERNAL_SERVICE, MESH_MULTI_ZONE_SERVICE)
 MIRROR_KINDS = (MESH_SERVICE, MESH_SERVICE_SUBSET)
 

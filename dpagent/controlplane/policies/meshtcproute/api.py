@@ -8,12 +8,12 @@ from typing import Any
 
 import msgspec
 
-from dpagent.controlplane.policies.envelope import TO, Policy, Shape, parse_policy
+from dpagent.controlplane.policies.envelope import Policy, parse_policy
 from dpagent.controlplane.policies.meshroute.refs import (
     BACKEND_KINDS,
     GATEWAY_TO_KINDS,
+    ROUTE_SHAPE,
     TO_KINDS,
-    TOP_KINDS,
     BackendRef,
     validate_ref,
     validate_route_spec,
@@ -41,7 +41,7 @@ class ToConf(_S):
     rules: tuple[Rule, ...] = ()
 
 
-SHAPE = Shape(sections=(TO,), top_kinds=TOP_KINDS, to_kinds=TO_KINDS, route_to=True)
+SHAPE = ROUTE_SHAPE
 
 
 def to_rules(conf: Mapping[str, Any]) -> tuple[Rule, ...]:
