@@ -9,7 +9,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from dpagent.model.dataplane import parse_dataplane
+from dpagent.model.mesh import parse_mesh
+
 MESH: dict[str, Any] = {"kind": "Mesh"}
+
+# What the inbound policies' xds tests (MeshFaultInjection, MeshRateLimit, MeshTrafficPermission) configure: a mesh
+# with mTLS and one dataplane `backend-1` with an HTTP inbound (service backend) and a TCP one (service db).
+MTLS_MESH = parse_mesh({"type": "Mesh", "name": "default",
+                        "mtls": {"enabledBackend": "ca", "backends": [{"name": "ca", "type": "builtin"}]}})
+BACKEND_DP = parse_dataplane({"type": "Dataplane", "mesh": "default", "name": "backend-1", "networking": {
+    "address": "10.0.0.2", "inbound": [
+        {"port": 8080, "servicePort": 8081, "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}},
+        {"port": 5432, "servicePort": 5433, "tags": {"kuma.io/service": "db", "kuma.io/protocol": "tcp"}}]}})
+BACKEND_HTTP, BACKEND_TCP = "10.0.0.2:8080", "10.0.0.2:5432"  # the inbounds' keys
 
 
 def policy_doc(kind: str, conf: Any, section: str = "to", ref: dict[str, Any] | None = MESH, *,
