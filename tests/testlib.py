@@ -258,19 +258,28 @@ class BootstrapServer:
         self.httpd.server_close()
 
 
-class HttpApp:
-    """The workload: answers with its name and the request path."""
+# What an HttpApp answers a GET with, from its path and request headers: the body and its content type (or None).
+Answer = Callable[[str, dict[str, str]], tuple[bytes, str | None]]
 
-    def __init__(self, name: str) -> None:
+
+class HttpApp:
+    """The workload: answers every GET with 200 and `answer(path, headers)`, by default its name and the path."""
+
+    def __init__(self, name: str, answer: Answer | None = None, *, nodelay: bool = False) -> None:
+        reply: Answer = answer or (lambda path, _: (f"{name} {path}".encode(), None))
+
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = nodelay
 
             def log_message(self, *args: Any) -> None:
                 pass
 
             def do_GET(self) -> None:
-                body = f"{name} {self.path}".encode()
+                body, content_type = reply(self.path, {k.lower(): v for k, v in self.headers.items()})
                 self.send_response(200)
+                if content_type:
+                    self.send_header("content-type", content_type)
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

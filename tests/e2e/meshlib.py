@@ -12,11 +12,10 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
-from testlib import wait_for
+from testlib import HttpApp, wait_for
 
 from dpagent.controlplane.policies.registry import POLICY_KINDS
 
@@ -74,29 +73,15 @@ def url(port: int, path: str = "/") -> str:
 
 # ---- tiny apps ---------------------------------------------------------------------------------------------------
 
-class VersionApp:
+class VersionApp(HttpApp):
     """Answers every GET with JSON: its version, the path it received and the request headers."""
 
     def __init__(self, version: str) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+        def answer(path: str, headers: dict[str, str]) -> tuple[bytes, str]:
+            return json.dumps({"version": version, "path": path, "headers": headers}).encode(), "application/json"
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                body = json.dumps({"version": version, "path": self.path,
-                                   "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        # headers and body go out in two writes: with Nagle on, a 40 ms delayed-ACK stall each
+        super().__init__(version, answer, nodelay=True)
 
 
 class NameApp:
