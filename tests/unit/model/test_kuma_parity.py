@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from testlib import LocalControlPlane, wait_for
+from testlib import LocalControlPlane, terminate, wait_for
 
 from dpagent.agent.dataplane import load_dataplane
 from dpagent.durations import parse_duration
@@ -263,12 +262,7 @@ def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalControlPlane]:
                  what=f"control plane API (log: {root / 'cp.log'})")
         yield cp
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
         log.close()
 
 
