@@ -289,13 +289,17 @@ class HttpApp:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
-class EchoApp:
-    """A TCP echo server, for tcp_proxy paths; it never closes a connection itself."""
+class TcpApp:
+    """A TCP server on 127.0.0.1 that hands every accepted connection to `handle`, in a thread of its own when
+    `threaded` (a connection that stays open must not hold up the next one)."""
+
+    backlog = 16
+    threaded = True
 
     def __init__(self) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
+        self.sock.listen(self.backlog)
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -305,10 +309,19 @@ class EchoApp:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+            if self.threaded:
+                threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+            else:
+                self.handle(conn)
 
-    @staticmethod
-    def _echo(conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class EchoApp(TcpApp):
+    """A TCP echo server, for tcp_proxy paths; it never closes a connection itself."""
+
+    def handle(self, conn: socket.socket) -> None:
         with conn:
             try:
                 while data := conn.recv(4096):

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
-from testlib import HttpApp, wait_for
+from testlib import HttpApp, TcpApp, wait_for
 
 from dpagent.controlplane.policies.registry import POLICY_KINDS
 
@@ -84,29 +84,23 @@ class VersionApp(HttpApp):
         super().__init__(version, answer, nodelay=True)
 
 
-class NameApp:
+class NameApp(TcpApp):
     """A TCP server that answers the first bytes of each connection with its name, then closes."""
 
-    def __init__(self, name: str) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.name = name.encode()
-        threading.Thread(target=self._serve, daemon=True).start()
+    backlog = 64
+    threaded = False
 
-    def _serve(self) -> None:
-        while True:
+    def __init__(self, name: str) -> None:
+        self.name = name.encode()
+        super().__init__()
+
+    def handle(self, conn: socket.socket) -> None:
+        with conn:
             try:
-                conn, _ = self.sock.accept()
+                if conn.recv(100):
+                    conn.sendall(self.name)
             except OSError:
-                return
-            with conn:
-                try:
-                    if conn.recv(100):
-                        conn.sendall(self.name)
-                except OSError:
-                    pass
+                pass
 
 
 def tcp_call(port: int, payload: bytes = b"who") -> bytes:
