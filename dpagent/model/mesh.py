@@ -10,7 +10,7 @@ Several CA backends are allowed (Kuma OSS allows one): rotating the CA means add
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import msgspec
@@ -80,12 +80,9 @@ _ROUTING = ("localityAwareLoadBalancing", "zoneEgress", "defaultForbidMeshExtern
 def validate_mesh(doc: Any) -> list[tuple[str, str]]:
     """Every violation in a decoded Mesh document, with Kuma-style paths."""
     v = Violations()
-    top = v.mapping(doc, "")
+    top = v.document(doc, "Mesh", _TOP)
     if top is None:
         return v.items
-    v.unknown(top, _TOP, "")
-    if top.get("type", "Mesh") != "Mesh":
-        v.add("type", f"must be Mesh, not {top.get('type')!r}")
     v.name(top.get("name"), "name")
     v.labels(top.get("labels"), None)
     for key in _IGNORED_OBJECTS:
@@ -111,21 +108,25 @@ def validate_mesh(doc: Any) -> list[tuple[str, str]]:
     return v.items
 
 
+def _backends(v: Violations, raw: Any, path: str, fields: tuple[str, ...], read_name: Callable[[Any, str], str | None],
+              names: dict[str, int]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Each backend of the list at `path` (with its path), after the checks every Mesh backend list shares: known
+    fields and a name unique in the list. `names` collects name → first index, for the section's default/enabled
+    backend to be checked against."""
+    for i, p, b in v.objects(v.sequence(raw, path), path, fields):
+        name = read_name(b.get("name"), join(p, "name"))
+        if name is not None:
+            if name in names:
+                v.add(join(p, "name"), f"'name' has to be unique: already used by {path}[{names[name]}]")
+            names.setdefault(name, i)
+        yield p, b
+
+
 def _validate_logging(v: Violations, logging: Mapping[str, Any]) -> None:
     """Kuma's checks: unique backend names, a known type, `file` needs a path, `tcp` a HOST:PORT address."""
     v.unknown(logging, _LOGGING, "logging")
     names: dict[str, int] = {}
-    for i, raw in enumerate(v.sequence(logging.get("backends"), "logging.backends")):
-        p = f"logging.backends[{i}]"
-        b = v.mapping(raw, p)
-        if b is None:
-            continue
-        v.unknown(b, _LOG_BACKEND, p)
-        name = v.string(b.get("name"), join(p, "name"))
-        if name is not None:
-            if name in names:
-                v.add(join(p, "name"), f"'name' has to be unique: already used by logging.backends[{names[name]}]")
-            names.setdefault(name, i)
+    for p, b in _backends(v, logging.get("backends"), "logging.backends", _LOG_BACKEND, v.string, names):
         if b.get("format") is not None:
             v.string(b.get("format"), join(p, "format"))
         kind = b.get("type")
@@ -163,17 +164,7 @@ def _validate_mtls(v: Violations, mtls: Mapping[str, Any]) -> None:
     if "skipValidation" in mtls and not isinstance(mtls["skipValidation"], bool):
         v.add("mtls.skipValidation", "must be a boolean")
     names: dict[str, int] = {}
-    for i, raw in enumerate(v.sequence(mtls.get("backends"), "mtls.backends")):
-        p = f"mtls.backends[{i}]"
-        b = v.mapping(raw, p)
-        if b is None:
-            continue
-        v.unknown(b, _BACKEND, p)
-        name = v.name(b.get("name"), join(p, "name"))
-        if name is not None:
-            if name in names:
-                v.add(join(p, "name"), f"'name' has to be unique: already used by mtls.backends[{names[name]}]")
-            names.setdefault(name, i)
+    for p, b in _backends(v, mtls.get("backends"), "mtls.backends", _BACKEND, v.name, names):
         kind = b.get("type")
         if kind not in BACKEND_TYPES:
             v.add(join(p, "type"), f"must be one of: {', '.join(BACKEND_TYPES)}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 # Kuma 2.14's rules (docs/kuma-compatibility.md). Names are lowercase RFC 1123 subdomains: no '_'.
@@ -50,6 +50,17 @@ class Violations:
             self.add(path, f"must be an object, not {_kind(doc)}")
             return None
         return doc
+
+    def document(self, doc: Any, kind: str, fields: tuple[str, ...]) -> Mapping[str, Any] | None:
+        """A whole resource document of type `kind`: an object with only `fields` at its top and `type` (when set)
+        naming `kind`. Returns the object for the caller to check its own fields."""
+        top = self.mapping(doc, "")
+        if top is None:
+            return None
+        self.unknown(top, fields, "")
+        if top.get("type", kind) != kind:
+            self.add("type", f"must be {kind}, not {top.get('type')!r}")
+        return top
 
     def sequence(self, doc: Any, path: str) -> list[Any]:
         if doc is None:
@@ -142,6 +153,17 @@ class Violations:
         for k in doc:
             if k not in allowed:
                 self.add(join(path, str(k)), f"unknown field (expected one of: {', '.join(sorted(allowed))})")
+
+    def objects(self, items: list[Any], path: str,
+                known: Iterable[str]) -> Iterator[tuple[int, str, Mapping[str, Any]]]:
+        """(index, path, object) of each item of the list at `path` that is an object with only `known` fields
+        (anything else is recorded): the walk every list of objects in a resource starts with."""
+        for i, raw in enumerate(items):
+            p = f"{path}[{i}]"
+            m = self.mapping(raw, p)
+            if m is not None:
+                self.unknown(m, known, p)
+                yield i, p, m
 
     def tags(self, doc: Any, path: str, required_keys: Iterable[str] = ()) -> Mapping[str, Any] | None:
         m = self.mapping(doc, path, required=bool(required_keys))

@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 import pgserver
 import pytest
+from e2e.meshlib import dataplane, deny_web, outbound, url
 from pgserver import PgServer
-from testlib import HttpApp, deny_web, free_port, mesh_dataplane, wait_for
+from testlib import HttpApp, free_port, wait_for
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
@@ -47,14 +48,13 @@ def cp_b(tmp_path_factory: pytest.TempPathFactory, cp_env: dict[str, str], cp: A
 
 
 def via_web() -> httpx.Response:
-    return httpx.get(f"http://127.0.0.1:{PORTS['w_out_b']}/hello", timeout=3)
+    return httpx.get(url(PORTS["w_out_b"], "/hello"), timeout=3)
 
 
 def test_policy_applied_through_another_replica_reaches_the_proxies(cp, cp_b, agents) -> None:
     backend = HttpApp("backend")
-    agents("backend-1", mesh_dataplane("backend-1", "backend", PORTS["b_in"], backend.port))
-    outbound = f"  outbound:\n  - port: {PORTS['w_out_b']}\n    tags:\n      kuma.io/service: backend\n"
-    agents("web-1", mesh_dataplane("web-1", "web", PORTS["w_in"], 1, outbound=outbound))
+    agents("backend-1", dataplane("backend-1", "backend", PORTS["b_in"], backend.port))
+    agents("web-1", dataplane("web-1", "web", PORTS["w_in"], 1, outbound=outbound(backend=PORTS["w_out_b"])))
     wait_for(lambda: via_web().status_code == 200, 20, what="web -> backend over mTLS, CP on PostgreSQL")
     assert via_web().text == "backend /hello"
     # Both replicas list what the agents registered through A.

@@ -10,39 +10,23 @@ import time
 
 import httpx
 import pytest
-from testlib import HttpApp, deny_web, free_port, mesh_dataplane, wait_for
+from e2e.meshlib import dataplane, deny_web, outbound, tcp_call, url
+from testlib import HttpApp, free_port, wait_for
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 PORTS: dict[str, int] = {k: free_port() for k in ("b_in", "e_in", "w_in", "w_out_b", "w_out_e")}
 
 
-dataplane = mesh_dataplane
-
-
-WEB_OUTBOUND = f"""\
-  outbound:
-  - port: {PORTS['w_out_b']}
-    tags:
-      kuma.io/service: backend
-  - port: {PORTS['w_out_e']}
-    tags:
-      kuma.io/service: echo
-"""
-
+WEB_OUTBOUND = outbound(backend=PORTS["w_out_b"], echo=PORTS["w_out_e"])
 
 
 def via_web(path: str = "/hello") -> httpx.Response:
-    return httpx.get(f"http://127.0.0.1:{PORTS['w_out_b']}{path}", timeout=3)
+    return httpx.get(url(PORTS["w_out_b"], path), timeout=3)
 
 
 def echo_via_web(payload: bytes = b"ping") -> bytes:
-    with socket.create_connection(("127.0.0.1", PORTS["w_out_e"]), timeout=3) as s:
-        s.sendall(payload)
-        try:
-            return s.recv(100)
-        except (ConnectionResetError, TimeoutError):
-            return b""
+    return tcp_call(PORTS["w_out_e"], payload)
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +270,7 @@ def test_draining_proxy_gets_no_new_traffic_then_is_deregistered(cp, agents, app
     agents("pool-b", dataplane("pool-b", "pool", free_port(), pool_b.port, "http"))
     out = free_port()
     agents("client-1", dataplane("client-1", "client", free_port(), 1, "http",
-                                 f"  outbound:\n  - port: {out}\n    tags:\n      kuma.io/service: pool\n"))
+                                 outbound(pool=out)))
 
     def answers(n: int = 20) -> set[str]:
         return {httpx.get(f"http://127.0.0.1:{out}/", timeout=3).text.split()[0] for _ in range(n)}

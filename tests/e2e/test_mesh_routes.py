@@ -8,99 +8,19 @@ test waits for the exact config it applied, never for a fixed time.
 
 from __future__ import annotations
 
-import json
-import socket
-import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
+from e2e.meshlib import Load, NameApp, VersionApp, dataplane, delete, outbound, put, start_dataplanes, tcp_call
 from testlib import free_port, wait_for
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 PORTS: dict[str, int] = {k: free_port() for k in ("v1_in", "v2_in", "a_in", "b_in", "w_in", "w_out_b", "w_out_db")}
-
-
-class VersionApp:
-    """Answers every GET with JSON: its version, the path it received and the request headers."""
-
-    def __init__(self, version: str) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                body = json.dumps({"version": version, "path": self.path,
-                                   "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-
-class NameApp:
-    """A TCP server that answers the first bytes of each connection with its name, then closes."""
-
-    def __init__(self, name: str) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.name = name.encode()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                try:
-                    if conn.recv(100):
-                        conn.sendall(self.name)
-                except OSError:
-                    pass
-
-
-def dataplane(name: str, service: str, port: int, app_port: int, protocol: str, extra_tags: str = "",
-              outbound: str = "") -> str:
-    return f"""\
-type: Dataplane
-mesh: default
-name: {name}
-networking:
-  address: 127.0.0.1
-  inbound:
-  - port: {port}
-    servicePort: {app_port}
-    tags:
-      kuma.io/service: {service}
-      kuma.io/protocol: {protocol}
-{extra_tags}{outbound}"""
-
-
-WEB_OUTBOUND = f"""\
-  outbound:
-  - port: {PORTS['w_out_b']}
-    tags:
-      kuma.io/service: backend
-  - port: {PORTS['w_out_db']}
-    tags:
-      kuma.io/service: db
-"""
+WEB_OUTBOUND = outbound(backend=PORTS["w_out_b"], db=PORTS["w_out_db"])
 
 
 def subset(version: str, weight: int) -> dict[str, Any]:
@@ -129,45 +49,26 @@ def canary(v1: int, v2: int) -> dict[str, Any]:
          "default": {"filters": [marker(f"canary-header-{v1}-{v2}")], "backendRefs": [subset("v2", 1)]}})
 
 
-def put(cp: Any, doc: dict[str, Any]) -> None:
-    plural = {"MeshHTTPRoute": "meshhttproutes", "MeshTCPRoute": "meshtcproutes"}[doc["type"]]
-    r = httpx.put(f"{cp.api}/meshes/default/{plural}/{doc['name']}", json=doc, timeout=5)
-    assert r.status_code in (200, 201), r.text
-
-
-def delete(cp: Any, plural: str, name: str) -> None:
-    assert httpx.delete(f"{cp.api}/meshes/default/{plural}/{name}", timeout=5).status_code in (200, 204, 404)
-
-
 def backend_url(path: str = "/") -> str:
     return f"http://127.0.0.1:{PORTS['w_out_b']}{path}"
 
 
 def db_call() -> bytes:
-    with socket.create_connection(("127.0.0.1", PORTS["w_out_db"]), timeout=3) as s:
-        s.sendall(b"who")
-        try:
-            return s.recv(100)
-        except (ConnectionResetError, TimeoutError):
-            return b""
+    return tcp_call(PORTS["w_out_db"])
 
 
 @pytest.fixture(scope="module")
 def mesh(cp, agents):
     apps = {"v1": VersionApp("v1"), "v2": VersionApp("v2"), "a": NameApp("db-a"), "b": NameApp("db-b")}
-    started = [
-        agents("backend-v1", dataplane("backend-v1", "backend", PORTS["v1_in"], apps["v1"].port, "http",
-                                       "      version: v1\n"), wait=False),
-        agents("backend-v2", dataplane("backend-v2", "backend", PORTS["v2_in"], apps["v2"].port, "http",
-                                       "      version: v2\n"), wait=False),
-        agents("db-a", dataplane("db-a", "db", PORTS["a_in"], apps["a"].port, "tcp", "      instance: a\n"),
-               wait=False),
-        agents("db-b", dataplane("db-b", "db", PORTS["b_in"], apps["b"].port, "tcp", "      instance: b\n"),
-               wait=False),
-        agents("web-1", dataplane("web-1", "web", PORTS["w_in"], 1, "http", outbound=WEB_OUTBOUND), wait=False),
-    ]
-    for a in started:
-        a.wait_ready(40)
+    start_dataplanes(agents, {
+        "backend-v1": dataplane("backend-v1", "backend", PORTS["v1_in"], apps["v1"].port, "http",
+                                tags={"version": "v1"}),
+        "backend-v2": dataplane("backend-v2", "backend", PORTS["v2_in"], apps["v2"].port, "http",
+                                tags={"version": "v2"}),
+        "db-a": dataplane("db-a", "db", PORTS["a_in"], apps["a"].port, "tcp", tags={"instance": "a"}),
+        "db-b": dataplane("db-b", "db", PORTS["b_in"], apps["b"].port, "tcp", tags={"instance": "b"}),
+        "web-1": dataplane("web-1", "web", PORTS["w_in"], 1, "http", WEB_OUTBOUND),
+    })
     with httpx.Client(timeout=3) as c:
         wait_for(lambda: {c.get(backend_url()).json()["version"] for _ in range(10)} == {"v1", "v2"}, 30,
                  what="web -> backend v1 and v2 through the mesh")
@@ -191,25 +92,8 @@ def test_canary_split_header_match_and_live_weight_change(mesh, cp):
         assert canaries == {"v2": 100}
 
     # A client at a fixed 100 req/s across the change: no failed request, the new weights within 2 s.
-    seen: list[tuple[float, int, str]] = []
-    errors: list[str] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        with httpx.Client(timeout=3) as c:
-            start = time.monotonic()
-            i = 0
-            while not stop.is_set():
-                i += 1
-                try:
-                    r = c.get(backend_url("/load"))
-                    seen.append((time.monotonic(), r.status_code, r.headers.get("x-route", "")))
-                except httpx.HTTPError as e:
-                    errors.append(repr(e))
-                time.sleep(max(0.0, start + i * 0.01 - time.monotonic()))
-
-    thread = threading.Thread(target=load, daemon=True)
-    thread.start()
+    load = Load(backend_url("/load"), rate=100, header="x-route")
+    seen, errors = load.seen, load.errors
     try:
         wait_for(lambda: len(seen) >= 50, 5, what="load running")
         changed_at = time.monotonic()
@@ -218,8 +102,7 @@ def test_canary_split_header_match_and_live_weight_change(mesh, cp):
                          interval=0.01, what="the 50/50 weights served")
         wait_for(lambda: sum(1 for t, _, _ in seen if t > first) >= 100, 5, what="load after the change")
     finally:
-        stop.set()
-        thread.join(5)
+        load.stop()
     print(f"weights 90/10 -> 50/50 served {first - changed_at:.3f}s after the PUT; {len(seen)} requests, 0 failed")
     assert first - changed_at <= 2.0, f"new weights took {first - changed_at:.2f}s"
     assert not errors and all(status == 200 for _, status, _ in seen), (errors, Counter(s for _, s, _ in seen))
@@ -252,7 +135,7 @@ def test_rewrite_header_modifiers_and_redirect(mesh, cp):
         moved = client.get(backend_url("/moved"))
         assert moved.status_code == 301 and moved.headers["location"].endswith("/here")
         assert client.get(backend_url("/other")).json()["path"] == "/other"  # untouched paths pass through
-    delete(cp, "meshhttproutes", "features")
+    delete(cp, "MeshHTTPRoute", "features")
 
 
 def test_backend_ref_subset_reaches_only_v2_dataplanes(mesh, cp):
@@ -263,7 +146,7 @@ def test_backend_ref_subset_reaches_only_v2_dataplanes(mesh, cp):
     with httpx.Client(timeout=3) as client:
         _wait_marker(client, "only-v2", "/only-v2")
         assert Counter(client.get(backend_url("/only-v2/x")).json()["version"] for _ in range(200)) == {"v2": 200}
-    delete(cp, "meshhttproutes", "only-v2")
+    delete(cp, "MeshHTTPRoute", "only-v2")
 
 
 def test_tcp_route_split(mesh, cp):
@@ -281,7 +164,7 @@ def test_tcp_route_split(mesh, cp):
     wait_for(lambda: b"db-a" in {db_call() for _ in range(10)}, 15, interval=0.05, what="db-a back in the split")
     names = Counter(db_call() for _ in range(300))
     assert set(names) <= {b"db-a", b"db-b"} and abs(names[b"db-b"] / 3 - 20) <= 8, names
-    delete(cp, "meshtcproutes", "db-split")
+    delete(cp, "MeshTCPRoute", "db-split")
 
 
 def test_unresolvable_refs_are_inspect_warnings(mesh, cp):
@@ -298,4 +181,4 @@ def test_unresolvable_refs_are_inspect_warnings(mesh, cp):
             assert client.get(backend_url("/ext")).status_code == 503
             assert client.get(backend_url("/elsewhere")).status_code == 200
     finally:
-        delete(cp, "meshhttproutes", "external")
+        delete(cp, "MeshHTTPRoute", "external")

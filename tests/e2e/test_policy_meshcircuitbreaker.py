@@ -16,56 +16,43 @@ from typing import Any
 import httpx
 import pytest
 from backend_app import BackendApp
-from testlib import free_port, mesh_dataplane, wait_for
+from e2e.meshlib import (
+    dataplane,
+    delete,
+    outbound,
+    policy_to,
+    put,
+    put_acked,
+    snapshot_versions,
+    start_dataplanes,
+    url,
+    wait_acked,
+    wait_instances,
+)
+from testlib import free_port
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
-CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 PORTS: dict[str, int] = {k: free_port() for k in ("good_in", "bad_in", "web_in", "web_out")}
-WEB_OUTBOUND = f"""\
-  outbound:
-  - port: {PORTS['web_out']}
-    tags:
-      kuma.io/service: backend
-"""
-URL = f"http://127.0.0.1:{PORTS['web_out']}/"
+WEB_OUTBOUND = outbound(backend=PORTS["web_out"])
+URL = url(PORTS["web_out"])
 
 
 @pytest.fixture(scope="module")
 def mesh(cp, agents):
     apps = {"good": BackendApp("good"), "bad": BackendApp("bad")}
-    started = [agents(f"backend-{n}", mesh_dataplane(f"backend-{n}", "backend", PORTS[f"{n}_in"], apps[n].port),
-                      wait=False) for n in ("good", "bad")]
-    started.append(agents("web-1", mesh_dataplane("web-1", "web", PORTS["web_in"], 1, outbound=WEB_OUTBOUND),
-                          wait=False))
-    for a in started:
-        a.wait_ready(40)
-    with httpx.Client(timeout=3) as c:
-        wait_for(lambda: {c.get(URL).headers.get("x-instance") for _ in range(10)} == {"good", "bad"}, 30,
-                 what="web -> both backend instances through the mesh")
+    start_dataplanes(agents, {
+        **{f"backend-{n}": dataplane(f"backend-{n}", "backend", PORTS[f"{n}_in"], apps[n].port) for n in apps},
+        "web-1": dataplane("web-1", "web", PORTS["web_in"], 1, outbound=WEB_OUTBOUND)})
+    wait_instances(URL, {"good", "bad"})
     yield apps
     for app in apps.values():
         app.close()
 
 
-def _clusters(cp: Any) -> dict[str, Any]:
-    return (cp.inspect("web-1").get("xds") or {}).get("types", {}).get(CLUSTER, {})
-
-
 def apply(cp: Any, conf: dict[str, Any]) -> None:
     """PUT the one policy of this module and wait until web's Envoy has ACKed the clusters it changes."""
-    before = _clusters(cp).get("snapshot_version")
-    doc = {"type": "MeshCircuitBreaker", "mesh": "default", "name": "cb", "spec": {
-        "targetRef": {"kind": "Mesh"},
-        "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": conf}]}}
-    r = httpx.put(f"{cp.api}/meshes/default/meshcircuitbreakers/cb", json=doc, timeout=5)
-    assert r.status_code in (200, 201), r.text
-
-    def acked() -> bool:
-        s = _clusters(cp)
-        return s.get("snapshot_version") != before and s.get("acked_version") == s.get("snapshot_version")
-
-    wait_for(acked, 15, what="web's Envoy ACKing the circuit-breaker clusters")
+    put_acked(cp, policy_to("MeshCircuitBreaker", "cb", conf), "the circuit-breaker clusters")
 
 
 def burst(mesh: dict[str, BackendApp], delay: float, n: int = 12) -> list[tuple[int, float, str]]:
@@ -145,25 +132,17 @@ def test_failing_instance_is_ejected_after_consecutive_errors(mesh, cp):
 
 def test_inbound_rules_limit_traffic_into_the_app(mesh, cp):
     """`rules[]` limit the backend's own local cluster: each instance lets 1 request reach its app and queues 1."""
-    httpx.delete(f"{cp.api}/meshes/default/meshcircuitbreakers/cb", timeout=5)  # no outbound limits or ejection
-    before = {n: (cp.inspect(f"backend-{n}").get("xds") or {}).get("types", {}).get(CLUSTER, {}) for n in mesh}
-    doc = {"type": "MeshCircuitBreaker", "mesh": "default", "name": "into-backend", "spec": {
+    delete(cp, "MeshCircuitBreaker", "cb")  # no outbound limits or ejection
+    before = snapshot_versions(cp, [f"backend-{n}" for n in mesh])
+    put(cp, {"type": "MeshCircuitBreaker", "mesh": "default", "name": "into-backend", "spec": {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
-        "rules": [{"default": {"connectionLimits": {"maxConnections": 1, "maxPendingRequests": 1}}}]}}
-    assert httpx.put(f"{cp.api}/meshes/default/meshcircuitbreakers/into-backend", json=doc,
-                     timeout=5).status_code in (200, 201)
-    for n in mesh:
-        def acked(n: str = n) -> bool:
-            s = (cp.inspect(f"backend-{n}").get("xds") or {}).get("types", {}).get(CLUSTER, {})
-            return s.get("snapshot_version") != before[n].get("snapshot_version") and \
-                s.get("acked_version") == s.get("snapshot_version")
-
-        wait_for(acked, 15, what=f"backend-{n} ACKing its limited local cluster")
+        "rules": [{"default": {"connectionLimits": {"maxConnections": 1, "maxPendingRequests": 1}}}]}})
+    wait_acked(cp, before, "its limited local cluster")
     delay = 2.0
     try:
         results = burst(mesh, delay)
     finally:
-        httpx.delete(f"{cp.api}/meshes/default/meshcircuitbreakers/into-backend", timeout=5)
+        delete(cp, "MeshCircuitBreaker", "into-backend")
     statuses = Counter(s for s, _, _ in results)
     fast = [d for s, d, o in results if s == 503 and o == "true"]
     print(f"inbound limits 1+1 per instance, 12 concurrent requests: {dict(statuses)}")

@@ -15,19 +15,14 @@ from typing import Any
 import httpx
 import pytest
 from backend_app import BackendApp
-from e2e.test_mesh_routes import dataplane
+from e2e.meshlib import dataplane, delete, outbound, policy_to, put, start_dataplanes, url, wait_instances
 from testlib import free_port, wait_for
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 PORTS: dict[str, int] = {k: free_port() for k in ("b_in", "w_in", "w_out")}
-WEB_OUTBOUND = f"""\
-  outbound:
-  - port: {PORTS['w_out']}
-    tags:
-      kuma.io/service: backend
-"""
-URL = f"http://127.0.0.1:{PORTS['w_out']}/"
+WEB_OUTBOUND = outbound(backend=PORTS["w_out"])
+URL = url(PORTS["w_out"])
 
 
 def mfi(name: str, *http: dict[str, Any]) -> dict[str, Any]:
@@ -37,32 +32,15 @@ def mfi(name: str, *http: dict[str, Any]) -> dict[str, Any]:
         "from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": list(http)}}]}}
 
 
-def put(cp: Any, doc: dict[str, Any]) -> None:
-    r = httpx.put(f"{cp.api}/meshes/default/meshfaultinjections/{doc['name']}", json=doc, timeout=5)
-    assert r.status_code in (200, 201), r.text
-
-
-def delete(cp: Any, name: str) -> None:
-    assert httpx.delete(f"{cp.api}/meshes/default/meshfaultinjections/{name}", timeout=5).status_code in (200, 204)
-
-
 @pytest.fixture(scope="module")
 def mesh(cp, agents):
     app = BackendApp("b1")
-    started = [agents("backend-1", dataplane("backend-1", "backend", PORTS["b_in"], app.port, "http"), wait=False),
-               agents("web-1", dataplane("web-1", "web", PORTS["w_in"], 1, "http", outbound=WEB_OUTBOUND),
-                      wait=False)]
-    for a in started:
-        a.wait_ready(40)
+    start_dataplanes(agents, {"backend-1": dataplane("backend-1", "backend", PORTS["b_in"], app.port),
+                              "web-1": dataplane("web-1", "web", PORTS["w_in"], 1, outbound=WEB_OUTBOUND)})
     # Every new mesh has Kuma's default MeshRetry, whose retries on 5xx would hide most injected aborts from the
     # client (as they would in Kuma). This test measures the fault itself, so web's calls to backend never retry.
-    no_retry = {"type": "MeshRetry", "mesh": "default", "name": "mfi-no-retry", "spec": {
-        "targetRef": {"kind": "Mesh"},
-        "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"http": {"numRetries": 0}}}]}}
-    r = httpx.put(f"{cp.api}/meshes/default/meshretries/mfi-no-retry", json=no_retry, timeout=5)
-    assert r.status_code in (200, 201), r.text
-    with httpx.Client(timeout=3) as c:
-        wait_for(lambda: c.get(URL).headers.get("x-instance") == "b1", 30, what="web -> backend through the mesh")
+    put(cp, policy_to("MeshRetry", "mfi-no-retry", {"http": {"numRetries": 0}}))
+    wait_instances(URL, {"b1"}, tries=1, what="web -> backend through the mesh")
     yield app
     app.close()
 
@@ -82,7 +60,7 @@ def test_abort_30_percent_then_delay_500ms_at_50_percent(mesh, cp):
     assert 250 <= aborted <= 350, got  # 30 % ± 5 points
     assert reached == 1000 - aborted  # aborted by the backend's proxy, never forwarded to the app
 
-    delete(cp, "abort")
+    delete(cp, "MeshFaultInjection", "abort")
     put(cp, mfi("delay", {"delay": {"value": "500ms", "percentage": 50}}))
 
     def timed(c: httpx.Client) -> tuple[int, float]:
@@ -103,4 +81,4 @@ def test_abort_30_percent_then_delay_500ms_at_50_percent(mesh, cp):
           f"p50 {q[4] * 1000:.0f} ms, p70 {q[6] * 1000:.0f} ms, p90 {q[8] * 1000:.0f} ms")
     assert 160 <= delayed <= 240, delayed  # 50 % ± 10 points over 400 requests
     assert q[2] < 0.4 and q[6] >= 0.5, q  # p30 fast, p70 (and so p90) carry the 500 ms
-    delete(cp, "delay")
+    delete(cp, "MeshFaultInjection", "delay")

@@ -8,94 +8,37 @@ in force once web's Envoy ACKs the cluster update (xDS status in `inspect`), nev
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from typing import Any
 
-import httpx
 import pytest
 from backend_app import BackendApp
-from testlib import free_port, mesh_dataplane, wait_for
+from e2e.meshlib import Load, dataplane, outbound, policy_to, put_acked, start_dataplanes, url, wait_instances
+from testlib import free_port, wait_for
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
-CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 PORTS: dict[str, int] = {k: free_port() for k in ("good_in", "sick_in", "web_in", "web_out")}
-WEB_OUTBOUND = f"""\
-  outbound:
-  - port: {PORTS['web_out']}
-    tags:
-      kuma.io/service: backend
-"""
-URL = f"http://127.0.0.1:{PORTS['web_out']}/"
+WEB_OUTBOUND = outbound(backend=PORTS["web_out"])
+URL = url(PORTS["web_out"])
 INTERVAL, TIMEOUT, UNHEALTHY, HEALTHY = 1.0, 0.5, 2, 1
 
 
 @pytest.fixture(scope="module")
 def mesh(cp, agents):
     apps = {"good": BackendApp("good"), "sick": BackendApp("sick")}
-    started = [agents(f"backend-{n}", mesh_dataplane(f"backend-{n}", "backend", PORTS[f"{n}_in"], apps[n].port),
-                      wait=False) for n in ("good", "sick")]
-    started.append(agents("web-1", mesh_dataplane("web-1", "web", PORTS["web_in"], 1, outbound=WEB_OUTBOUND),
-                          wait=False))
-    for a in started:
-        a.wait_ready(40)
-    with httpx.Client(timeout=3) as c:
-        wait_for(lambda: {c.get(URL).headers.get("x-instance") for _ in range(10)} == {"good", "sick"}, 30,
-                 what="web -> both backend instances through the mesh")
+    start_dataplanes(agents, {
+        **{f"backend-{n}": dataplane(f"backend-{n}", "backend", PORTS[f"{n}_in"], apps[n].port) for n in apps},
+        "web-1": dataplane("web-1", "web", PORTS["web_in"], 1, outbound=WEB_OUTBOUND)})
+    wait_instances(URL, {"good", "sick"})
     yield apps
     for app in apps.values():
         app.close()
 
 
-def _clusters(cp: Any) -> dict[str, Any]:
-    return (cp.inspect("web-1").get("xds") or {}).get("types", {}).get(CLUSTER, {})
-
-
 def apply(cp: Any, conf: dict[str, Any]) -> None:
-    before = _clusters(cp).get("snapshot_version")
-    doc = {"type": "MeshHealthCheck", "mesh": "default", "name": "hc", "spec": {
-        "targetRef": {"kind": "Mesh"},
-        "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": conf}]}}
-    r = httpx.put(f"{cp.api}/meshes/default/meshhealthchecks/hc", json=doc, timeout=5)
-    assert r.status_code in (200, 201), r.text
-
-    def acked() -> bool:
-        s = _clusters(cp)
-        return s.get("snapshot_version") != before and s.get("acked_version") == s.get("snapshot_version")
-
-    wait_for(acked, 15, what="web's Envoy ACKing the health-checked clusters")
-
-
-class Load:
-    """A client at a fixed rate (its own clock) recording (time, status, instance) of every request."""
-
-    def __init__(self, rate: float = 50.0) -> None:
-        self.seen: list[tuple[float, int, str]] = []
-        self._stop = threading.Event()
-        self._rate = rate
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=3) as c:
-            start, i = time.monotonic(), 0
-            while not self._stop.is_set():
-                i += 1
-                try:
-                    r = c.get(URL)
-                    self.seen.append((time.monotonic(), r.status_code, r.headers.get("x-instance", "")))
-                except httpx.HTTPError:
-                    self.seen.append((time.monotonic(), 0, ""))
-                time.sleep(max(0.0, start + i / self._rate - time.monotonic()))
-
-    def served_by(self, instance: str, after: float) -> list[float]:
-        return [t for t, s, i in self.seen if t > after and i == instance and s == 200]
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
+    put_acked(cp, policy_to("MeshHealthCheck", "hc", conf), "the health-checked clusters")
 
 
 def test_unanswered_health_path_leaves_rotation_and_recovery_returns(mesh, cp):
@@ -105,7 +48,7 @@ def test_unanswered_health_path_leaves_rotation_and_recovery_returns(mesh, cp):
                "http": {"path": "/health", "expectedStatuses": [200]}})
     checks = sick.health_checks
     wait_for(lambda: sick.health_checks >= checks + 2, 10, what="health checks reaching the app through its proxy")
-    load = Load()
+    load = Load(URL)
     try:
         wait_for(lambda: len(load.seen) >= 25, 5, what="load running")
         stopped = time.monotonic()

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from backend_app import BackendApp
+from e2e.meshlib import dataplane, outbound, policy_to, put, start_dataplanes, url
 from testlib import free_port, wait_for
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
@@ -24,27 +25,8 @@ NAME = "lb-backend"
 USERS = [f"user-{i}" for i in range(20)]
 
 
-def dataplane(name: str, service: str, port: int, app_port: int, zone: str, outbound: str = "") -> str:
-    return f"""\
-type: Dataplane
-mesh: default
-name: {name}
-networking:
-  address: 127.0.0.1
-  inbound:
-  - port: {port}
-    servicePort: {app_port}
-    tags:
-      kuma.io/service: {service}
-      kuma.io/protocol: http
-      kuma.io/zone: {zone}
-{outbound}"""
-
-
 def strategy(default: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "MeshLoadBalancingStrategy", "mesh": "default", "name": NAME, "spec": {
-        "targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
-                                               "default": default}]}}
+    return policy_to("MeshLoadBalancingStrategy", NAME, default)
 
 
 NO_LOCALITY = {"localityAwareness": {"disabled": True}}
@@ -53,13 +35,8 @@ RING_HASH = {"loadBalancer": {"type": "RingHash", "ringHash": {"hashFunction": "
 ROUND_ROBIN = {"loadBalancer": {"type": "RoundRobin"}, **NO_LOCALITY}
 
 
-def put(cp: Any, doc: dict[str, Any]) -> None:
-    r = httpx.put(f"{cp.api}/meshes/default/meshloadbalancingstrategies/{doc['name']}", json=doc, timeout=5)
-    assert r.status_code in (200, 201), r.text
-
-
 def who(client: httpx.Client, user: str | None = None) -> str:
-    r = client.get(f"http://127.0.0.1:{PORTS['w_out']}/", headers={"x-user": user} if user else {})
+    r = client.get(url(PORTS["w_out"]), headers={"x-user": user} if user else {})
     assert r.status_code == 200, r.text
     return r.headers["x-instance"]
 
@@ -71,11 +48,10 @@ def pinned(client: httpx.Client, users: list[str], tries: int) -> bool:
 @pytest.fixture(scope="module")
 def mesh(cp, agents):
     apps = {n: BackendApp(n) for n in ZONES}
-    outbound = f"  outbound:\n  - port: {PORTS['w_out']}\n    tags:\n      kuma.io/service: backend\n"
-    started = [agents(n, dataplane(n, "backend", PORTS[n], apps[n].port, z), wait=False) for n, z in ZONES.items()]
-    started.append(agents("web-1", dataplane("web-1", "web", PORTS["w_in"], 1, "zone-1", outbound), wait=False))
-    for a in started:
-        a.wait_ready(40)
+    start_dataplanes(agents, {
+        **{n: dataplane(n, "backend", PORTS[n], apps[n].port, tags={"kuma.io/zone": z}) for n, z in ZONES.items()},
+        "web-1": dataplane("web-1", "web", PORTS["w_in"], 1, outbound=outbound(backend=PORTS["w_out"]),
+                           tags={"kuma.io/zone": "zone-1"})})
     with httpx.Client(timeout=3) as c:
         wait_for(lambda: {who(c) for _ in range(12)} == set(ZONES), 30, what="web -> b1, b2 and b3 through the mesh")
     yield apps

@@ -13,22 +13,14 @@ from collections import Counter
 import httpx
 import pytest
 from backend_app import BackendApp
-from e2e.test_mesh_routes import NameApp, dataplane
+from e2e.meshlib import NameApp, dataplane, delete, outbound, put, start_dataplanes, tcp_call, url, wait_instances
 from testlib import free_port, wait_for
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 PORTS: dict[str, int] = {k: free_port() for k in ("b_in", "db_in", "w_in", "w_out", "w_out_db")}
-WEB_OUTBOUND = f"""\
-  outbound:
-  - port: {PORTS['w_out']}
-    tags:
-      kuma.io/service: backend
-  - port: {PORTS['w_out_db']}
-    tags:
-      kuma.io/service: db
-"""
-URL = f"http://127.0.0.1:{PORTS['w_out']}/"
+WEB_OUTBOUND = outbound(backend=PORTS["w_out"], db=PORTS["w_out_db"])
+URL = url(PORTS["w_out"])
 RATE, LOAD, SECONDS = 10, 50, 5.0
 
 # Kuma's docs example shape, with our numbers.
@@ -43,14 +35,10 @@ POLICY = {"type": "MeshRateLimit", "mesh": "default", "name": "backend-rate-limi
 def mesh(cp, agents):
     app = BackendApp("b1")
     db = NameApp("db-1")
-    started = [agents("backend-1", dataplane("backend-1", "backend", PORTS["b_in"], app.port, "http"), wait=False),
-               agents("db-1", dataplane("db-1", "db", PORTS["db_in"], db.port, "tcp"), wait=False),
-               agents("web-1", dataplane("web-1", "web", PORTS["w_in"], 1, "http", outbound=WEB_OUTBOUND),
-                      wait=False)]
-    for a in started:
-        a.wait_ready(40)
-    with httpx.Client(timeout=3) as c:
-        wait_for(lambda: c.get(URL).headers.get("x-instance") == "b1", 30, what="web -> backend through the mesh")
+    start_dataplanes(agents, {"backend-1": dataplane("backend-1", "backend", PORTS["b_in"], app.port),
+                              "db-1": dataplane("db-1", "db", PORTS["db_in"], db.port, "tcp"),
+                              "web-1": dataplane("web-1", "web", PORTS["w_in"], 1, outbound=WEB_OUTBOUND)})
+    wait_instances(URL, {"b1"}, tries=1, what="web -> backend through the mesh")
     wait_for(lambda: db_call() == b"db-1", 30, what="web -> db through the mesh")
     yield app
     app.close()
@@ -58,8 +46,7 @@ def mesh(cp, agents):
 
 def test_10_per_second_allowed_under_a_fixed_50_per_second_load(mesh, cp):
     app = mesh
-    r = httpx.put(f"{cp.api}/meshes/default/meshratelimits/{POLICY['name']}", json=POLICY, timeout=5)
-    assert r.status_code in (200, 201), r.text
+    put(cp, POLICY)
     with httpx.Client(timeout=3) as client:
         wait_for(lambda: any(client.get(URL).status_code == 423 for _ in range(3 * RATE)), 10, interval=0.0,
                  what="rate limit in force")
@@ -84,19 +71,12 @@ def test_10_per_second_allowed_under_a_fixed_50_per_second_load(mesh, cp):
     # one full bucket at the start, then RATE per second: ~60 over 5 s; the rest are refused
     assert RATE * elapsed * 0.8 <= ok <= RATE * (elapsed + 1) * 1.2, got
     assert limited == sent - ok and reached == ok
-    httpx.delete(f"{cp.api}/meshes/default/meshratelimits/{POLICY['name']}", timeout=5)
+    delete(cp, "MeshRateLimit", POLICY["name"])
 
 
 def db_call() -> bytes:
     """One TCP exchange through web's outbound; b"" when a proxy closed the connection instead."""
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", PORTS["w_out_db"]), timeout=3) as s:
-            s.sendall(b"who")
-            return s.recv(100)
-    except OSError:
-        return b""
+    return tcp_call(PORTS["w_out_db"])
 
 
 def test_tcp_connection_rate(mesh, cp):
@@ -105,11 +85,10 @@ def test_tcp_connection_rate(mesh, cp):
     doc = {"type": "MeshRateLimit", "mesh": "default", "name": "db-conns", "spec": {
         "targetRef": {"kind": "MeshService", "name": "db"},
         "rules": [{"default": {"local": {"tcp": {"connectionRate": {"num": 3, "interval": "10s"}}}}}]}}
-    r = httpx.put(f"{cp.api}/meshes/default/meshratelimits/db-conns", json=doc, timeout=5)
-    assert r.status_code in (200, 201), r.text
+    put(cp, doc)
     wait_for(lambda: db_call() == b"", 10, interval=0.05, what="connection limit in force (bucket empty)")
     time.sleep(10.2)  # a full bucket again
     answers = [db_call() for _ in range(12)]
     print(f"tcp connectionRate 3/10s: {answers.count(b'db-1')} of 12 quick connections served")
     assert answers[:3] == [b"db-1"] * 3 and answers.count(b"db-1") == 3, answers
-    httpx.delete(f"{cp.api}/meshes/default/meshratelimits/db-conns", timeout=5)
+    delete(cp, "MeshRateLimit", "db-conns")

@@ -10,35 +10,25 @@ from typing import Any
 import httpx
 import pytest
 from backend_app import BackendApp
-from testlib import free_port, mesh_dataplane, wait_for
+from e2e.meshlib import dataplane, outbound, policy_to, put, start_dataplanes, url
+from testlib import free_port, wait_for
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 PORTS = {k: free_port() for k in ("b_in", "w_in", "w_out")}
-URL = f"http://127.0.0.1:{PORTS['w_out']}/"
-OUTBOUND = f"""\
-  outbound:
-  - port: {PORTS['w_out']}
-    tags:
-      kuma.io/service: backend
-"""
+URL = url(PORTS["w_out"])
+OUTBOUND = outbound(backend=PORTS["w_out"])
 
 
-def put(cp: Any, name: str, http: dict[str, Any]) -> None:
-    doc = {"type": "MeshRetry", "mesh": "default", "name": name, "spec": {
-        "targetRef": {"kind": "Dataplane", "labels": {"app": "web"}},
-        "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"http": http}}]}}
-    r = httpx.put(f"{cp.api}/meshes/default/meshretries/{name}", json=doc, timeout=5)
-    assert r.status_code in (200, 201), r.text
+def put_retry(cp: Any, name: str, http: dict[str, Any]) -> None:
+    put(cp, policy_to("MeshRetry", name, {"http": http}, target={"kind": "Dataplane", "labels": {"app": "web"}}))
 
 
 @pytest.fixture(scope="module")
 def backend(cp, agents):
     app = BackendApp("b1")
-    started = [agents("backend-1", mesh_dataplane("backend-1", "backend", PORTS["b_in"], app.port), wait=False),
-               agents("web-1", mesh_dataplane("web-1", "web", PORTS["w_in"], 1, outbound=OUTBOUND), wait=False)]
-    for a in started:
-        a.wait_ready(40)
+    start_dataplanes(agents, {"backend-1": dataplane("backend-1", "backend", PORTS["b_in"], app.port),
+                              "web-1": dataplane("web-1", "web", PORTS["w_in"], 1, outbound=OUTBOUND)})
     with httpx.Client(timeout=3) as c:
         wait_for(lambda: c.get(URL).status_code == 200, 30, what="web -> backend through the mesh")
     yield app
@@ -54,12 +44,12 @@ def test_three_retries_turn_30_percent_errors_into_success(backend, cp):
     backend.set(error_rate=0.3, error_status=503)
     with httpx.Client(timeout=5) as client:
         # numRetries 0 = no retry policy, whatever else applies (e.g. Kuma's mesh-retry-all default policy).
-        put(cp, "retry-backend", {"numRetries": 0})
+        put_retry(cp, "retry-backend", {"numRetries": 0})
         wait_for(lambda: any(client.get(URL).status_code == 503 for _ in range(10)), 15, interval=0.1,
                  what="GETs not retried")
         before = Counter(client.get(URL).status_code for _ in range(100))
         assert before[503] >= 25, f"the backend should fail ~30 % without retries: {before}"
-        put(cp, "retry-backend", {"numRetries": 3})
+        put_retry(cp, "retry-backend", {"numRetries": 3})
         wait_for(lambda: _streak(client, "GET", 20), 15, interval=0.1, what="the retry policy in effect")
         seen = backend.requests
         statuses = Counter(client.get(URL).status_code for _ in range(1000))
@@ -74,7 +64,7 @@ def test_three_retries_turn_30_percent_errors_into_success(backend, cp):
 
 def test_post_is_not_retried_when_retry_on_excludes_it(backend, cp):
     backend.set(error_rate=0.3, error_status=503)
-    put(cp, "retry-backend", {"numRetries": 3, "retryOn": ["5xx", "HttpMethodGet"]})
+    put_retry(cp, "retry-backend", {"numRetries": 3, "retryOn": ["5xx", "HttpMethodGet"]})
     with httpx.Client(timeout=5) as client:
         # Under the previous policy POSTs were retried too (never a 503): the first 503 marks the new policy.
         wait_for(lambda: any(client.post(URL, content=b"x").status_code == 503 for _ in range(10)), 15,

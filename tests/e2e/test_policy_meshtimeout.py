@@ -9,103 +9,37 @@ was created at the CP's first start, so it carries Kuma's initial `mesh-timeout-
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from typing import Any
 
 import httpx
 import pytest
 from backend_app import BackendApp
-from testlib import free_port, wait_for
+from e2e.meshlib import dataplane, outbound, policy_to, put, start_dataplanes, tcp_call, url
+from testlib import EchoApp, free_port, wait_for
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 PORTS: dict[str, int] = {k: free_port() for k in ("be_in", "db_in", "w_in", "w_out_be", "w_out_db")}
-
-
-class HoldApp:
-    """A TCP server that echoes and never closes a connection itself."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _echo(conn: socket.socket) -> None:
-        with conn:
-            try:
-                while data := conn.recv(100):
-                    conn.sendall(data)
-            except OSError:
-                pass
-
-
-def dataplane(name: str, service: str, port: int, app_port: int, protocol: str, outbound: str = "") -> str:
-    return f"""\
-type: Dataplane
-mesh: default
-name: {name}
-networking:
-  address: 127.0.0.1
-  inbound:
-  - port: {port}
-    servicePort: {app_port}
-    tags:
-      kuma.io/service: {service}
-      kuma.io/protocol: {protocol}
-{outbound}"""
-
-
-WEB_OUTBOUND = f"""\
-  outbound:
-  - port: {PORTS['w_out_be']}
-    tags:
-      kuma.io/service: backend
-  - port: {PORTS['w_out_db']}
-    tags:
-      kuma.io/service: db
-"""
-
-
-def put(cp: Any, doc: dict[str, Any]) -> None:
-    r = httpx.put(f"{cp.api}/meshes/default/meshtimeouts/{doc['name']}", json=doc, timeout=5)
-    assert r.status_code in (200, 201), r.text
+WEB_OUTBOUND = outbound(backend=PORTS["w_out_be"], db=PORTS["w_out_db"])
 
 
 def timeout_to(name: str, service: str, conf: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "MeshTimeout", "mesh": "default", "name": name, "spec": {
-        "targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": service},
-                                               "default": conf}]}}
+    return policy_to("MeshTimeout", name, conf, service)
 
 
 def db_echo() -> bytes:
-    with socket.create_connection(("127.0.0.1", PORTS["w_out_db"]), timeout=3) as s:
-        s.sendall(b"hi")
-        return s.recv(100)
+    return tcp_call(PORTS["w_out_db"], b"hi")
 
 
 @pytest.fixture(scope="module")
 def mesh(cp, agents):
-    backend, db = BackendApp("be", delay=0.0), HoldApp()
-    started = [agents("backend-1", dataplane("backend-1", "backend", PORTS["be_in"], backend.port, "http"),
-                      wait=False),
-               agents("db-1", dataplane("db-1", "db", PORTS["db_in"], db.port, "tcp"), wait=False),
-               agents("web-1", dataplane("web-1", "web", PORTS["w_in"], 1, "http", WEB_OUTBOUND), wait=False)]
-    for a in started:
-        a.wait_ready(40)
+    backend, db = BackendApp("be", delay=0.0), EchoApp()  # echoes and never closes a connection itself
+    start_dataplanes(agents, {"backend-1": dataplane("backend-1", "backend", PORTS["be_in"], backend.port),
+                              "db-1": dataplane("db-1", "db", PORTS["db_in"], db.port, "tcp"),
+                              "web-1": dataplane("web-1", "web", PORTS["w_in"], 1, outbound=WEB_OUTBOUND)})
     with httpx.Client(timeout=5) as c:
-        wait_for(lambda: c.get(f"http://127.0.0.1:{PORTS['w_out_be']}/").status_code == 200, 30,
+        wait_for(lambda: c.get(url(PORTS["w_out_be"])).status_code == 200, 30,
                  what="web -> backend through the mesh")
     wait_for(lambda: db_echo() == b"hi", 20, what="web -> db through the mesh")
     yield backend
@@ -120,17 +54,17 @@ def test_default_mesh_has_kuma_initial_timeouts(cp, mesh) -> None:
 def test_request_timeout_cuts_a_slow_backend(cp, mesh) -> None:
     backend = mesh
     backend.set(delay=3.0)
-    url = f"http://127.0.0.1:{PORTS['w_out_be']}/slow"
+    slow = url(PORTS["w_out_be"], "/slow")
     with httpx.Client(timeout=10) as c:
         t0 = time.monotonic()
-        assert c.get(url).status_code == 200  # the mesh default (15 s) lets a 3 s answer through
+        assert c.get(slow).status_code == 200  # the mesh default (15 s) lets a 3 s answer through
         assert time.monotonic() - t0 >= 2.9
         put(cp, timeout_to("backend-1s", "backend", {"http": {"requestTimeout": "1s"}}))
-        wait_for(lambda: c.get(url).status_code == 504, 20, what="504 from web's Envoy after requestTimeout")
+        wait_for(lambda: c.get(slow).status_code == 504, 20, what="504 from web's Envoy after requestTimeout")
         took = []
         for _ in range(3):
             t0 = time.monotonic()
-            r = c.get(url)
+            r = c.get(slow)
             took.append(time.monotonic() - t0)
             assert r.status_code == 504 and "upstream request timeout" in r.text
     print(f"requestTimeout 1s against a 3 s backend: 504 after {', '.join(f'{t:.2f}' for t in took)} s")

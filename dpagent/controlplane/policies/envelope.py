@@ -65,12 +65,9 @@ class Policy(msgspec.Struct, frozen=True):
 def check_envelope(v: Violations, doc: Any, kind: str) -> Mapping[str, Any] | None:
     """Record the problems of everything around `spec` (type, mesh, name, labels); returns the spec mapping when
     there is one to check further. Every kind's validation starts here."""
-    top = v.mapping(doc, "")
+    top = v.document(doc, kind, _TOP)
     if top is None:
         return None
-    v.unknown(top, _TOP, "")
-    if top.get("type", kind) != kind:
-        v.add("type", f"must be {kind}, not {top.get('type')!r}")
     mesh = v.mesh_ref(top.get("mesh"), "mesh")  # Kuma's older set: meshes made before 2.5 may hold '_'
     v.name(top.get("name"), "name")
     v.labels(top.get("labels"), mesh or "")  # Kubernetes label rules; `kuma.io/mesh` must match `mesh`

@@ -100,12 +100,18 @@ def validate_target_ref(v: Violations, doc: Any, path: str, kinds: tuple[str, ..
     if ref.get("sectionName") not in (None, ""):
         v.string(ref.get("sectionName"), join(path, "sectionName"))
     if "proxyTypes" in ref and kind in (MESH, MESH_SUBSET):
-        types = v.sequence(ref.get("proxyTypes"), join(path, "proxyTypes"))
-        if not types and isinstance(ref.get("proxyTypes"), list):
-            v.add(join(path, "proxyTypes"), "must not be empty (leave it out to mean every proxy type)")
-        for i, t in enumerate(types):
-            if t not in PROXY_TYPES:
-                v.add(f"{join(path, 'proxyTypes')}[{i}]", f"must be one of: {', '.join(PROXY_TYPES)}")
+        validate_proxy_types(v, ref.get("proxyTypes"), join(path, "proxyTypes"))
+
+
+def validate_proxy_types(v: Violations, raw: Any, path: str) -> None:
+    """A Mesh or MeshSubset targetRef's `proxyTypes`: known types, and not an empty list, which would select no
+    proxy at all where leaving the field out selects every one."""
+    types = v.sequence(raw, path)
+    if not types and isinstance(raw, list):
+        v.add(path, "must not be empty (leave it out to mean every proxy type)")
+    for i, t in enumerate(types):
+        if t not in PROXY_TYPES:
+            v.add(f"{path}[{i}]", f"must be one of: {', '.join(PROXY_TYPES)}")
 
 
 def tags_match(ref_tags: Mapping[str, str], tags: Mapping[str, str]) -> bool:

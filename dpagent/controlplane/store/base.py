@@ -11,7 +11,7 @@ import collections
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
@@ -119,6 +119,21 @@ def version_error(kind: str, mesh: str, name: str, expected: int, current: int) 
         f"{describe(kind, mesh, name)} was changed by someone else: expected version {expected}, "
         f"current version is {current}; read it again and retry"
     )
+
+
+_Row = TypeVar("_Row")
+
+
+def checked_row(kind: str, mesh: str, name: str, row: _Row | None, version_of: Callable[[_Row], int],
+                expected: int | None) -> _Row:
+    """The current row an update or delete works on, checked the same way in every store: it exists (else
+    NotFound) and, when the caller names the version it read, that version is still the current one (else
+    Conflict), which is what makes a read-modify-write safe without locks held across requests."""
+    if row is None:
+        raise not_found_error(kind, mesh, name)
+    if expected is not None and expected != version_of(row):
+        raise version_error(kind, mesh, name, expected, version_of(row))
+    return row
 
 
 class Subscription:

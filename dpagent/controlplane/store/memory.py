@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from dpagent.controlplane.store.base import (
@@ -21,11 +22,10 @@ from dpagent.controlplane.store.base import (
     Subscription,
     check_key,
     check_page,
+    checked_row,
     decode_doc,
     encode_doc,
     exists_error,
-    not_found_error,
-    version_error,
 )
 
 Key = tuple[str, str, str]
@@ -37,6 +37,7 @@ class _Row:
     doc: str
     created: float
     modified: float
+
 
 
 class MemoryStore:
@@ -86,11 +87,7 @@ class MemoryStore:
         check_key(kind, mesh, name)
         text = encode_doc(doc)
         key = (kind, mesh, name)
-        old = self._rows.get(key)
-        if old is None:
-            raise not_found_error(kind, mesh, name)
-        if version is not None and version != old.version:
-            raise version_error(kind, mesh, name, version, old.version)
+        old = checked_row(kind, mesh, name, self._rows.get(key), attrgetter("version"), version)
         row = self._rows[key] = _Row(old.version + 1, text, old.created, self._clock())
         self._commit([(key, "update", row.version)])
         return self._record(key, row)
@@ -123,11 +120,7 @@ class MemoryStore:
     async def delete(self, kind: str, mesh: str, name: str, *, version: int | None = None) -> Record:
         self._check_open()
         key = (kind, mesh, name)
-        old = self._rows.get(key)
-        if old is None:
-            raise not_found_error(kind, mesh, name)
-        if version is not None and version != old.version:
-            raise version_error(kind, mesh, name, version, old.version)
+        old = checked_row(kind, mesh, name, self._rows.get(key), attrgetter("version"), version)
         del self._rows[key]
         self._commit([(key, "delete", old.version)])
         return self._record(key, old)

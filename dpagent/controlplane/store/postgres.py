@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from operator import itemgetter
 from typing import Any, TypeVar
 
 import asyncpg
@@ -29,11 +30,10 @@ from dpagent.controlplane.store.base import (
     Subscription,
     check_key,
     check_page,
+    checked_row,
     decode_doc,
     encode_doc,
     exists_error,
-    not_found_error,
-    version_error,
 )
 from dpagent.controlplane.store.pgconfig import PostgresConfig
 from dpagent.controlplane.store.pglisten import ChangeListener
@@ -142,10 +142,7 @@ class PostgresStore:
         async def body(conn: asyncpg.Connection) -> Record:
             old = await conn.fetchrow(f"SELECT version, created FROM resources WHERE {_KEY} FOR UPDATE",
                                       kind, mesh, name)
-            if old is None:
-                raise not_found_error(kind, mesh, name)
-            if version is not None and version != old[0]:
-                raise version_error(kind, mesh, name, version, old[0])
+            old = checked_row(kind, mesh, name, old, itemgetter(0), version)
             return await self._replace(conn, kind, mesh, name, text, old[0], old[1])
 
         return await self._write(body)
@@ -154,10 +151,7 @@ class PostgresStore:
         """Fail a stale compare-and-swap without queueing for the write lock: under contention most attempts are
         stale, and each would otherwise wait its turn just to be rejected. The check is repeated under the lock."""
         rows = await self._fetch(f"SELECT version FROM resources WHERE {_KEY}", kind, mesh, name)
-        if not rows:
-            raise not_found_error(kind, mesh, name)
-        if rows[0][0] != version:
-            raise version_error(kind, mesh, name, version, rows[0][0])
+        checked_row(kind, mesh, name, rows[0] if rows else None, itemgetter(0), version)
 
     async def upsert(self, kind: str, mesh: str, name: str, doc: dict[str, Any]) -> Record:
         check_key(kind, mesh, name)
@@ -212,10 +206,7 @@ class PostgresStore:
 
         async def body(conn: asyncpg.Connection) -> Record:
             old = await conn.fetchrow(f"SELECT {_COLUMNS} FROM resources WHERE {_KEY} FOR UPDATE", kind, mesh, name)
-            if old is None:
-                raise not_found_error(kind, mesh, name)
-            if version is not None and version != old[3]:
-                raise version_error(kind, mesh, name, version, old[3])
+            old = checked_row(kind, mesh, name, old, itemgetter(3), version)
             await conn.execute(f"DELETE FROM resources WHERE {_KEY}", kind, mesh, name)
             return _record(old)
 

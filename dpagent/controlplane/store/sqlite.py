@@ -27,6 +27,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -40,11 +41,10 @@ from dpagent.controlplane.store.base import (
     Subscription,
     check_key,
     check_page,
+    checked_row,
     decode_doc,
     encode_doc,
     exists_error,
-    not_found_error,
-    version_error,
 )
 from dpagent.errors import ConfigError
 
@@ -201,11 +201,7 @@ class SqliteStore:
         text = encode_doc(doc)
 
         def body(events: list[ChangeEvent]) -> Record:
-            old = self._current(kind, mesh, name)
-            if old is None:
-                raise not_found_error(kind, mesh, name)
-            if version is not None and version != old[3]:
-                raise version_error(kind, mesh, name, version, old[3])
+            old = checked_row(kind, mesh, name, self._current(kind, mesh, name), itemgetter(3), version)
             return self._put(events, kind, mesh, name, text, old, "update")
 
         return await self._submit(lambda: self._write(body))
@@ -266,11 +262,7 @@ class SqliteStore:
 
     async def delete(self, kind: str, mesh: str, name: str, *, version: int | None = None) -> Record:
         def body(events: list[ChangeEvent]) -> Record:
-            old = self._current(kind, mesh, name)
-            if old is None:
-                raise not_found_error(kind, mesh, name)
-            if version is not None and version != old[3]:
-                raise version_error(kind, mesh, name, version, old[3])
+            old = checked_row(kind, mesh, name, self._current(kind, mesh, name), itemgetter(3), version)
             self._conn.execute("DELETE FROM resources WHERE kind = ? AND mesh = ? AND name = ?", (kind, mesh, name))
             self._event(events, kind, mesh, name, "delete", old[3])
             return _record(old)

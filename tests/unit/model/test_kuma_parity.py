@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from testlib import LocalControlPlane, wait_for
+from testlib import LocalControlPlane, terminate, wait_for
 
 from dpagent.agent.dataplane import load_dataplane
 from dpagent.durations import parse_duration
@@ -168,6 +167,9 @@ CASES: list[tuple[str, Callable[[Any], list[tuple[str, str]]], dict[str, Any], l
      ["logging.backends[0].conf.path", "logging.defaultBackend"]),
     ("log backend of unknown type", validate_mesh,
      mesh(logging={"backends": [{"name": "s", "type": "syslog"}]}), ["logging.backends[0].type"]),
+    ("two log backends with one name", validate_mesh,
+     mesh(logging={"backends": [{"name": "f", "type": "file", "conf": {"path": "/a"}},
+                                {"name": "f", "type": "file", "conf": {"path": "/b"}}]}), ["logging.backends[1].name"]),
     ("zone egress with mTLS", validate_mesh, mesh(routing={"zoneEgress": True}, mtls=mtls(builtin())), ACCEPTED),
     ("zone egress without mTLS", validate_mesh, mesh(routing={"zoneEgress": True}), ["mtls"]),
     ("zone egress with backends but none enabled", validate_mesh,
@@ -260,12 +262,7 @@ def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalControlPlane]:
                  what=f"control plane API (log: {root / 'cp.log'})")
         yield cp
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
         log.close()
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from dpagent.controlplane.policies.envelope import FROM, RULES, Shape
-from dpagent.controlplane.policies.meshhttproute.api_filters import _percentage
+from dpagent.controlplane.policies.meshhttproute.api_filters import check_percentage
 from dpagent.controlplane.policies.targetref import DATAPLANE, MESH, MESH_SERVICE, MESH_SERVICE_SUBSET, MESH_SUBSET
 from dpagent.durations import parse_duration
 from dpagent.model.validation import Violations, join
@@ -66,12 +66,7 @@ def kbps(limit: str) -> int:
 
 def validate_conf(v: Violations, conf: Mapping[str, Any], path: str, section: str) -> None:
     v.unknown(conf, ("http",), path)
-    for i, raw in enumerate(v.sequence(conf.get("http", []), join(path, "http"))):
-        p = f"{join(path, 'http')}[{i}]"
-        fault = v.mapping(raw, p)
-        if fault is None:
-            continue
-        v.unknown(fault, _FAULTS, p)
+    for _, p, fault in v.objects(v.sequence(conf.get("http", []), join(path, "http")), join(path, "http"), _FAULTS):
         if not any(fault.get(k) is not None for k in _FAULTS):
             v.add(p, "must define at least one of: " + ", ".join(_FAULTS))
         abort = v.mapping(fault.get("abort"), join(p, "abort"), required=False)
@@ -105,7 +100,7 @@ def _required_percentage(v: Violations, m: Mapping[str, Any], path: str) -> None
     if m.get("percentage") is None:
         v.add(join(path, "percentage"), "must be defined")
     else:
-        _percentage(v, m["percentage"], join(path, "percentage"))
+        check_percentage(v, m["percentage"], join(path, "percentage"))
 
 
 def parse_conf(conf: Mapping[str, Any]) -> Conf:

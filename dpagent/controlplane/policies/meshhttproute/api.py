@@ -8,29 +8,30 @@ from typing import Any
 
 import msgspec
 
-from dpagent.controlplane.policies.envelope import TO, Policy, Shape, check_envelope, parse_policy
-from dpagent.controlplane.policies.meshhttproute.api_filters import (
+from dpagent.controlplane.policies.envelope import Policy, parse_policy
+from dpagent.controlplane.policies.meshhttproute.api_filters import validate_filter
+from dpagent.controlplane.policies.meshroute.headers import (
+    EXACT,
+    REGEX,
+    HeaderMatch,
     check_regex,
-    header_name,
-    validate_filter,
+    validate_header_match,
 )
 from dpagent.controlplane.policies.meshroute.refs import (
     BACKEND_KINDS,
     GATEWAY_TO_KINDS,
-    MESH_GATEWAY,
+    ROUTE_SHAPE,
     TO_KINDS,
-    TOP_KINDS,
     BackendRef,
     validate_ref,
+    validate_route_spec,
 )
 from dpagent.model.validation import HOST_RE, Violations, join
 
 KIND = "MeshHTTPRoute"
-EXACT, PATH_PREFIX, REGEX = "Exact", "PathPrefix", "RegularExpression"
+PATH_PREFIX = "PathPrefix"
 PATH_TYPES = (EXACT, PATH_PREFIX, REGEX)
 METHODS = ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
-PRESENT, ABSENT, PREFIX = "Present", "Absent", "Prefix"
-HEADER_TYPES = (EXACT, PRESENT, REGEX, ABSENT, PREFIX)
 QUERY_TYPES = (EXACT, REGEX)
 
 
@@ -41,12 +42,6 @@ class _S(msgspec.Struct, rename="camel", omit_defaults=True, frozen=True):
 class PathMatch(_S):
     type: str
     value: str
-
-
-class HeaderMatch(_S):
-    name: str
-    type: str = EXACT
-    value: str | None = None
 
 
 class QueryParamMatch(_S):
@@ -129,7 +124,7 @@ class ToConf(_S):
     hostnames: tuple[str, ...] = ()
 
 
-SHAPE = Shape(sections=(TO,), top_kinds=TOP_KINDS, to_kinds=TO_KINDS, route_to=True)
+SHAPE = ROUTE_SHAPE
 
 
 def to_rules(conf: Mapping[str, Any]) -> tuple[Rule, ...]:
@@ -140,13 +135,8 @@ def to_rules(conf: Mapping[str, Any]) -> tuple[Rule, ...]:
 def validate_meshhttproute(doc: Any) -> list[tuple[str, str]]:
     """Every violation in a decoded MeshHTTPRoute document, with Kuma-style paths."""
     v = Violations()
-    spec = check_envelope(v, doc, KIND)
-    if spec is None:
-        return v.items
-    v.unknown(spec, ("targetRef", "to"), "spec")
-    top = validate_ref(v, spec.get("targetRef"), "spec.targetRef", TOP_KINDS, required=False, listener_tags=True)
-    gateway = top == MESH_GATEWAY
-    for i, raw in enumerate(v.sequence(spec.get("to"), "spec.to")):
+    items, gateway = validate_route_spec(v, doc, KIND)
+    for i, raw in enumerate(items):
         _to(v, raw, f"spec.to[{i}]", gateway)
     return v.items
 
@@ -228,7 +218,7 @@ def _match(v: Violations, raw: Any, path: str) -> None:
     if m.get("method") is not None and m.get("method") not in METHODS:
         v.add(join(path, "method"), f"must be one of: {', '.join(METHODS)}")
     for k, raw_h in enumerate(v.sequence(m.get("headers"), join(path, "headers"))):
-        _header_match(v, raw_h, f"{join(path, 'headers')}[{k}]")
+        validate_header_match(v, raw_h, f"{join(path, 'headers')}[{k}]")
     seen: set[str] = set()
     for k, raw_q in enumerate(v.sequence(m.get("queryParams"), join(path, "queryParams"))):
         qp = f"{join(path, 'queryParams')}[{k}]"
@@ -246,21 +236,3 @@ def _match(v: Violations, raw: Any, path: str) -> None:
         value = v.string(q.get("value"), join(qp, "value"))
         if value is not None and q.get("type") == REGEX:
             check_regex(v, value, join(qp, "value"))
-
-
-def _header_match(v: Violations, raw: Any, path: str) -> None:
-    h = v.mapping(raw, path)
-    if h is None:
-        return
-    v.unknown(h, ("type", "name", "value"), path)
-    kind = h.get("type", EXACT)
-    if kind not in HEADER_TYPES:
-        v.add(join(path, "type"), f"must be one of: {', '.join(HEADER_TYPES)}")
-    header_name(v, h.get("name"), join(path, "name"))
-    value = h.get("value")
-    if kind in (PRESENT, ABSENT) and value is not None:
-        v.add(join(path, "value"), f"must not be set with type {kind}")
-    elif value is not None and not isinstance(value, str):
-        v.add(join(path, "value"), "must be a string")
-    elif kind == REGEX:
-        check_regex(v, value or "", join(path, "value"))

@@ -3,11 +3,11 @@ split from api.py only to keep each module short."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from dpagent.controlplane.policies.meshroute.headers import header_name
 from dpagent.controlplane.policies.meshroute.refs import MIRROR_KINDS, validate_ref
 from dpagent.model.validation import HOST_RE, Violations, is_ip, join
 
@@ -24,10 +24,7 @@ REWRITE_FIELDS = {REPLACE_FULL_PATH: "replaceFullPath", REPLACE_PREFIX_MATCH: "r
 SCHEMES = ("http", "https")
 STATUS_CODES = (301, 302, 303, 307, 308)
 MAX_MODIFIERS = 16
-# HTTP token characters (RFC 9110), lower case only, as Kuma requires of header names.
-HEADER_NAME_RE = re.compile(r"^[a-z0-9!#$%&'*+\-.^_`|~]{1,256}$")
-# RE2 (Envoy's engine) has no lookaround and no backreferences; Python's `re` accepts both.
-_NOT_RE2 = re.compile(r"\(\?<?[=!]|\\[1-9]|\(\?P=")
+
 
 
 def validate_filter(v: Violations, raw: Any, path: str, all_prefix: bool, gateway: bool) -> bool:
@@ -74,7 +71,7 @@ def validate_filter(v: Violations, raw: Any, path: str, all_prefix: bool, gatewa
         v.unknown(sub, ("backendRef", "percentage"), p)
         validate_ref(v, sub.get("backendRef"), join(p, "backendRef"), MIRROR_KINDS, backend=True)
         if sub.get("percentage") is not None:
-            _percentage(v, sub.get("percentage"), join(p, "percentage"))
+            check_percentage(v, sub.get("percentage"), join(p, "percentage"))
     return kind == REQUEST_REDIRECT
 
 
@@ -136,7 +133,7 @@ def _path_rewrite(v: Violations, raw: Any, path: str, all_prefix: bool) -> None:
         v.add(join(path, field), "can only be used when every match of the rule is a PathPrefix path match")
 
 
-def _percentage(v: Violations, raw: Any, path: str) -> None:
+def check_percentage(v: Violations, raw: Any, path: str) -> None:
     try:
         if isinstance(raw, bool) or not isinstance(raw, (int, str)):
             raise InvalidOperation
@@ -146,23 +143,3 @@ def _percentage(v: Violations, raw: Any, path: str) -> None:
         return
     if not value.is_finite() or not 0 <= value <= 100:
         v.add(path, "must be between 0 and 100")
-
-
-def header_name(v: Violations, raw: Any, path: str) -> str | None:
-    name = v.string(raw, path)
-    if name is not None and not HEADER_NAME_RE.fullmatch(name):
-        v.add(path, "must be 1-256 lower-case HTTP token characters (letters, digits, and !#$%&'*+-.^_`|~)")
-        return None
-    return name
-
-
-def check_regex(v: Violations, value: str, path: str) -> None:
-    """Not one of Kuma's checks: a pattern Envoy cannot compile makes it reject the whole listener, so refuse the
-    patterns that are not regular expressions at all here, where the user sees the path."""
-    try:
-        re.compile(value)
-    except re.error as e:
-        v.add(path, f"is not a valid regular expression ({e})")
-        return
-    if _NOT_RE2.search(value):
-        v.add(path, "uses lookaround or a backreference, which Envoy's RE2 engine does not support")

@@ -18,11 +18,8 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2
 
 from dpagent.controlplane.policies.meshhttproute.api import (
-    ABSENT,
     EXACT,
     PATH_PREFIX,
-    PREFIX,
-    PRESENT,
     BackendRef,
     Filter,
     HeaderModifier,
@@ -44,6 +41,7 @@ from dpagent.controlplane.policies.meshhttproute.api_filters import (
 from dpagent.controlplane.policies.meshhttproute.ordering import RouteEntry, merge_rules, route_entries
 from dpagent.controlplane.policies.meshroute import names
 from dpagent.controlplane.policies.meshroute.backends import resolve_legacy
+from dpagent.controlplane.policies.meshroute.headers import header_matcher, string_matcher
 from dpagent.controlplane.policies.meshroute.refs import MESH_EXTERNAL_SERVICE
 
 Resolve = Callable[[BackendRef], "str | None"]
@@ -127,8 +125,9 @@ def _matches(m: Match) -> list[tuple[rc.RouteMatch, bool]]:
     headers = []
     if m.method:
         headers.append(rc.HeaderMatcher(name=":method", string_match=string_pb2.StringMatcher(exact=m.method)))
-    headers.extend(_header(h.name, h.type, h.value) for h in m.headers)
-    query = [rc.QueryParameterMatcher(name=q.name, string_match=_string(q.type, q.value)) for q in m.query_params]
+    headers.extend(header_matcher(h.name, h.type, h.value) for h in m.headers)
+    query = [rc.QueryParameterMatcher(name=q.name, string_match=string_matcher(q.type, q.value))
+             for q in m.query_params]
 
     def make(exact_twin: bool = False, **path: object) -> tuple[rc.RouteMatch, bool]:
         return rc.RouteMatch(headers=headers, query_parameters=query, **path), exact_twin  # type: ignore[arg-type]
@@ -141,22 +140,6 @@ def _matches(m: Match) -> list[tuple[rc.RouteMatch, bool]]:
     if p.type == PATH_PREFIX:
         return [make(True, path=p.value), make(prefix=p.value + "/")]
     return [make(safe_regex=regex_pb2.RegexMatcher(regex=p.value))]
-
-
-def _string(kind: str, value: str) -> string_pb2.StringMatcher:
-    if kind == EXACT:
-        return string_pb2.StringMatcher(exact=value)
-    if kind == PREFIX:
-        return string_pb2.StringMatcher(prefix=value)
-    return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=value))
-
-
-def _header(name: str, kind: str, value: str | None) -> rc.HeaderMatcher:
-    if kind == PRESENT or (kind == PREFIX and not value):
-        return rc.HeaderMatcher(name=name, present_match=True)
-    if kind == ABSENT:
-        return rc.HeaderMatcher(name=name, present_match=False)
-    return rc.HeaderMatcher(name=name, string_match=_string(kind, value or ""))
 
 
 def _action(backends: list[tuple[str, int]], filters: Sequence[Filter], exact_twin: bool,

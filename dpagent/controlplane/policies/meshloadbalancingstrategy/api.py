@@ -249,12 +249,7 @@ _SUB = {"Header": ("header", ("name",)), "Cookie": ("cookie", ("name", "ttl", "p
 
 
 def _hash_policies(v: Violations, raw: Any, path: str) -> None:
-    for i, item in enumerate(v.sequence(raw, path)):
-        p = f"{path}[{i}]"
-        hp = v.mapping(item, p)
-        if hp is None:
-            continue
-        v.unknown(hp, ("type", "terminal", *{s for s, _ in _SUB.values()}), p)
+    for _, p, hp in v.objects(v.sequence(raw, path), path, ("type", "terminal", *{s for s, _ in _SUB.values()})):
         kind = hp.get("type")
         if kind not in _SUB:
             v.add(join(p, "type"), f"must be one of: {', '.join(HASH_TYPES)}")
@@ -306,12 +301,7 @@ def _locality(v: Violations, raw: Any, path: str) -> None:
         v.unknown(local, ("affinityTags",), p)
         tags = v.sequence(local.get("affinityTags"), join(p, "affinityTags"))
         weighted = 0
-        for i, t in enumerate(tags):
-            tp = f"{join(p, 'affinityTags')}[{i}]"
-            tag = v.mapping(t, tp)
-            if tag is None:
-                continue
-            v.unknown(tag, ("key", "weight"), tp)
+        for _, tp, tag in v.objects(tags, join(p, "affinityTags"), ("key", "weight")):
             v.string(tag.get("key"), join(tp, "key"))
             if tag.get("weight") is not None:
                 weighted += 1
@@ -322,12 +312,8 @@ def _locality(v: Violations, raw: Any, path: str) -> None:
     if cross is not None:
         p = join(path, "crossZone")
         v.unknown(cross, ("failover", "failoverThreshold"), p)
-        for i, f in enumerate(v.sequence(cross.get("failover"), join(p, "failover"))):
-            fp = f"{join(p, 'failover')}[{i}]"
-            item = v.mapping(f, fp)
-            if item is None:
-                continue
-            v.unknown(item, ("from", "to"), fp)
+        for _, fp, item in v.objects(v.sequence(cross.get("failover"), join(p, "failover")), join(p, "failover"),
+                                     ("from", "to")):
             src = v.mapping(item.get("from"), join(fp, "from"), required=False)
             if src is not None:
                 v.unknown(src, ("zones",), join(fp, "from"))

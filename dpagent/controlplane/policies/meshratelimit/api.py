@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from dpagent.controlplane.policies.envelope import FROM, RULES, Shape
-from dpagent.controlplane.policies.meshhttproute.api_filters import header_name
+from dpagent.controlplane.policies.meshroute.headers import header_name
 from dpagent.controlplane.policies.targetref import DATAPLANE, MESH, MESH_SERVICE, MESH_SERVICE_SUBSET, MESH_SUBSET
 from dpagent.durations import parse_duration
 from dpagent.model.validation import Violations, join
@@ -107,12 +107,9 @@ def validate_conf(v: Violations, conf: Mapping[str, Any], path: str, section: st
                     items = v.sequence(headers.get(key, []), lp)
                     if len(items) > MAX_HEADERS:
                         v.add(lp, f"must hold at most {MAX_HEADERS} headers")
-                    for i, raw in enumerate(items):
-                        h = v.mapping(raw, f"{lp}[{i}]")
-                        if h is not None:
-                            v.unknown(h, ("name", "value"), f"{lp}[{i}]")
-                            header_name(v, h.get("name"), f"{lp}[{i}].name")
-                            v.string(h.get("value"), f"{lp}[{i}].value")
+                    for _, hp, h in v.objects(items, lp, ("name", "value")):
+                        header_name(v, h.get("name"), join(hp, "name"))
+                        v.string(h.get("value"), join(hp, "value"))
     tcp = v.mapping(local.get("tcp"), join(p, "tcp"), required=False)
     if tcp is not None:
         tp = join(p, "tcp")

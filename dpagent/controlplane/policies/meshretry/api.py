@@ -9,8 +9,7 @@ from typing import Any
 import msgspec
 
 from dpagent.controlplane.policies.envelope import TO, Shape
-from dpagent.controlplane.policies.meshhttproute.api import HeaderMatch
-from dpagent.controlplane.policies.meshhttproute.api import _header_match as header_match
+from dpagent.controlplane.policies.meshroute.headers import HeaderMatch, validate_header_match
 from dpagent.controlplane.policies.targetref import (
     DATAPLANE,
     MESH,
@@ -158,7 +157,7 @@ def _protocol(v: Violations, block: Mapping[str, Any], path: str, name: str, ext
         return
     for key in ("retriableResponseHeaders", "retriableRequestHeaders"):
         for i, raw in enumerate(v.sequence(block.get(key), join(path, key))):
-            header_match(v, raw, f"{join(path, key)}[{i}]")
+            validate_header_match(v, raw, f"{join(path, key)}[{i}]")
     _host_selection(v, block.get("hostSelection"), join(path, "hostSelection"))
     _uint(v, block.get("hostSelectionMaxAttempts"), join(path, "hostSelectionMaxAttempts"), limit=2**63 - 1)
 
@@ -171,12 +170,7 @@ def _rate_limited(v: Violations, raw: Any, path: str) -> None:
     headers = v.sequence(block.get("resetHeaders"), join(path, "resetHeaders"))
     if not headers and isinstance(block.get("resetHeaders", []), list):
         v.add(join(path, "resetHeaders"), "must define at least one header")
-    for i, h in enumerate(headers):
-        p = f"{join(path, 'resetHeaders')}[{i}]"
-        m = v.mapping(h, p)
-        if m is None:
-            continue
-        v.unknown(m, ("name", "format"), p)
+    for _, p, m in v.objects(headers, join(path, "resetHeaders"), ("name", "format")):
         v.string(m.get("name"), join(p, "name"))
         if m.get("format") not in RESET_FORMATS:
             v.add(join(p, "format"), f"must be one of: {', '.join(RESET_FORMATS)}")
@@ -185,12 +179,7 @@ def _rate_limited(v: Violations, raw: Any, path: str) -> None:
 
 def _host_selection(v: Violations, raw: Any, path: str) -> None:
     priorities = 0
-    for i, item in enumerate(v.sequence(raw, path)):
-        p = f"{path}[{i}]"
-        m = v.mapping(item, p)
-        if m is None:
-            continue
-        v.unknown(m, ("predicate", "tags", "updateFrequency"), p)
+    for _, p, m in v.objects(v.sequence(raw, path), path, ("predicate", "tags", "updateFrequency")):
         predicate = m.get("predicate")
         if predicate not in PREDICATES:
             v.add(join(p, "predicate"), f"must be one of: {', '.join(PREDICATES)}")

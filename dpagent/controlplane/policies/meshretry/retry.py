@@ -14,8 +14,6 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
-from dpagent.controlplane.policies.meshhttproute.api import EXACT
-from dpagent.controlplane.policies.meshhttproute.routes import _header as header_matcher
 from dpagent.controlplane.policies.meshretry.api import (
     GRPC,
     GRPC_RETRY_ON,
@@ -29,6 +27,7 @@ from dpagent.controlplane.policies.meshretry.api import (
     retry_on_method,
     retry_on_status,
 )
+from dpagent.controlplane.policies.meshroute.headers import EXACT, header_matcher
 from dpagent.controlplane.xds.builders.core import pack, seconds
 from dpagent.durations import parse_duration
 

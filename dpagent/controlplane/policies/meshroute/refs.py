@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from dpagent.controlplane.policies.envelope import TO, Shape, check_envelope
 from dpagent.controlplane.policies.matching import Item
 from dpagent.controlplane.policies.targetref import (
     DATAPLANE,
@@ -23,8 +24,8 @@ from dpagent.controlplane.policies.targetref import (
     MESH_SERVICE,
     MESH_SERVICE_SUBSET,
     MESH_SUBSET,
-    PROXY_TYPES,
     TargetRef,
+    validate_proxy_types,
 )
 from dpagent.model.validation import Violations, join
 
@@ -34,6 +35,8 @@ R = TypeVar("R")
 TOP_KINDS = (MESH, DATAPLANE, MESH_SUBSET, MESH_GATEWAY, MESH_SERVICE, MESH_SERVICE_SUBSET)
 TO_KINDS = (MESH_SERVICE, MESH_EXTERNAL_SERVICE, MESH_MULTI_ZONE_SERVICE)
 GATEWAY_TO_KINDS = (MESH,)
+# Both route kinds: `to[]` only, each item keeping its whole conf (rules, hostnames) for the route builders.
+ROUTE_SHAPE = Shape(sections=(TO,), top_kinds=TOP_KINDS, to_kinds=TO_KINDS, route_to=True)
 BACKEND_KINDS = (MESH_SERVICE, MESH_SERVICE_SUBSET, MESH_EXTERNAL_SERVICE, MESH_MULTI_ZONE_SERVICE)
 MIRROR_KINDS = (MESH_SERVICE, MESH_SERVICE_SUBSET)
 
@@ -157,12 +160,7 @@ def validate_ref(v: Violations, doc: Any, path: str, kinds: tuple[str, ...], *, 
     if _given(ref.get("tags")) and "tags" not in forbidden:
         v.tags(ref.get("tags"), join(path, "tags"))
     if "proxyTypes" in ref and "proxyTypes" not in forbidden and kind in (MESH, MESH_SUBSET):
-        types = v.sequence(ref.get("proxyTypes"), join(path, "proxyTypes"))
-        if not types and isinstance(ref.get("proxyTypes"), list):
-            v.add(join(path, "proxyTypes"), "must not be empty (leave it out to mean every proxy type)")
-        for i, t in enumerate(types):
-            if t not in PROXY_TYPES:
-                v.add(f"{join(path, 'proxyTypes')}[{i}]", f"must be one of: {', '.join(PROXY_TYPES)}")
+        validate_proxy_types(v, ref.get("proxyTypes"), join(path, "proxyTypes"))
     if backend:
         _backend_fields(v, ref, path, kind)
     return str(kind)
@@ -176,3 +174,15 @@ def _backend_fields(v: Violations, ref: Mapping[str, Any], path: str, kind: str)
         v.port(ref.get("port"), join(path, "port"))
     elif kind == MESH_MULTI_ZONE_SERVICE:
         v.add(join(path, "port"), f"must be defined with kind {kind}")
+
+
+def validate_route_spec(v: Violations, doc: Any, kind: str) -> tuple[list[Any], bool]:
+    """What every route policy's document shares: the envelope, a spec of `targetRef` and `to` only, and the top
+    targetRef's kinds. Returns the raw `to[]` items and whether the route is a MeshGateway's (whose `to[]` items
+    name other kinds)."""
+    spec = check_envelope(v, doc, kind)
+    if spec is None:
+        return [], False
+    v.unknown(spec, ("targetRef", "to"), "spec")
+    top = validate_ref(v, spec.get("targetRef"), "spec.targetRef", TOP_KINDS, required=False, listener_tags=True)
+    return v.sequence(spec.get("to"), "spec.to"), top == MESH_GATEWAY

@@ -8,15 +8,15 @@ from typing import Any
 
 import msgspec
 
-from dpagent.controlplane.policies.envelope import TO, Policy, Shape, check_envelope, parse_policy
+from dpagent.controlplane.policies.envelope import Policy, parse_policy
 from dpagent.controlplane.policies.meshroute.refs import (
     BACKEND_KINDS,
     GATEWAY_TO_KINDS,
-    MESH_GATEWAY,
+    ROUTE_SHAPE,
     TO_KINDS,
-    TOP_KINDS,
     BackendRef,
     validate_ref,
+    validate_route_spec,
 )
 from dpagent.model.validation import Violations, join
 
@@ -41,7 +41,7 @@ class ToConf(_S):
     rules: tuple[Rule, ...] = ()
 
 
-SHAPE = Shape(sections=(TO,), top_kinds=TOP_KINDS, to_kinds=TO_KINDS, route_to=True)
+SHAPE = ROUTE_SHAPE
 
 
 def to_rules(conf: Mapping[str, Any]) -> tuple[Rule, ...]:
@@ -52,18 +52,9 @@ def to_rules(conf: Mapping[str, Any]) -> tuple[Rule, ...]:
 def validate_meshtcproute(doc: Any) -> list[tuple[str, str]]:
     """Every violation in a decoded MeshTCPRoute document, with Kuma-style paths."""
     v = Violations()
-    spec = check_envelope(v, doc, KIND)
-    if spec is None:
-        return v.items
-    v.unknown(spec, ("targetRef", "to"), "spec")
-    top = validate_ref(v, spec.get("targetRef"), "spec.targetRef", TOP_KINDS, required=False, listener_tags=True)
-    to_kinds = GATEWAY_TO_KINDS if top == MESH_GATEWAY else TO_KINDS
-    for i, raw in enumerate(v.sequence(spec.get("to"), "spec.to")):
-        p = f"spec.to[{i}]"
-        item = v.mapping(raw, p)
-        if item is None:
-            continue
-        v.unknown(item, ("targetRef", "rules"), p)
+    items, gateway = validate_route_spec(v, doc, KIND)
+    to_kinds = GATEWAY_TO_KINDS if gateway else TO_KINDS
+    for _, p, item in v.objects(items, "spec.to", ("targetRef", "rules")):
         validate_ref(v, item.get("targetRef"), join(p, "targetRef"), to_kinds)
         if item.get("rules") is None:
             v.add(join(p, "rules"), "must be defined")

@@ -46,8 +46,12 @@ def resources_to_plain(resources: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def assert_golden(obj: Any, case: str, testdata: Path = TESTDATA) -> None:
-    """Compare as parsed YAML; UPDATE_GOLDEN=1 rewrites the file instead."""
-    path = testdata / f"{case}.golden.yaml"
+    """Compare with `<testdata>/<case>.golden.yaml` (see assert_golden_file)."""
+    assert_golden_file(obj, testdata / f"{case}.golden.yaml")
+
+
+def assert_golden_file(obj: Any, path: Path) -> None:
+    """Compare as parsed YAML; UPDATE_GOLDEN=1 rewrites the file instead (a missing file is written and fails)."""
     obj = plain(obj)
     if os.environ.get("UPDATE_GOLDEN") == "1" or not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

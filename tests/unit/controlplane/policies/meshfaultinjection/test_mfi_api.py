@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import yaml
+from policylib import MESH, policy_doc
 
 from dpagent.controlplane.policies.meshfaultinjection import MeshFaultInjectionPlugin
 
@@ -83,8 +84,7 @@ def test_kuma_docs_accepted(doc: str) -> None:
 
 
 def mfi(http: Any) -> dict[str, Any]:
-    return {"type": "MeshFaultInjection", "mesh": "default", "name": "p", "spec": {
-        "targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": http}}]}}
+    return policy_doc("MeshFaultInjection", {"http": http}, "from", top=MESH, name="p")
 
 
 P = "spec.from[0].default.http[0]"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from policylib import BACKEND_DP, BACKEND_HTTP, BACKEND_TCP, MTLS_MESH
 from unit.controlplane.xds._xds_testlib import assert_golden, envoy_accepts, resources_to_plain
 
 from dpagent.controlplane.inspect import kind_policies
@@ -16,17 +17,9 @@ from dpagent.controlplane.policies.meshfaultinjection.xds import FILTER_PREFIX
 from dpagent.controlplane.xds.context import MeshContext, build_proxy
 from dpagent.controlplane.xds.generators.profile import generate
 from dpagent.controlplane.xds.snapshot import LISTENER
-from dpagent.model.dataplane import parse_dataplane
-from dpagent.model.mesh import parse_mesh
 
 TESTDATA = Path(__file__).parent / "testdata"
-MESH = parse_mesh({"type": "Mesh", "name": "default",
-                   "mtls": {"enabledBackend": "ca", "backends": [{"name": "ca", "type": "builtin"}]}})
-DP = parse_dataplane({"type": "Dataplane", "mesh": "default", "name": "backend-1", "networking": {
-    "address": "10.0.0.2", "inbound": [
-        {"port": 8080, "servicePort": 8081, "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}},
-        {"port": 5432, "servicePort": 5433, "tags": {"kuma.io/service": "db", "kuma.io/protocol": "tcp"}}]}})
-HTTP, TCP = "10.0.0.2:8080", "10.0.0.2:5432"
+MESH, DP, HTTP, TCP = MTLS_MESH, BACKEND_DP, BACKEND_HTTP, BACKEND_TCP
 ABORT = {"abort": {"httpStatus": 503, "percentage": 30}}
 DELAY = {"delay": {"value": "500ms", "percentage": "50.5"}}
 BANDWIDTH = {"responseBandwidth": {"limit": "2Mbps", "percentage": 100}}

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from route_testlib import assert_golden, bootstrap, envoy_validate, hcm, matched, static_clusters, to_plain
+from route_testlib import bootstrap, hcm, matched, static_clusters, to_plain
+from unit.controlplane.xds._xds_testlib import assert_golden_file, envoy_validate
 
 from dpagent.controlplane.policies.meshhttproute.api import parse_meshhttproute
 from dpagent.controlplane.policies.meshhttproute.ordering import destination_rules
@@ -136,7 +137,7 @@ def build(case: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_golden(case: str) -> None:
     rc, clusters, assignments = build(case)
-    assert_golden({"routeConfiguration": to_plain(rc),
+    assert_golden_file({"routeConfiguration": to_plain(rc),
                    "clusters": {n: to_plain(c) for n, c in clusters.items()},
                    "endpoints": {n: to_plain(a) for n, a in assignments.items()}},
                   TESTDATA / f"{case}.golden.yaml")

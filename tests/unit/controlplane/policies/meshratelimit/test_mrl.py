@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from policylib import BACKEND_DP, BACKEND_HTTP, BACKEND_TCP, MTLS_MESH, policy_doc
 from unit.controlplane.xds._xds_testlib import assert_golden, envoy_accepts, resources_to_plain
 
 from dpagent.controlplane.inspect import kind_policies
@@ -17,8 +18,6 @@ from dpagent.controlplane.xds.builders.listener import http_filter_names
 from dpagent.controlplane.xds.context import MeshContext, build_proxy
 from dpagent.controlplane.xds.generators.profile import generate
 from dpagent.controlplane.xds.snapshot import LISTENER, ROUTE
-from dpagent.model.dataplane import parse_dataplane
-from dpagent.model.mesh import parse_mesh
 
 PLUGIN = MeshRateLimitPlugin()
 TESTDATA = Path(__file__).parent / "testdata"
@@ -72,11 +71,7 @@ def test_kuma_docs_accepted(doc: str) -> None:
 
 
 def mrl(local: Any, name: str = "p", section: str = "from", target: Any = None) -> dict[str, Any]:
-    item: dict[str, Any] = {"default": {"local": local}}
-    if section == "from":
-        item["targetRef"] = {"kind": "Mesh"}
-    return {"type": "MeshRateLimit", "mesh": "default", "name": name,
-            "spec": {"targetRef": target or {"kind": "Mesh"}, section: [item]}}
+    return policy_doc("MeshRateLimit", {"local": local}, section, top=target or {"kind": "Mesh"}, name=name)
 
 
 P = "spec.from[0].default.local"
@@ -110,13 +105,7 @@ def test_from_kind_other_than_mesh_refused() -> None:
     assert [p for p, _ in PLUGIN.validate(doc)] == ["spec.from[0].targetRef.kind"]
 
 
-MESH = parse_mesh({"type": "Mesh", "name": "default",
-                   "mtls": {"enabledBackend": "ca", "backends": [{"name": "ca", "type": "builtin"}]}})
-DP = parse_dataplane({"type": "Dataplane", "mesh": "default", "name": "backend-1", "networking": {
-    "address": "10.0.0.2", "inbound": [
-        {"port": 8080, "servicePort": 8081, "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}},
-        {"port": 5432, "servicePort": 5433, "tags": {"kuma.io/service": "db", "kuma.io/protocol": "tcp"}}]}})
-HTTP, TCP = "10.0.0.2:8080", "10.0.0.2:5432"
+MESH, DP, HTTP, TCP = MTLS_MESH, BACKEND_DP, BACKEND_HTTP, BACKEND_TCP
 HTTP_LIMIT = {"http": {"requestRate": {"num": 10, "interval": "1s"}, "onRateLimit": {
     "status": 429, "headers": {"set": [{"name": "x-rate-limited", "value": "true"}],
                                "add": [{"name": "x-limit", "value": "10/s"}]}}}}

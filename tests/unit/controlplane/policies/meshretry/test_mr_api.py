@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+from policylib import MESH, assert_refused_at, policy_doc
 
 from dpagent.controlplane.policies.meshretry import MeshRetryPlugin
 from dpagent.controlplane.policies.meshretry.api import to_conf
@@ -106,9 +107,7 @@ def test_initial_policy_is_kumas_default_and_validates() -> None:
 
 
 def retry(default: Any, to: str = "MeshService") -> dict[str, Any]:
-    ref = {"kind": to, "name": "backend"} if to != "Mesh" else {"kind": to}
-    return {"type": "MeshRetry", "mesh": "default", "name": "r", "spec": {"to": [{"targetRef": ref,
-                                                                                  "default": default}]}}
+    return policy_doc("MeshRetry", default, ref={"kind": to, "name": "backend"} if to != "Mesh" else MESH, name="r")
 
 
 P = "spec.to[0].default"
@@ -148,7 +147,6 @@ BAD: dict[str, tuple[dict[str, Any], list[str]]] = {
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_specs_are_refused_at_every_path(case: str) -> None:
     doc, paths = BAD[case]
-    problems = PLUGIN.validate(doc)
-    assert sorted({p for p, _ in problems}) == sorted(paths), problems
+    assert_refused_at(PLUGIN.validate(doc), paths)
     with pytest.raises(ValidationError):
         PLUGIN.parse(doc)

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from route_testlib import assert_golden, bootstrap, envoy_validate, matched, static_clusters, to_plain
+from route_testlib import bootstrap, matched, static_clusters, to_plain
+from unit.controlplane.xds._xds_testlib import assert_golden_file, envoy_validate
 
 from dpagent.controlplane.policies.meshroute.backends import backend_resources
 from dpagent.controlplane.policies.meshroute.refs import BackendRef
@@ -75,7 +76,7 @@ def build(case: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_golden(case: str) -> None:
     flt, clusters, assignments = build(case)
-    assert_golden({"filter": to_plain(flt), "clusters": {n: to_plain(c) for n, c in clusters.items()},
+    assert_golden_file({"filter": to_plain(flt), "clusters": {n: to_plain(c) for n, c in clusters.items()},
                    "endpoints": {n: to_plain(a) for n, a in assignments.items()}}, TESTDATA / f"{case}.golden.yaml")
 
 

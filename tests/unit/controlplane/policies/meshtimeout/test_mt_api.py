@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
+from policylib import MESH, assert_refused_at, policy_doc
 
 from dpagent.controlplane.api import Api
 from dpagent.controlplane.policies.matching import Item
@@ -85,7 +86,7 @@ def _mt(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _to(conf: dict[str, Any]) -> dict[str, Any]:
-    return _mt({"to": [{"targetRef": {"kind": "Mesh"}, "default": conf}]})
+    return policy_doc("MeshTimeout", conf, top=MESH)
 
 
 BAD: list[tuple[dict[str, Any], set[str]]] = [
@@ -107,7 +108,7 @@ BAD: list[tuple[dict[str, Any], set[str]]] = [
 
 @pytest.mark.parametrize(("doc", "paths"), BAD)
 def test_bad_specs_are_refused_with_every_path(doc: dict[str, Any], paths: set[str]) -> None:
-    assert {p for p, _ in PLUGIN.validate(doc)} == paths
+    assert_refused_at(PLUGIN.validate(doc), paths)
 
 
 def test_unset_fields_take_kuma_defaults_and_inspect_shows_durations() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from policylib import BACKEND_DP, BACKEND_HTTP, BACKEND_TCP, MTLS_MESH
 from unit.controlplane.xds._xds_testlib import (
     assert_golden,
     envoy_accepts,
@@ -25,17 +26,9 @@ from dpagent.controlplane.xds.context import MeshContext, Proxy
 from dpagent.controlplane.xds.generators.inbound import InboundGenerator
 from dpagent.controlplane.xds.resources import ResourceSet
 from dpagent.controlplane.xds.snapshot import LISTENER, ROUTE
-from dpagent.model.dataplane import parse_dataplane
-from dpagent.model.mesh import parse_mesh
 
 TESTDATA = Path(__file__).parent / "testdata"
-MESH = parse_mesh({"type": "Mesh", "name": "default",
-                   "mtls": {"enabledBackend": "ca", "backends": [{"name": "ca", "type": "builtin"}]}})
-DP = parse_dataplane({"type": "Dataplane", "mesh": "default", "name": "backend-1", "networking": {
-    "address": "10.0.0.2", "inbound": [
-        {"port": 8080, "servicePort": 8081, "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}},
-        {"port": 5432, "servicePort": 5433, "tags": {"kuma.io/service": "db", "kuma.io/protocol": "tcp"}}]}})
-HTTP, TCP = "10.0.0.2:8080", "10.0.0.2:5432"
+MESH, DP, HTTP, TCP = MTLS_MESH, BACKEND_DP, BACKEND_HTTP, BACKEND_TCP
 
 
 def peer(kind: str, action: str, services: frozenset[str] | None, name: str = "") -> PeerRule:
