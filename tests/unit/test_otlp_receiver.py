@@ -68,3 +68,8 @@ def test_log_records_arrive_with_body_and_attributes(otlp: OtlpReceiver) -> None
 def test_waiting_for_what_never_comes_times_out(otlp: OtlpReceiver) -> None:
     with pytest.raises(TimeoutError, match="0 received"):
         otlp.wait_for_spans(lambda s: len(s) > 0, timeout=0.2)
+
+
+def test_a_wait_condition_may_read_the_receiver(otlp: OtlpReceiver) -> None:
+    """The lock is re-entrant: a condition that calls spans() while wait_for_spans holds it must not deadlock."""
+    assert otlp.wait_for_spans(lambda _: otlp.spans() == [], timeout=1) == []
