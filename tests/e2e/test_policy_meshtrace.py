@@ -20,7 +20,7 @@ from backend_app import BackendApp
 from e2e.test_mesh_routes import dataplane
 from otlp_receiver import OtlpReceiver
 from testlib import free_port, wait_for
-from zipkin_receiver import ZipkinReceiver
+from trace_receivers import DatadogReceiver, ZipkinReceiver
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
@@ -139,6 +139,34 @@ def test_otlp_one_trace_across_web_and_backend(mesh, cp) -> None:
         assert backend.parent_span_id == web.span_id  # W3C traceparent carried the context across the hop
         for s in (web, backend):
             assert s.attributes["team"] == "core" and s.attributes["kuma.mesh"] == "default"
+
+
+def datadog_spans(dd: DatadogReceiver) -> Any:
+    def of(rid: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(s.get("service", ""), s) for s in dd.spans() if s.get("meta", {}).get(REQ_TAG) == rid]
+    return of
+
+
+def test_datadog_split_service_one_trace(mesh, cp) -> None:
+    """The Datadog agent's msgpack API; with splitService each side reports its own service name."""
+    with DatadogReceiver() as dd, httpx.Client(timeout=3) as client:
+        put(cp, trace({"type": "Datadog", "datadog": {"url": dd.url, "splitService": True}}))
+        of = datadog_spans(dd)
+        names = {"web_OUTBOUND_backend", "backend_INBOUND"}
+        first_traced(client, of, names)
+        rid = send(client, "datadog")
+        dd.wait_for_spans(lambda _: {s for s, _ in of(rid)} >= names, FLUSH * 2 + 2)
+        spans = dict(of(rid))
+        assert sorted(s for s, _ in of(rid)) == sorted(names), of(rid)
+        web, backend = spans["web_OUTBOUND_backend"], spans["backend_INBOUND"]
+        print(f"datadog: request {rid}: web span {web['span_id']} → backend span {backend['span_id']} (parent "
+              f"{backend['parent_id']}) in trace {web['trace_id']}; {dd.posts} payloads, {len(dd.spans())} spans")
+        assert web["trace_id"] == backend["trace_id"] != 0
+        assert web["meta"].get("_dd.p.tid") == backend["meta"].get("_dd.p.tid")  # the upper 64 bits, if any
+        assert backend["parent_id"] == web["span_id"]
+        for s in (web, backend):
+            assert s["meta"]["team"] == "core" and s["meta"]["kuma.mesh"] == "default"
+        assert dd.rejected == []
 
 
 def test_zero_percent_sampling_sends_none(mesh, cp) -> None:
