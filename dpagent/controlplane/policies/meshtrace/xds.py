@@ -208,6 +208,12 @@ def configure(rs: ResourceSet, ctx: MeshView, rules: TraceRules) -> None:
                 _trace_listener(copy, pick, make)
                 return copy
 
-            key = (KIND, entry.name, source.digest, rules.service, rules.mesh, rules.zone,
+            shared = getattr(ctx, "shared", None)
+            if shared is None:  # a context that cannot memoise: trace a private copy
+                _trace_listener(rs.edit(entry), pick, make)  # type: ignore[arg-type]
+                continue
+            # every input of `build`: the base bytes, the tracing conf (service, mesh and zone included), and
+            # whether names are split per chain
+            key = (KIND, entry.name, source.digest, split,
                    tracing(rules, rules.service).SerializeToString(deterministic=True))
-            rs.replace(entry, ctx.shared(key, LISTENER, entry.name, build))  # type: ignore[attr-defined]
+            rs.replace(entry, shared(key, LISTENER, entry.name, build))

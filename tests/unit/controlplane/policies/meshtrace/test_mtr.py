@@ -351,3 +351,25 @@ def test_merge_more_specific_wins_and_inspect() -> None:
     assert isinstance(r, TraceRules) and r.conf is not None and r.service == "web"
     view = next(k for k in kind_policies(web) if k.kind == "MeshTrace")
     assert view.inbounds[0].conf.sampling.overall == 80
+
+
+def test_shared_capture_listener_differs_when_only_split_service_differs() -> None:
+    """Two proxies of one service, one with splitService: the memoised capture listener must not be reused."""
+    a = dataplane("web-1", "10.0.0.1", [(8080, "web", "http")], [], tproxy=True)
+    b = dataplane("web-2", "10.0.0.3", [(8080, "web", "http")], [], tproxy=True)
+    dd = {"type": "Datadog", "datadog": {"url": "http://127.0.0.1:8126"}}
+    split = {"type": "Datadog", "datadog": {"url": "http://127.0.0.1:8126", "splitService": True}}
+    c = ctx([mtr({"backends": [dd]}, "all"),
+             mtr({"backends": [split]}, "split", {"kind": "Dataplane", "name": "web-2"})], [BACKEND, a, b])
+    services = []
+    for dp in (a, b):
+        capture = generate(c, dp, build_proxy(c, dp)).get(LISTENER, names.OUTBOUND_PASSTHROUGH)
+        assert capture is not None
+        names_seen = set()
+        for t in tracing_of(capture.message):
+            if t is not None:
+                cfg = datadog_pb2.DatadogConfig()
+                t.provider.typed_config.Unpack(cfg)
+                names_seen.add(cfg.service_name)
+        services.append(names_seen)
+    assert services == [{"web"}, {"web_OUTBOUND_backend", "web_OUTBOUND_web"}]
