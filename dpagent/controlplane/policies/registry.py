@@ -16,12 +16,14 @@ from dpagent.controlplane.policies.meshratelimit import MeshRateLimitPlugin
 from dpagent.controlplane.policies.meshretry import MeshRetryPlugin
 from dpagent.controlplane.policies.meshtcproute import MeshTCPRoutePlugin
 from dpagent.controlplane.policies.meshtimeout import MeshTimeoutPlugin
+from dpagent.controlplane.policies.meshtrace import MeshTracePlugin
 from dpagent.controlplane.policies.meshtrafficpermission import MeshTrafficPermissionPlugin
 
 _PLUGINS: tuple[PolicyPlugin, ...] = (
     MeshHTTPRoutePlugin(),  # 100: outbound routes and the clusters their backends need
     MeshTCPRoutePlugin(),  # 200: outbound tcp_proxy splits
     MeshLoadBalancingStrategyPlugin(),  # 400: outbound cluster balancer, route hash policies, zone priorities
+    MeshTracePlugin(),  # 700: HCM tracing on every HTTP listener, the collector cluster
     MeshFaultInjectionPlugin(),  # 800: faults on HTTP inbounds
     MeshRateLimitPlugin(),  # 900: local rate limits on inbounds
     MeshTimeoutPlugin(),  # 1000: cluster, route, HCM and tcp_proxy timeouts

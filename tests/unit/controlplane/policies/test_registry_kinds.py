@@ -72,6 +72,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "MeshRateLimit": {"type": "MeshRateLimit", "mesh": "default", "name": "sample", "spec": {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "rules": [{"default": {"local": {"http": {"requestRate": {"num": 10, "interval": "1s"}}}}}]}},
+    "MeshTrace": {"type": "MeshTrace", "mesh": "default", "name": "sample", "spec": {
+        "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+        "default": {"backends": [{"type": "Zipkin", "zipkin": {"url": "http://zipkin:9411/api/v2/spans"}}]}}},
     "MeshTimeout": {"type": "MeshTimeout", "mesh": "default", "name": "sample", "spec": {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "to": [{"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"http": {"requestTimeout": "3s"}}}]}},
