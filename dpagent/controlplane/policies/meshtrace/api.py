@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from dpagent.controlplane.policies.envelope import DEFAULT, Shape
-from dpagent.controlplane.policies.meshhttproute.api_filters import _percentage
+from dpagent.controlplane.policies.meshhttproute.api_filters import check_percentage
 from dpagent.controlplane.policies.targetref import DATAPLANE, MESH, MESH_SERVICE, MESH_SERVICE_SUBSET, MESH_SUBSET
 from dpagent.model.validation import HOST_RE, Violations, is_ip, join
 
@@ -104,7 +104,7 @@ def validate_conf(v: Violations, conf: Mapping[str, Any], path: str, section: st
         v.unknown(sampling, ("overall", "client", "random"), sp)
         for key in ("overall", "client", "random"):
             if sampling.get(key) is not None:
-                _percentage(v, sampling[key], join(sp, key))
+                check_percentage(v, sampling[key], join(sp, key))
     tp = join(path, "tags")
     for i, raw in enumerate(v.sequence(conf.get("tags"), tp)):
         _tag(v, raw, f"{tp}[{i}]")

@@ -62,7 +62,7 @@ def from_ref(rng: random.Random) -> dict[str, Any]:
 def policy(rng: random.Random, names: list[str], name: str) -> dict[str, Any]:
     kind = rng.choice(["MeshTrafficPermission", "MeshTimeout", "MeshTimeout", "MeshRetry", "MeshHTTPRoute",
                        "MeshCircuitBreaker", "MeshLoadBalancingStrategy", "MeshHealthCheck", "MeshFaultInjection",
-                       "MeshRateLimit"])
+                       "MeshRateLimit", "MeshTrace"])
     top = top_ref(rng, names)
     if kind in ("MeshFaultInjection", "MeshRateLimit", "MeshTrafficPermission") and top["kind"] == "Mesh" \
             and rng.random() < 0.3:
@@ -94,6 +94,9 @@ def policy(rng: random.Random, names: list[str], name: str) -> dict[str, Any]:
     elif kind == "MeshFaultInjection":
         spec["from"] = [{"targetRef": from_ref(rng), "default": {"http": [
             {"abort": {"httpStatus": 503, "percentage": rng.randint(1, 50)}}]}}]
+    elif kind == "MeshTrace":
+        spec["default"] = {"backends": [{"type": "Zipkin", "zipkin": {"url": "http://zipkin:9411/api/v2/spans"}}],
+                           "sampling": {"random": rng.randint(0, 100)}}
     else:
         spec["rules"] = [{"default": {"local": {"http": {"requestRate": {"num": rng.randint(1, 99),
                                                                           "interval": "1s"}}}}}]
