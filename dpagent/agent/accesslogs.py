@@ -129,6 +129,7 @@ class AccessLogStreamer:
         self.stats = Stats()
         self._collectors: dict[str, _Collector] = {}
         self._task: asyncio.Task[None] | None = None
+        self._fd: int | None = None
 
     @staticmethod
     def supported() -> bool:
@@ -147,11 +148,15 @@ class AccessLogStreamer:
             log.warning("this platform has no FIFOs: MeshAccessLog Tcp backends are not forwarded")
             return
         self._make_fifo()
+        # Opened here, not in the task: once start() returns, Envoy's write-only open() finds a reader.
+        self._fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
         self._task = asyncio.create_task(supervised("fifo reader", self._read), name="access-log-reader")
 
     async def _read(self) -> None:
         loop = asyncio.get_running_loop()
-        fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
+        fd, self._fd = self._fd, None
+        if fd is None:  # a restart after a failure: the transport closed the previous descriptor
+            fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
         pipe = os.fdopen(fd, "rb", buffering=0)
         reader = asyncio.StreamReader(limit=LINE_LIMIT)
         transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
@@ -195,5 +200,7 @@ class AccessLogStreamer:
                 await self._task
         for c in self._collectors.values():
             await c.close()
+        if self._fd is not None:
+            os.close(self._fd)
         with contextlib.suppress(OSError):
             self.path.unlink()
