@@ -76,11 +76,11 @@ class AccessLogRules(Rules):
 
     def outbound_conf(self, service: str) -> Any:
         backends = self.outbound(service)
-        return None if backends is None else list(msgspec.to_builtins(backends))
+        return None if backends is None else {"backends": list(msgspec.to_builtins(backends))}
 
     def inbound_conf(self, key: str) -> Any:
         backends = self.inbounds.get(key)
-        return None if backends is None else list(msgspec.to_builtins(backends))
+        return None if backends is None else {"backends": list(msgspec.to_builtins(backends))}
 
 
 class MeshAccessLogPlugin(PolicyPlugin):

@@ -172,7 +172,7 @@ def test_more_specific_to_replaces_backends_and_inbound_entries_add_up() -> None
     assert rules.outbound("db") == ()  # an empty list switches logging off
     assert paths(rules.outbound(None)) == ["/a"]  # passthrough: Mesh entries only
     assert paths(rules.inbounds["10.0.0.1:8080"]) == ["/in-a", "/in-b"]
-    assert rules.outbound_conf("backend") == [{"type": "File", "file": {"path": "/b"}}]
+    assert rules.outbound_conf("backend") == {"backends": [{"type": "File", "file": {"path": "/b"}}]}
 
 
 def test_unresolvable_otel_backend_ref_is_a_warning_and_dropped() -> None:
