@@ -118,7 +118,7 @@ class OtlpReceiver:
         """Binds at once (so `port` is known before `start()`); the port defaults to `testlib.free_port()`."""
         self.host = host
         port = free_port() if port is None else port
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # `until` callbacks may call spans() while _wait holds it
         self._changed = threading.Condition(self._lock)
         self._spans: list[ReceivedSpan] = []
         self._logs: list[ReceivedLogRecord] = []
