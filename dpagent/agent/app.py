@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from dpagent import fsutil
 from dpagent.agent import bootstrap as bs
+from dpagent.agent.accesslogs import AccessLogStreamer
 from dpagent.agent.cplink import ControlPlaneLink
 from dpagent.agent.dataplane import load_dataplane, resource_json
 from dpagent.agent.envoy import EnvoyAdmin, EnvoyProcess, admin_endpoint, envoy_args, envoy_version, find_envoy
@@ -73,6 +74,7 @@ class Agent:
         self.restarts = 0
         self.metrics = Metrics(self._collect)
         self.dns: Any = None  # DnsService, for transparent-proxy dataplanes
+        self.access_logs: AccessLogStreamer | None = None  # MeshAccessLog Tcp backends
 
     # ---- start-up -------------------------------------------------------------------------------------------
 
@@ -127,6 +129,9 @@ class Agent:
                 self.dns = DnsService(cfg.dns_port, self.work_dir)
                 await self.dns.start()
                 self.readiness.dns = self.dns
+            # Before Envoy starts, so a Tcp access-log backend finds the FIFO already read.
+            self.access_logs = AccessLogStreamer(self.work_dir)
+            await self.access_logs.start()
             if cfg.metrics_port:
                 metrics_server = SmallHttpServer(self.metrics.handle, "127.0.0.1", cfg.metrics_port,
                                                  what="metrics endpoint", flag="--metrics-port (DPAGENT_METRICS_PORT)")
@@ -330,6 +335,8 @@ class Agent:
         }
         if self.dns is not None:
             out.update(self.dns.metrics())
+        if self.access_logs is not None:
+            out.update(self.access_logs.metrics())
         if self.identity is not None:
             left = self.identity.seconds_left()
             out["dpagent_identity_certificate_seconds_left"] = ("gauge", left if left is not None else -1)
@@ -350,6 +357,8 @@ class Agent:
                 await self._identity_task
         if self.envoy:
             await self.envoy.stop(STOP_GRACE)
+        if self.access_logs is not None:  # after Envoy: it may write its last lines while stopping
+            await self.access_logs.close()
         if server:
             await server.close()
         if self.admin:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from dpagent.controlplane.policies.base import PolicyPlugin
+from dpagent.controlplane.policies.meshaccesslog import MeshAccessLogPlugin
 from dpagent.controlplane.policies.meshcircuitbreaker import MeshCircuitBreakerPlugin
 from dpagent.controlplane.policies.meshfaultinjection import MeshFaultInjectionPlugin
 from dpagent.controlplane.policies.meshhealthcheck import MeshHealthCheckPlugin
@@ -23,6 +24,7 @@ _PLUGINS: tuple[PolicyPlugin, ...] = (
     MeshHTTPRoutePlugin(),  # 100: outbound routes and the clusters their backends need
     MeshTCPRoutePlugin(),  # 200: outbound tcp_proxy splits
     MeshLoadBalancingStrategyPlugin(),  # 400: outbound cluster balancer, route hash policies, zone priorities
+    MeshAccessLogPlugin(),  # 600: access logs on HCMs and tcp_proxies (file, TCP via the agent, OpenTelemetry)
     MeshTracePlugin(),  # 700: HCM tracing on every HTTP listener, the collector cluster
     MeshFaultInjectionPlugin(),  # 800: faults on HTTP inbounds
     MeshRateLimitPlugin(),  # 900: local rate limits on inbounds

@@ -65,6 +65,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "to": [{"targetRef": {"kind": "MeshService", "name": "web"},
                 "default": {"interval": "10s", "http": {"path": "/health"}, "tcp": {}}}]}},
+    "MeshAccessLog": {"type": "MeshAccessLog", "mesh": "default", "name": "sample", "spec": {
+        "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+        "to": [{"targetRef": {"kind": "MeshService", "name": "web"},
+                "default": {"backends": [{"type": "File", "file": {"path": "/dev/stdout"}}]}}]}},
     "MeshFaultInjection": {"type": "MeshFaultInjection", "mesh": "default", "name": "sample", "spec": {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": [{"abort": {"httpStatus": 503,
