@@ -25,11 +25,12 @@ from dpagent import fsutil
 from dpagent.agent import bootstrap as bs
 from dpagent.agent.cplink import ControlPlaneLink
 from dpagent.agent.dataplane import load_dataplane, resource_json
+from dpagent.agent.dynconf import DYNCONF_SOCKET, DynconfPoller
 from dpagent.agent.envoy import EnvoyAdmin, EnvoyProcess, admin_endpoint, envoy_args, envoy_version, find_envoy
 from dpagent.agent.http import SmallHttpServer
 from dpagent.agent.identity import IdentityManager, setup_identity
 from dpagent.agent.lifecycle import StopSignals, TokenMirror, read_token
-from dpagent.agent.metrics import Metrics
+from dpagent.agent.metrics import MESHMETRIC_PATH, METRICS_SOCKET, Metrics
 from dpagent.agent.notify import Notifier, health_loop  # sd_notify (systemd/README.md)
 from dpagent.agent.platform import release_startup_memory
 from dpagent.agent.readiness import Phase, Readiness
@@ -127,6 +128,7 @@ class Agent:
                 self.dns = DnsService(cfg.dns_port, self.work_dir)
                 await self.dns.start()
                 self.readiness.dns = self.dns
+            await self._start_meshmetric()
             if cfg.metrics_port:
                 metrics_server = SmallHttpServer(self.metrics.handle, "127.0.0.1", cfg.metrics_port,
                                                  what="metrics endpoint", flag="--metrics-port (DPAGENT_METRICS_PORT)")
@@ -175,6 +177,17 @@ class Agent:
                 self._health_task.cancel()
             await self._cleanup(server)
             self.notifier.close()  # sd_notify
+
+    async def _start_meshmetric(self) -> None:
+        """The hijacker socket a MeshMetric Prometheus listener forwards scrapes to, and the poller that reads the
+        policy's conf from the dynconf socket; both idle until the CP sends a MeshMetric."""
+        assert self.work_dir is not None
+        hijacker = SmallHttpServer(self.metrics.handle_hijacked, "", 0, what="metrics hijacker", flag="--work-dir",
+                                   uds=str(self.work_dir / METRICS_SOCKET))
+        await hijacker.start()
+        self._servers.append(hijacker)
+        poller = DynconfPoller(self.work_dir / DYNCONF_SOCKET, MESHMETRIC_PATH, self.metrics.apply_conf)
+        self._background.append(asyncio.create_task(poller.run(), name="meshmetric-conf"))
 
     async def _until_stopped(self, coro: Coroutine[Any, Any, T]) -> T | None:
         """Run `coro` unless the first stop signal arrives first (then cancel it and return None)."""
@@ -342,6 +355,7 @@ class Agent:
             task.cancel()
         for extra in self._servers:
             await extra.close()
+        await self.metrics.aclose()
         if self.dns is not None:
             await self.dns.close()
         if self._identity_task:
