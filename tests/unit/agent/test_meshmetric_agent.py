@@ -12,10 +12,9 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from dpagent.agent.dynconf import DynconfPoller
+from dpagent.agent.dynconf import DynconfPoller, UdsHttpClient
 from dpagent.agent.http import SmallHttpServer
 from dpagent.agent.meshmetric import FamilyFilter, MergedScrape, MetricsConf, Selector, label_samples
 
@@ -116,25 +115,41 @@ async def test_envoy_down_still_answers() -> None:
     assert "envoy stats unavailable" in text and 'dpagent_application_scrape_up{dpagent_application="1"} 0' in text
 
 
-async def test_dynconf_poller_etag(tmp_path: Path) -> None:
+async def test_dynconf_poller_etag_over_one_connection(tmp_path: Path) -> None:
     calls: list[str] = []
-    current = {"etag": "v1", "status": 200}
+    current: dict[str, object] = {"etag": "v1", "status": 200}
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        calls.append(request.headers.get("if-none-match", ""))
-        if current["status"] == 404:
-            return httpx.Response(404)
-        if request.headers.get("if-none-match") == current["etag"]:
-            return httpx.Response(304)
-        return httpx.Response(200, content=body(), headers={"etag": str(current["etag"])})
+    sock = tmp_path / "dynconf.sock"
+    connections = 0
 
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:  # a keep-alive HTTP/1.1 server, as Envoy's listener
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")
+            inm = next((ln.split(":", 1)[1].strip() for ln in lines if ln.lower().startswith("if-none-match")), "")
+            calls.append(inm)
+            if current["status"] == 404:
+                writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+            elif inm == current["etag"]:
+                writer.write(b"HTTP/1.1 304 Not Modified\r\n\r\n")
+            else:
+                b = body()
+                writer.write(f"HTTP/1.1 200 OK\r\netag: {current['etag']}\r\ncontent-length: {len(b)}\r\n\r\n"
+                             .encode() + b)
+            await writer.drain()
+
+    server = await asyncio.start_unix_server(serve, str(sock))
     got: list[bytes | None] = []
-    poller = DynconfPoller(tmp_path / "s.sock", "/meshmetric", got.append)
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://d") as client:
-        assert await poller.fetch_once(client) and not await poller.fetch_once(client)
-        current["status"] = 404
-        assert await poller.fetch_once(client)
-    assert calls == ["", "v1", "v1"] and got == [body(), None]
+    poller = DynconfPoller(sock, "/meshmetric", got.append)
+    client = UdsHttpClient(sock)
+    assert await poller.fetch_once(client) and not await poller.fetch_once(client)
+    current["status"] = 404
+    assert await poller.fetch_once(client)
+    await client.close()
+    server.close()
+    assert calls == ["", "v1", "v1"] and got == [body(), None] and connections == 1
 
 
 def test_agent_never_imports_aiohttp() -> None:
