@@ -30,8 +30,7 @@ BASIC_CONTAINS = (
     "cx_connect", "circuit_breakers", "cx_total", "ssl_handshake", "ssl_context_update_by_sds")
 BASIC_EXACT = frozenset({"envoy_cluster_membership_degraded", "envoy_cluster_membership_healthy",
                          "envoy_cluster_membership_total", "envoy_cluster_ssl_handshake"})
-BASIC_PREFIXES = ("envoy_server", "envoy_control_plane", "envoy_dns_filter", "envoy_dns_cares", "kuma_dp_dns",
-                  "dpagent_")
+BASIC_PREFIXES = ("envoy_server", "envoy_control_plane", "envoy_dns_filter", "envoy_dns_cares", "kuma_dp_dns")
 # Samples about the proxy's own plumbing (CP connection, the agent's sockets) that Basic leaves out.
 INTERNAL_CLUSTER = re.compile(r'envoy_cluster_name="(ads_cluster|_dpagent:[^"]*)"')
 
