@@ -31,6 +31,7 @@ IMPORTS = {
     "python + asyncio + ssl": "import asyncio, ssl",
     "agent stack (dpagent run)": "import dpagent.cli.main, dpagent.cli.run, dpagent.agent.app",
     "same + aiohttp (not used)": "import dpagent.cli.main, dpagent.cli.run, dpagent.agent.app, aiohttp",
+    "same + gRPC (OTel backend)": "import dpagent.cli.main, dpagent.cli.run, dpagent.agent.app, grpc.aio",
 }
 
 

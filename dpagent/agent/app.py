@@ -113,6 +113,9 @@ class Agent:
             else:
                 name, mesh, rjson, tproxy = cfg.name, cfg.mesh, "", False
             set_context(proxy=name, mesh=mesh)
+            service = next((ib.service for ib in dp.networking.inbound if ib.service), "") \
+                if cfg.resource or cfg.resource_path else ""
+            self.metrics.otlp.resource = {"service.name": service or name, "mesh": mesh, "dataplane": name}
             token = read_token(cfg)
             verify = bs.ssl_context(cfg.ca_cert, cfg.ca_cert_file, cfg.skip_verify)
             binary = find_envoy(cfg.binary_path)
@@ -343,6 +346,9 @@ class Agent:
         }
         if self.dns is not None:
             out.update(self.dns.metrics())
+        if self.metrics.otlp.backends:
+            out["dpagent_otlp_exports_total"] = ("counter", self.metrics.otlp.exports)
+            out["dpagent_otlp_export_failures_total"] = ("counter", self.metrics.otlp.failures)
         if self.identity is not None:
             left = self.identity.seconds_left()
             out["dpagent_identity_certificate_seconds_left"] = ("gauge", left if left is not None else -1)

@@ -17,6 +17,9 @@ from typing import Any
 
 import httpx
 
+from dpagent.agent.otlp import OtelBackend
+from dpagent.durations import parse_duration
+
 APP_LABEL = "dpagent_application"
 APP_TIMEOUT = 3.0  # a slow app must not hold the scrape past Prometheus' default 10 s scrape timeout
 APP_ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"  # the text format, so bodies concatenate without `# EOF`
@@ -77,6 +80,7 @@ class MetricsConf:
     include: tuple[Selector, ...] = ()
     exclude: tuple[Selector, ...] = ()
     include_unused: bool = False
+    otel: tuple[OtelBackend, ...] = ()
 
     @classmethod
     def parse(cls, body: bytes, default_address: str = "127.0.0.1") -> MetricsConf:
@@ -89,7 +93,18 @@ class MetricsConf:
             profiles=tuple(str(p["name"]) for p in prof.get("appendProfiles") or ()),
             include=tuple(Selector(s["type"], s["match"]) for s in prof.get("include") or ()),
             exclude=tuple(Selector(s["type"], s["match"]) for s in prof.get("exclude") or ()),
-            include_unused=bool(side.get("includeUnused")))
+            include_unused=bool(side.get("includeUnused")),
+            otel=tuple(_otel(b) for b in m.get("backends") or ()
+                       if b.get("type") == "OpenTelemetry" and (b.get("openTelemetry") or {}).get("endpoint")))
+
+
+def _otel(backend: dict[str, Any]) -> OtelBackend:
+    conf = backend["openTelemetry"]
+    try:
+        interval = parse_duration(conf.get("refreshInterval") or "1m")
+    except ValueError:
+        interval = 60.0  # Kuma: 1m when unparsable
+    return OtelBackend(str(conf["endpoint"]), max(interval, 0.1))
 
 
 @dataclass
@@ -243,4 +258,5 @@ def conf_summary(conf: MetricsConf | None) -> dict[str, Any]:
     if conf is None:
         return {"meshmetric": "none"}
     return {"apps": len(conf.apps), "profiles": ",".join(conf.profiles) or "Basic", "include": len(conf.include),
-            "exclude": len(conf.exclude), "include_unused": conf.include_unused}
+            "exclude": len(conf.exclude), "include_unused": conf.include_unused,
+            "otel": ",".join(b.endpoint for b in conf.otel) or "-"}

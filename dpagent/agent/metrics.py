@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dpagent.agent.envoy import EnvoyAdmin
 from dpagent.agent.http import Response
 from dpagent.agent.meshmetric import MergedScrape, MetricsConf, conf_summary
+from dpagent.agent.otlp import OtlpPusher
 from dpagent.log import kv
 
 log = logging.getLogger("dpagent.metrics")
@@ -30,6 +31,7 @@ class Metrics:
         self.admin: EnvoyAdmin | None = None
         self.merged = MergedScrape(self._envoy)
         self.app_address = "127.0.0.1"  # where applications without an `address` are scraped
+        self.otlp = OtlpPusher(self._scrape_text, {})  # resource attributes set once the Dataplane is known
 
     async def _envoy(self, path: str) -> str | None:
         if self.admin is None:
@@ -44,6 +46,7 @@ class Metrics:
         """A new `/meshmetric` body from the dynconf socket (None: the policy is gone)."""
         conf = MetricsConf.parse(body, self.app_address) if body is not None else None
         self.merged.set_conf(conf)
+        self.otlp.set_backends(conf.otel if conf is not None else ())
         kv(log, logging.INFO, "MeshMetric conf applied", **conf_summary(conf))
 
     def agent_text(self) -> str:
@@ -53,8 +56,11 @@ class Metrics:
             lines.append(f"{name} {value:g}")
         return "\n".join(lines) + "\n"
 
+    async def _scrape_text(self) -> str:
+        return self.agent_text() + await self.merged.scrape()
+
     async def scrape(self) -> bytes:
-        return (self.agent_text() + await self.merged.scrape()).encode()
+        return (await self._scrape_text()).encode()
 
     async def handle(self, method: str, target: str) -> Response:
         if target.split("?", 1)[0] != "/metrics":
@@ -66,4 +72,5 @@ class Metrics:
         return 200, _HEADERS, await self.scrape()
 
     async def aclose(self) -> None:
+        await self.otlp.aclose()
         await self.merged.aclose()

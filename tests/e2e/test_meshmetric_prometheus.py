@@ -64,14 +64,17 @@ MESH_WIDE = {"type": "MeshMetric", "mesh": "default", "name": "metrics-default",
                 "backends": [{"type": "Prometheus", "prometheus": {"port": PORTS["prom"], "path": "/metrics"}}]}}}
 
 
-def backend_policy(exclude: list[dict[str, str]] | None = None) -> dict[str, Any]:
+def backend_policy(exclude: list[dict[str, str]] | None = None, otel: str = "") -> dict[str, Any]:
     profiles: dict[str, Any] = {"appendProfiles": [{"name": "Basic"}]}
     if exclude:
         profiles["exclude"] = exclude
+    default: dict[str, Any] = {"sidecar": {"profiles": profiles},
+                               "applications": [{"name": "orders", "port": PORTS["metrics"], "path": "/metrics"}]}
+    if otel:  # backends is a list: this policy's replaces the mesh-wide one, so it repeats the Prometheus backend
+        default["backends"] = [*MESH_WIDE["spec"]["default"]["backends"],  # type: ignore[index]
+                               {"type": "OpenTelemetry", "openTelemetry": {"endpoint": otel, "refreshInterval": "1s"}}]
     return {"type": "MeshMetric", "mesh": "default", "name": "metrics-backend", "spec": {
-        "targetRef": {"kind": "MeshService", "name": "backend"},
-        "default": {"sidecar": {"profiles": profiles},
-                    "applications": [{"name": "orders", "port": PORTS["metrics"], "path": "/metrics"}]}}}
+        "targetRef": {"kind": "MeshService", "name": "backend"}, "default": default}}
 
 
 class MetricsApp:
@@ -275,6 +278,47 @@ def test_failing_app_degrades_to_envoy_plus_error_series(mesh):
         assert prom.value('up{dataplane="backend-1"}') == 1  # the scrape itself never failed
     finally:
         app.failing = False
+
+
+def test_opentelemetry_backend_pushes_to_a_grpc_receiver(mesh, cp):
+    """The same merged metrics, pushed every refreshInterval with OTLP/gRPC to a receiver in this test."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as ms
+
+    got: list[Any] = []
+
+    def export(request: bytes, context: Any) -> bytes:
+        got.append((time.monotonic(), ms.ExportMetricsServiceRequest.FromString(request)))
+        return b""
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.metrics.v1.MetricsService",
+        {"Export": grpc.unary_unary_rpc_method_handler(export)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        put(cp, backend_policy(otel=f"127.0.0.1:{port}"))
+        wait_for(lambda: len(got) >= 2, 15, interval=0.1, what="two OTLP pushes from backend-1's agent")
+        _, req = got[-1]
+        [rm] = req.resource_metrics
+        resource = {a.key: a.value.string_value for a in rm.resource.attributes}
+        metrics = {m.name: m for sm in rm.instrumentation_library_metrics for m in sm.metrics}
+        assert resource == {"service.name": "backend", "mesh": "default", "dataplane": "backend-1"}
+        assert metrics["envoy_server_live"].WhichOneof("data") == "gauge"
+        rq = metrics["envoy_cluster_upstream_cx_total"]
+        assert rq.WhichOneof("data") == "sum" and rq.sum.is_monotonic
+        [orders] = metrics["orders_processed_total"].sum.data_points  # a counter in the app's own text
+        assert orders.as_double == 42 and {a.key: a.value.string_value for a in orders.attributes} == {
+            "dpagent_application": "orders"}
+        gap = got[-1][0] - got[-2][0]
+        print(f"OTLP push: {len(metrics)} metrics per export, {gap:.2f}s between pushes (refreshInterval 1s)")
+        assert 0.5 <= gap <= 2.0
+    finally:
+        put(cp, backend_policy())
+        server.stop(0)
 
 
 # ---- MADS, as Prometheus' Kuma SD speaks it -------------------------------------------------------------------

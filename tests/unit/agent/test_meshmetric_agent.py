@@ -152,7 +152,7 @@ async def test_dynconf_poller_etag_over_one_connection(tmp_path: Path) -> None:
     assert calls == ["", "v1", "v1"] and got == [body(), None] and connections == 1
 
 
-def test_agent_never_imports_aiohttp() -> None:
-    code = "import sys, dpagent.agent.app; print([m for m in ('aiohttp',) if m in sys.modules])"
+def test_agent_never_imports_aiohttp_nor_grpc_at_start() -> None:
+    code = "import sys, dpagent.agent.app; print([m for m in ('aiohttp', 'grpc') if m in sys.modules])"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"

@@ -13,6 +13,7 @@ from dpagent.controlplane.policies.base import MeshView, PolicyPlugin, Rules
 from dpagent.controlplane.policies.matching import Matched
 from dpagent.controlplane.policies.meshmetric.api import (
     KIND,
+    OPEN_TELEMETRY,
     PROMETHEUS,
     SHAPE,
     Conf,
@@ -62,6 +63,9 @@ class MeshMetricPlugin(PolicyPlugin):
             if b.type == PROMETHEUS and (b.prometheus or Prometheus()).tls_mode != "Disabled":
                 warnings.append(f"MeshMetric backends[{i}]: TLS mode {b.prometheus.tls_mode!r} is not "  # type: ignore[union-attr]
                                 "supported by dpagent yet; this backend is not served")
+            if b.type == OPEN_TELEMETRY and b.open_telemetry is not None and not b.open_telemetry.endpoint:
+                warnings.append(f"MeshMetric backends[{i}]: openTelemetry.backendRef (MeshExternalService) cannot be "
+                                "resolved by dpagent yet; use endpoint: host:port. Nothing is pushed")
         return MmRules(warnings=tuple(warnings), conf=conf)
 
     def apply(self, rs: ResourceSet, ctx: MeshView, dp: Dataplane, rules: Rules) -> None:

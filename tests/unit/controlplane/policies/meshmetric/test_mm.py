@@ -188,3 +188,9 @@ def test_shared_dynconf_bytes_for_same_conf() -> None:
     a = generate(c, TP_DP, build_proxy(c, TP_DP)).get(LISTENER, names.DYNCONF_LISTENER)
     b = generate(c, other, build_proxy(c, other)).get(LISTENER, names.DYNCONF_LISTENER)
     assert a is not None and b is not None and a.shared is not None and a.shared is b.shared
+
+
+def test_otel_backend_ref_warned() -> None:
+    r = rules_for([mm({"backends": [{"type": "OpenTelemetry", "openTelemetry": {
+        "backendRef": {"kind": "MeshExternalService", "name": "otel"}}}]})])
+    assert "backendRef" in r.warnings[0]
