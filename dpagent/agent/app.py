@@ -185,6 +185,10 @@ class Agent:
         """The hijacker socket a MeshMetric Prometheus listener forwards scrapes to, and the poller that reads the
         policy's conf from the dynconf socket; both idle until the CP sends a MeshMetric."""
         assert self.work_dir is not None
+        if not hasattr(asyncio, "start_unix_server"):  # Windows: asyncio has no Unix sockets
+            log.info("MeshMetric is not available on this platform (no Unix sockets in asyncio); --metrics-port "
+                     "still serves the agent's and Envoy's metrics")
+            return
         hijacker = SmallHttpServer(self.metrics.handle_hijacked, "", 0, what="metrics hijacker", flag="--work-dir",
                                    uds=str(self.work_dir / METRICS_SOCKET))
         await hijacker.start()
