@@ -26,11 +26,12 @@ from dpagent.agent import bootstrap as bs
 from dpagent.agent.accesslogs import AccessLogStreamer
 from dpagent.agent.cplink import ControlPlaneLink
 from dpagent.agent.dataplane import load_dataplane, resource_json
+from dpagent.agent.dynconf import DYNCONF_SOCKET, DynconfPoller
 from dpagent.agent.envoy import EnvoyAdmin, EnvoyProcess, admin_endpoint, envoy_args, envoy_version, find_envoy
 from dpagent.agent.http import SmallHttpServer
 from dpagent.agent.identity import IdentityManager, setup_identity
 from dpagent.agent.lifecycle import StopSignals, TokenMirror, read_token
-from dpagent.agent.metrics import Metrics
+from dpagent.agent.metrics import MESHMETRIC_PATH, METRICS_SOCKET, Metrics
 from dpagent.agent.notify import Notifier, health_loop  # sd_notify (systemd/README.md)
 from dpagent.agent.platform import release_startup_memory
 from dpagent.agent.readiness import Phase, Readiness
@@ -114,6 +115,9 @@ class Agent:
             else:
                 name, mesh, rjson, tproxy = cfg.name, cfg.mesh, "", False
             set_context(proxy=name, mesh=mesh)
+            service = next((ib.service for ib in dp.networking.inbound if ib.service), "") \
+                if cfg.resource or cfg.resource_path else ""
+            self.metrics.otlp.resource = {"service.name": service or name, "mesh": mesh, "dataplane": name}
             token = read_token(cfg)
             verify = bs.ssl_context(cfg.ca_cert, cfg.ca_cert_file, cfg.skip_verify)
             binary = find_envoy(cfg.binary_path)
@@ -132,6 +136,7 @@ class Agent:
             # Before Envoy starts, so a Tcp access-log backend finds the FIFO already read.
             self.access_logs = AccessLogStreamer(self.work_dir)
             await self.access_logs.start()
+            await self._start_meshmetric()
             if cfg.metrics_port:
                 metrics_server = SmallHttpServer(self.metrics.handle, "127.0.0.1", cfg.metrics_port,
                                                  what="metrics endpoint", flag="--metrics-port (DPAGENT_METRICS_PORT)")
@@ -180,6 +185,21 @@ class Agent:
                 self._health_task.cancel()
             await self._cleanup(server)
             self.notifier.close()  # sd_notify
+
+    async def _start_meshmetric(self) -> None:
+        """The hijacker socket a MeshMetric Prometheus listener forwards scrapes to, and the poller that reads the
+        policy's conf from the dynconf socket; both idle until the CP sends a MeshMetric."""
+        assert self.work_dir is not None
+        if not hasattr(asyncio, "start_unix_server"):  # Windows: asyncio has no Unix sockets
+            log.info("MeshMetric is not available on this platform (no Unix sockets in asyncio); --metrics-port "
+                     "still serves the agent's and Envoy's metrics")
+            return
+        hijacker = SmallHttpServer(self.metrics.handle_hijacked, "", 0, what="metrics hijacker", flag="--work-dir",
+                                   uds=str(self.work_dir / METRICS_SOCKET))
+        await hijacker.start()
+        self._servers.append(hijacker)
+        poller = DynconfPoller(self.work_dir / DYNCONF_SOCKET, MESHMETRIC_PATH, self.metrics.apply_conf)
+        self._background.append(asyncio.create_task(poller.run(), name="meshmetric-conf"))
 
     async def _until_stopped(self, coro: Coroutine[Any, Any, T]) -> T | None:
         """Run `coro` unless the first stop signal arrives first (then cancel it and return None)."""
@@ -337,6 +357,9 @@ class Agent:
             out.update(self.dns.metrics())
         if self.access_logs is not None:
             out.update(self.access_logs.metrics())
+        if self.metrics.otlp.backends:
+            out["dpagent_otlp_exports_total"] = ("counter", self.metrics.otlp.exports)
+            out["dpagent_otlp_export_failures_total"] = ("counter", self.metrics.otlp.failures)
         if self.identity is not None:
             left = self.identity.seconds_left()
             out["dpagent_identity_certificate_seconds_left"] = ("gauge", left if left is not None else -1)
@@ -349,6 +372,7 @@ class Agent:
             task.cancel()
         for extra in self._servers:
             await extra.close()
+        await self.metrics.aclose()
         if self.dns is not None:
             await self.dns.close()
         if self._identity_task:

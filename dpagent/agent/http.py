@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 from collections.abc import Awaitable, Callable
 
 import h11
@@ -24,8 +25,10 @@ _MAX_REQUEST = 16 * 1024
 
 
 class SmallHttpServer:
-    def __init__(self, handler: Handler, host: str, port: int, *, what: str, flag: str) -> None:
+    def __init__(self, handler: Handler, host: str, port: int, *, what: str, flag: str, uds: str = "") -> None:
+        """`uds`: serve on that Unix socket instead of host:port (the metrics hijacker Envoy forwards scrapes to)."""
         self.handler = handler
+        self.uds = uds
         self.host = host
         self.port = port
         self.what = what
@@ -33,6 +36,12 @@ class SmallHttpServer:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
+        if self.uds:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.uds)  # a stale socket from a killed agent
+            self._server = await asyncio.start_unix_server(self._serve, self.uds)
+            os.chmod(self.uds, 0o600)
+            return
         try:
             self._server = await asyncio.start_server(self._serve, self.host, self.port, reuse_address=True)
         except OSError as e:

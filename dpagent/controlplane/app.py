@@ -21,12 +21,13 @@ from aiohttp import web
 
 from dpagent import pki
 from dpagent.controlplane import ca as ca_mod
-from dpagent.controlplane.api import Api
+from dpagent.controlplane.api import Api, auth_middleware
 from dpagent.controlplane.auth import DataplaneAuth
 from dpagent.controlplane.dpserver import DpServer
 from dpagent.controlplane.http_guard import Guard, GuardedSite
 from dpagent.controlplane.identity import INSIGHT, Issuer
 from dpagent.controlplane.inspect import Inspector
+from dpagent.controlplane.monitoring import MonitoringDiscovery
 from dpagent.controlplane.resources import Resources
 from dpagent.controlplane.settings import CpConfig
 from dpagent.controlplane.store import ResourceStore, SubscriptionOverflow
@@ -297,7 +298,17 @@ class ControlPlane:
             api = Api(resources, admin_token=admin_token, inspector=Inspector(store, cache, sync.state),
                       certificates=issuer.certificate_counts, metrics=self.metrics, guard=api_guard,
                       max_token_validity=cfg.max_token_validity)
-            await self._site(stack, api.app(), cfg.api_address, cfg.api_port, None, "--api-port", api_guard)
+            discovery = MonitoringDiscovery(store, sync.state, sync.leaving)
+            api_app = api.app()
+            discovery.add_routes(api_app)
+            await self._site(stack, api_app, cfg.api_address, cfg.api_port, None, "--api-port", api_guard)
+            if cfg.monitoring_port:  # discovery alone, for a Prometheus elsewhere, without opening the whole API
+                mon_guard = Guard("monitoring server", max_connections=API_MAX_CONNECTIONS,
+                                  read_timeout=API_READ_TIMEOUT)
+                mon_app = web.Application(middlewares=[mon_guard.middleware, auth_middleware(admin_token)])
+                discovery.add_routes(mon_app)
+                await self._site(stack, mon_app, cfg.bind_address, cfg.monitoring_port, None, "--monitoring-port",
+                                 mon_guard)
             self.supervisor.start("xds-sync", sync.run, on_restart=sync.resync)
             self.supervisor.start("xds-auth-follow", xauth.run)
             stack.push_async_callback(self.supervisor.stop)

@@ -9,7 +9,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dpagent.config import Setting, p_choice, p_duration, p_int, p_port, p_positive_duration, p_str, resolve
+from dpagent.config import (
+    Setting,
+    p_choice,
+    p_duration,
+    p_int,
+    p_nonneg_int,
+    p_port,
+    p_positive_duration,
+    p_str,
+    resolve,
+)
 from dpagent.controlplane.store.pgconfig import TLS_MODES, PostgresConfig
 from dpagent.errors import ConfigError
 
@@ -63,6 +73,9 @@ CP_SETTINGS: tuple[Setting, ...] = (
       help="REST API bind address (loopback callers need no token)"),
     S("api_port", "apiServer.port", 5681, p_port, "KUMA_API_SERVER_HTTP_PORT", "--api-port", kind="int",
       help="REST API port"),
+    S("monitoring_port", "monitoringAssignmentServer.port", 0, p_nonneg_int, "KUMA_MONITORING_ASSIGNMENT_SERVER_PORT",
+      "--monitoring-port", kind="int", help="also serve Prometheus target discovery (HTTP SD and Kuma's MADS) on "
+      "BIND_ADDRESS:PORT, e.g. Kuma's 5676 (0: only on the API port)"),
     S("deregistration_delay", "xdsServer.dataplaneDeregistrationDelay", 10.0, p_duration,
       "KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY", "--deregistration-delay", kind="duration",
       help="how long after a graceful disconnect a directly registered Dataplane is removed"),
@@ -130,6 +143,7 @@ class CpConfig:
     log_level: str
     log_format: str
     vip_cidr: str = "240.0.0.0/4"
+    monitoring_port: int = 0
     dp_server_max_connections: int = 1024
     dp_server_read_timeout: float = 10.0
     max_token_validity: float = 87600 * 3600.0

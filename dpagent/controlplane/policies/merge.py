@@ -18,9 +18,17 @@ def merge_patch(target: Any, patch: Any) -> Any:
     for key, value in patch.items():
         if value is None:
             out.pop(key, None)
+        elif _appended(key) and isinstance(value, list):
+            out[key] = [*(out.get(key) or []), *value]
         else:
             out[key] = merge_patch(out.get(key), value)
     return out
+
+
+def _appended(key: str) -> bool:
+    """Kuma concatenates lists named `append<Something>` in priority order instead of replacing them
+    (MeshMetric `appendProfiles`, MeshProxyPatch `appendModifications`, MeshPassthrough `appendMatch`)."""
+    return key.startswith("append") and key[6:7].isupper()
 
 
 def merge_confs(confs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

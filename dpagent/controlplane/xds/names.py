@@ -81,3 +81,14 @@ def spiffe_mesh_prefix(mesh: str) -> str:
 def stat_prefix(name: str) -> str:
     """Stat-friendly form of a resource name (`inbound:10.0.0.1:80` → `inbound_10_0_0_1_80`)."""
     return name.replace(":", "_").replace(".", "_")
+
+
+# MeshMetric: the agent's metrics hijacker (a Unix socket in its work dir, relative to Envoy's cwd) that the
+# Prometheus listener of each backend routes to, and the dynconf path carrying the merged MeshMetric conf.
+METRICS_HIJACKER_CLUSTER = "_dpagent:metrics:hijacker"
+METRICS_HIJACKER_SOCKET = "dpagent-metrics.sock"
+DYNCONF_MESHMETRIC_PATH = "/meshmetric"
+
+
+def prometheus_listener(client_id: str) -> str:
+    return f"_dpagent:metrics:prometheus:{client_id or 'default-backend'}"

@@ -67,3 +67,17 @@ def dynconf_listener(bodies: Mapping[str, bytes]) -> listener_pb2.Listener:
                                                                                         typed_config=pack(cfg))])
     return listener_pb2.Listener(name=names.DYNCONF_LISTENER, address=lb.pipe_address(names.DYNCONF_SOCKET),
                                  filter_chains=[chain])
+
+
+def add_dynconf_route(listener: listener_pb2.Listener, path: str, body: bytes) -> None:
+    """Serve `body` at `path` on an existing dynconf listener (in place; callers edit a private copy), so a policy
+    can hand the agent its conf next to the DNS table without knowing what else the listener carries."""
+    hcm = hcm_pb2.HttpConnectionManager()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    rc = hcm.route_config
+    vhost = rc.virtual_hosts[0]
+    kept = [r for r in vhost.routes if r.match.path != path]
+    del vhost.routes[:]
+    vhost.routes.extend(sorted([*kept, *_routes(path, body)], key=lambda r: r.match.path))  # stable: 304 first
+    rc.max_direct_response_body_size_bytes.value = max(rc.max_direct_response_body_size_bytes.value, len(body))
+    listener.filter_chains[0].filters[0].typed_config.CopyFrom(pack(hcm))

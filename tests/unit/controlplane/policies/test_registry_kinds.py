@@ -82,6 +82,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "MeshTimeout": {"type": "MeshTimeout", "mesh": "default", "name": "sample", "spec": {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "to": [{"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"http": {"requestTimeout": "3s"}}}]}},
+    "MeshMetric": {"type": "MeshMetric", "mesh": "default", "name": "sample", "spec": {
+        "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+        "default": {"backends": [{"type": "Prometheus", "prometheus": {"port": 5670}}]}}},
 }
 
 
