@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import random
 import shutil
@@ -224,6 +225,7 @@ class Result:
     rss: int = 0
     rss_idle: int = 0
     retries: int = 0
+    retry_reasons: str = ""
     client_cpu: float = 0.0
     error: str = ""
 
@@ -342,6 +344,8 @@ async def run_size(args: argparse.Namespace, n: int, routes: bool = False, resil
             res.mix_change = await measure_change(cp, fakes, callers_of(docs, fakes, target_), tasks,
                                                   mix.override(kind, target_, variant=1), args)
         res.retries = sum(f.reconnects for f in fakes)
+        reasons = collections.Counter(f.error[:80] for f in fakes if f.reconnects)
+        res.retry_reasons = "; ".join(f"{n}x {why}" for why, n in reasons.most_common(3))
         m1 = me.cpu_times()
         res.client_cpu = (m1.user + m1.system) - (m0.user + m0.system)
     except Exception as exc:  # report what was measured and why the rest is missing
@@ -434,7 +438,8 @@ def verdicts(results: list[Result]) -> list[str]:
         if r.mix_change is not None:
             parts.append(f"{r.mix_kind} change {verdict(r.mix_change.ok())}")
         parts.append(f"RSS {verdict(0 < r.rss <= TARGET_RSS)}")
-        out.append(f"{label(r)}: " + ", ".join(parts) + (f"  ERROR {r.error}" if r.error else ""))
+        out.append(f"{label(r)}: " + ", ".join(parts) + (f"  ERROR {r.error}" if r.error else "")
+                   + (f"  retried: {r.retry_reasons}" if r.retry_reasons else ""))
     return out
 
 
