@@ -104,10 +104,15 @@ class FakeProxy:
         self.changed_types = set()
 
     async def run(self, channel: grpc.aio.Channel) -> None:
-        """Reconnect on a failed stream as Envoy does: grpcio drops ~1% of streams when >1,000 connect at once."""
+        """Reconnect on a failed stream as Envoy does (the CP's gRPC core used to cancel calls past 1,000 waiting
+        for their handler; see xds.server.MAX_PENDING_STREAMS)."""
         while True:
             try:
                 return await self._stream(channel)
+            except asyncio.InvalidStateError as exc:  # a write after grpcio ended the call: a failed stream too
+                self.error = f"InvalidStateError: {exc}"
+                self.reconnects += 1
+                await asyncio.sleep(0.05 * self.reconnects)
             except grpc.aio.AioRpcError as exc:
                 self.error = f"{exc.code().name}: {exc.details()}"
                 self.reconnects += 1

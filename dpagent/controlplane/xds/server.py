@@ -50,6 +50,7 @@ NodeKey = Callable[[str, AuthInfo], str]
 FIRST_MESSAGE_TIMEOUT = 10.0
 # Envoy keeps one ADS stream per connection (two for a moment while it re-opens one); more is not a proxy.
 MAX_STREAMS_PER_CONNECTION = 8
+MAX_PENDING_STREAMS = 50_000
 
 
 class StreamError(Exception):
@@ -385,6 +386,12 @@ async def serve(
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.max_concurrent_streams", max_streams_per_connection),
+        # Calls that arrived and wait for the handler queue in gRPC core; past its default 1,000 it cancels new ones
+        # at random (a CANCELLED stream the handler never sees), which at thousands of proxies connecting at once
+        # was every stream retry of a full sync. Waiting is the backpressure: the proxy's stream simply starts a
+        # moment later, and each waiting call costs a few hundred bytes.
+        ("grpc.server.max_pending_requests", MAX_PENDING_STREAMS),
+        ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_STREAMS),
         # A TCP or TLS connection that never gets to HTTP/2, or keeps none of its streams, is dropped: such
         # connections cost a file descriptor each, and enough of them lock every proxy out.
         ("grpc.server_handshake_timeout_ms", 10_000),
