@@ -163,6 +163,12 @@ class XdsAuth:
         """Follow Dataplane changes (supervised); on an overflow or an exit nothing cached is trusted."""
         sub = await self.store.subscribe()
         self._parsed.clear()
+        epoch = self._epoch
+        # Warm the cache in one read, so a thousand proxies connecting after a CP restart do not each cost a store
+        # round trip; anything that changed meanwhile has bumped the epoch and is read again on use.
+        warm = {(r.mesh, r.name): (r.version, decode_dataplane(r.doc)) for r in await self.store.list("Dataplane")}
+        if self._epoch == epoch:
+            self._parsed.update(warm)
         self._following = True
         try:
             while True:
@@ -203,7 +209,7 @@ class XdsAuth:
         token = metadata.get("authorization", "")
         refusal: TokenError | None = None
         for mesh, name in nodeid.candidates(node.id):
-            dp = await self._dataplane(mesh, name)
+            dp = await self._dataplane(mesh, name, cached=True)
             if dp is None:
                 continue
             try:
@@ -365,7 +371,9 @@ class ControlPlane:
         streams = self._streams.setdefault(node, {})
         streams[stream_id] = info
         self.sync.set_leaving(info["mesh"], info["name"], False)
-        kv(log, logging.INFO, "proxy connected", proxy=node, streams=len(streams))
+        # DEBUG: the ADS server logs "xDS stream opened" for the same event (two INFO lines per proxy were a few
+        # per cent of a 5,000-proxy sync).
+        kv(log, logging.DEBUG, "proxy connected", proxy=node, streams=len(streams))
         await self.sync.on_connect(info["mesh"], info["name"])
 
     async def _on_disconnect(self, node: str, stream_id: int, graceful: bool) -> None:
