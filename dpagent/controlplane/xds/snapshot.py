@@ -68,21 +68,40 @@ def content_version(items: Iterable[tuple[str, bytes]]) -> str:
 
 
 class Resource:
-    """One named xDS resource, serialised exactly once however many snapshots share it."""
+    """One named xDS resource, serialised exactly once however many snapshots share it.
 
-    __slots__ = ("_any", "digest", "entry", "message", "name", "payload", "type_url")
+    It keeps only the framed bytes: a snapshot resource that `keep_message=False` built drops its message (a parsed
+    protobuf is several times the size of its bytes, and a thousand proxies' own listeners and routes were most of
+    the CP's memory) and re-parses it on the rare read (tests). Shared resources that generators edit keep theirs.
+    """
 
-    def __init__(self, name: str, message: Message, type_url: str | None = None) -> None:
+    __slots__ = ("_any", "_message", "_offset", "digest", "entry", "name", "type_url")
+
+    def __init__(self, name: str, message: Message, type_url: str | None = None, *, keep_message: bool = True) -> None:
         self.name = name
-        self.message = message
         self.type_url = type_url or _PREFIX + message.DESCRIPTOR.full_name
         # deterministic=True keeps map fields (e.g. metadata) in a stable order, so equal configs hash equal.
-        self.payload: bytes = message.SerializeToString(deterministic=True)
-        any_bytes = length_delimited(1, self.type_url.encode()) + length_delimited(2, self.payload)
+        payload = message.SerializeToString(deterministic=True)
+        any_bytes = length_delimited(1, self.type_url.encode()) + length_delimited(2, payload)
         # Framed as field 2 of DiscoveryResponse: a response body is then a plain join of shared bytes.
         self.entry: bytes = length_delimited(2, any_bytes)
-        self.digest: bytes = hashlib.blake2b(self.payload, digest_size=16).digest()
+        self._offset = len(self.entry) - len(payload)  # the payload is the entry's tail
+        self.digest: bytes = hashlib.blake2b(payload, digest_size=16).digest()
+        self._message: Message | None = message if keep_message else None
         self._any: any_pb2.Any | None = None
+
+    @property
+    def payload(self) -> bytes:
+        return self.entry[self._offset:]
+
+    @property
+    def message(self) -> Message:
+        if self._message is None:
+            from google.protobuf import symbol_database
+
+            cls = symbol_database.Default().GetSymbol(self.type_url[len(_PREFIX):])
+            return cls.FromString(self.payload)  # type: ignore[no-any-return]
+        return self._message
 
     @property
     def any(self) -> any_pb2.Any:
@@ -92,7 +111,7 @@ class Resource:
         return self._any
 
     def __repr__(self) -> str:
-        return f"Resource({self.name!r}, {self.type_url.rsplit('.', 1)[-1]}, {len(self.payload)}B)"
+        return f"Resource({self.name!r}, {self.type_url.rsplit('.', 1)[-1]}, {len(self.entry) - self._offset}B)"
 
 
 class Snapshot:
@@ -123,7 +142,8 @@ class Snapshot:
         out: dict[str, dict[str, Resource]] = {}
         for type_url, by_name in resources.items():
             out[type_url] = {
-                name: m if isinstance(m, Resource) else Resource(name, m, type_url) for name, m in by_name.items()
+                name: m if isinstance(m, Resource) else Resource(name, m, type_url, keep_message=False)
+                for name, m in by_name.items()
             }
         return cls(out)
 

@@ -112,6 +112,12 @@ def _edit(rs: ResourceSet, ctx: MeshView, entry: Entry, tag: Any, edit: Callable
                                  build))
 
 
+def _edit_filters(listener: Message, t: Timeouts) -> None:
+    for chain in listener.filter_chains:  # type: ignore[attr-defined]
+        for f in chain.filters:
+            edit_filter(f, t)
+
+
 def _outbound(rs: ResourceSet, ctx: MeshView, rules: TimeoutRules) -> None:
     kinds = protocols(ctx)
     cache: dict[str, Timeouts | None] = {}
@@ -133,9 +139,7 @@ def _outbound(rs: ResourceSet, ctx: MeshView, rules: TimeoutRules) -> None:
     for entry in list(rs.entries(LISTENER, Origin.OUTBOUND)):
         t = conf(entry.service) if entry.service else None
         if t is not None:
-            for chain in rs.edit(entry).filter_chains:  # type: ignore[attr-defined]
-                for f in chain.filters:
-                    edit_filter(f, t)
+            _edit(rs, ctx, entry, t, lambda m, t=t: _edit_filters(m, t))  # type: ignore[misc]
     capture = rs.get(LISTENER, names.OUTBOUND_PASSTHROUGH)
     if capture is None:
         return

@@ -58,11 +58,15 @@ class OutboundListenersGenerator:
     def generate(self, rs: ResourceSet, ctx: MeshContext, proxy: Proxy) -> None:
         if is_transparent(proxy.dp):
             return
+        protocols = ctx.service_protocols
         for ob in proxy.dp.networking.outbound:
             name = names.outbound_listener(ob.address, ob.port)
             if rs.get(LISTENER, name) is None:
-                rs.add(LISTENER, name, lb.listener(name, ob.address, ob.port, lb.OUTBOUND,
-                                                   [outbound_filter(name, ob.service, ctx.service_protocols)]),
+                # Shared: every proxy that calls a service on the same address and port (Kuma's usual layout) gets
+                # the same listener bytes, and plugins that edit it memoise their copies (ctx.shared) the same way.
+                key = (LISTENER, name, ob.service, protocols.get(ob.service, "tcp"))
+                rs.add(LISTENER, name, ctx.dp_shared(key, LISTENER, name, lambda n=name, o=ob: lb.listener(
+                    n, o.address, o.port, lb.OUTBOUND, [outbound_filter(n, o.service, protocols)])),
                        Origin.OUTBOUND, service=ob.service)
 
 
