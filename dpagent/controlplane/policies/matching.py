@@ -200,20 +200,26 @@ def match(kind: str, policies: Iterable[Policy], dp: Dataplane,
     hit = cache.get(key) if cache is not None else None
     if hit is None:
         chosen = _ordered(policies[i] for i in selected)
-        hit = (chosen, ToIndex(_sorted_outbound(chosen)),
-               merge_confs(p.default for p in chosen if p.default is not None), [p for p in chosen if p.inbound])
+        hit = (tuple(p.name for p in chosen), ToIndex(_sorted_outbound(chosen)),
+               merge_confs(p.default for p in chosen if p.default is not None),
+               [(n, p) for n, p in enumerate(chosen) if p.inbound], {})
         if cache is not None:
             cache[key] = hit
-    chosen, to, default, inbound_chosen = hit
+    names, to, default, inbound_chosen, entries = hit
     inbounds: dict[str, InboundMatch] = {}
     for ib in dp.networking.inbound:
-        mine = [p for p in inbound_chosen if selects_inbound(p.target_ref, ib, dp)]
-        inbounds[inbound_key(dp, ib)] = InboundMatch(
-            key=inbound_key(dp, ib), policies=tuple(p.name for p in mine),
-            from_=tuple(Item(p.name, r, i, e.conf, e.target_ref) for r, p in enumerate(mine)
-                        for i, e in enumerate(p.from_)),
-            rules=tuple(Item(p.name, r, i, e.conf) for r, p in enumerate(mine) for i, e in enumerate(p.rules)))
-    return Matched(kind, tuple(p.name for p in chosen), to.items, default, inbounds, to)
+        mine = tuple(n for n, p in inbound_chosen if selects_inbound(p.target_ref, ib, dp))
+        parts = entries.get(mine)
+        if parts is None:  # the same policies on another proxy's inbound: the same entries
+            picked = [p for n, p in inbound_chosen if n in mine]
+            parts = entries[mine] = (
+                tuple(p.name for p in picked),
+                tuple(Item(p.name, r, i, e.conf, e.target_ref) for r, p in enumerate(picked)
+                      for i, e in enumerate(p.from_)),
+                tuple(Item(p.name, r, i, e.conf) for r, p in enumerate(picked) for i, e in enumerate(p.rules)))
+        key_ = inbound_key(dp, ib)
+        inbounds[key_] = InboundMatch(key=key_, policies=parts[0], from_=parts[1], rules=parts[2])
+    return Matched(kind, names, to.items, default, inbounds, to)
 
 
 # ---- peers of a from-targetRef ---------------------------------------------------------------------------------
