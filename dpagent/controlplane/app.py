@@ -287,7 +287,8 @@ class ControlPlane:
                             revalidate_interval=cfg.revalidate_interval, on_connect=self._on_connect,
                             on_disconnect=self._on_disconnect, node_key=lambda _raw, info: info["node"])
             self._xauth = xauth
-            grpc_server = await serve(ads, cfg.bind_address, cfg.xds_port, tls=(cert, key))
+            grpc_server = await serve(ads, cfg.bind_address, cfg.xds_port, tls=(cert, key),
+                                      keepalive=cfg.keepalive_interval)
             stack.push_async_callback(grpc_server.stop, 2)
             dp_guard = Guard("dp server", max_connections=cfg.dp_server_max_connections,
                              read_timeout=cfg.dp_server_read_timeout)

@@ -81,6 +81,10 @@ CP_SETTINGS: tuple[Setting, ...] = (
       help="how long after a graceful disconnect a directly registered Dataplane is removed"),
     S("revalidate_interval", "xdsServer.tokenRecheckInterval", 5.0, p_duration, "DPAGENT_XDS_TOKEN_RECHECK",
       "--token-recheck-interval", kind="duration", help="how often live xDS streams re-check their token"),
+    S("keepalive_interval", "xdsServer.keepaliveInterval", 60.0, p_positive_duration, "DPAGENT_XDS_KEEPALIVE",
+      "--xds-keepalive-interval", kind="duration",
+      help="how often the CP pings each proxy's ADS connection to find proxies gone without a goodbye (noticed "
+           "within this plus 10 s); shorter costs idle CPU per connected proxy"),
     S("vip_cidr", "dnsServer.CIDR", "240.0.0.0/4", p_cidr, "KUMA_DNS_SERVER_CIDR", "--vip-cidr",
       help="range the CP allocates service virtual IPs (DNS `<service>.mesh`) from; addresses persist per mesh"),
     # The store: SQLite in the data dir by default (nothing to install); PostgreSQL for several CP replicas.
@@ -140,6 +144,7 @@ class CpConfig:
     api_port: int
     deregistration_delay: float
     revalidate_interval: float
+    keepalive_interval: float
     log_level: str
     log_format: str
     vip_cidr: str = "240.0.0.0/4"
