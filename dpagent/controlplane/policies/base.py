@@ -37,6 +37,10 @@ class MeshView(Protocol):
         """A value derived from the dataplanes only (never a policy): kept across policy-only changes."""
         ...
 
+    def dp_shared(self, key: Hashable, type_url: str, name: str, build: Callable[[], Any]) -> Any:
+        """A serialised resource built from the dataplanes only, shared by every proxy that asks with `key`."""
+        ...
+
 
 @dataclass(frozen=True)
 class Rules:

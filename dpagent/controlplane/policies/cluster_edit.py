@@ -1,4 +1,4 @@
-"""Editing outbound clusters per proxy without losing their sharing.
+"""Editing clusters per proxy without losing their sharing.
 
 A service's cluster is built and serialised once per mesh change and handed to every proxy that calls it. A
 policy that changes it for some proxies memoises the changed cluster by (kind, cluster, the resource it started
@@ -20,9 +20,11 @@ Edit = Callable[[cluster_pb2.Cluster], None]
 
 
 def edit_outbound_clusters(rs: ResourceSet, ctx: MeshView, kind: str,
-                           plan: Callable[[Entry], tuple[Hashable, Edit] | None]) -> None:
-    """`plan(entry)` returns (a key naming every input of the edit, the edit) or None to leave the cluster."""
-    for entry in list(rs.entries(CLUSTER, Origin.OUTBOUND)):
+                           plan: Callable[[Entry], tuple[Hashable, Edit] | None],
+                           origin: Origin = Origin.OUTBOUND) -> None:
+    """`plan(entry)` returns (a key naming every input of the edit, the edit) or None to leave the cluster.
+    `origin` INBOUND edits the inbounds' local clusters, which proxies with the same app port share too."""
+    for entry in list(rs.entries(CLUSTER, origin)):
         planned = plan(entry)
         if planned is None:
             continue

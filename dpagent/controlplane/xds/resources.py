@@ -39,6 +39,7 @@ class Entry:
 class ResourceSet:
     def __init__(self) -> None:
         self._by_type: dict[str, dict[str, Entry]] = {}
+        self._sorted: dict[str, list[Entry]] = {}  # per type, by name; dropped when the type gains an entry
 
     def add(self, type_url: str, name: str, item: Message | Resource, origin: Origin, *, inbound: str = "",
             service: str = "", chains: Mapping[str, str] | None = None) -> None:
@@ -49,6 +50,7 @@ class ResourceSet:
                              f"({by_name[name].origin} and {origin})")
         shared = item if isinstance(item, Resource) else None
         message = item.message if isinstance(item, Resource) else item
+        self._sorted.pop(type_url, None)
         by_name[name] = Entry(type_url, name, origin, message, shared, inbound, service, dict(chains or {}))
 
     def get(self, type_url: str, name: str) -> Entry | None:
@@ -58,7 +60,10 @@ class ResourceSet:
         """Entries sorted by type then name, optionally one type and/or origin."""
         types = [type_url] if type_url is not None else sorted(self._by_type)
         for t in types:
-            for _, e in sorted(self._by_type.get(t, {}).items()):
+            ordered = self._sorted.get(t)
+            if ordered is None:  # plugins walk a type dozens of times per proxy; sort it once
+                ordered = self._sorted[t] = [e for _, e in sorted(self._by_type.get(t, {}).items())]
+            for e in ordered:
                 if origin is None or e.origin == origin:
                     yield e
 

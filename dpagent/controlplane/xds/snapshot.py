@@ -121,7 +121,7 @@ class Snapshot:
     empty is an answer ("you have none"), which Envoy needs for CDS/LDS to finish initialising.
     """
 
-    __slots__ = ("_bodies", "_names", "_resources", "_versions")
+    __slots__ = ("_bodies", "_names", "_resources", "_subsets", "_versions")
 
     def __init__(self, resources: Mapping[str, Mapping[str, Resource]]) -> None:
         self._resources: dict[str, dict[str, Resource]] = {}
@@ -135,6 +135,7 @@ class Snapshot:
             self._versions[type_url] = content_version((n, r.digest) for n, r in by_name.items())
         self._names: dict[str, frozenset[str]] = {t: frozenset(r) for t, r in self._resources.items()}
         self._bodies: dict[str, bytes] = {}
+        self._subsets: dict[tuple[str, frozenset[str]], tuple[str, bytes, frozenset[str]]] = {}
 
     @classmethod
     def build(cls, resources: Mapping[str, Mapping[str, Message | Resource]]) -> Snapshot:
@@ -185,10 +186,13 @@ class Snapshot:
             if body is None:
                 body = self._bodies[type_url] = b"".join(r.entry for r in by_name.values())
             return self._versions.get(type_url, ""), body, have
-        chosen = sorted(names & have)
-        picked = [by_name[n] for n in chosen]
-        version = content_version((r.name, r.digest) for r in picked)
-        return version, b"".join(r.entry for r in picked), frozenset(chosen)
+        hit = self._subsets.get((type_url, names))
+        if hit is None:  # a subscription is asked again on every push of the type: hash and join it once
+            chosen = sorted(names & have)
+            picked = [by_name[n] for n in chosen]
+            version = content_version((r.name, r.digest) for r in picked)
+            hit = self._subsets[(type_url, names)] = (version, b"".join(r.entry for r in picked), frozenset(chosen))
+        return hit
 
 
 def encode_response(type_url: str, version: str, body: bytes, nonce: str) -> bytes:

@@ -4,6 +4,7 @@ and per inbound (`from[]` entries are catch-all rules, as Kuma's is_from_as_rule
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,18 @@ class McbRules(Rules):
 
     def for_service(self, service: str) -> dict[str, Any]:
         return self.matched.to_conf(service) if self.matched is not None else {}
+
+    def keyed(self, service: str) -> tuple[str, dict[str, Any]] | None:
+        """(the conf as sorted JSON, the conf) toward `service`, computed once per selection and destination."""
+        if self.matched is None:
+            return None
+        index = self.matched.to_index
+
+        def build() -> tuple[str, dict[str, Any]] | None:
+            conf = index.conf(service)
+            return (json.dumps(conf, sort_keys=True), conf) if conf else None
+
+        return index.derived("MeshCircuitBreaker", service, build)  # type: ignore[no-any-return]
 
     def outbound_conf(self, service: str) -> Any:
         return self.for_service(service) or None

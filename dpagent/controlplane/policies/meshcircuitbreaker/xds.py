@@ -21,7 +21,6 @@ from dpagent.controlplane.policies.meshcircuitbreaker.api import KIND, decimal
 from dpagent.controlplane.policies.meshcircuitbreaker.plugin import McbRules
 from dpagent.controlplane.xds.builders.core import seconds
 from dpagent.controlplane.xds.resources import Entry, Origin, ResourceSet
-from dpagent.controlplane.xds.snapshot import CLUSTER
 from dpagent.durations import parse_duration
 
 _LIMITS = {"maxConnections": "max_connections", "maxConnectionPools": "max_connection_pools",
@@ -94,13 +93,18 @@ def apply_conf(cluster: cluster_pb2.Cluster, conf: Mapping[str, Any]) -> None:
 
 def configure(rs: ResourceSet, ctx: MeshView, rules: McbRules) -> None:
     def plan(entry: Entry) -> tuple[str, Callable[[cluster_pb2.Cluster], None]] | None:
-        conf = rules.for_service(entry.service) if entry.service else {}
+        keyed = rules.keyed(entry.service) if entry.service else None
+        if keyed is None:
+            return None
+        key, conf = keyed
+        return key, lambda cluster: apply_conf(cluster, conf)
+
+    edit_outbound_clusters(rs, ctx, KIND, plan)
+
+    def plan_inbound(entry: Entry) -> tuple[str, Callable[[cluster_pb2.Cluster], None]] | None:
+        conf = rules.inbounds.get(entry.inbound)
         if not conf:
             return None
         return json.dumps(conf, sort_keys=True), lambda cluster: apply_conf(cluster, conf)
 
-    edit_outbound_clusters(rs, ctx, KIND, plan)
-    for entry in list(rs.entries(CLUSTER, Origin.INBOUND)):
-        conf = rules.inbounds.get(entry.inbound)
-        if conf:
-            apply_conf(rs.edit(entry), conf)  # type: ignore[arg-type]
+    edit_outbound_clusters(rs, ctx, KIND, plan_inbound, Origin.INBOUND)

@@ -160,12 +160,13 @@ def _outbound(rs: ResourceSet, ctx: MeshView, rules: TimeoutRules) -> None:
         _edit(rs, ctx, capture, tuple(sorted(by_chain.items())), edit_capture)
 
 
-def _inbound(rs: ResourceSet, dp: Dataplane, rules: TimeoutRules) -> None:
+def _inbound(rs: ResourceSet, ctx: MeshView, dp: Dataplane, rules: TimeoutRules) -> None:
     protocol = {inbound_key(dp, ib): ib.protocol for ib in dp.networking.inbound}
     for entry in list(rs.entries(CLUSTER, Origin.INBOUND)):
         t = rules.inbounds.get(entry.inbound)
         if t is not None:
-            edit_cluster(rs.edit(entry), t, protocol.get(entry.inbound, "tcp"))  # type: ignore[arg-type]
+            p = protocol.get(entry.inbound, "tcp")
+            _edit(rs, ctx, entry, (t, p), lambda m, t=t, p=p: edit_cluster(m, t, p))  # type: ignore[misc]
     for entry in list(rs.entries(ROUTE, Origin.INBOUND)):
         t = rules.inbounds.get(entry.inbound)
         if t is not None:
@@ -182,5 +183,5 @@ def configure(rs: ResourceSet, ctx: MeshView, dp: Dataplane, rules: TimeoutRules
     if rules.to:
         _outbound(rs, ctx, rules)
     if rules.inbounds:
-        _inbound(rs, dp, rules)
+        _inbound(rs, ctx, dp, rules)
 

@@ -8,7 +8,6 @@ import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.route.v3 import route_pb2
@@ -20,7 +19,7 @@ from dpagent.controlplane.xds.builders import cluster as cb
 from dpagent.controlplane.xds.builders import listener as lb
 from dpagent.controlplane.xds.builders.tls import downstream_tls
 from dpagent.controlplane.xds.resources import Origin, ResourceSet
-from dpagent.controlplane.xds.snapshot import CLUSTER, LISTENER, ROUTE
+from dpagent.controlplane.xds.snapshot import CLUSTER, LISTENER, ROUTE, Resource
 from dpagent.model.dataplane import Dataplane
 from dpagent.model.mesh import mtls_enabled
 from dpagent.model.validation import is_ip
@@ -47,7 +46,7 @@ class InboundPart:
     key: str  # <address>:<port>, how policies name the inbound
     address: str
     port: int
-    cluster: cluster_pb2.Cluster
+    cluster: Resource  # shared by proxies whose apps listen on the same local address and port
     filters: list[listener_components_pb2.Filter]
     tls: base_pb2.TransportSocket | None
     route: route_pb2.RouteConfiguration | None  # HTTP inbounds only
@@ -71,14 +70,18 @@ def inbound_parts(ctx: MeshView, dp: Dataplane, *, transparent: bool = False) ->
         name = names.inbound_listener(address, ib.port)
         local_address = ib.service_address or DEFAULT_SERVICE_ADDRESS
         cluster_name = names.local_cluster(local_address, ib.workload_port)
-        cluster = cb.static_cluster(cluster_name, local_address, ib.workload_port,
-                                    http2=ib.protocol in lb.HTTP2_PROTOCOLS,
-                                    bind_source=passthrough_source(local_address) if transparent else "")
+        http2, source = ib.protocol in lb.HTTP2_PROTOCOLS, passthrough_source(local_address) if transparent else ""
+        # Shared: proxies whose apps listen on the same local address and port get the same cluster bytes, and
+        # plugins memoise their edits of it the same way (cluster_edit).
+        cluster = ctx.dp_shared((CLUSTER, cluster_name, local_address, ib.workload_port, http2, source), CLUSTER,
+                                cluster_name, lambda n=cluster_name, a=local_address, p=ib.workload_port, h=http2,
+                                s=source: cb.static_cluster(n, a, p, http2=h, bind_source=s))
         route_name = names.inbound_route(address, ib.port)
         route = lb.route_config(route_name, cluster_name) if ib.protocol in lb.HTTP_PROTOCOLS else None
         out.append(InboundPart(name, inbound_key(dp, ib), address, ib.port, cluster,
                                _filters(ib.protocol, name, route_name, cluster_name),
-                               downstream_tls(mesh) if mtls else None, route))
+                               ctx.dp_memo(("downstream-tls", mesh), lambda: downstream_tls(mesh)) if mtls else None,
+                               route))
     return out
 
 
