@@ -78,7 +78,7 @@ class Guard:
         self.read_timeout = read_timeout
         self.max_connections = _cap(max_connections)
         self.events = EventLog(log)
-        self._handshaking: list[tuple[Any, float]] = []  # (handler, deadline) accepted, no connection_made yet
+        self._handshaking: dict[Any, float] = {}  # handler → deadline: accepted, no connection_made yet
         self._busy: set[Any] = set()  # removed in the middleware's finally, so it cannot leak
         server_log = logging.getLogger("aiohttp.server")
         if _QUIET not in server_log.filters:
@@ -125,7 +125,11 @@ class Guard:
         handshake deadline has passed.
         """
         now = time.monotonic()
-        self._handshaking = [(h, t) for h, t in self._handshaking if h.transport is None and t > now]
+        # Still in its handshake: no transport yet and not closed. aiohttp clears the transport of a closed
+        # connection too (and its manager), so without the second check a connection opened and closed between two
+        # accepts looked like one in its handshake until the deadline, and a burst of short requests hit the cap.
+        self._handshaking = {h: t for h, t in self._handshaking.items()
+                             if t > now and h.transport is None and getattr(h, "_manager", h) is not None}
         live = [h for h in server.connections if h.transport is not None and not h.transport.is_closing()]
         if len(live) + len(self._handshaking) >= self.max_connections:
             idle = next((h for h in live if h not in self._busy), None)
@@ -139,7 +143,7 @@ class Guard:
             self.events.note(f"{self.what}: at the connection cap, closed the oldest idle connection",
                              cap=self.max_connections)
         handler = server()
-        self._handshaking.append((handler, now + self.read_timeout + 1))
+        self._handshaking[handler] = now + self.read_timeout + 1
         return handler
 
 
