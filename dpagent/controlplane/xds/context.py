@@ -120,13 +120,19 @@ class MeshContext:
             value = self._dp_memo[key] = build()
             return value
 
-    def with_policies(self, policies: Mapping[str, Sequence[Any]]) -> MeshContext:
+    def with_policies(self, policies: Mapping[str, Sequence[Any]], changed: frozenset[str] | None = None
+                      ) -> MeshContext:
         """The same mesh with other policies, keeping everything derived from the dataplanes (service maps, the
-        serialised shared clusters and endpoints, `dp_memo`): what makes a policy change cost what it touches."""
+        serialised shared clusters and endpoints, `dp_memo`): what makes a policy change cost what it touches.
+        `changed` names the kinds whose policies differ; the matching of the other kinds is kept too (their
+        selections do not depend on another kind's policies)."""
         new = MeshContext(self.mesh, self.dataplanes, policies, self.trust_bundle, self.vips)
         for name in _DATAPLANE_DERIVED:
             if name in self.__dict__:
                 new.__dict__[name] = self.__dict__[name]
+        cache = self.__dict__.get("match_cache")
+        if changed is not None and cache:
+            new.__dict__["match_cache"] = {k: v for k, v in cache.items() if _match_kind(k) not in changed}
         return new
 
     @cached_property
@@ -174,6 +180,13 @@ class MeshContext:
 # cached_property names of MeshContext that read only mesh, dataplanes, trust bundle and VIPs (never policies).
 _DATAPLANE_DERIVED = ("service_protocols", "service_addresses", "service_ports", "shared_resources", "_dp_memo",
                       "by_service", "consumers", "tag_shape")
+
+
+def _match_kind(key: Hashable) -> str:
+    """The policy kind a matching.match cache key belongs to: (kind, selection) or ("select-index", kind)."""
+    if isinstance(key, tuple) and len(key) == 2:
+        return str(key[1] if key[0] == "select-index" else key[0])
+    return ""
 
 
 def generate_shared(ctx: MeshContext) -> dict[str, dict[str, Message]]:

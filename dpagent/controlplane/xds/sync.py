@@ -437,7 +437,8 @@ class XdsSync:
             state = await asyncio.to_thread(state_from_inputs, inputs, stored_vips, self.vip_cidr)
             reaches.append(reach.dataplane_reach(old_ctx, state.ctx, changed_dps))
         else:
-            state = MeshState(old_ctx.with_policies(inputs.parsed_policies()), old_state.by_name,
+            kinds = frozenset(kind for kind, _ in changes)
+            state = MeshState(old_ctx.with_policies(inputs.parsed_policies(), kinds), old_state.by_name,
                               old_state.bundle_backends)
         reaches.extend(reach.policy_reach(state.ctx, p) for p in new_policies)
         if not self._install(mesh, seq, state, inputs, t0):
