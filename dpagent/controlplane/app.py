@@ -278,7 +278,7 @@ class ControlPlane:
             issuer = Issuer(store)
             cache = SnapshotCache()
             self.cache = cache
-            sync = XdsSync(store, cache, bundle=issuer.bundle, vip_cidr=cfg.vip_cidr)
+            sync = XdsSync(store, cache, bundle=issuer.bundle, vip_cidr=cfg.vip_cidr, on_insight=issuer.leaf_changed)
             issuer.can_issue = sync.issuable
             self.sync = sync
             self.issuer = issuer

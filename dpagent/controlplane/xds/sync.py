@@ -145,8 +145,11 @@ CONNECT_BATCH = 256  # proxies generated per worker-thread call when many connec
 class XdsSync:
     def __init__(self, store: ResourceStore, cache: Any, *, debounce: float = 0.02,
                  bundle: BundleFn | None = None, bundle_recheck: float = 5.0,
-                 vip_cidr: str = vip.DEFAULT_CIDR) -> None:
+                 vip_cidr: str = vip.DEFAULT_CIDR,
+                 on_insight: Callable[[str, str], Awaitable[None]] | None = None) -> None:
         self.store = store
+        self.on_insight = on_insight  # told which leaf records changed before bundles are re-checked
+        self._insights: set[tuple[str, str]] = set()
         self.vip_cidr = vip_cidr
         self.cache = cache
         self.bundle = bundle
@@ -299,6 +302,7 @@ class XdsSync:
     def _on_event(self, ev: ChangeEvent) -> None:
         if ev.kind == INSIGHT:
             self._bundle_check.add(ev.mesh)  # a leaf from another root may retire (or revive) a root
+            self._insights.add((ev.mesh, ev.name))
             self._wake.set()
             return
         if ev.kind not in CONFIG_KINDS:
@@ -310,6 +314,13 @@ class XdsSync:
 
     async def _check_bundles(self) -> None:
         """Rebuild a mesh whose trust bundle changed membership (a root added by a leaf or retired by expiry)."""
+        insights, self._insights = self._insights, set()
+        if self.on_insight is not None:
+            for mesh, name in sorted(insights):
+                try:
+                    await self.on_insight(mesh, name)
+                except Exception:
+                    log.exception("mesh %s: re-reading the leaf record of %s failed", mesh, name)
         checks, self._bundle_check = self._bundle_check - {m for m, c in self._dirty.items() if c is None}, set()
         for mesh in checks:
             state = self.states.get(mesh)
