@@ -23,6 +23,7 @@ from dpagent.controlplane.inspect import Inspector, to_json
 from dpagent.controlplane.kinds import KINDS, Kind, kind_of
 from dpagent.controlplane.policies.registry import POLICY_KINDS
 from dpagent.controlplane.resources import Resources, record_to_doc
+from dpagent.controlplane.store import StoreUnavailable
 from dpagent.controlplane.tokens import TokenError, issue_token
 from dpagent.durations import parse_duration
 from dpagent.errors import ConfigError, Conflict, DpAgentError, NotFound, ValidationError
@@ -81,6 +82,8 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         return _error(400, str(e))
     except BodyError as e:
         return _error(e.status, str(e))
+    except StoreUnavailable as e:  # the database is down or failing over: retry later, nothing is wrong with the call
+        return _error(503, str(e))
     except DpAgentError as e:
         return _error(500, str(e))
 

@@ -22,6 +22,7 @@ from dpagent.controlplane.http_guard import BodyError, Guard
 from dpagent.controlplane.identity import Issuer, MtlsDisabledError
 from dpagent.controlplane.kinds import kind_of
 from dpagent.controlplane.resources import Resources
+from dpagent.controlplane.store import StoreUnavailable
 from dpagent.controlplane.tokens import TokenError, generate_command
 from dpagent.errors import ValidationError
 from dpagent.model.dataplane import Dataplane, decode_dataplane, parse_dataplane
@@ -112,6 +113,16 @@ def _type_problems(body: dict[str, Any], strings: tuple[str, ...], required: tup
     return out
 
 
+@web.middleware
+async def _store_unavailable(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                             ) -> web.StreamResponse:
+    """The database is down or failing over: a 503 the agent retries, not a 500 with a traceback."""
+    try:
+        return await handler(request)
+    except StoreUnavailable as e:
+        return _err(503, f"the control plane's store is unavailable, retry later: {e}")
+
+
 class DpServer:
     def __init__(self, resources: Resources, auth: DataplaneAuth, issuer: Issuer, *, xds_port: int, cp_ca_pem: str,
                  xds_host: str = "", on_direct: Callable[[str, str], Awaitable[None]] | None = None,
@@ -175,7 +186,8 @@ class DpServer:
         return body
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BOOTSTRAP_BODY, middlewares=[self.guard.middleware])
+        app = web.Application(client_max_size=MAX_BOOTSTRAP_BODY, middlewares=[self.guard.middleware,
+                                                                               _store_unavailable])
         app.router.add_post("/bootstrap", self.bootstrap)
         app.router.add_post("/certificates", self.certificates)
         app.router.add_post("/leave", self.leave)

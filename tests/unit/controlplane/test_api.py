@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from dpagent.controlplane.api import Api, is_loopback
 from dpagent.controlplane.resources import Resources
-from dpagent.controlplane.store import MemoryStore
+from dpagent.controlplane.store import MemoryStore, StoreUnavailable
 
 MESH = {"type": "Mesh", "name": "default"}
 DP = {"type": "Dataplane", "mesh": "default", "name": "web-1",
@@ -269,3 +269,16 @@ async def test_provided_ca_key_is_never_returned(client):
     assert (await put(client, "/meshes/secure", shown))[0] == 200
     shown["mtls"]["backends"][0]["conf"]["key"] = {"inlineString": "not a key"}
     assert (await put(client, "/meshes/secure", shown))[0] == 400
+
+
+async def test_store_unavailable_is_a_503_not_a_500():
+    """A PostgreSQL store that is down or failing over is the caller's cue to retry, not a server bug."""
+    class DownStore(MemoryStore):
+        async def list(self, kind: str, **kw: Any) -> Any:  # type: ignore[override]
+            raise StoreUnavailable("PostgreSQL at db:5432 is unreachable: connection refused")
+
+    store = await DownStore.open()
+    async with TestClient(TestServer(Api(Resources(store), admin_token="s3cret").app())) as c:
+        r = await c.get("/meshes")
+        assert r.status == 503 and "unreachable" in (await r.json())["title"]
+    await store.close()
