@@ -4,7 +4,7 @@ plugins (Kuma order 9999), so a patch sees and can override what every other pol
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dpagent.controlplane.policies.base import MeshView, PolicyPlugin, Rules
@@ -21,9 +21,14 @@ ORDER = 9999
 @dataclass(frozen=True)
 class PatchRules(Rules):
     modifications: tuple[Modification, ...] = ()
+    # what could not apply to this proxy's resources, filled by `apply` (the rules are built per proxy)
+    problems: list[str] = field(default_factory=list, compare=False, hash=False)
 
-    def inbound_conf(self, key: str) -> Any:
-        return None
+    def needs_generation(self) -> bool:
+        return bool(self.modifications)
+
+    def generation_warnings(self) -> list[str]:
+        return list(self.problems)
 
 
 class MeshProxyPatchPlugin(PolicyPlugin):
@@ -45,4 +50,4 @@ class MeshProxyPatchPlugin(PolicyPlugin):
         from dpagent.controlplane.policies.meshproxypatch import xds  # Envoy protos only when generating
 
         if isinstance(rules, PatchRules) and rules.modifications:
-            xds.apply_all(rs, dp, rules.modifications)
+            rules.problems[:] = [f"{KIND}: {p}" for p in xds.apply_all(rs, dp, rules.modifications)]

@@ -11,6 +11,7 @@ import yaml
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from unit.controlplane.xds._xds_testlib import envoy_accepts
 
+from dpagent.controlplane.inspect import kind_policies
 from dpagent.controlplane.policies.meshproxypatch import MeshProxyPatchPlugin
 from dpagent.controlplane.policies.meshproxypatch.jsonpatch import PatchError, apply
 from dpagent.controlplane.xds.context import MeshContext, build_proxy
@@ -280,3 +281,28 @@ def test_shared_resources_of_other_proxies_stay_untouched() -> None:
     entry = plain.get(CLUSTER, "backend")
     assert entry is not None and entry.shared is not None and entry.message.connect_timeout.seconds != 7
     assert "extra" not in plain.messages()[CLUSTER]
+
+
+def test_a_patch_that_cannot_apply_is_skipped_and_warned() -> None:
+    """A JSON pointer the resource does not have: the other modifications still apply; inspect says which failed."""
+    mods = [{"cluster": {"operation": "Patch", "match": {"name": "backend"},
+                         "jsonPatches": [{"op": "replace", "path": "/noSuchField", "value": 1}]}},
+            {"cluster": {"operation": "Patch", "match": {"name": "backend"}, "value": "connectTimeout: 4s"}}]
+    c = MeshContext(MESH, WORLD, {"MeshProxyPatch": [mpp(mods)]})
+    proxy = build_proxy(c, WEB)
+    assert proxy.warnings == []  # known only once the resources exist
+    rs = generate(c, WEB, proxy)
+    assert rs.messages()[CLUSTER]["backend"].connect_timeout.seconds == 4
+    view = next(k for k in kind_policies(proxy) if k.kind == "MeshProxyPatch")
+    assert view.warnings == proxy.warnings == [
+        "MeshProxyPatch: appendModifications[0] (cluster Patch): /noSuchField: 'noSuchField' does not exist"]
+
+
+@pytest.mark.envoy
+def test_envoy_refuses_a_filter_added_after_the_router(tmp_path: Any) -> None:
+    """AddLast is literal (as Kuma's): after the terminal router, which Envoy refuses; AddBefore the router is the
+    way to add an HTTP filter. Also proves the Envoy check above can fail."""
+    lua = CASES["http_filter_add_before_router"][0]["httpFilter"]
+    rs = generated([mpp([{"httpFilter": {**lua, "operation": "AddLast"}}])], WEB)
+    with pytest.raises(AssertionError, match="must be the last filter"):
+        envoy_accepts(rs.messages(), tmp_path, "spiffe://default/web")
