@@ -100,7 +100,7 @@ def _modification(v: Violations, kind: str, raw: Any, path: str) -> None:
     has_value, has_patches = body.get("value") is not None, body.get("jsonPatches") is not None
     if op == ADD and kind in ("cluster", "listener") and match is not None:
         v.add(join(path, "match"), "must not be defined for operation Add")
-    if kind == "virtualHost" and match is None and op in (REMOVE, PATCH):
+    if kind == "virtualHost" and match is None:  # a virtual host only exists inside a route configuration
         v.add(join(path, "match"), "must be defined")
     if op in (ADD_BEFORE, ADD_AFTER) and (match is None or not match.get("name")):
         v.add(join(path, "match.name"), f"must be defined for operation {op}")

@@ -50,4 +50,4 @@ class MeshProxyPatchPlugin(PolicyPlugin):
         from dpagent.controlplane.policies.meshproxypatch import xds  # Envoy protos only when generating
 
         if isinstance(rules, PatchRules) and rules.modifications:
-            rules.problems[:] = [f"{KIND}: {p}" for p in xds.apply_all(rs, dp, rules.modifications)]
+            rules.problems[:] = [f"{KIND}: {p}" for p in xds.apply_all(rs, ctx, dp, rules.modifications)]

@@ -1,7 +1,9 @@
 """MeshProxyPatch modifications applied to one proxy's ResourceSet, in order, after every other policy.
 
 Resources are often shared serialised objects: every change is made on a copy and swapped in with
-`ResourceSet.replace` (or `add`/`remove`), so an edit never leaks into another proxy. `match.origin` compares with
+`ResourceSet.replace` (or `add`/`remove`), so an edit never leaks into another proxy; the patched copy of a shared
+resource is itself shared (memoised per input and modification), so a mesh-wide patch costs one build per resource,
+not one per proxy. `match.origin` compares with
 the ResourceSet origins (inbound, outbound, transparent, dynconf, secrets; `user` for resources a patch added);
 Kuma origins we do not generate (prometheus, direct-access, egress, gateway, …) match nothing. A modification that
 cannot apply (a JSON pointer that does not exist) is skipped and reported by `apply_all`'s return value.
@@ -9,7 +11,9 @@ cannot apply (a JSON pointer that does not exist) is skipped and reported by `ap
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict
 from typing import Any
 
 from envoy.config.route.v3 import route_pb2
@@ -17,6 +21,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from dpagent.controlplane.policies.base import MeshView
 from dpagent.controlplane.policies.matching import inbound_key
 from dpagent.controlplane.policies.meshproxypatch import jsonpatch, protos
 from dpagent.controlplane.policies.meshproxypatch.api import (
@@ -32,19 +37,47 @@ from dpagent.controlplane.policies.meshproxypatch.api import (
     value_of,
 )
 from dpagent.controlplane.xds.resources import Entry, Origin, ResourceSet
-from dpagent.controlplane.xds.snapshot import CLUSTER, LISTENER, ROUTE
+from dpagent.controlplane.xds.snapshot import CLUSTER, LISTENER, ROUTE, Resource
 from dpagent.model.dataplane import Dataplane
 
 HCM = "envoy.filters.network.http_connection_manager"
+KIND = "MeshProxyPatch"
 
 
-def apply_all(rs: ResourceSet, dp: Dataplane, mods: tuple[Modification, ...]) -> list[str]:
+class _Run:
+    """One modification on one proxy: what the kind functions need to match and to swap results in."""
+
+    def __init__(self, rs: ResourceSet, ctx: MeshView, m: Modification,
+                 tags: Mapping[str, Mapping[str, str]]) -> None:
+        self.rs, self.ctx, self.m, self.tags = rs, ctx, m, tags
+        self.key = json.dumps(asdict(m), sort_keys=True, default=str)
+
+    def swap(self, entry: Entry, build: Callable[[Message], Message | None]) -> None:
+        """Replace `entry` by build(its message) unless that is None (nothing changed); the result for a shared
+        input is shared by every proxy applying the same modification to it."""
+        if entry.shared is None:
+            result = build(entry.message)
+            if result is not None:
+                self.rs.replace(entry, result)
+            return
+        source = entry.shared
+        value = self.ctx.memo((KIND, entry.type_url, source.digest, self.key),
+                              lambda: _resource(entry.name, entry.type_url, build(source.message)))
+        if value is not None:
+            self.rs.replace(entry, value)
+
+
+def _resource(name: str, type_url: str, message: Message | None) -> Resource | None:
+    return None if message is None else Resource(name, message, type_url)
+
+
+def apply_all(rs: ResourceSet, ctx: MeshView, dp: Dataplane, mods: tuple[Modification, ...]) -> list[str]:
     """Apply every modification in order; the problems of those that could not apply."""
     tags = {inbound_key(dp, ib): ib.tags for ib in dp.networking.inbound}
     problems = []
     for i, m in enumerate(mods):
         try:
-            _KINDS[m.kind](rs, m, tags)
+            _KINDS[m.kind](_Run(rs, ctx, m, tags))
         except (ValueError, jsonpatch.PatchError) as e:
             problems.append(f"appendModifications[{i}] ({m.kind} {m.operation}): {e}")
     return problems
@@ -71,8 +104,9 @@ def patched(msg: Message, m: Modification) -> Message:
     return out
 
 
-def _resources(type_url: str) -> Callable[[ResourceSet, Modification, Mapping[str, Mapping[str, str]]], None]:
-    def run(rs: ResourceSet, m: Modification, tags: Mapping[str, Mapping[str, str]]) -> None:
+def _resources(type_url: str) -> Callable[[_Run], None]:
+    def run(r: _Run) -> None:
+        rs, m, tags = r.rs, r.m, r.tags
         if m.operation == ADD:
             msg = protos.parse(m.kind, dict(value_of(m.value)))
             name = msg.name  # type: ignore[attr-defined]
@@ -90,35 +124,41 @@ def _resources(type_url: str) -> Callable[[ResourceSet, Modification, Mapping[st
             if m.operation == REMOVE:
                 rs.remove(e)
             elif m.operation == PATCH:
-                rs.replace(e, patched(e.message, m))
+                r.swap(e, lambda msg: patched(msg, m))
     return run
 
 
-def _virtual_hosts(rs: ResourceSet, m: Modification, tags: Mapping[str, Mapping[str, str]]) -> None:
-    for e in list(rs.entries(ROUTE)):
+def _virtual_hosts(r: _Run) -> None:
+    m = r.m
+    for e in list(r.rs.entries(ROUTE)):
         if not _origin_ok(e, m.match):
             continue
         if m.match.route_configuration_name is not None and e.name != m.match.route_configuration_name:
             continue
-        new = route_pb2.RouteConfiguration()
-        new.CopyFrom(e.message)
-        if m.operation == ADD:
-            new.virtual_hosts.append(protos.parse(m.kind, dict(value_of(m.value))))  # type: ignore[arg-type]
-        else:
-            keep = []
-            for vh in new.virtual_hosts:
-                if m.match.name is not None and vh.name != m.match.name:
-                    keep.append(vh)
-                elif m.operation == PATCH:
-                    keep.append(patched(vh, m))
-            if [vh.SerializeToString() for vh in keep] == [vh.SerializeToString() for vh in new.virtual_hosts]:
-                continue
-            del new.virtual_hosts[:]
-            new.virtual_hosts.extend(keep)
-        rs.replace(e, new)
+        r.swap(e, lambda msg: _edit_route(msg, m))
 
 
-def _listeners(rs: ResourceSet, m: Modification, tags: Mapping[str, Mapping[str, str]]) -> Iterator[Entry]:
+def _edit_route(msg: Message, m: Modification) -> Message | None:
+    new = route_pb2.RouteConfiguration()
+    new.CopyFrom(msg)
+    if m.operation == ADD:
+        new.virtual_hosts.append(protos.parse(m.kind, dict(value_of(m.value))))  # type: ignore[arg-type]
+        return new
+    keep = []
+    for vh in new.virtual_hosts:
+        if m.match.name is not None and vh.name != m.match.name:
+            keep.append(vh)
+        elif m.operation == PATCH:
+            keep.append(patched(vh, m))
+    if [vh.SerializeToString() for vh in keep] == [vh.SerializeToString() for vh in new.virtual_hosts]:
+        return None
+    del new.virtual_hosts[:]
+    new.virtual_hosts.extend(keep)
+    return new
+
+
+def _listeners(r: _Run) -> Iterator[Entry]:
+    rs, m, tags = r.rs, r.m, r.tags
     for e in list(rs.entries(LISTENER)):
         if not _origin_ok(e, m.match):
             continue
@@ -188,43 +228,49 @@ def _unpack(a: any_pb2.Any) -> Message:
     return msg
 
 
-def _network_filters(rs: ResourceSet, m: Modification, tags: Mapping[str, Mapping[str, str]]) -> None:
-    for e in _listeners(rs, m, tags):
-        new = type(e.message)()
-        new.CopyFrom(e.message)
-        changed = False
-        for chain in _chains(new):
-            out = _edit_list(list(chain.filters), m)
+def _network_filters(r: _Run) -> None:
+    for e in _listeners(r):
+        r.swap(e, lambda msg: _edit_network_filters(msg, r.m))
+
+
+def _edit_network_filters(msg: Message, m: Modification) -> Message | None:
+    new = type(msg)()
+    new.CopyFrom(msg)
+    changed = False
+    for chain in _chains(new):
+        out = _edit_list(list(chain.filters), m)
+        if out is not None:
+            del chain.filters[:]
+            chain.filters.extend(out)
+            changed = True
+    return new if changed else None
+
+
+def _http_filters(r: _Run) -> None:
+    for e in _listeners(r):
+        r.swap(e, lambda msg: _edit_http_filters(msg, r.m))
+
+
+def _edit_http_filters(msg: Message, m: Modification) -> Message | None:
+    new = type(msg)()
+    new.CopyFrom(msg)
+    changed = False
+    for chain in _chains(new):
+        for f in chain.filters:
+            if f.name != HCM or not f.HasField("typed_config"):
+                continue
+            hcm = hcm_pb2.HttpConnectionManager()
+            f.typed_config.Unpack(hcm)
+            out = _edit_list(list(hcm.http_filters), m)
             if out is not None:
-                del chain.filters[:]
-                chain.filters.extend(out)
+                del hcm.http_filters[:]
+                hcm.http_filters.extend(out)
+                f.typed_config.Pack(hcm)
                 changed = True
-        if changed:
-            rs.replace(e, new)
+    return new if changed else None
 
 
-def _http_filters(rs: ResourceSet, m: Modification, tags: Mapping[str, Mapping[str, str]]) -> None:
-    for e in _listeners(rs, m, tags):
-        new = type(e.message)()
-        new.CopyFrom(e.message)
-        changed = False
-        for chain in _chains(new):
-            for f in chain.filters:
-                if f.name != HCM or not f.HasField("typed_config"):
-                    continue
-                hcm = hcm_pb2.HttpConnectionManager()
-                f.typed_config.Unpack(hcm)
-                out = _edit_list(list(hcm.http_filters), m)
-                if out is not None:
-                    del hcm.http_filters[:]
-                    hcm.http_filters.extend(out)
-                    f.typed_config.Pack(hcm)
-                    changed = True
-        if changed:
-            rs.replace(e, new)
-
-
-_KINDS: dict[str, Callable[[ResourceSet, Modification, Mapping[str, Mapping[str, str]]], None]] = {
+_KINDS: dict[str, Callable[[_Run], None]] = {
     "cluster": _resources(CLUSTER),
     "listener": _resources(LISTENER),
     "networkFilter": _network_filters,

@@ -138,11 +138,13 @@ BAD: list[tuple[str, list[Any], list[tuple[str, str]]]] = [
       (f"{P}[0].virtualHost.jsonPatches[0].path", "must be a JSON pointer starting with /"),
       (f"{P}[0].virtualHost.jsonPatches[1].value", "must be defined for op add"),
       (f"{P}[0].virtualHost.jsonPatches[2].from", "must be defined only for move and copy")]),
-    ("virtualHost remove needs match, unknown match field", [
+    ("virtualHost needs match, unknown match field", [
         {"virtualHost": {"operation": "Remove"}},
-        {"cluster": {"operation": "Remove", "match": {"listenerName": "x"}}}],
+        {"cluster": {"operation": "Remove", "match": {"listenerName": "x"}}},
+        {"virtualHost": {"operation": "Add", "value": "name: v\ndomains: ['*']"}}],
      [(f"{P}[0].virtualHost.match", "must be defined"),
-      (f"{P}[1].cluster.match.listenerName", "unknown field (expected one of: name, origin)")]),
+      (f"{P}[1].cluster.match.listenerName", "unknown field (expected one of: name, origin)"),
+      (f"{P}[2].virtualHost.match", "must be defined")]),
 ]
 
 
@@ -306,3 +308,11 @@ def test_envoy_refuses_a_filter_added_after_the_router(tmp_path: Any) -> None:
     rs = generated([mpp([{"httpFilter": {**lua, "operation": "AddLast"}}])], WEB)
     with pytest.raises(AssertionError, match="must be the last filter"):
         envoy_accepts(rs.messages(), tmp_path, "spiffe://default/web")
+
+
+def test_a_mesh_wide_patch_of_a_shared_resource_is_built_once() -> None:
+    """web-1 and web-2 get the same patched `backend` cluster object: one build and one serialisation per change."""
+    c = MeshContext(MESH, WORLD, {"MeshProxyPatch": [mpp(CASES["cluster_add_patch_remove"])]})
+    a, b = (generate(c, dp, build_proxy(c, dp)).get(CLUSTER, "backend") for dp in (WEB, WEB2))
+    assert a is not None and b is not None and a.shared is not None and a.shared is b.shared
+    assert a.message.connect_timeout.seconds == 7
