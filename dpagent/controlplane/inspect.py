@@ -56,7 +56,8 @@ def kind_policies(proxy: Proxy) -> list[KindPolicies]:
         services = sorted({ob.service for ob in proxy.dp.networking.outbound if ob.service})
         outbounds = [OutboundPolicies(s, sorted({i.policy for i in matched.to_items(s)}),
                                       _outbound_conf(rules, matched, s)) for s in services if matched.to_items(s)]
-        out.append(KindPolicies(plugin.kind, list(matched.policies), inbounds, outbounds, list(rules.warnings)))
+        out.append(KindPolicies(plugin.kind, list(matched.policies), inbounds, outbounds,
+                                [*rules.warnings, *rules.generation_warnings()]))
     return out
 
 
@@ -87,7 +88,10 @@ class Inspector:
     async def _proxy(self, mesh: str, name: str) -> tuple[Any, Proxy | None]:
         state = await self._state(mesh)
         dp = state.by_name.get(name) if state else None
-        return state, (build_proxy(state.ctx, dp) if state and dp else None)
+        proxy = build_proxy(state.ctx, dp) if state and dp else None
+        if proxy is not None and any(r.needs_generation() for r in proxy.rules.values()):
+            generate(state.ctx, proxy.dp, proxy)  # fills the warnings only `apply` can find
+        return state, proxy
 
     async def dataplane(self, mesh: str, name: str, doc: dict[str, Any]) -> DataplaneInspect:
         raw = self.cache.status(node_id(mesh, name)) if self.cache is not None else None

@@ -56,6 +56,15 @@ class Rules:
         """The effective conf toward `service` for `inspect`, as a typed struct or None."""
         return None
 
+    def needs_generation(self) -> bool:
+        """True when some warnings are only known once `apply` has run on the generated resources (a patch
+        whose JSON pointer does not exist); `inspect` then generates the proxy before reading them."""
+        return False
+
+    def generation_warnings(self) -> list[str]:
+        """Warnings `apply` found; empty until it has run."""
+        return []
+
 
 class PolicyPlugin:
     """Subclass per kind and set the class attributes; override `rules` and `apply`."""

@@ -14,6 +14,7 @@ from dpagent.controlplane.policies.meshhealthcheck import MeshHealthCheckPlugin
 from dpagent.controlplane.policies.meshhttproute import MeshHTTPRoutePlugin
 from dpagent.controlplane.policies.meshloadbalancingstrategy import MeshLoadBalancingStrategyPlugin
 from dpagent.controlplane.policies.meshmetric import MeshMetricPlugin
+from dpagent.controlplane.policies.meshproxypatch import MeshProxyPatchPlugin
 from dpagent.controlplane.policies.meshratelimit import MeshRateLimitPlugin
 from dpagent.controlplane.policies.meshretry import MeshRetryPlugin
 from dpagent.controlplane.policies.meshtcproute import MeshTCPRoutePlugin
@@ -35,6 +36,7 @@ _PLUGINS: tuple[PolicyPlugin, ...] = (
     MeshCircuitBreakerPlugin(),  # 1300: outbound/inbound cluster limits and outlier detection
     MeshRetryPlugin(),  # 1400: retry policies on outbound routes, connect attempts on outbound tcp_proxies
     MeshMetricPlugin(),  # 1500: Prometheus listener to the agent's merged scrape, conf to the agent over dynconf
+    MeshProxyPatchPlugin(),  # 9999: raw Envoy modifications, applied last
 )
 
 

@@ -208,7 +208,7 @@ class Proxy:
 
     @property
     def warnings(self) -> list[str]:
-        return [w for r in self.rules.values() for w in r.warnings]
+        return [w for r in self.rules.values() for w in (*r.warnings, *r.generation_warnings())]
 
 
 def build_proxy(ctx: MeshContext, dp: Dataplane) -> Proxy:

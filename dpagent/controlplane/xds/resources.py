@@ -22,6 +22,7 @@ class Origin(StrEnum):
     TRANSPARENT = "transparent"  # capture listeners and passthrough clusters
     DYNCONF = "dynconf"  # the agent's direct-response listener (DNS table)
     SECRETS = "secrets"  # the mesh trust bundle
+    USER = "user"  # resources a MeshProxyPatch added
 
 
 @dataclass
@@ -88,6 +89,13 @@ class ResourceSet:
         """Swap in a new message, or a memoised shared Resource (e.g. one per (service, effective conf))."""
         entry.shared = item if isinstance(item, Resource) else None
         entry.message = item.message if isinstance(item, Resource) else item
+
+    def remove(self, entry: Entry) -> None:
+        """Drop a resource (MeshProxyPatch `Remove`); a shared one just stops being referenced by this proxy."""
+        by_name = self._by_type.get(entry.type_url, {})
+        if by_name.get(entry.name) is entry:
+            del by_name[entry.name]
+            self._sorted.pop(entry.type_url, None)
 
     def types(self) -> list[str]:
         return sorted(self._by_type)

@@ -79,6 +79,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "MeshTrace": {"type": "MeshTrace", "mesh": "default", "name": "sample", "spec": {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "default": {"backends": [{"type": "Zipkin", "zipkin": {"url": "http://zipkin:9411/api/v2/spans"}}]}}},
+    "MeshProxyPatch": {"type": "MeshProxyPatch", "mesh": "default", "name": "sample", "spec": {
+        "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+        "default": {"appendModifications": [{"cluster": {"operation": "Patch", "match": {"origin": "inbound"},
+                                                         "value": "connectTimeout: 7s"}}]}}},
     "MeshTimeout": {"type": "MeshTimeout", "mesh": "default", "name": "sample", "spec": {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "to": [{"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"http": {"requestTimeout": "3s"}}}]}},

@@ -62,7 +62,7 @@ def from_ref(rng: random.Random) -> dict[str, Any]:
 def policy(rng: random.Random, names: list[str], name: str) -> dict[str, Any]:
     kind = rng.choice(["MeshTrafficPermission", "MeshTimeout", "MeshTimeout", "MeshRetry", "MeshHTTPRoute",
                        "MeshCircuitBreaker", "MeshLoadBalancingStrategy", "MeshHealthCheck", "MeshFaultInjection",
-                       "MeshRateLimit", "MeshTrace"])
+                       "MeshRateLimit", "MeshTrace", "MeshProxyPatch"])
     top = top_ref(rng, names)
     if kind in ("MeshFaultInjection", "MeshRateLimit", "MeshTrafficPermission") and top["kind"] == "Mesh" \
             and rng.random() < 0.3:
@@ -97,6 +97,14 @@ def policy(rng: random.Random, names: list[str], name: str) -> dict[str, Any]:
     elif kind == "MeshTrace":
         spec["default"] = {"backends": [{"type": "Zipkin", "zipkin": {"url": "http://zipkin:9411/api/v2/spans"}}],
                            "sampling": {"random": rng.randint(0, 100)}}
+    elif kind == "MeshProxyPatch":
+        spec["default"] = {"appendModifications": [rng.choice([
+            {"cluster": {"operation": "Patch", "match": {"origin": "outbound"},
+                         "jsonPatches": [{"op": "replace", "path": "/connectTimeout",
+                                          "value": f"{rng.randint(1, 9)}s"}]}},
+            {"virtualHost": {"operation": "Patch", "match": {"origin": "inbound"}, "value":
+                             f"responseHeadersToAdd: [{{header: {{key: x-p, value: v{rng.randint(1, 9)}}}}}]"}},
+            {"cluster": {"operation": "Add", "value": f"name: extra-{rng.randint(1, 3)}\nconnectTimeout: 2s"}}])]}
     else:
         spec["rules"] = [{"default": {"local": {"http": {"requestRate": {"num": rng.randint(1, 99),
                                                                           "interval": "1s"}}}}}]
