@@ -149,9 +149,11 @@ def test_file_tcp_and_otel_backends_log_the_requests_sent(mesh, api):
                     "%RESPONSE_CODE%")}}}]}}]}})
         run = uuid.uuid4().hex[:8]
         with httpx.Client(timeout=3) as client:
-            # Config reaches Envoy asynchronously: send tagged probes until one is logged, then the real requests.
+            # Config reaches each Envoy asynchronously (web and backend get their own pushes, only the proxies a
+            # policy selects are regenerated): send tagged probes until one is logged on both sides.
             wait_for(lambda: client.get(URL, headers={"user-agent": f"probe-{run}"}) and
-                     any(f"probe-{run}" in x for x in lines(out_file)), 15, interval=0.3, what="access log in force")
+                     any(f"probe-{run}" in x for x in lines(out_file)) and
+                     any(f"probe-{run}" in x for x in lines(in_file)), 15, interval=0.3, what="access logs in force")
             sent = {}
             for i in range(3):
                 ua = f"mal-{run}-ok-{i}"
