@@ -12,6 +12,7 @@ from typing import Protocol
 from dpagent.controlplane.policies.registry import PLUGINS
 from dpagent.controlplane.xds import names
 from dpagent.controlplane.xds.builders import listener as lb
+from dpagent.controlplane.xds.builders.permissive import make_permissive
 from dpagent.controlplane.xds.context import MeshContext, Proxy, build_proxy
 from dpagent.controlplane.xds.generators.inbound import InboundGenerator, inbound_parts
 from dpagent.controlplane.xds.generators.outbound import outbound_filter
@@ -24,6 +25,7 @@ from dpagent.controlplane.xds.generators.transparent import (
 from dpagent.controlplane.xds.resources import Origin, ResourceSet
 from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from dpagent.model.dataplane import Dataplane
+from dpagent.model.mesh import mtls_permissive
 
 
 class Generator(Protocol):
@@ -86,8 +88,11 @@ class TransparentGenerator:
             if p.port not in seen_ports:
                 seen_ports.add(p.port)
                 chains[p.name] = p.key
-        rs.add(LISTENER, names.INBOUND_PASSTHROUGH, inbound_capture_listener(tp.redirect_port_inbound, parts),
-               Origin.TRANSPARENT, chains=chains)
+        capture = inbound_capture_listener(tp.redirect_port_inbound, parts)
+        if mtls_permissive(ctx.mesh):
+            added = make_permissive(capture, set(chains))
+            chains.update({plain: chains[mesh_chain] for plain, mesh_chain in added.items()})
+        rs.add(LISTENER, names.INBOUND_PASSTHROUGH, capture, Origin.TRANSPARENT, chains=chains)
         for name, cluster in passthrough_clusters().items():
             rs.add(CLUSTER, name, cluster, Origin.TRANSPARENT)
         reachable = tuple(wanted_services(ctx, proxy.dp))
