@@ -32,6 +32,8 @@ def _set_params(common: tls_pb2.CommonTlsContext, params: TlsParams) -> None:
         common.tls_params.tls_minimum_protocol_version = VERSIONS[params.min]
     if params.max is not None:
         common.tls_params.tls_maximum_protocol_version = VERSIONS[params.max]
+    elif params.min == "TLS13":  # an Envoy client stops at TLS 1.2 by default: it could not meet its own floor
+        common.tls_params.tls_maximum_protocol_version = _P.TLSv1_3
     if params.ciphers:
         common.tls_params.cipher_suites[:] = list(params.ciphers)
 
