@@ -32,7 +32,7 @@ class MtlsDisabledError(Exception):
     pass
 
 
-def _expiry(insight: dict[str, Any]) -> float:
+def leaf_expiry(insight: dict[str, Any]) -> float:
     try:
         return datetime.fromisoformat((insight.get("mTLS") or {}).get("certificateExpirationTime", "")).timestamp()
     except ValueError:
@@ -100,7 +100,7 @@ class Issuer:
         now = self.clock()
         for rec in await self.store.list(INSIGHT, mesh=mesh.name):
             backend = (rec.doc.get("mTLS") or {}).get("issuedBackend")
-            if backend and _expiry(rec.doc) > now:
+            if backend and leaf_expiry(rec.doc) > now:
                 names.add(backend)
         pems, kept = [], []
         for name in sorted(names):
@@ -154,7 +154,7 @@ class Issuer:
         by_backend: dict[str, int] = {}
         for rec in await self.store.list(INSIGHT, mesh=mesh):
             m = rec.doc.get("mTLS") or {}
-            exp = _expiry(rec.doc)
+            exp = leaf_expiry(rec.doc)
             issued = float(m.get("lastCertificateRegeneration") or now)
             total += 1
             by_backend[m.get("issuedBackend", "?")] = by_backend.get(m.get("issuedBackend", "?"), 0) + 1

@@ -65,6 +65,10 @@ class Mesh(_S):
     constraints: dict[str, Any] | None = None
     skip_creating_initial_policies: list[str] = []
     mesh_services: dict[str, Any] | None = None
+    # Set by the CP, never by users (validation refuses the key): mTLS was just turned on and not every connected
+    # proxy holds a mesh certificate yet. Inbounds then accept both plaintext and mTLS and clients stay plaintext,
+    # so no call fails while certificates arrive; the CP clears it once every proxy has one.
+    mtls_staging: bool = False
 
 
 _TOP = ("type", "name", "labels", "mtls", "logging", "tracing", "metrics", "routing", "networking", "constraints",
@@ -262,10 +266,16 @@ def mtls_enabled(mesh: Mesh) -> bool:
 
 
 def mtls_permissive(mesh: Mesh) -> bool:
-    """The enabled backend's mode is PERMISSIVE: inbounds also take plaintext from clients outside the mesh (the
-    migration step before STRICT); a MeshTLS policy may override it per proxy."""
+    """The enabled backend's mode is PERMISSIVE (inbounds also take plaintext from clients outside the mesh: the
+    migration step before STRICT), or mTLS is being turned on (see `Mesh.mtls_staging`). A MeshTLS policy may
+    override the mode per proxy once staging is over."""
     backend = enabled_backend(mesh)
-    return backend is not None and backend.mode == "PERMISSIVE"
+    return backend is not None and (backend.mode == "PERMISSIVE" or mesh.mtls_staging)
+
+
+def client_mtls(mesh: Mesh) -> bool:
+    """Whether proxies call their peers over mTLS: mTLS is on and every connected proxy holds a mesh certificate."""
+    return mtls_enabled(mesh) and not mesh.mtls_staging
 
 
 def cert_lifetime_seconds(mesh: Mesh) -> float:

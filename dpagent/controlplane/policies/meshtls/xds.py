@@ -46,7 +46,10 @@ def _edit_socket(socket: base_pb2.TransportSocket, ctx_type: type, params: TlsPa
 
 
 def configure(rs: ResourceSet, ctx: MeshView, modes: Mapping[str, str], params: TlsParams) -> None:
+    """Modes per inbound key; params for every mesh chain and in-mesh outbound cluster of this proxy."""
     by_entry: dict[int, tuple[Entry, dict[str, str]]] = {}
+    if ctx.mesh.mtls_staging:  # mTLS is being turned on: every inbound stays Permissive until it is done
+        modes = {}
     for entry, index, key in list(rs.inbound_chains(LISTENER)):
         chain = entry.message.filter_chains[index]  # type: ignore[attr-defined]
         if not is_plaintext(chain) and chain.HasField("transport_socket"):
