@@ -147,3 +147,21 @@ def test_permissive_inbound_splits_mesh_mtls_from_plaintext_and_rbac_guards_only
     assert [f.name for f in plain.filters] == ["envoy.filters.network.tcp_proxy"]
     strict, _ = _generate("mtls_on_tcp")
     assert len(strict[LISTENER]["inbound:10.0.0.3:5432"].filter_chains) == 1
+
+
+def test_staging_keeps_clients_plaintext_and_inbounds_permissive_and_users_cannot_set_it() -> None:
+    """While mTLS is being turned on (the CP sets `mtlsStaging` until every proxy holds a mesh certificate)."""
+    from dpagent.model.mesh import decode_mesh, validate_mesh
+
+    _, dps, policies, _ = CASES["mtls_on_tcp"]
+    parsed = [parse_dataplane(d) for d in dps]
+    staged = decode_mesh({**mesh(True), "mtlsStaging": True})
+    ctx = MeshContext(staged, parsed, {"MeshTrafficPermission": policies}, trust_bundle=GOLDEN_BUNDLE)
+    web, db = (next(d for d in parsed if d.name == n) for n in ("web-1", "db-1"))
+    web_res = merge(generate_shared(ctx), generate_proxy(ctx, web, shared=generate_shared(ctx)))
+    assert not web_res[CLUSTER]["db"].HasField("transport_socket"), "a client called over mTLS while staging"
+    db_res = generate_proxy(ctx, db, shared=generate_shared(ctx))
+    assert [c.name for c in db_res[LISTENER]["inbound:10.0.0.3:5432"].filter_chains] == [
+        "inbound:10.0.0.3:5432", "inbound:10.0.0.3:5432:plaintext"]
+    assert ("mtlsStaging", "unknown field") in [(p, m.split(" (")[0]) for p, m in
+                                                validate_mesh({**mesh(True), "mtlsStaging": True})]
