@@ -26,7 +26,7 @@ from dpagent.agent import bootstrap as bs
 from dpagent.agent.accesslogs import AccessLogStreamer
 from dpagent.agent.cplink import ControlPlaneLink
 from dpagent.agent.dataplane import load_dataplane, resource_json
-from dpagent.agent.dynconf import DYNCONF_SOCKET, DynconfPoller
+from dpagent.agent.dynconf import DYNCONF_SOCKET, IDENTITY_PATH, DynconfPoller
 from dpagent.agent.envoy import EnvoyAdmin, EnvoyProcess, admin_endpoint, envoy_args, envoy_version, find_envoy
 from dpagent.agent.http import SmallHttpServer
 from dpagent.agent.identity import IdentityManager, setup_identity
@@ -176,6 +176,9 @@ class Agent:
                 return 0
             if renewer is not None:
                 self._identity_task = asyncio.create_task(renewer.run(), name="identity-renewal")
+                if hasattr(asyncio, "open_unix_connection"):  # the dynconf socket needs Unix sockets
+                    poller = DynconfPoller(self.work_dir / DYNCONF_SOCKET, IDENTITY_PATH, renewer.mtls_on)
+                    self._background.append(asyncio.create_task(poller.run(), name="identity-dynconf"))
             return await self._run_envoy(binary, str(bootstrap_path))
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):

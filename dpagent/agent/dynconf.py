@@ -22,6 +22,7 @@ from dpagent.log import kv
 log = logging.getLogger("dpagent.dynconf")
 
 DYNCONF_SOCKET = "dpagent-dynconf.sock"  # relative to the work dir (the CP's names.DYNCONF_SOCKET)
+IDENTITY_PATH = "/identity"  # the CP's names.DYNCONF_IDENTITY_PATH: the mesh has mTLS on
 TIMEOUT = 5.0
 MAX_BODY = 16 * 1024 * 1024
 

@@ -12,6 +12,7 @@ old generation in place.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -202,6 +203,7 @@ class IdentityManager:
         self.renewals = 0
         self.failures = 0
         self.changed = asyncio.Event()
+        self._wake = asyncio.Event()
 
     async def obtain(self) -> Any:
         """One certificate now (start-up). Raises NotOffered, MtlsDisabled, Retryable or ControlPlaneRejected."""
@@ -253,11 +255,20 @@ class IdentityManager:
     async def run(self) -> None:
         """Renewal loop: at ~80 % of each certificate's lifetime; slow re-checks while the mesh has mTLS off."""
         while True:
-            await asyncio.sleep(self.recheck_disabled if self.info is None else renew_delay(self.info, self.clock()))
+            delay = self.recheck_disabled if self.info is None else renew_delay(self.info, self.clock())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            self._wake.clear()
             try:
                 await self.renew_once()
             except MtlsDisabled:
                 self.info = None  # re-check on the slow interval; the files in place keep serving
+
+    def mtls_on(self, body: bytes | None) -> None:
+        """The CP says (dynconf `/identity`) the mesh has a CA backend: while only a placeholder is in place, ask
+        now rather than at the slow re-check, because peers start demanding a mesh certificate right away."""
+        if body is not None and self.info is None:
+            self._wake.set()
 
     def status(self) -> dict[str, Any]:
         if self.info is None:

@@ -32,7 +32,7 @@ class MtlsDisabledError(Exception):
     pass
 
 
-def _expiry(insight: dict[str, Any]) -> float:
+def leaf_expiry(insight: dict[str, Any]) -> float:
     try:
         return datetime.fromisoformat((insight.get("mTLS") or {}).get("certificateExpirationTime", "")).timestamp()
     except ValueError:
@@ -129,7 +129,7 @@ class Issuer:
     def _index_leaf(index: dict[str, tuple[str, float]], name: str, doc: dict[str, Any] | None) -> None:
         backend = ((doc or {}).get("mTLS") or {}).get("issuedBackend")
         if backend:
-            index[name] = (backend, _expiry(doc or {}))
+            index[name] = (backend, leaf_expiry(doc or {}))
         else:
             index.pop(name, None)
 
@@ -186,7 +186,7 @@ class Issuer:
         by_backend: dict[str, int] = {}
         for rec in await self.store.list(INSIGHT, mesh=mesh):
             m = rec.doc.get("mTLS") or {}
-            exp = _expiry(rec.doc)
+            exp = leaf_expiry(rec.doc)
             issued = float(m.get("lastCertificateRegeneration") or now)
             total += 1
             by_backend[m.get("issuedBackend", "?")] = by_backend.get(m.get("issuedBackend", "?"), 0) + 1

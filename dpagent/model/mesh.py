@@ -20,6 +20,7 @@ from dpagent.errors import ValidationError
 from dpagent.model.validation import Violations, is_ip, join
 
 BACKEND_TYPES = ("builtin", "provided")
+MTLS_MODES = ("STRICT", "PERMISSIVE")
 DEFAULT_CERT_LIFETIME = 24 * 3600.0
 MIN_CERT_LIFETIME = 30.0
 DATA_SOURCE_KEYS = ("secret", "file", "inline", "inlineString")
@@ -64,6 +65,10 @@ class Mesh(_S):
     constraints: dict[str, Any] | None = None
     skip_creating_initial_policies: list[str] = []
     mesh_services: dict[str, Any] | None = None
+    # Set by the CP, never by users (validation refuses the key): mTLS was just turned on and not every connected
+    # proxy holds a mesh certificate yet. Inbounds then accept both plaintext and mTLS and clients stay plaintext,
+    # so no call fails while certificates arrive; the CP clears it once every proxy has one.
+    mtls_staging: bool = False
 
 
 _TOP = ("type", "name", "labels", "mtls", "logging", "tracing", "metrics", "routing", "networking", "constraints",
@@ -168,8 +173,8 @@ def _validate_mtls(v: Violations, mtls: Mapping[str, Any]) -> None:
         kind = b.get("type")
         if kind not in BACKEND_TYPES:
             v.add(join(p, "type"), f"must be one of: {', '.join(BACKEND_TYPES)}")
-        if b.get("mode") not in (None, "STRICT"):
-            v.add(join(p, "mode"), "only STRICT is supported (PERMISSIVE would accept plaintext)")
+        if b.get("mode") not in (None, *MTLS_MODES):
+            v.add(join(p, "mode"), f"must be one of: {', '.join(MTLS_MODES)}")
         _validate_dp_cert(v, b.get("dpCert"), join(p, "dpCert"))
         conf = v.mapping(b.get("conf"), join(p, "conf"), required=kind == "provided")
         if conf is not None and kind == "provided":
@@ -258,6 +263,19 @@ def enabled_backend(mesh: Mesh) -> MtlsBackend | None:
 
 def mtls_enabled(mesh: Mesh) -> bool:
     return enabled_backend(mesh) is not None
+
+
+def mtls_permissive(mesh: Mesh) -> bool:
+    """The enabled backend's mode is PERMISSIVE (inbounds also take plaintext from clients outside the mesh: the
+    migration step before STRICT), or mTLS is being turned on (see `Mesh.mtls_staging`). A MeshTLS policy may
+    override the mode per proxy once staging is over."""
+    backend = enabled_backend(mesh)
+    return backend is not None and (backend.mode == "PERMISSIVE" or mesh.mtls_staging)
+
+
+def client_mtls(mesh: Mesh) -> bool:
+    """Whether proxies call their peers over mTLS: mTLS is on and every connected proxy holds a mesh certificate."""
+    return mtls_enabled(mesh) and not mesh.mtls_staging
 
 
 def cert_lifetime_seconds(mesh: Mesh) -> float:

@@ -19,12 +19,14 @@ from dpagent.controlplane.policies.meshratelimit import MeshRateLimitPlugin
 from dpagent.controlplane.policies.meshretry import MeshRetryPlugin
 from dpagent.controlplane.policies.meshtcproute import MeshTCPRoutePlugin
 from dpagent.controlplane.policies.meshtimeout import MeshTimeoutPlugin
+from dpagent.controlplane.policies.meshtls import MeshTLSPlugin
 from dpagent.controlplane.policies.meshtrace import MeshTracePlugin
 from dpagent.controlplane.policies.meshtrafficpermission import MeshTrafficPermissionPlugin
 
 _PLUGINS: tuple[PolicyPlugin, ...] = (
     MeshHTTPRoutePlugin(),  # 100: outbound routes and the clusters their backends need
     MeshTCPRoutePlugin(),  # 200: outbound tcp_proxy splits
+    MeshTLSPlugin(),  # 300: Strict/Permissive inbounds, TLS versions and ciphers on inbound and in-mesh outbound TLS
     MeshLoadBalancingStrategyPlugin(),  # 400: outbound cluster balancer, route hash policies, zone priorities
     MeshAccessLogPlugin(),  # 600: access logs on HCMs and tcp_proxies (file, TCP via the agent, OpenTelemetry)
     MeshTracePlugin(),  # 700: HCM tracing on every HTTP listener, the collector cluster

@@ -88,6 +88,7 @@ def stat_prefix(name: str) -> str:
 METRICS_HIJACKER_CLUSTER = "_dpagent:metrics:hijacker"
 METRICS_HIJACKER_SOCKET = "dpagent-metrics.sock"
 DYNCONF_MESHMETRIC_PATH = "/meshmetric"
+DYNCONF_IDENTITY_PATH = "/identity"  # the mesh's enabled CA backend: the agent asks for its certificate at once
 
 
 def prometheus_listener(client_id: str) -> str:

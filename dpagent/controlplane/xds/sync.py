@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from dpagent.controlplane.identity import leaf_expiry
 from dpagent.controlplane.policies.envelope import Policy
 from dpagent.controlplane.policies.registry import POLICY_KINDS
 from dpagent.controlplane.store import ChangeEvent, ResourceStore, SubscriptionOverflow
@@ -157,6 +158,7 @@ class XdsSync:
         self._bundle_check: set[str] = set()
         self.debounce = debounce
         self.connected: dict[str, tuple[str, str]] = {}  # node id -> (mesh, name)
+        self._ready: set[str] = set()  # meshes whose proxies all hold mesh certificates (see _mtls_ready)
         self.leaving: set[tuple[str, str]] = set()  # draining proxies: no new traffic is sent to them
         self.states: dict[str, MeshState] = {}
         self._inputs: dict[str, MeshInputs] = {}
@@ -327,8 +329,27 @@ class XdsSync:
             if state is None or self.bundle is None or not mtls_enabled(state.ctx.mesh):
                 continue
             _, names = await self.bundle(state.ctx.mesh)
-            if names != state.bundle_backends:
+            if names != state.bundle_backends or (state.ctx.mesh.mtls_staging and await self._mtls_ready(mesh, names)):
                 self._dirty[mesh] = None
+
+    async def _mtls_ready(self, mesh: str, backends: tuple[str, ...]) -> bool:
+        """mTLS was turned on: true once every connected proxy of the mesh holds an unexpired leaf from one of the
+        mesh's roots (agents that started with mTLS off hold a local placeholder until they ask). Until then the
+        mesh is generated in staging (`Mesh.mtls_staging`): inbounds accept both, clients stay plaintext. Sticky
+        while mTLS stays on: a proxy joining later gets its certificate before its Envoy starts, and a CA rotation
+        keeps calling over mTLS."""
+        if mesh in self._ready:
+            return True
+        wanted = {name for m, name in self.connected.values() if m == mesh}
+        now = time.time()
+        for rec in await self.store.list(INSIGHT, mesh=mesh):
+            mtls = rec.doc.get("mTLS") or {}
+            if mtls.get("issuedBackend") in backends and leaf_expiry(rec.doc) > now:
+                wanted.discard(rec.name)
+        if wanted:
+            return False
+        self._ready.add(mesh)
+        return True
 
     def issuable(self, mesh: str, backend: str) -> bool:
         """True once every connected proxy of the mesh has ACKed a trust bundle that contains `backend`'s root:
@@ -388,9 +409,14 @@ class XdsSync:
             policies[kind] = by
         bundle_pem, bundle_names = "", ()
         parsed_mesh = decode_mesh(mesh_rec.doc)
+        mesh_doc = mesh_rec.doc
         if self.bundle is not None and mtls_enabled(parsed_mesh):
             bundle_pem, bundle_names = await self.bundle(parsed_mesh)
-        inputs = MeshInputs(mesh_rec.doc, dataplanes, policies, bundle_pem, bundle_names)
+            if not await self._mtls_ready(mesh, bundle_names):
+                mesh_doc = {**mesh_doc, "mtlsStaging": True}
+        else:
+            self._ready.discard(mesh)
+        inputs = MeshInputs(mesh_doc, dataplanes, policies, bundle_pem, bundle_names)
         vips_rec = await self.store.get(vip.KIND, mesh, vip.NAME)
         stored_vips = vip.vips_from_doc(vips_rec.doc if vips_rec else None)
         state = await asyncio.to_thread(state_from_inputs, inputs, stored_vips, self.vip_cidr)

@@ -14,7 +14,7 @@ from dpagent.controlplane.xds.generators.outbound import service_protocols
 from dpagent.controlplane.xds.resources import Origin, ResourceSet
 from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, Resource
 from dpagent.model.dataplane import Dataplane
-from dpagent.model.mesh import mtls_enabled
+from dpagent.model.mesh import client_mtls
 
 
 def protocols(ctx: MeshView) -> dict[str, str]:
@@ -38,7 +38,7 @@ def _backend(ctx: MeshView, ref: BackendRef, name: str) -> tuple[Resource, Resou
     def build() -> tuple[Resource, Resource]:
         dataplanes = _by_service(ctx).get(ref.name, [])
         clusters, assignments = backend_resources([ref], dataplanes, mesh=ctx.mesh.name,
-                                                  mtls=mtls_enabled(ctx.mesh), protocols=protocols(ctx))
+                                                  mtls=client_mtls(ctx.mesh), protocols=protocols(ctx))
         return Resource(name, clusters[name], CLUSTER), Resource(name, assignments[name], ENDPOINT)
 
     return ctx.dp_memo(("meshroute", "backend", name), build)  # type: ignore[no-any-return]

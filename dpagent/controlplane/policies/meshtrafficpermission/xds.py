@@ -21,6 +21,7 @@ from dpagent.controlplane.xds import names
 from dpagent.controlplane.xds.builders import rbac
 from dpagent.controlplane.xds.builders.core import pack
 from dpagent.controlplane.xds.builders.listener import hcm_index
+from dpagent.controlplane.xds.builders.permissive import is_plaintext
 from dpagent.controlplane.xds.resources import Origin, ResourceSet
 from dpagent.controlplane.xds.snapshot import LISTENER, ROUTE
 
@@ -78,6 +79,8 @@ def configure(rs: ResourceSet, mesh: str, inbounds: Mapping[str, InboundPermissi
     """Add RBAC to every inbound filter chain (listener or capture chain) and every inbound route; an inbound the
     rules do not mention gets no permission at all (deny by default)."""
     for entry, index, key in list(rs.inbound_chains(LISTENER)):
+        if is_plaintext(entry.message.filter_chains[index]):  # type: ignore[attr-defined]
+            continue  # Permissive: a client outside the mesh has no identity to check (Kuma lets it through too)
         listener = rs.edit(entry)
         chain = listener.filter_chains[index]  # type: ignore[attr-defined]
         at = hcm_index(chain)  # not always first: MeshRateLimit may prepend a TCP connection limit

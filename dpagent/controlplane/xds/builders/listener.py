@@ -9,6 +9,7 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import wrappers_pb2
@@ -19,6 +20,7 @@ TCP_PROXY = "envoy.filters.network.tcp_proxy"
 HCM = "envoy.filters.network.http_connection_manager"
 ROUTER = "envoy.filters.http.router"
 ORIGINAL_DST = "envoy.filters.listener.original_dst"
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 HTTP_PROTOCOLS = ("http", "http2", "grpc")
 HTTP2_PROTOCOLS = ("http2", "grpc")
 INBOUND = base_pb2.INBOUND
@@ -42,17 +44,27 @@ def listener_with_chains(name: str, address: str, port: int, direction: int,
 
 def filter_chain(filters: Sequence[listener_components_pb2.Filter],
                  transport_socket: base_pb2.TransportSocket | None = None, *, name: str = "",
-                 destination_port: int = 0, prefixes: Sequence[str] = ()) -> listener_components_pb2.FilterChain:
-    """A chain matched on the connection's (original) destination: port and/or exact addresses (/32, /128)."""
+                 destination_port: int = 0, prefixes: Sequence[str] = (), transport_protocol: str = "",
+                 alpn: Sequence[str] = ()) -> listener_components_pb2.FilterChain:
+    """A chain matched on the connection's (original) destination: port and/or exact addresses (/32, /128); and,
+    behind a TLS inspector, on what the client opened with (`tls`/`raw_buffer`, its ALPN list)."""
     chain = listener_components_pb2.FilterChain(name=name, filters=list(filters))
-    if destination_port or prefixes:
-        match = listener_components_pb2.FilterChainMatch(prefix_ranges=[cidr(p) for p in prefixes])
+    if destination_port or prefixes or transport_protocol or alpn:
+        match = listener_components_pb2.FilterChainMatch(prefix_ranges=[cidr(p) for p in prefixes],
+                                                         transport_protocol=transport_protocol,
+                                                         application_protocols=list(alpn))
         if destination_port:
             match.destination_port.value = destination_port
         chain.filter_chain_match.CopyFrom(match)
     if transport_socket is not None:
         chain.transport_socket.CopyFrom(transport_socket)
     return chain
+
+
+def tls_inspector() -> listener_components_pb2.ListenerFilter:
+    """Reads the ClientHello (or sees there is none) so chains can match TLS vs plaintext and the ALPN list."""
+    return listener_components_pb2.ListenerFilter(name=TLS_INSPECTOR,
+                                                  typed_config=pack(tls_inspector_pb2.TlsInspector()))
 
 
 def capture_listener(name: str, port: int, direction: int, chains: Sequence[listener_components_pb2.FilterChain],

@@ -12,6 +12,7 @@ from dpagent.controlplane.xds import names
 from dpagent.controlplane.xds.builders.core import ads_sds, file_sds, pack
 
 TLS_SOCKET = "envoy.transport_sockets.tls"
+MESH_ALPN = ("kuma",)  # what a mesh proxy offers as a client; Permissive inbounds match on it
 
 
 def _uri_san(exact: str = "", prefix: str = "") -> common_pb2.SubjectAltNameMatcher:
@@ -32,7 +33,10 @@ def _common(san: common_pb2.SubjectAltNameMatcher) -> tls_pb2.CommonTlsContext:
 
 def upstream_tls(mesh: str, service: str) -> base_pb2.TransportSocket:
     """Client side: only an endpoint whose certificate says it *is* `service` in `mesh` is accepted."""
-    ctx = tls_pb2.UpstreamTlsContext(common_tls_context=_common(_uri_san(exact=names.spiffe_id(mesh, service))))
+    common = _common(_uri_san(exact=names.spiffe_id(mesh, service)))
+    # Offering the mesh ALPN value is what lets a Permissive inbound tell a mesh peer from an app's own TLS.
+    common.alpn_protocols.extend(MESH_ALPN)
+    ctx = tls_pb2.UpstreamTlsContext(common_tls_context=common)
     return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=pack(ctx))
 
 

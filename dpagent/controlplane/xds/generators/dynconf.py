@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -81,3 +82,28 @@ def add_dynconf_route(listener: listener_pb2.Listener, path: str, body: bytes) -
     vhost.routes.extend(sorted([*kept, *_routes(path, body)], key=lambda r: r.match.path))  # stable: 304 first
     rc.max_direct_response_body_size_bytes.value = max(rc.max_direct_response_body_size_bytes.value, len(body))
     listener.filter_chains[0].filters[0].typed_config.CopyFrom(pack(hcm))
+
+
+def set_dynconf_route(rs: Any, ctx: Any, path: str, body: bytes) -> None:
+    """Serve `body` at `path` on this proxy's dynconf listener, creating the listener when the proxy has none (no
+    transparent proxy). A shared listener stays shared: the edited copy is memoised by (its digest, path, body)."""
+    from dpagent.controlplane.xds.resources import Origin
+    from dpagent.controlplane.xds.snapshot import LISTENER, Resource
+
+    entry = rs.get(LISTENER, names.DYNCONF_LISTENER)
+    if entry is None:
+        rs.add(LISTENER, names.DYNCONF_LISTENER, ctx.memo((names.DYNCONF_LISTENER, path, body), lambda: Resource(
+            names.DYNCONF_LISTENER, dynconf_listener({path: body}), LISTENER)), Origin.DYNCONF)
+        return
+    if entry.shared is not None:
+        base = entry.shared
+
+        def build() -> Any:
+            msg = type(base.message)()
+            msg.CopyFrom(base.message)
+            add_dynconf_route(msg, path, body)
+            return Resource(names.DYNCONF_LISTENER, msg, LISTENER)
+
+        rs.replace(entry, ctx.memo((names.DYNCONF_LISTENER, base.digest, path, body), build))
+        return
+    add_dynconf_route(rs.edit(entry), path, body)

@@ -17,11 +17,12 @@ from dpagent.controlplane.policies.matching import inbound_key
 from dpagent.controlplane.xds import names
 from dpagent.controlplane.xds.builders import cluster as cb
 from dpagent.controlplane.xds.builders import listener as lb
+from dpagent.controlplane.xds.builders.permissive import make_permissive
 from dpagent.controlplane.xds.builders.tls import downstream_tls
 from dpagent.controlplane.xds.resources import Origin, ResourceSet
 from dpagent.controlplane.xds.snapshot import CLUSTER, LISTENER, ROUTE, Resource
 from dpagent.model.dataplane import Dataplane
-from dpagent.model.mesh import mtls_enabled
+from dpagent.model.mesh import mtls_enabled, mtls_permissive
 from dpagent.model.validation import is_ip
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ class InboundGenerator:
     def generate(self, rs: ResourceSet, ctx: MeshView, proxy: Proxy) -> None:
         dp = proxy.dp
         transparent = dp.networking.transparent_proxying is not None
+        permissive = mtls_permissive(ctx.mesh)
         for part in inbound_parts(ctx, dp, transparent=transparent):
             # First one wins on a clash: two inbounds may share a workload port (one cluster), and a duplicate
             # address:port is reported by validation / transparent_warnings rather than failing generation.
@@ -101,6 +103,8 @@ class InboundGenerator:
                 rs.add(ROUTE, part.route.name, part.route, Origin.INBOUND, inbound=part.key)
             if not transparent and rs.get(LISTENER, part.name) is None:
                 chain = lb.filter_chain(part.filters, part.tls, name=part.name)
-                rs.add(LISTENER, part.name, lb.listener_with_chains(part.name, part.address, part.port, lb.INBOUND,
-                                                                     [chain]),
-                       Origin.INBOUND, inbound=part.key, chains={part.name: part.key})
+                listener = lb.listener_with_chains(part.name, part.address, part.port, lb.INBOUND, [chain])
+                chains = {part.name: part.key}
+                if permissive:
+                    chains.update({plain: part.key for plain in make_permissive(listener, {part.name})})
+                rs.add(LISTENER, part.name, listener, Origin.INBOUND, inbound=part.key, chains=chains)

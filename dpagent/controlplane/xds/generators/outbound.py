@@ -17,7 +17,7 @@ from dpagent.controlplane.xds.builders import cluster as cb
 from dpagent.controlplane.xds.builders import listener as lb
 from dpagent.controlplane.xds.builders.tls import upstream_tls
 from dpagent.model.dataplane import Dataplane, Inbound
-from dpagent.model.mesh import mtls_enabled
+from dpagent.model.mesh import client_mtls
 from dpagent.model.validation import is_ip
 
 _NOT_SERVING = ("NotReady", "Ignored")
@@ -67,7 +67,7 @@ Routes = dict[str, route_pb2.RouteConfiguration]
 def shared_clusters(ctx: MeshView) -> tuple[Clusters, Assignments, Routes]:
     """Every service's cluster and endpoints, and for HTTP services the route-free RouteConfiguration the outbound
     HCMs read over RDS (a MeshHTTPRoute swaps in its own, the listeners stay as they are)."""
-    mtls = mtls_enabled(ctx.mesh)
+    mtls = client_mtls(ctx.mesh)
     protocols = service_protocols(ctx.dataplanes)
     clusters: Clusters = {}
     assignments: Assignments = {}

@@ -7,12 +7,15 @@ so plugins can find it.
 
 from __future__ import annotations
 
+import json
 from typing import Protocol
 
 from dpagent.controlplane.policies.registry import PLUGINS
 from dpagent.controlplane.xds import names
 from dpagent.controlplane.xds.builders import listener as lb
+from dpagent.controlplane.xds.builders.permissive import make_permissive
 from dpagent.controlplane.xds.context import MeshContext, Proxy, build_proxy
+from dpagent.controlplane.xds.generators.dynconf import set_dynconf_route
 from dpagent.controlplane.xds.generators.inbound import InboundGenerator, inbound_parts
 from dpagent.controlplane.xds.generators.outbound import outbound_filter
 from dpagent.controlplane.xds.generators.transparent import (
@@ -24,6 +27,7 @@ from dpagent.controlplane.xds.generators.transparent import (
 from dpagent.controlplane.xds.resources import Origin, ResourceSet
 from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from dpagent.model.dataplane import Dataplane
+from dpagent.model.mesh import enabled_backend, mtls_permissive
 
 
 class Generator(Protocol):
@@ -86,14 +90,29 @@ class TransparentGenerator:
             if p.port not in seen_ports:
                 seen_ports.add(p.port)
                 chains[p.name] = p.key
-        rs.add(LISTENER, names.INBOUND_PASSTHROUGH, inbound_capture_listener(tp.redirect_port_inbound, parts),
-               Origin.TRANSPARENT, chains=chains)
+        capture = inbound_capture_listener(tp.redirect_port_inbound, parts)
+        if mtls_permissive(ctx.mesh):
+            added = make_permissive(capture, set(chains))
+            chains.update({plain: chains[mesh_chain] for plain, mesh_chain in added.items()})
+        rs.add(LISTENER, names.INBOUND_PASSTHROUGH, capture, Origin.TRANSPARENT, chains=chains)
         for name, cluster in passthrough_clusters().items():
             rs.add(CLUSTER, name, cluster, Origin.TRANSPARENT)
         reachable = tuple(wanted_services(ctx, proxy.dp))
         rs.add(LISTENER, names.OUTBOUND_PASSTHROUGH, ctx.outbound_capture(tp.redirect_port_outbound, reachable),
                Origin.TRANSPARENT)
         rs.add(LISTENER, names.DYNCONF_LISTENER, ctx.dynconf(reachable), Origin.DYNCONF)
+
+
+class IdentityGenerator:
+    """With mTLS on, tell the agent which CA backend is enabled (dynconf `/identity`): an agent that started while
+    mTLS was off holds a placeholder certificate and would otherwise notice only at its next slow re-check, while
+    its peers already demand a mesh certificate."""
+
+    def generate(self, rs: ResourceSet, ctx: MeshContext, proxy: Proxy) -> None:
+        backend = enabled_backend(ctx.mesh)
+        if backend is not None:
+            set_dynconf_route(rs, ctx, names.DYNCONF_IDENTITY_PATH,
+                              json.dumps({"mesh": ctx.mesh.name, "backend": backend.name}).encode())
 
 
 class PolicyGenerator:
@@ -112,6 +131,7 @@ PROFILE: tuple[Generator, ...] = (
     InboundGenerator(),
     OutboundListenersGenerator(),
     TransparentGenerator(),
+    IdentityGenerator(),
     PolicyGenerator(),
 )
 

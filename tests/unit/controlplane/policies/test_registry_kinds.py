@@ -86,6 +86,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "MeshTimeout": {"type": "MeshTimeout", "mesh": "default", "name": "sample", "spec": {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "to": [{"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"http": {"requestTimeout": "3s"}}}]}},
+    "MeshTLS": {"type": "MeshTLS", "mesh": "default", "name": "sample", "spec": {
+        "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+        "rules": [{"default": {"mode": "Permissive"}}]}},
     "MeshMetric": {"type": "MeshMetric", "mesh": "default", "name": "sample", "spec": {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "default": {"backends": [{"type": "Prometheus", "prometheus": {"port": 5670}}]}}},

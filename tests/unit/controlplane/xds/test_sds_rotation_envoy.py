@@ -48,7 +48,7 @@ def test_symlink_swap_rotates_without_restart(tmp_path: Path) -> None:
         "address": "127.0.0.1", "inbound": [{"port": port, "servicePort": free_port(),
                                              "tags": {"kuma.io/service": "db", "kuma.io/protocol": "tcp"}}]}})
     resources = generate_proxy(MeshContext(mesh, [dp]), dp, shared={})
-    assert len(resources[LISTENER]) == 1
+    assert len(resources[LISTENER]) == 2  # the inbound and the dynconf listener telling the agent mTLS is on
     pki = Pki()
     install_identity(tmp_path, pki, "spiffe://default/db", 1001)
     config = static_bootstrap(resources, trust_bundle=pki.ca_pem.decode())

@@ -62,8 +62,10 @@ def from_ref(rng: random.Random) -> dict[str, Any]:
 def policy(rng: random.Random, names: list[str], name: str) -> dict[str, Any]:
     kind = rng.choice(["MeshTrafficPermission", "MeshTimeout", "MeshTimeout", "MeshRetry", "MeshHTTPRoute",
                        "MeshCircuitBreaker", "MeshLoadBalancingStrategy", "MeshHealthCheck", "MeshFaultInjection",
-                       "MeshRateLimit", "MeshTrace", "MeshProxyPatch"])
+                       "MeshRateLimit", "MeshTrace", "MeshProxyPatch", "MeshTLS", "MeshTLS"])
     top = top_ref(rng, names)
+    if kind == "MeshTLS" and top["kind"] in ("MeshService", "MeshServiceSubset"):  # not MeshTLS top kinds
+        top = {"kind": "MeshSubset", "tags": {"kuma.io/service": top["name"]}}
     if kind in ("MeshFaultInjection", "MeshRateLimit", "MeshTrafficPermission") and top["kind"] == "Mesh" \
             and rng.random() < 0.3:
         top = {"kind": "MeshService", "name": rng.choice(SERVICES)}
@@ -94,6 +96,13 @@ def policy(rng: random.Random, names: list[str], name: str) -> dict[str, Any]:
     elif kind == "MeshFaultInjection":
         spec["from"] = [{"targetRef": from_ref(rng), "default": {"http": [
             {"abort": {"httpStatus": 503, "percentage": rng.randint(1, 50)}}]}}]
+    elif kind == "MeshTLS":
+        conf: dict[str, Any] = {"mode": rng.choice(["Strict", "Permissive"])}
+        if top["kind"] == "Mesh" and rng.random() < 0.5:  # versions and ciphers: Mesh-wide policies only
+            conf["tlsVersion"] = {"min": rng.choice(["TLS12", "TLS13"]), "max": "TLS13"}
+        spec[rng.choice(["from", "rules"])] = [{"default": conf}]
+        if "from" in spec:
+            spec["from"][0]["targetRef"] = {"kind": "Mesh"}
     elif kind == "MeshTrace":
         spec["default"] = {"backends": [{"type": "Zipkin", "zipkin": {"url": "http://zipkin:9411/api/v2/spans"}}],
                            "sampling": {"random": rng.randint(0, 100)}}
@@ -205,7 +214,10 @@ async def test_incremental_changes_match_a_full_rebuild_and_stay_inside_their_re
     store = await MemoryStore.open()
     try:
         world = World(store, rng)
-        await world.resources.apply({"type": "Mesh", "name": MESH})
+        # odd seeds run with mTLS (every other one Permissive) so MeshTLS and the mTLS chains are exercised too
+        mtls = {"enabledBackend": "ca", "backends": [{"name": "ca", "type": "builtin",
+                                                      "mode": "PERMISSIVE" if seed % 4 == 3 else "STRICT"}]}
+        await world.resources.apply({"type": "Mesh", "name": MESH, **({"mtls": mtls} if seed % 2 else {})})
         for service in SERVICES:
             for _ in range(2):
                 await world.put(world.new_dataplane(service))

@@ -25,7 +25,11 @@ from dpagent.model.mesh import parse_mesh
 MTLS = {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}
 
 
-def mesh(mtls: bool) -> dict[str, Any]:
+def mesh(mtls: bool | str) -> dict[str, Any]:
+    """`mtls`: False, True (STRICT) or "permissive"."""
+    if mtls == "permissive":
+        return {"type": "Mesh", "name": "default", "mtls": {**MTLS, "backends": [{**MTLS["backends"][0],
+                                                                                  "mode": "PERMISSIVE"}]}}
     return {"type": "Mesh", "name": "default", **({"mtls": MTLS} if mtls else {})}
 
 
@@ -50,7 +54,7 @@ WEB = {"kind": "MeshService", "name": "web"}
 BACKEND = {"kind": "MeshService", "name": "backend"}
 
 # case → (mtls, dataplanes, policies, proxy under test)
-CASES: dict[str, tuple[bool, list[dict[str, Any]], list[dict[str, Any]], str]] = {
+CASES: dict[str, tuple[bool | str, list[dict[str, Any]], list[dict[str, Any]], str]] = {
     "mtls_off_http": (False, [dp("web-1", "10.0.0.1", "web", "http", outbound=("backend",)),
                               dp("backend-1", "10.0.0.2", "backend", "http")], [], "web-1"),
     "mtls_on_http_allow": (True, [dp("web-1", "10.0.0.1", "web", "http", outbound=("backend",)),
@@ -79,6 +83,12 @@ CASES: dict[str, tuple[bool, list[dict[str, Any]], list[dict[str, Any]], str]] =
     "unhealthy_endpoint": (False, [dp("web-1", "10.0.0.1", "web", "tcp", outbound=("backend",)),
                                    dp("backend-1", "10.0.0.2", "backend", "tcp"),
                                    dp("backend-2", "10.0.0.3", "backend", "tcp", ready=False)], [], "web-1"),
+    "mtls_permissive_http": ("permissive", [dp("web-1", "10.0.0.1", "web", "http", outbound=("backend",)),
+                                            dp("backend-1", "10.0.0.2", "backend", "http")],
+                             [mtp("allow-web", BACKEND, (WEB, "Allow"))], "backend-1"),
+    "mtls_permissive_tcp": ("permissive", [dp("web-1", "10.0.0.1", "web", "tcp", outbound=("db",)),
+                                           dp("db-1", "10.0.0.3", "db", "tcp", port=5432)],
+                            [mtp("allow-web", {"kind": "MeshService", "name": "db"}, (WEB, "Allow"))], "db-1"),
 }
 
 
@@ -123,3 +133,35 @@ def test_unhealthy_endpoint_excluded() -> None:
     cla = resources[ENDPOINT]["backend"]
     addrs = [e.endpoint.address.socket_address.address for e in cla.endpoints[0].lb_endpoints]
     assert addrs == ["10.0.0.2"]
+
+
+def test_permissive_inbound_splits_mesh_mtls_from_plaintext_and_rbac_guards_only_the_mesh_chain() -> None:
+    resources, _ = _generate("mtls_permissive_tcp")
+    listener = resources[LISTENER]["inbound:10.0.0.3:5432"]
+    assert [f.name for f in listener.listener_filters] == ["envoy.filters.listener.tls_inspector"]
+    mesh_chain, plain = listener.filter_chains
+    assert (mesh_chain.filter_chain_match.transport_protocol, list(mesh_chain.filter_chain_match.application_protocols),
+            mesh_chain.HasField("transport_socket")) == ("tls", ["kuma"], True)
+    assert (plain.filter_chain_match.transport_protocol, plain.HasField("transport_socket")) == ("raw_buffer", False)
+    assert [f.name for f in mesh_chain.filters][:2] == ["envoy.filters.network.rbac"] * 2
+    assert [f.name for f in plain.filters] == ["envoy.filters.network.tcp_proxy"]
+    strict, _ = _generate("mtls_on_tcp")
+    assert len(strict[LISTENER]["inbound:10.0.0.3:5432"].filter_chains) == 1
+
+
+def test_staging_keeps_clients_plaintext_and_inbounds_permissive_and_users_cannot_set_it() -> None:
+    """While mTLS is being turned on (the CP sets `mtlsStaging` until every proxy holds a mesh certificate)."""
+    from dpagent.model.mesh import decode_mesh, validate_mesh
+
+    _, dps, policies, _ = CASES["mtls_on_tcp"]
+    parsed = [parse_dataplane(d) for d in dps]
+    staged = decode_mesh({**mesh(True), "mtlsStaging": True})
+    ctx = MeshContext(staged, parsed, {"MeshTrafficPermission": policies}, trust_bundle=GOLDEN_BUNDLE)
+    web, db = (next(d for d in parsed if d.name == n) for n in ("web-1", "db-1"))
+    web_res = merge(generate_shared(ctx), generate_proxy(ctx, web, shared=generate_shared(ctx)))
+    assert not web_res[CLUSTER]["db"].HasField("transport_socket"), "a client called over mTLS while staging"
+    db_res = generate_proxy(ctx, db, shared=generate_shared(ctx))
+    assert [c.name for c in db_res[LISTENER]["inbound:10.0.0.3:5432"].filter_chains] == [
+        "inbound:10.0.0.3:5432", "inbound:10.0.0.3:5432:plaintext"]
+    assert ("mtlsStaging", "unknown field") in [(p, m.split(" (")[0]) for p, m in
+                                                validate_mesh({**mesh(True), "mtlsStaging": True})]

@@ -18,7 +18,11 @@ MTLS = {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin
 GOLDEN_BUNDLE = "-----BEGIN CERTIFICATE-----\n(golden placeholder: the mesh trust bundle)\n-----END CERTIFICATE-----\n"
 
 
-def mesh(mtls: bool) -> dict[str, Any]:
+def mesh(mtls: bool | str) -> dict[str, Any]:
+    """`mtls`: False, True (STRICT) or "permissive"."""
+    if mtls == "permissive":
+        return {"type": "Mesh", "name": "default", "mtls": {**MTLS, "backends": [{**MTLS["backends"][0],
+                                                                                  "mode": "PERMISSIVE"}]}}
     return {"type": "Mesh", "name": "default", **({"mtls": MTLS} if mtls else {})}
 
 
@@ -50,7 +54,7 @@ def world(**web: Any) -> list[dict[str, Any]]:
 
 
 # case → (mtls, dataplanes, policies, proxy under test)
-CASES: dict[str, tuple[bool, list[dict[str, Any]], list[dict[str, Any]], str]] = {
+CASES: dict[str, tuple[bool | str, list[dict[str, Any]], list[dict[str, Any]], str]] = {
     "tproxy_mtls_on_all_services": (True, world(), [mtp("web-to-backend", "backend", "web")], "web-1"),
     "tproxy_mtls_on_tcp_inbound": (True, world(), [mtp("web-to-db", "db", "web")], "db-1"),
     "tproxy_mtls_on_reachable": (True, world(reachable=("backend", "legacy_app_svc_80", "missing")),
@@ -58,6 +62,7 @@ CASES: dict[str, tuple[bool, list[dict[str, Any]], list[dict[str, Any]], str]] =
     "tproxy_mtls_off_reachable_with_outbounds": (False, world(reachable=("db",), outbound=("backend",)), [],
                                                  "web-1"),
     "tproxy_mtls_off_http_inbound": (False, world(), [], "backend-2"),
+    "tproxy_mtls_permissive_tcp_inbound": ("permissive", world(), [mtp("web-to-db", "db", "web")], "db-1"),
 }
 
 
