@@ -78,14 +78,19 @@ class PolicyPlugin:
     def validate_conf(self, v: Any, conf: Mapping[str, Any], path: str, section: str) -> None:
         """Record every problem with one `default` block found under `section` (to/from/rules/default)."""
 
+    def extra_problems(self, doc: Any) -> list[tuple[str, str]]:
+        """Checks of the whole document that neither the shape nor one `default` block can make (e.g. a conf field
+        allowed only under one top-level targetRef kind), as (path, message)."""
+        return []
+
     def validate(self, doc: Any) -> list[tuple[str, str]]:
         """Every violation with its path; the REST API and CLI print them all."""
-        return validate_policy(self.kind, self.shape, self.validate_conf, doc)
+        return validate_policy(self.kind, self.shape, self.validate_conf, doc) + self.extra_problems(doc)
 
     def parse(self, doc: Any) -> Policy:
         if isinstance(doc, Policy):
             return doc
-        return parse_policy(self.kind, self.shape, self.validate_conf, doc)
+        return parse_policy(self.kind, self.shape, self.validate_conf, doc, self.validate(doc))
 
     def initial_policies(self, mesh: str) -> list[dict[str, Any]]:
         """Policy documents Kuma creates with every new mesh (e.g. `mesh-timeout-all-<mesh>`); the CP applies them

@@ -35,6 +35,8 @@ class Shape:
     # Route kinds: a to[] item carries `rules` (and `hostnames`) instead of `default`; its Entry conf is then the
     # item without its targetRef, and the plugin validates the whole item (its checks depend on the top kind).
     route_to: bool = False
+    # Kuma refuses `rules` together with `to` or `from` in one policy of this kind.
+    rules_alone: bool = False
 
 
 class Entry(msgspec.Struct, frozen=True):
@@ -85,6 +87,8 @@ def validate_policy(kind: str, shape: Shape, conf: ConfValidator, doc: Any) -> l
     inbound = bool(spec.get(FROM) or spec.get(RULES))
     validate_target_ref(v, spec.get("targetRef"), "spec.targetRef", shape.top_kinds, required=False,
                         inbound_policy=inbound)
+    if shape.rules_alone and spec.get(RULES) and (spec.get(TO) or spec.get(FROM)):
+        v.add("spec.rules", "must not be used together with 'to' or 'from'; split them into two policies")
     if shape.required_one_of and not any(spec.get(s) for s in shape.required_one_of) \
             and all(isinstance(spec.get(s, []), list) for s in shape.required_one_of):
         names = " or ".join(f"'{s}'" for s in shape.required_one_of)

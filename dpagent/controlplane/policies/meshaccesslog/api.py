@@ -29,7 +29,7 @@ SHAPE = Shape(sections=(TO, FROM, RULES),
               top_kinds=(MESH, MESH_SUBSET, DATAPLANE, MESH_SERVICE, MESH_SERVICE_SUBSET),
               to_kinds=(MESH, MESH_SERVICE, MESH_EXTERNAL_SERVICE, MESH_MULTI_ZONE_SERVICE, MESH_HTTP_ROUTE),
               from_kinds=(MESH,),
-              required_one_of=(TO, FROM, RULES))
+              required_one_of=(TO, FROM, RULES), rules_alone=True)
 
 FILE, TCP, OTEL = "File", "Tcp", "OpenTelemetry"
 _BLOCK = {FILE: "file", TCP: "tcp", OTEL: "openTelemetry"}
@@ -250,9 +250,3 @@ def validate_conf(v: Violations, conf: Mapping[str, Any], path: str, section: st
         v.add(join(path, "backends"), "must be defined (an empty list turns logging off)")
     for i, raw in enumerate(v.sequence(conf.get("backends"), join(path, "backends"))):
         validate_backend(v, raw, f"{join(path, 'backends')}[{i}]")
-
-
-def validate_spec(v: Violations, spec: Any) -> None:
-    """Kuma refuses `rules` together with `to` or `from` in one MeshAccessLog."""
-    if isinstance(spec, Mapping) and spec.get(RULES) and (spec.get(TO) or spec.get(FROM)):
-        v.add("spec.rules", "must not be used together with 'to' or 'from'; split them into two policies")

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from dpagent.controlplane.policies.base import MeshView, PolicyPlugin, Rules
-from dpagent.controlplane.policies.envelope import Policy, parse_policy, validate_policy
 from dpagent.controlplane.policies.matching import Item, Matched
 from dpagent.controlplane.policies.merge import merge_confs
 from dpagent.controlplane.policies.meshaccesslog.api import (
@@ -26,11 +25,9 @@ from dpagent.controlplane.policies.meshaccesslog.api import (
     Backend,
     parse_conf,
     validate_conf,
-    validate_spec,
 )
 from dpagent.controlplane.policies.targetref import MESH, MESH_SERVICE
 from dpagent.model.dataplane import Dataplane
-from dpagent.model.validation import Violations
 
 if TYPE_CHECKING:
     from dpagent.controlplane.xds.resources import ResourceSet
@@ -92,17 +89,6 @@ class MeshAccessLogPlugin(PolicyPlugin):
 
     def validate_conf(self, v: Any, conf: Any, path: str, section: str) -> None:
         validate_conf(v, conf, path, section)
-
-    def validate(self, doc: Any) -> list[tuple[str, str]]:
-        v = Violations()
-        if isinstance(doc, Mapping):
-            validate_spec(v, doc.get("spec"))
-        return validate_policy(self.kind, self.shape, self.validate_conf, doc) + v.items
-
-    def parse(self, doc: Any) -> Policy:
-        if isinstance(doc, Policy):
-            return doc
-        return parse_policy(self.kind, self.shape, self.validate_conf, doc, self.validate(doc))
 
     def rules(self, ctx: MeshView, dp: Dataplane, matched: Matched) -> AccessLogRules:
         inbounds: dict[str, Backends] = {}

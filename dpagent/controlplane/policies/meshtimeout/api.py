@@ -33,7 +33,7 @@ SHAPE = Shape(sections=(TO, FROM, RULES),
               top_kinds=(MESH, MESH_SUBSET, DATAPLANE, MESH_SERVICE, MESH_SERVICE_SUBSET),
               to_kinds=(MESH, MESH_SERVICE, MESH_EXTERNAL_SERVICE, MESH_MULTI_ZONE_SERVICE, MESH_HTTP_ROUTE),
               from_kinds=(MESH,),
-              required_one_of=(TO, FROM, RULES))
+              required_one_of=(TO, FROM, RULES), rules_alone=True)
 
 
 class Http(msgspec.Struct, frozen=True, omit_defaults=True, rename="camel"):
@@ -120,12 +120,6 @@ def validate_conf(v: Violations, conf: Mapping[str, Any], path: str, section: st
         v.add(hp, "must define at least one of: " + ", ".join(HTTP_REQUIRED))
     for key in HTTP:
         _duration(v, http.get(key), join(hp, key), positive=False)
-
-
-def validate_spec(v: Violations, spec: Any) -> None:
-    """Kuma refuses `rules` together with `to` or `from` in one MeshTimeout."""
-    if isinstance(spec, Mapping) and spec.get(RULES) and (spec.get(TO) or spec.get(FROM)):
-        v.add("spec.rules", "must not be used together with 'to' or 'from'; split them into two policies")
 
 
 def initial_policies(mesh: str) -> list[dict[str, Any]]:

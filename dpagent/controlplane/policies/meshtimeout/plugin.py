@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dpagent.controlplane.policies.base import MeshView, PolicyPlugin, Rules
-from dpagent.controlplane.policies.envelope import Policy, parse_policy, validate_policy
 from dpagent.controlplane.policies.matching import Item, Matched, ToIndex
 from dpagent.controlplane.policies.merge import merge_confs
 from dpagent.controlplane.policies.meshtimeout.api import (
@@ -21,11 +20,9 @@ from dpagent.controlplane.policies.meshtimeout.api import (
     initial_policies,
     to_timeouts,
     validate_conf,
-    validate_spec,
     view,
 )
 from dpagent.model.dataplane import Dataplane
-from dpagent.model.validation import Violations
 
 if TYPE_CHECKING:
     from dpagent.controlplane.xds.resources import ResourceSet
@@ -72,17 +69,6 @@ class MeshTimeoutPlugin(PolicyPlugin):
 
     def validate_conf(self, v: Any, conf: Any, path: str, section: str) -> None:
         validate_conf(v, conf, path, section)
-
-    def validate(self, doc: Any) -> list[tuple[str, str]]:
-        v = Violations()
-        if isinstance(doc, Mapping):
-            validate_spec(v, doc.get("spec"))
-        return validate_policy(self.kind, self.shape, self.validate_conf, doc) + v.items
-
-    def parse(self, doc: Any) -> Policy:
-        if isinstance(doc, Policy):
-            return doc
-        return parse_policy(self.kind, self.shape, self.validate_conf, doc, self.validate(doc))
 
     def initial_policies(self, mesh: str) -> list[dict[str, Any]]:
         return initial_policies(mesh)

@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dpagent.controlplane.policies.base import MeshView, PolicyPlugin, Rules
-from dpagent.controlplane.policies.envelope import Policy
 from dpagent.controlplane.policies.matching import Matched
 from dpagent.controlplane.policies.merge import merge_confs
 from dpagent.controlplane.policies.meshtls.api import KIND, SHAPE, parse_conf, validate_conf, validate_top
-from dpagent.errors import ValidationError
 from dpagent.model.dataplane import Dataplane
 
 if TYPE_CHECKING:
@@ -53,15 +51,8 @@ class MeshTLSPlugin(PolicyPlugin):
     def validate_conf(self, v: Any, conf: Any, path: str, section: str) -> None:
         validate_conf(v, conf, path, section)
 
-    def validate(self, doc: Any) -> list[tuple[str, str]]:
-        return [*super().validate(doc), *validate_top(doc)]
-
-    def parse(self, doc: Any) -> Policy:
-        if not isinstance(doc, Policy):
-            problems = validate_top(doc)
-            if problems:
-                raise ValidationError(KIND, [*super().validate(doc), *problems])
-        return super().parse(doc)
+    def extra_problems(self, doc: Any) -> list[tuple[str, str]]:
+        return validate_top(doc)
 
     def rules(self, ctx: MeshView, dp: Dataplane, matched: Matched) -> MtlsRules:
         modes: dict[str, str] = {}
