@@ -51,6 +51,26 @@ class Violations:
             return None
         return doc
 
+    def typed_block(self, doc: Any, path: str, blocks: Mapping[str, str]) -> tuple[str, Mapping[str, Any]] | None:
+        """Kuma's backend shape: `type` names one of `blocks` (type → field) and only that field is set, e.g.
+        `{type: File, file: {...}}`. Records every problem; returns (type, its block) when both are usable."""
+        backend = self.mapping(doc, path)
+        if backend is None:
+            return None
+        self.unknown(backend, ("type", *blocks.values()), path)
+        kind = backend.get("type")
+        if kind is None:
+            self.add(join(path, "type"), "must be defined")
+        elif kind not in blocks:
+            self.add(join(path, "type"), f"must be one of: {', '.join(blocks)}")
+        if kind not in blocks:
+            return None  # the type's own violation says what to fix; the blocks are judged once it names one
+        for name, field in blocks.items():
+            if name != kind and backend.get(field) is not None:
+                self.add(join(path, field), f"must not be defined when type is {kind}")
+        block = self.mapping(backend.get(blocks[kind]), join(path, blocks[kind]))
+        return None if block is None else (kind, block)
+
     def document(self, doc: Any, kind: str, fields: tuple[str, ...]) -> Mapping[str, Any] | None:
         """A whole resource document of type `kind`: an object with only `fields` at its top and `type` (when set)
         naming `kind`. Returns the object for the caller to check its own fields."""

@@ -214,24 +214,11 @@ def _validate_otel(v: Violations, otel: Mapping[str, Any], path: str) -> None:
 
 
 def validate_backend(v: Violations, raw: Any, path: str) -> None:
-    backend = v.mapping(raw, path)
-    if backend is None:
+    typed = v.typed_block(raw, path, _BLOCK)
+    if typed is None:
         return
-    v.unknown(backend, ("type", *_BLOCK.values()), path)
-    kind = backend.get("type")
-    if kind is None:
-        v.add(join(path, "type"), "must be defined")
-    elif kind not in _BLOCK:
-        v.add(join(path, "type"), f"must be one of: {', '.join(_BLOCK)}")
-    for k, block in _BLOCK.items():
-        if k != kind and backend.get(block) is not None and kind in _BLOCK:
-            v.add(join(path, block), f"must not be set when type is {kind}")
-    if kind not in _BLOCK:
-        return
+    kind, block_doc = typed
     bp = join(path, _BLOCK[kind])
-    block_doc = v.mapping(backend.get(_BLOCK[kind]), bp)
-    if block_doc is None:
-        return
     if kind == FILE:
         v.unknown(block_doc, ("path", "format"), bp)
         _absolute_path(v, block_doc.get("path"), join(bp, "path"))

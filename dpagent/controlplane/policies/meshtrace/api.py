@@ -111,26 +111,10 @@ def validate_conf(v: Violations, conf: Mapping[str, Any], path: str, section: st
 
 
 def _backend(v: Violations, raw: Any, path: str) -> None:
-    b = v.mapping(raw, path)
-    if b is None:
-        return
-    v.unknown(b, ("type", *SECTION.values()), path)
-    kind = b.get("type")
-    if kind is None:
-        v.add(join(path, "type"), "must be defined")
-    elif kind not in SECTION:
-        v.add(join(path, "type"), f"must be one of: {', '.join(SECTION)}")
-    for name, section in SECTION.items():
-        if name != kind and b.get(section) is not None:
-            v.add(join(path, section), f"must not be defined when type is {kind}" if kind in SECTION
-                  else "must not be defined without a matching type")
-    if kind not in SECTION:
-        return
-    section = SECTION[kind]
-    body = v.mapping(b.get(section), join(path, section))
-    if body is None:
-        return
-    {ZIPKIN: _zipkin, DATADOG: _datadog, OPENTELEMETRY: _otel}[kind](v, body, join(path, section))
+    typed = v.typed_block(raw, path, SECTION)
+    if typed is not None:
+        kind, body = typed
+        {ZIPKIN: _zipkin, DATADOG: _datadog, OPENTELEMETRY: _otel}[kind](v, body, join(path, SECTION[kind]))
 
 
 def _bool(v: Violations, m: Mapping[str, Any], key: str, path: str) -> None:
