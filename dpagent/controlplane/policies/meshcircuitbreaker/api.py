@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from dpagent.controlplane.policies.envelope import FROM, RULES, TO, Shape, validate_policy
+from dpagent.controlplane.policies.envelope import FROM, RULES, TO, Shape
 from dpagent.controlplane.policies.targetref import (
     DATAPLANE,
     MESH,
@@ -26,7 +26,7 @@ KIND = "MeshCircuitBreaker"
 SHAPE = Shape(sections=(TO, FROM, RULES),
               top_kinds=(MESH, MESH_SUBSET, MESH_SERVICE, MESH_GATEWAY, MESH_SERVICE_SUBSET, DATAPLANE),
               to_kinds=(MESH, MESH_SERVICE, MESH_EXTERNAL_SERVICE, MESH_MULTI_ZONE_SERVICE),
-              from_kinds=(MESH,), required_one_of=(TO, FROM, RULES))
+              from_kinds=(MESH,), required_one_of=(TO, FROM, RULES), rules_alone=True)
 
 LIMITS = ("maxConnections", "maxConnectionPools", "maxPendingRequests", "maxRequests", "maxRetries")
 OUTLIER = ("disabled", "interval", "baseEjectionTime", "maxEjectionPercent", "splitExternalAndLocalErrors",
@@ -143,16 +143,6 @@ def _outlier(v: Violations, od: Mapping[str, Any], p: str) -> None:
         positive_int(v, fp.get("minimumHosts"), join(pp, "minimumHosts"))
         positive_int(v, fp.get("requestVolume"), join(pp, "requestVolume"))
         percent(v, fp.get("threshold"), join(pp, "threshold"), decimals=False)
-
-
-def validate_meshcircuitbreaker(doc: Any) -> list[tuple[str, str]]:
-    """The generic envelope checks plus Kuma's rule that `rules` excludes `to` and `from`."""
-    problems = validate_policy(KIND, SHAPE, validate_conf, doc)
-    spec = doc.get("spec") if isinstance(doc, dict) else None
-    if isinstance(spec, dict) and spec.get(RULES) and (spec.get(TO) or spec.get(FROM)):
-        problems.append(("spec.rules", "must not be used together with 'to' or 'from'; move those entries into "
-                                       "rules (inbound) or drop rules"))
-    return problems
 
 
 def default_policy(mesh: str) -> dict[str, Any]:

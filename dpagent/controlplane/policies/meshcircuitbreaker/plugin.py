@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dpagent.controlplane.policies.base import MeshView, PolicyPlugin, Rules
-from dpagent.controlplane.policies.envelope import Policy, parse_policy
 from dpagent.controlplane.policies.matching import Matched
 from dpagent.controlplane.policies.merge import merge_confs
 from dpagent.controlplane.policies.meshcircuitbreaker.api import (
@@ -18,7 +17,6 @@ from dpagent.controlplane.policies.meshcircuitbreaker.api import (
     SHAPE,
     default_policy,
     validate_conf,
-    validate_meshcircuitbreaker,
 )
 from dpagent.model.dataplane import Dataplane
 
@@ -67,14 +65,6 @@ class MeshCircuitBreakerPlugin(PolicyPlugin):
 
     def validate_conf(self, v: Any, conf: Any, path: str, section: str) -> None:
         validate_conf(v, conf, path, section)
-
-    def validate(self, doc: Any) -> list[tuple[str, str]]:
-        return validate_meshcircuitbreaker(doc)
-
-    def parse(self, doc: Any) -> Policy:
-        if isinstance(doc, Policy):
-            return doc
-        return parse_policy(KIND, SHAPE, validate_conf, doc, validate_meshcircuitbreaker(doc))
 
     def initial_policies(self, mesh: str) -> list[dict[str, Any]]:
         return [default_policy(mesh)]

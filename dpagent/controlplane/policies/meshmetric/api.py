@@ -119,9 +119,7 @@ def validate_conf(v: Violations, conf: Mapping[str, Any], path: str, section: st
                 v.ip(app.get("address"), join(p, "address"))
     bp = join(path, "backends")
     for i, raw in enumerate(v.sequence(conf.get("backends"), bp)):
-        backend = v.mapping(raw, f"{bp}[{i}]")
-        if backend is not None:
-            _backend(v, backend, f"{bp}[{i}]")
+        _backend(v, raw, f"{bp}[{i}]")
     _unique_prometheus_ports(v, conf.get("backends"), bp)
 
 
@@ -170,17 +168,13 @@ def _path(v: Violations, raw: Any, path: str) -> None:
         v.add(path, "must start with /")
 
 
-def _backend(v: Violations, backend: Mapping[str, Any], path: str) -> None:
-    v.unknown(backend, ("type", "prometheus", "openTelemetry"), path)
-    kind = backend.get("type")
-    if kind not in (PROMETHEUS, OPEN_TELEMETRY):
-        v.add(join(path, "type"), f"must be {PROMETHEUS} or {OPEN_TELEMETRY}")
-    prom = v.mapping(backend.get("prometheus"), join(path, "prometheus"), required=kind == PROMETHEUS)
-    otel = v.mapping(backend.get("openTelemetry"), join(path, "openTelemetry"), required=kind == OPEN_TELEMETRY)
-    if kind == PROMETHEUS and backend.get("openTelemetry") is not None:
-        v.add(join(path, "openTelemetry"), "must not be set when type is Prometheus")
-    if kind == OPEN_TELEMETRY and backend.get("prometheus") is not None:
-        v.add(join(path, "prometheus"), "must not be set when type is OpenTelemetry")
+def _backend(v: Violations, raw: Any, path: str) -> None:
+    typed = v.typed_block(raw, path, {PROMETHEUS: "prometheus", OPEN_TELEMETRY: "openTelemetry"})
+    if typed is None:
+        return
+    kind, block = typed
+    prom = block if kind == PROMETHEUS else None
+    otel = block if kind == OPEN_TELEMETRY else None
     if prom is not None:
         pp = join(path, "prometheus")
         v.unknown(prom, ("port", "path", "clientId", "tls"), pp)
