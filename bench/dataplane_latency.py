@@ -16,8 +16,11 @@ the median of per-round mesh/minimal ratios. Also shown: the two Envoys' CPU tim
 steadiest signal on a noisy host, and the data-path part of each Envoy's config_dump.
 Targets: mesh/minimal p50 and p99 ≤ 1.05, throughput mesh/minimal ≥ 0.95.
 
-With --route the mesh row carries a MeshHTTPRoute on `backend` (several rules; the one the load hits rewrites a
-request header, adds a response header and sends to the service), to price routes against the route-free run.
+With --route a fourth row, `mesh+route`, goes through a second client proxy (service `web-route`) whose calls to
+`backend` carry a MeshHTTPRoute (several rules; the one the load hits rewrites a request header, adds a response
+header and sends to the service; top-level targetRef `web-route`, so the `mesh` row stays route-free). The two mesh
+rows are measured interleaved in every round, and the route verdict (issue 11: p50/p99 within 5 % of the
+route-free mesh) is the median of per-round mesh+route/mesh ratios.
 
 Usage: python bench/dataplane_latency.py [--rate 500] [--seconds 20] [--rounds 3] [--dump-config DIR] [--route]
 """
@@ -528,16 +531,24 @@ def setup(procs: Procs, tmp: Path, args: argparse.Namespace) -> tuple[list[Row],
     web.wait_ready()
     wait_for(lambda: get_ok(a_port), 15, what="minimal Envoy pair")
     wait_for(lambda: get_ok(w_out), 30, what="web → backend through the mesh")
-    if args.route:
-        apply_route(cp, w_out)
     rows = [Row("direct", app_port), Row("minimal", a_port, minimal_pids),
-            Row("mesh+route" if args.route else "mesh", w_out, backend.envoy_pids() + web.envoy_pids())]
+            Row("mesh", w_out, backend.envoy_pids() + web.envoy_pids())]
+    if args.route:
+        r_in, r_out = free_port(), free_port()
+        web_route = AgentProc(cp, "web-route-1", dataplane("web-route-1", "web-route", r_in, 1, r_out),
+                              "--concurrency", "1")
+        web_route.wait_ready()
+        wait_for(lambda: get_ok(r_out), 30, what="web-route → backend through the mesh")
+        apply_route(cp, r_out, w_out)
+        rows.append(Row("mesh+route", r_out, backend.envoy_pids() + web_route.envoy_pids()))
     sockets = {
         "minimal A": (tmp / "minimal-a.sock", "out", "backend"),
         "minimal B": (tmp / "minimal-b.sock", "in", "app"),
         "mesh web": (web.admin_socket, f"outbound:127.0.0.1:{w_out}", "backend"),
         "mesh backend": (backend.admin_socket, f"inbound:127.0.0.1:{b_in}", f"localhost:{app_port}"),
     }
+    if args.route:
+        sockets["mesh web-route"] = (web_route.admin_socket, f"outbound:127.0.0.1:{r_out}", "backend")
     return rows, sockets
 
 
@@ -551,7 +562,8 @@ def route_policy() -> dict[str, Any]:
         return {"matches": [match], "default": default}
 
     backend = [{"kind": "MeshService", "name": "backend", "weight": 100}]
-    return {"type": "MeshHTTPRoute", "mesh": "default", "name": "bench-route", "spec": {"to": [
+    return {"type": "MeshHTTPRoute", "mesh": "default", "name": "bench-route", "spec": {
+        "targetRef": {"kind": "MeshService", "name": "web-route"}, "to": [
         {"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [
             rule({"path": {"type": "Exact", "value": "/health"}}, backendRefs=backend),
             rule({"path": {"type": "RegularExpression", "value": "/items/[0-9]+"}}, backendRefs=backend),
@@ -564,13 +576,15 @@ def route_policy() -> dict[str, Any]:
         ]}]}}
 
 
-def apply_route(cp: ControlPlane, port: int) -> None:
+def apply_route(cp: ControlPlane, port: int, plain_port: int) -> None:
     import httpx
 
     r = httpx.put(f"{cp.api}/meshes/default/meshhttproutes/bench-route", json=route_policy(), timeout=10)
     r.raise_for_status()
     wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/bench", timeout=2).headers.get(ROUTE_MARK) == "1", 15,
-             what="the MeshHTTPRoute served on web's outbound")
+             what="the MeshHTTPRoute served on web-route's outbound")
+    if httpx.get(f"http://127.0.0.1:{plain_port}/bench", timeout=2).headers.get(ROUTE_MARK):
+        raise RuntimeError("the route-free mesh row carries the route")
 
 
 def _get(r: dict[str, Any], path: tuple[str, ...]) -> float:
@@ -584,13 +598,13 @@ def report(rows: list[Row], args: argparse.Namespace) -> bool:
     """The table (median of rounds) and the verdicts. A verdict uses the median of per-round mesh/minimal ratios:
     both rows of a round ran interleaved over the same seconds, so a busy phase of the machine cancels out."""
     print(f"\nmedian of rounds (direct: 1 round; minimal, mesh: {args.rounds}); latency from the scheduled send, ms")
-    print(f"{'row':<9}{'p50':>8}{'p90':>8}{'p99':>8}{'rate/s':>9}{'target':>8}{'errors':>8}{'max tput/s':>12}"
+    print(f"{'row':<11}{'p50':>8}{'p90':>8}{'p99':>8}{'rate/s':>9}{'target':>8}{'errors':>8}{'max tput/s':>12}"
           f"{'proxy µs/req':>14}")
     for row in rows:
-        print(f"{row.name:<9}{med(row, 'latency', 'p50'):8.3f}{med(row, 'latency', 'p90'):8.3f}"
+        print(f"{row.name:<11}{med(row, 'latency', 'p50'):8.3f}{med(row, 'latency', 'p90'):8.3f}"
               f"{med(row, 'latency', 'p99'):8.3f}{med(row, 'achieved'):9.1f}{args.rate:8.0f}"
               f"{sum(r['errors'] for r in row.rounds):8d}{med(row, 'tput'):12.0f}{med(row, 'us_per_req'):14.1f}")
-    _, minimal, mesh = rows
+    minimal, mesh = rows[1], rows[2]
     checks: list[tuple[str, tuple[str, ...], str, float | None]] = [
         ("p50 latency", ("latency", "p50"), "<=", P50_TARGET),
         ("p99 latency", ("latency", "p99"), "<=", P99_TARGET),
@@ -598,10 +612,20 @@ def report(rows: list[Row], args: argparse.Namespace) -> bool:
         ("throughput", ("tput",), ">=", None if args.skip_throughput else TPUT_TARGET),
         ("proxies' CPU/request", ("us_per_req",), "", None),
     ]
-    print("\nmesh/minimal (median of per-round ratios; per round in brackets)")
+    pairs = [(mesh, minimal, checks)]
+    if len(rows) > 3:
+        pairs.append((rows[3], mesh, [c if c[2] != ">=" else (*c[:3], None) for c in checks]))
+    ok = True
+    for top, base, row_checks in pairs:
+        ok &= _verdicts(top, base, row_checks)
+    return _footer(rows, args) and ok
+
+
+def _verdicts(top: Row, base: Row, checks: list[tuple[str, tuple[str, ...], str, float | None]]) -> bool:
+    print(f"\n{top.name}/{base.name} (median of per-round ratios; per round in brackets)")
     ok = True
     for label, path, op, target in checks:
-        per = [_get(m, path) / _get(n, path) for n, m in zip(minimal.rounds, mesh.rounds, strict=True)]
+        per = [_get(m, path) / _get(n, path) for n, m in zip(base.rounds, top.rounds, strict=True)]
         ratio = statistics.median(per)
         if target is None:
             verdict = "(informational)"
@@ -610,13 +634,17 @@ def report(rows: list[Row], args: argparse.Namespace) -> bool:
             ok &= good
             verdict = f"target {op} {target:.2f}  {'PASS' if good else 'FAIL'}"
         print(f"  {label:<22}{ratio:7.3f}  [{' '.join(f'{x:.3f}' for x in per)}]  {verdict}")
+    return ok
+
+
+def _footer(rows: list[Row], args: argparse.Namespace) -> bool:
     rates_ok = all(abs(r["achieved"] - args.rate) <= 0.02 * args.rate for row in rows for r in row.rounds)
     print(f"achieved rate within 2% of {args.rate:.0f}/s in every run: {'yes' if rates_ok else 'NO (see rows)'}")
     lag = statistics.median(r["send_lag"]["p99"] for row in rows for r in row.rounds)
     others = statistics.median(r["others"] for row in rows for r in row.rounds)
     print(f"client send lag behind schedule, median p99: {lag:.3f} ms; other processes on this machine used a "
           f"median {others:.2f} of {psutil.cpu_count()} cores during latency runs")
-    return ok
+    return True
 
 
 def main() -> int:
@@ -658,12 +686,12 @@ def main() -> int:
             print(f"ready in {time.monotonic() - t0:.1f}s; {args.rate:.0f} req/s for {args.seconds:.0f}s "
                   f"(+{args.warmup:.0f}s warm-up) per latency run, wrk -t1 -c{args.conns} {args.tput_seconds}s "
                   "per throughput run", flush=True)
-            direct, minimal, mesh = rows
+            direct, *compared = rows
             print("direct", flush=True)
             measure_latency(procs, [direct], args)
             throughput_chunks(procs, [direct], args)
             for r in range(args.rounds):
-                pair = [minimal, mesh] if r % 2 == 0 else [mesh, minimal]
+                pair = compared if r % 2 == 0 else compared[::-1]
                 print(f"round {r + 1}: latency interleaved in {args.slice:g}s slices, then throughput", flush=True)
                 measure_latency(procs, pair, args)
                 throughput_chunks(procs, pair, args)

@@ -127,13 +127,15 @@ spec:
   rules:
   - default:
       deny:
-      - spiffeID: {type: Exact, value: "spiffe://default/web"}
+      - spiffeID: {type: MATCH_TYPE, value: "MATCH_VALUE"}
 """
 
 
-def test_rules_deny_by_spiffe_id_on_a_labelled_dataplane(mesh, cp):
+@pytest.mark.parametrize(("match_type", "value"), [("Exact", "spiffe://default/web"),
+                                                   ("Prefix", "spiffe://default/we")])
+def test_rules_deny_by_spiffe_id_on_a_labelled_dataplane(mesh, cp, match_type, value):
     """Kuma 2.12's rules form: the SPIFFE match works on the wire because each leaf carries exactly one URI."""
-    cp.cli("apply", "-f", "-", input=SPIFFE_DENY)
+    cp.cli("apply", "-f", "-", input=SPIFFE_DENY.replace("MATCH_TYPE", match_type).replace("MATCH_VALUE", value))
     try:
         wait_for(lambda: via_web().status_code == 403, 5, interval=0.05, what="403 after the SPIFFE deny")
     finally:

@@ -211,15 +211,25 @@ class XdsSync:
             for n in nodes:
                 if n in self.connected:
                     by_mesh.setdefault(self.connected[n][0], []).append(n)
+            failure: Exception | None = None
             try:
                 for mesh, targets in by_mesh.items():
                     state = self.states.get(mesh)
                     if state is not None:
                         await self._publish(state, targets)
+            except Exception as e:
+                # Logged, and the batch's streams fail (UNAVAILABLE, so their proxies reconnect) while the batcher
+                # goes on: a batcher that died here left every proxy queued behind this batch waiting for a first
+                # snapshot no task would make, and nobody saw why.
+                log.exception("first config for %d connecting proxies failed; their streams are closed", len(nodes))
+                failure = e
             finally:
                 for f in futures:
                     if not f.done():
-                        f.set_result(None)
+                        if failure is None:
+                            f.set_result(None)
+                        else:
+                            f.set_exception(RuntimeError(f"first config failed: {failure}"))
 
     async def _shared_rebuild(self, mesh: str) -> MeshState | None:
         """Join the mesh's in-flight connect-time rebuild, or start one that later connects can join."""

@@ -15,6 +15,7 @@ from dpagent.controlplane.views import (
     InboundPolicies,
     KindPolicies,
     Nack,
+    OutboundPolicies,
     PolicyInspect,
     TypeStatus,
     XdsStatus,
@@ -112,3 +113,17 @@ def test_affected_lists_dataplanes_and_inbounds() -> None:
 def test_a_renamed_field_fails_loudly() -> None:
     with pytest.raises(msgspec.ValidationError):
         render({"dataplane": DP, "xds": {"connected": "yes"}})
+
+
+def test_policies_view_shows_outbound_policies_and_merged_conf() -> None:
+    kinds = [KindPolicies("MeshTimeout", ["mesh-timeout-all", "backend-slow"], outbounds=[OutboundPolicies(
+        "backend", ["mesh-timeout-all", "backend-slow"], {"http": {"requestTimeout": "30s"}})]),
+             KindPolicies("MeshRetry", [], outbounds=[OutboundPolicies("db", ["none-conf"])])]
+    out = render_policies({"mesh": "default", "dataplane": "web-1", "kinds": msgspec.to_builtins(kinds)})
+    lines = out.splitlines()
+    assert lines[0] == "Dataplane default/web-1: policies (lowest priority first)"
+    assert "  MeshTimeout: mesh-timeout-all, backend-slow" in lines
+    assert "    outbound backend: mesh-timeout-all, backend-slow" in lines
+    assert lines[lines.index("    outbound backend: mesh-timeout-all, backend-slow") + 1:][:2] == [
+        "      http:", "        requestTimeout: 30s"]
+    assert "  MeshRetry: -" in lines and lines[-1] == "    outbound db: none-conf"  # no conf, no YAML under it

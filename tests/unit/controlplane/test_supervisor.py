@@ -71,3 +71,44 @@ async def test_sync_loop_fails_when_its_event_pump_dies() -> None:
     sync = XdsSync(store, cache=None, bundle_recheck=30)
     with pytest.raises(OSError, match="store connection lost"):
         await asyncio.wait_for(sync.run(), 2)
+
+
+class _Cache:
+    def __init__(self) -> None:
+        self.snapshots: dict[str, Any] = {}
+
+    def set_snapshot(self, node: str, snapshot: Any) -> bool:
+        self.snapshots[node] = snapshot
+        return True
+
+    def clear(self, node: str) -> None:
+        self.snapshots.pop(node, None)
+
+
+async def test_a_failed_connect_batch_is_logged_fails_its_streams_and_later_connects_still_work(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The connect batcher was a bare task: if generating a batch raised, the error sat unseen in the task and the
+    proxies queued behind that batch waited for a first snapshot forever."""
+    store = MemoryStore()
+    await store.create("Mesh", "", "default", {"type": "Mesh", "name": "default"})
+    for name in ("a", "b"):
+        await store.create("Dataplane", "default", name, {
+            "type": "Dataplane", "mesh": "default", "name": name, "networking": {
+                "address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": name}}]}})
+    sync = XdsSync(store, cache=_Cache())
+    published: list[list[str]] = []
+    real = sync._publish
+
+    async def publish(state: Any, targets: list[str]) -> None:
+        published.append(targets)
+        if len(published) == 1:
+            raise RuntimeError("generation blew up")
+        await real(state, targets)
+
+    sync._publish = publish  # type: ignore[method-assign]
+    with (caplog.at_level(logging.ERROR, logger="dpagent.cp.sync"),
+          pytest.raises(RuntimeError, match="first config failed: generation blew up")):
+        await asyncio.wait_for(sync.on_connect("default", "a"), 5)
+    assert "first config for 1 connecting proxies failed" in caplog.text
+    await asyncio.wait_for(sync.on_connect("default", "b"), 5)  # the batcher still serves later connects
+    assert published == [["default.a"], ["default.b"]] and list(sync.cache.snapshots) == ["default.b"]

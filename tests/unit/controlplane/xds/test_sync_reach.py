@@ -59,10 +59,26 @@ def from_ref(rng: random.Random) -> dict[str, Any]:
                        {"kind": "MeshSubset", "tags": {"version": "v2"}}])
 
 
+# The kinds the random changes draw from (repeats weigh a kind up). test_every_registered_kind_is_drawn keeps it in
+# step with the registry, so a new kind cannot skip this test.
+DRAWN = ("MeshTrafficPermission", "MeshTimeout", "MeshTimeout", "MeshRetry", "MeshHTTPRoute", "MeshTCPRoute",
+         "MeshCircuitBreaker", "MeshLoadBalancingStrategy", "MeshHealthCheck", "MeshFaultInjection",
+         "MeshRateLimit", "MeshTrace", "MeshProxyPatch", "MeshTLS", "MeshTLS", "MeshAccessLog", "MeshMetric")
+
+
+def test_every_registered_kind_is_drawn() -> None:
+    from dpagent.controlplane.policies.registry import POLICY_KINDS
+
+    assert set(DRAWN) == set(POLICY_KINDS)
+
+
+def subset_split(target: str, v1: int) -> list[dict[str, Any]]:
+    return [{"kind": "MeshServiceSubset", "name": target, "tags": {"version": "v1"}, "weight": v1},
+            {"kind": "MeshServiceSubset", "name": target, "tags": {"version": "v2"}, "weight": 100 - v1}]
+
+
 def policy(rng: random.Random, names: list[str], name: str) -> dict[str, Any]:
-    kind = rng.choice(["MeshTrafficPermission", "MeshTimeout", "MeshTimeout", "MeshRetry", "MeshHTTPRoute",
-                       "MeshCircuitBreaker", "MeshLoadBalancingStrategy", "MeshHealthCheck", "MeshFaultInjection",
-                       "MeshRateLimit", "MeshTrace", "MeshProxyPatch", "MeshTLS", "MeshTLS"])
+    kind = rng.choice(DRAWN)
     top = top_ref(rng, names)
     if kind == "MeshTLS" and top["kind"] in ("MeshService", "MeshServiceSubset"):  # not MeshTLS top kinds
         top = {"kind": "MeshSubset", "tags": {"kuma.io/service": top["name"]}}
@@ -85,6 +101,17 @@ def policy(rng: random.Random, names: list[str], name: str) -> dict[str, Any]:
             "default": {"backendRefs": [
                 {"kind": "MeshServiceSubset", "name": target, "tags": {"version": "v1"}, "weight": 90},
                 {"kind": "MeshServiceSubset", "name": target, "tags": {"version": "v2"}, "weight": 10}]}}]}]
+    elif kind == "MeshTCPRoute":
+        target = rng.choice(SERVICES)
+        spec["to"] = [{"targetRef": {"kind": "MeshService", "name": target},
+                       "rules": [{"default": {"backendRefs": subset_split(target, rng.choice([0, 50, 90]))}}]}]
+    elif kind == "MeshAccessLog":
+        section = rng.choice(["to", "from"])
+        ref = to_ref(rng) if section == "to" else {"kind": "Mesh"}
+        spec[section] = [{"targetRef": ref, "default": {"backends": [
+            {"type": "File", "file": {"path": f"/tmp/access-{rng.randint(1, 3)}.log"}}]}}]
+    elif kind == "MeshMetric":
+        spec["default"] = {"backends": [{"type": "Prometheus", "prometheus": {"port": 5670 + rng.randint(0, 2)}}]}
     elif kind == "MeshCircuitBreaker":
         spec["to"] = [{"targetRef": to_ref(rng),
                        "default": {"connectionLimits": {"maxConnections": rng.randint(2, 50)}}}]
@@ -138,7 +165,8 @@ class World:
         tproxy = rng.random() < 0.25
         return dataplane(f"{service}-{self.count}", service, self.count, version=rng.choice(["v1", "v2"]),
                          outbounds=tuple(rng.sample(others, rng.randint(0, 2))), tproxy=tproxy,
-                         reachable=tuple(rng.sample(others, 1)) if tproxy and rng.random() < 0.5 else ())
+                         reachable=tuple(rng.sample(others, 1)) if tproxy and rng.random() < 0.5 else (),
+                         protocol="tcp" if service == "cache" else "http")  # MeshTCPRoute's destinations
 
     async def put(self, doc: dict[str, Any]) -> tuple[str, str]:
         await self.resources.apply(doc)

@@ -1,6 +1,6 @@
 """Real Envoy, real requests: a MeshHTTPRoute's RouteConfiguration, served by an outbound HCM, routes by path
-(whole segments), method and header, splits to tag subsets whose endpoints were selected by tags, rewrites and
-redirects paths, and sets response headers."""
+(whole segments), method, header and query parameter, splits to tag subsets whose endpoints were selected by tags,
+rewrites and redirects paths, sets response headers and mirrors requests to a subset."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from route_testlib import bootstrap, hcm, running_envoy, static_clusters
-from testlib import HttpApp, free_port
+from testlib import HttpApp, free_port, wait_for
 
 from dpagent.controlplane.policies.meshhttproute.api import parse_meshhttproute, to_rules
 from dpagent.controlplane.policies.meshhttproute.ordering import merge_rules, route_entries
@@ -45,15 +45,30 @@ POLICY = {"type": "MeshHTTPRoute", "name": "traffic", "mesh": "default", "spec":
             "backendRefs": [subset("v1")]}},
         {"matches": [{"path": {"type": "PathPrefix", "value": "/split"}}], "default": {
             "backendRefs": [subset("v1", 1), subset("v2", 0)]}},
+        {"matches": [{"queryParams": [{"type": "Exact", "name": "beta", "value": "yes"}]}], "default": {
+            "filters": [{"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                "set": [{"name": "x-routed", "value": "query"}]}}],
+            "backendRefs": [subset("v2")]}},
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/mirror"}}], "default": {
+            "filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": subset("v2")}}],
+            "backendRefs": [subset("v1")]}},
         {"matches": [{"path": {"type": "RegularExpression", "value": "^/items/[0-9]+$"}, "method": "GET"}],
          "default": {"filters": [{"type": "URLRewrite", "urlRewrite": {
              "path": {"type": "ReplaceFullPath", "replaceFullPath": "/item"}}}], "backendRefs": [subset("v2")]}},
     ]}]}}
 
 
+SEEN_BY_V2: list[str] = []  # paths v2 answered, mirrored copies included
+
+
+def _v2(path: str, _: Any) -> tuple[bytes, None]:
+    SEEN_BY_V2.append(path)
+    return f"v2 {path}".encode(), None
+
+
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    v1, v2 = HttpApp("v1"), HttpApp("v2")
+    v1, v2 = HttpApp("v1"), HttpApp("v2", _v2)
     dataplanes = [decode_dataplane({"mesh": "default", "name": f"backend-{v}", "networking": {
         "address": "127.0.0.1", "inbound": [{"port": app.port, "tags": {
             "kuma.io/service": "backend", "kuma.io/protocol": "http", "version": v}}]}})
@@ -102,3 +117,18 @@ def test_regex_with_method_and_full_path_rewrite(url: str) -> None:
     assert get(url, "/items/42").text == "v2 /item"
     assert httpx.post(url + "/items/42", timeout=5).status_code == 501  # POST: catch-all; HttpApp has no POST
     assert get(url, "/items/x").text in ("v1 /items/x", "v2 /items/x")
+
+
+def test_query_param_match(url: str) -> None:
+    r = get(url, "/q?beta=yes")
+    assert r.text == "v2 /q?beta=yes" and r.headers["x-routed"] == "query"
+    assert "x-routed" not in get(url, "/q?beta=no").headers
+
+
+def test_request_mirror_sends_a_copy_to_the_subset(url: str) -> None:
+    """The client's answer comes from v1; v2 receives the mirrored copy (Envoy sends it without waiting)."""
+    SEEN_BY_V2.clear()
+    for i in range(5):
+        assert get(url, f"/mirror/{i}").text == f"v1 /mirror/{i}"
+    wait_for(lambda: sorted(p for p in SEEN_BY_V2 if p.startswith("/mirror/")) == [f"/mirror/{i}" for i in range(5)],
+             5, what="every mirrored request at v2")

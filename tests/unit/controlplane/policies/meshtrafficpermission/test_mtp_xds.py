@@ -95,3 +95,28 @@ def test_permission_change_touches_the_route_not_the_http_listener() -> None:
     assert allow[LISTENER][http_listener].SerializeToString(deterministic=True) == \
         deny[LISTENER][http_listener].SerializeToString(deterministic=True)
     assert allow[ROUTE][http_listener] != deny[ROUTE][http_listener]
+
+
+def test_under_transparent_proxy_a_permission_change_also_moves_only_the_route() -> None:
+    """The tproxy capture listener carries every inbound's chain; an Allow → Deny flip must not replace it either,
+    or its open connections would drain under the old rules."""
+    from dpagent.controlplane.xds.generators.profile import generate
+    from dpagent.controlplane.xds.sync import build_mesh_state
+
+    mesh = {"type": "Mesh", "name": "default",
+            "mtls": {"enabledBackend": "ca", "backends": [{"name": "ca", "type": "builtin"}]}}
+    dp = {"type": "Dataplane", "mesh": "default", "name": "b", "networking": {
+        "address": "10.0.0.2", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "backend",
+                                                                  "kuma.io/protocol": "http"}}],
+        "transparentProxying": {"redirectPortInbound": 15006, "redirectPortOutbound": 15001}}}
+
+    def generated(action: str) -> dict[str, dict[str, bytes]]:
+        policy = {"type": "MeshTrafficPermission", "mesh": "default", "name": "p", "spec": {
+            "targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": action}}]}}
+        state = build_mesh_state(mesh, [dp], {"MeshTrafficPermission": [policy]}, trust_bundle="bundle")
+        msgs = generate(state.ctx, state.by_name["b"]).messages()
+        return {t: {n: m.SerializeToString(deterministic=True) for n, m in msgs[t].items()} for t in (LISTENER, ROUTE)}
+
+    allow, deny = generated("Allow"), generated("Deny")
+    assert allow[LISTENER] == deny[LISTENER] and len(allow[LISTENER]) >= 2
+    assert [n for n in allow[ROUTE] if allow[ROUTE][n] != deny[ROUTE].get(n)] == ["inbound:10.0.0.2:8080"]
