@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -157,7 +157,9 @@ async def check_envoy(ctx: Context) -> Check:
 async def check_xds(ctx: Context) -> Check:
     if not ctx.name:
         return Check("xds", SKIP, "no dataplane name to look up")
-    url = f"{ctx.api_address}/meshes/{ctx.mesh or 'default'}/dataplanes/{ctx.name}/_inspect"
+    # Escaped like every CLI path (issue 9, item 6): a name from a hand-edited config cannot address another resource.
+    url = f"{ctx.api_address}/meshes/{quote(ctx.mesh or 'default', safe='')}/dataplanes/{quote(ctx.name, safe='')}" \
+          "/_inspect"
     try:
         async with httpx.AsyncClient(timeout=3, trust_env=False) as client:
             r = await client.get(url)

@@ -209,6 +209,13 @@ class XdsAuth:
         token = metadata.get("authorization", "")
         refusal: TokenError | None = None
         for mesh, name in nodeid.candidates(node.id):
+            # The token first, as on the DP server (issue 9, item 16): a caller without a valid token for the mesh
+            # gets the same refusal whether or not the dataplane exists, so it cannot list them by node id.
+            try:
+                await self.auth.authenticate(token, mesh)
+            except TokenError as e:
+                refusal = refusal or e
+                continue
             dp = await self._dataplane(mesh, name, cached=True)
             if dp is None:
                 continue

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from dpagent import safe_yaml
 from dpagent.controlplane.policies.meshmetric.discovery import Target, mesh_targets, sanitize_label
 from dpagent.controlplane.store import ResourceStore
 from dpagent.durations import parse_duration
@@ -69,7 +70,7 @@ class MonitoringDiscovery:
 
     async def mads(self, request: web.Request) -> web.Response:
         try:
-            req = json.loads(await request.read() or b"{}")
+            req = safe_yaml.load_json(await request.read() or b"{}")  # bounded nesting: no RecursionError 500
             if not isinstance(req, dict):
                 raise ValueError("the body must be a DiscoveryRequest object")
             timeout = min(parse_duration(request.query.get("fetch-timeout") or DEFAULT_FETCH_TIMEOUT),

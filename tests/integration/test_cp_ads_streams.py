@@ -257,3 +257,29 @@ async def test_live_streams_end_when_their_dataplane_is_deleted_or_their_token_r
             await asyncio.wait_for(proxy.task, 3)
         assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED and why in (exc.value.details() or ""), \
             exc.value.details()
+
+
+async def test_refusals_without_a_valid_token_do_not_tell_which_dataplanes_exist(cp: Cp):
+    """As on the DP server (issue 9, item 16): ADS looked the node id up before checking the token, so a caller
+    with no valid token got "no Dataplane for node id" for a name that does not exist and "authentication failed"
+    for one that does."""
+    await cp.put(dataplane("listed-1"))
+    other = await cp.token("someone-else")  # valid for the mesh, but for another dataplane
+
+    async def refusal(node: str, token: str) -> tuple[grpc.StatusCode, str]:
+        channel = cp.channel()
+        first = discovery_pb2.DiscoveryRequest(type_url=CLUSTER, node=base_pb2.Node(id=node, cluster="backend"))
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
+            iter([first]), metadata=(("authorization", token),))
+        code, details = await asyncio.wait_for(call.code(), 5), await call.details()
+        await channel.close()
+        return code, (details or "").replace(node.split(".", 1)[1], "NAME")
+
+    for token in ("a.b.c", "garbage", "Bearer x"):
+        known = await refusal("default.listed-1", token)
+        unknown = await refusal("default.unlisted-1", token)
+        assert known == unknown and known[0] == grpc.StatusCode.UNAUTHENTICATED, (token, known, unknown)
+        assert "no Dataplane" not in known[1], known
+    # A caller holding a valid token of the mesh still learns what it needs to fix its own setup.
+    code, details = await refusal("default.unlisted-1", other)
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "no Dataplane for node id" in details, details

@@ -212,6 +212,29 @@ async def test_yaml_aliases_are_refused(client):
     assert (await client.get("/meshes/bomb")).status == 404
 
 
+def _alias_bomb_cluster(levels: int) -> str:
+    """A cluster whose free-form metadata is nested aliases: each level multiplies the expanded size by 6."""
+    lines = ["name: c", "metadata:", "  filterMetadata:", "    x:", "      a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"      a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 6) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+async def test_yaml_aliases_inside_a_proxy_patch_value_are_refused(client):
+    """Item 7 again: a MeshProxyPatch `value` is a YAML string inside the body, parsed by the plugin with
+    yaml.safe_load; ~400 bytes of aliases in it took seconds and hundreds of MiB while the protobuf was built."""
+    await put(client, "/meshes/default", MESH)
+    doc = {"type": "MeshProxyPatch", "mesh": "default", "name": "bomb", "spec": {
+        "targetRef": {"kind": "Mesh"},
+        "default": {"appendModifications": [{"cluster": {"operation": "Add", "value": _alias_bomb_cluster(7)}}]}}}
+    status, body = await put(client, "/meshes/default/meshproxypatches/bomb", doc)
+    assert status == 400 and "aliases" in body["causes"][0]["message"], body
+    assert body["causes"][0]["field"].endswith("appendModifications[0].cluster.value"), body
+    assert (await client.get("/meshes/default/meshproxypatches/bomb")).status == 404
+    # The same value written out in full is an ordinary cluster patch.
+    doc["spec"]["default"]["appendModifications"][0]["cluster"]["value"] = "name: c\nconnectTimeout: 5s\n"
+    assert (await put(client, "/meshes/default/meshproxypatches/bomb", doc))[0] == 201
+
+
 async def test_deep_nesting_huge_offsets_and_wrong_types_are_400s(client):
     """Item 9: each of these was a 500."""
     await put(client, "/meshes/default", MESH)

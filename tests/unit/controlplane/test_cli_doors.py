@@ -70,3 +70,13 @@ def test_apply_stays_all_or_nothing_with_a_new_mesh(local_cp: RunningCp, tmp_pat
     out = cli(local_cp, "apply", "-f", str(f))
     assert out.returncode == EXIT_CONFIG and "nothing was applied" in out.stderr, out
     assert httpx.get(f"{local_cp.api}/meshes/other").status_code == 404
+
+
+def test_token_lifetime_is_capped_by_the_cps_setting(local_cp: RunningCp):
+    """Item 14: `validFor: 1000000000000h` was issued. The cap is the CP's --max-token-validity (8760h for this CP,
+    not the 87600h default), and the CLI says so in one line."""
+    out = cli(local_cp, "token", "generate", "--name", "web-1", "--tag", "kuma.io/service=web", "--valid-for", "8761h")
+    assert out.returncode == EXIT_CONFIG and "Traceback" not in out.stderr, out
+    assert "validFor" in out.stderr and "8760h" in out.stderr.replace(" ", ""), out.stderr
+    out = cli(local_cp, "token", "generate", "--name", "web-1", "--tag", "kuma.io/service=web", "--valid-for", "8760h")
+    assert out.returncode == 0 and out.stdout.count(".") == 2, out

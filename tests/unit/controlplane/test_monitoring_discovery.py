@@ -117,3 +117,13 @@ async def test_bad_request_and_authentication(env: Any, monkeypatch: pytest.Monk
     assert (await client.post(MADS_PATH, json=request())).status == 401
     ok = await client.get("/prometheus/http_sd", headers={"authorization": "Bearer secret-token"})
     assert ok.status == 200
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000, b'{"node": ' * 5_000 + b"1" + b"}" * 5_000,
+                                  b"\xff\xfe not json"])
+async def test_hostile_mads_bodies_are_a_400(env: Any, body: bytes) -> None:
+    """As on the REST API (issue 9, item 9): JSON nested past the interpreter's recursion limit was a 500 with a
+    RecursionError traceback on the discovery endpoint Prometheus polls."""
+    client, _ = env
+    r = await client.post(MADS_PATH, data=body, headers={"content-type": "application/json"})
+    assert r.status == 400, await r.text()

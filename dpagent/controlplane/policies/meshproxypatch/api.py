@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dpagent import safe_yaml
 from dpagent.controlplane.policies.envelope import DEFAULT, Shape
 from dpagent.controlplane.policies.targetref import DATAPLANE, MESH, MESH_SERVICE, MESH_SERVICE_SUBSET, MESH_SUBSET
 from dpagent.model.validation import Violations, join
@@ -131,9 +132,9 @@ def _value(v: Violations, kind: str, raw: Any, path: str, op: Any) -> None:
     value = raw
     if isinstance(raw, str):  # Kuma's docs write the value as a YAML block string
         try:
-            value = yaml.safe_load(raw)
+            value = safe_yaml.load(raw)
         except yaml.YAMLError as e:
-            v.add(path, f"must be YAML: {str(e).splitlines()[0]}")
+            v.add(path, f"must be YAML: {safe_yaml.describe(e)}")
             return
     if not isinstance(value, Mapping):
         v.add(path, f"must be a {protos.MESSAGES[kind].DESCRIPTOR.full_name} object")
@@ -173,7 +174,8 @@ def _json_patches(v: Violations, raw: Any, path: str) -> None:
 
 
 def value_of(raw: Any) -> Any:
-    """A modification's value as a mapping: Kuma's docs write it as a YAML block string, some users as YAML."""
-    import yaml
+    """A modification's value as a mapping: Kuma's docs write it as a YAML block string, some users as YAML.
 
-    return yaml.safe_load(raw) if isinstance(raw, str) else raw
+    The string is user input inside a stored policy: aliases in it would expand when the protobuf is built, as
+    in a body sent to the API (issue 9, item 7), so it is read by the same alias-free loader."""
+    return safe_yaml.load(raw) if isinstance(raw, str) else raw
