@@ -138,12 +138,16 @@ def _expect(name: str, listener: socket.socket, proc: _Client, want: tuple[str, 
             timeout: float, via: str = "") -> Check:
     got = _accept(listener, proc, timeout)
     if want is None:
-        return Check(name, got is None, ("not redirected" if got is None else f"redirected (original dst {got})")
-                     + via)
+        return Check(name, got is None, ("not redirected" if got is None else f"redirected (original dst "
+                                         f"{_hostport(got)})") + via)
     if got is None:
         return Check(name, False, "no connection reached the redirect port although the address is routed: "
                      "rules missing or not matching" + via)
-    return Check(name, got == want, f"original destination {got[0]}:{got[1]}, expected {want[0]}:{want[1]}{via}")
+    return Check(name, got == want, f"original destination {_hostport(got)}, expected {_hostport(want)}{via}")
+
+
+def _hostport(addr: tuple[str, int]) -> str:
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
 
 
 def run_checks(cfg: TProxyConfig, facts: HostFacts, *, probe_uid: int = 65534, timeout: float = 2.0,

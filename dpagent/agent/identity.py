@@ -36,6 +36,7 @@ from dpagent.agent.settings import AgentConfig
 from dpagent.controlplane.xds.sds_files import IDENTITY_DIR
 from dpagent.errors import ControlPlaneRejected
 from dpagent.log import kv
+from dpagent.timefmt import human_time
 
 log = logging.getLogger("dpagent.identity")
 
@@ -217,7 +218,7 @@ class IdentityManager:
         self.last_error = ""
         self.changed.set()
         kv(log, logging.INFO, "identity certificate installed", serial=info.serial_hex,
-           expires=info.not_after.isoformat(), spiffe_id=",".join(info.uri_sans))
+           expires=human_time(info.not_after, now=self.clock()), spiffe_id=",".join(info.uri_sans))
         return info
 
     def seconds_left(self) -> float | None:

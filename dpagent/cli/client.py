@@ -12,19 +12,20 @@ import click
 import httpx
 
 from dpagent.errors import ConfigError, ControlPlaneRejected, ControlPlaneUnavailable, NotFound, ValidationError
-from dpagent.model.validation import name_problem
+from dpagent.model.validation import ref_problem
 
 DEFAULT_API = "http://127.0.0.1:5681"
 
 
 def url_path(*parts: str | tuple[str, Any]) -> str:
-    """A REST path from fixed segments and (label, name) pairs. Names are checked with the server's rule and
-    escaped, so a name like `../../meshes/x` is refused here instead of addressing another resource."""
+    """A REST path from fixed segments and (label, name) pairs. Names are checked with the rule for naming an
+    existing resource (ref_problem: '_' allowed, as for resources stored under Kuma's older rules) and escaped, so
+    a name like `../../meshes/x` is refused here instead of addressing another resource."""
     out = []
     for part in parts:
         if isinstance(part, tuple):
             label, value = part
-            problem = name_problem(value)
+            problem = ref_problem(value)
             if problem:
                 raise ConfigError(f"{label} {value!r} is not a valid name: it {problem}")
             out.append(quote(value, safe=""))

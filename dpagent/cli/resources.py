@@ -15,7 +15,7 @@ from dpagent import safe_yaml
 from dpagent.cli.client import ApiClient, api_options, make_client, url_path
 from dpagent.controlplane.kinds import KINDS, Kind, by_type, kind_of
 from dpagent.errors import ConfigError, DpAgentError, ValidationError
-from dpagent.model.validation import name_problem
+from dpagent.model.validation import name_problem, ref_problem
 from dpagent.timefmt import human_time, span, to_epoch
 
 OUTPUT = click.Choice(["table", "yaml", "json"])
@@ -101,7 +101,7 @@ def _kind_for(doc: Any, label: str) -> Kind:
     if problem := name_problem(doc.get("name")):
         problems.append(("name", problem))
     k = by_type(doc.get("type")) if isinstance(doc.get("type"), str) else None
-    if k and k.mesh_scoped and (problem := name_problem(doc.get("mesh"))):
+    if k and k.mesh_scoped and (problem := ref_problem(doc.get("mesh"))):  # the server's mesh_ref rule
         problems.append(("mesh", problem))
     if problems:
         raise ValidationError(label, problems)

@@ -27,7 +27,7 @@ from dpagent.controlplane.store import StoreUnavailable
 from dpagent.controlplane.tokens import TokenError, issue_token
 from dpagent.durations import parse_duration
 from dpagent.errors import ConfigError, Conflict, DpAgentError, NotFound, ValidationError
-from dpagent.model.validation import TAG_KEY_RE, TAG_VALUE_RE, name_problem
+from dpagent.model.validation import TAG_KEY_RE, TAG_VALUE_RE, ref_problem
 
 log = logging.getLogger("dpagent.cp.api")
 
@@ -335,11 +335,11 @@ def _token_request_problems(body: dict[str, Any], max_validity: float) -> list[t
     from dpagent.durations import format_duration
 
     problems: list[tuple[str, str]] = []
-    for field in ("name", "mesh"):
+    for field in ("name", "mesh"):  # tokens name existing resources: the legacy '_' of older meshes stays usable
         value = body.get(field)
         if value is None or value == "":
             continue
-        problem = name_problem(value)
+        problem = ref_problem(value)
         if problem:
             problems.append((field, problem))
     tags = body.get("tags")
@@ -351,8 +351,8 @@ def _token_request_problems(body: dict[str, Any], max_validity: float) -> list[t
             problems.append((path, "tag name must contain only letters, digits, '.', '-', '_', ':' or '/'"))
         if not isinstance(values, list) or not values or not all(
                 isinstance(v, str) and TAG_VALUE_RE.match(v) for v in values):
-            problems.append((path, "must be a non-empty list of tag values (letters, digits, '.', '-', '_', ':', "
-                                   "'/' or '*')"))
+            problems.append((path, "must be a non-empty list of tag values (letters, digits, '.', '-', '_' or "
+                                   "':'; no '/' or '*')"))
     valid_for = body.get("validFor")
     if valid_for is not None and not isinstance(valid_for, str):
         problems.append(("validFor", "must be a duration string like 720h"))

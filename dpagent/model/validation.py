@@ -18,6 +18,7 @@ NAME_RULE = ("must be a lowercase RFC 1123 name: letters a-z, digits, '-' and '.
              "letter or digit, at most 253 characters ('_' is not allowed)")
 # A resource's `mesh` reference keeps the pre-2.5 character set, so a mesh created with '_' stays reachable.
 MESH_REF_RE = re.compile(r"^[0-9a-z\-_.]+$")
+REF_RULE = "must be lowercase letters, digits, '-', '_' or '.', at most 253 characters (not only dots)"
 TAG_KEY_RE = re.compile(r"^[a-zA-Z0-9.\-_:/]+$")
 TAG_VALUE_RE = re.compile(r"^[a-zA-Z0-9.\-_:]+$")
 # Labels follow Kubernetes' rules (Kuma checks them that way on Universal too): an optional DNS prefix and '/'.
@@ -137,8 +138,8 @@ class Violations:
     def mesh_ref(self, doc: Any, path: str = "mesh") -> str | None:
         """The mesh a resource belongs to: Kuma's older, '_'-tolerant set (see MESH_REF_RE)."""
         s = self.string(doc, path)
-        if s is not None and (len(s) > NAME_MAX or not MESH_REF_RE.fullmatch(s)):
-            self.add(path, "must be lowercase letters, digits, '-', '_' or '.', at most 253 characters")
+        if s is not None and (problem := _ref_rule(s)):
+            self.add(path, problem)
             return None
         return s
 
@@ -218,6 +219,25 @@ def is_ip(s: str) -> bool:
 def _kind(v: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
             bool: "a boolean"}.get(type(v), type(v).__name__)
+
+
+def _ref_rule(s: str) -> str | None:
+    if len(s) > NAME_MAX or not MESH_REF_RE.fullmatch(s) or s.strip(".") == "":
+        return REF_RULE
+    return None
+
+
+def ref_problem(name: Any) -> str | None:
+    """Why `name` cannot name an existing resource (a `mesh` field, a URL segment, a token's claims), or None.
+
+    Looser than name_problem on purpose: a resource stored under Kuma's pre-2.5 rules (a '_' in its name) keeps
+    working, so it must stay reachable to be read, inspected, given a new token and deleted. Names made only of
+    dots are refused so that none can leave its URL segment."""
+    if not isinstance(name, str) or not name:
+        return "must be defined" if name is None or name == "" else "must be a string"
+    if name.endswith("\n"):  # `$` also matches before a final newline
+        return "must not contain a line break"
+    return _ref_rule(name)
 
 
 def name_problem(name: Any) -> str | None:

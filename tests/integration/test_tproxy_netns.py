@@ -238,6 +238,24 @@ def test_verify_without_default_routes(installed: bool, tmp_path: Path) -> None:
             assert "although the address is routed" in v4_app
 
 
+def test_verify_proves_ipv6_through_a_connected_route(tmp_path: Path) -> None:
+    """A global IPv6 subnet but no default route in either family: both families are proven through an address of
+    their connected subnet, so nothing is skipped; without the rules the same probes fail."""
+    with veth_pair(default_routes=False, global_v6=True) as (_, ns):
+        args = ["--dpagent-uid", str(AGENT_UID), "--iptables-variant", "nft", "--exclude-outbound-ports", "5432"]
+        res = tp(ns, "verify", *args, "--probe-uid", str(APP_UID), "--timeout", "1", check=False)
+        v6_app = next(ln for ln in res.stdout.splitlines() if ln.split()[1:3] == ["ipv6", "app"])
+        assert res.returncode == 1 and v6_app.startswith("FAIL"), res.stdout
+        tp(ns, "install", *args, "--backup-dir", str(tmp_path))
+        res = tp(ns, "verify", *args, "--probe-uid", str(APP_UID), "--timeout", "1", check=False)
+        assert res.returncode == 0 and "FAIL" not in res.stdout and "SKIP" not in res.stdout, res.stdout + res.stderr
+        v6 = [ln for ln in res.stdout.splitlines() if ln.split()[1] == "ipv6"]
+        assert len(v6) == 4 and all(ln.startswith("PASS") for ln in v6), res.stdout
+        assert "original destination [fd00:200::c000:0:0:1]:80" in v6[0], v6[0]
+        assert "inside the route fd00:200::/64 dev vB" in v6[0], v6[0]
+        assert res.stdout.count("PASS") == 8, res.stdout
+
+
 def test_verify_without_any_route_skips_outbound(tmp_path: Path) -> None:
     """Only loopback: nothing outside is reachable, so outbound is SKIP while the local inbound check still runs."""
     tag = secrets.token_hex(3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -112,3 +113,17 @@ def test_expired_identity_is_reported(ca, tmp_path: Path):
     manager = IdentityManager(SimpleNamespace(), IdentityFiles(tmp_path, {}), clock=lambda: now)  # type: ignore[arg-type]
     manager.info = pki.cert_info(issue(ca, lifetime=30.0, now=now - 60)[1])
     assert manager.expired() and manager.status()["state"] == "expired"
+
+
+def test_installed_certificate_is_logged_with_a_human_time(ca, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """The log line an operator reads says when the certificate expires as UTC ISO and how far away that is."""
+    now = time.time()
+    files = IdentityFiles(tmp_path, sds_files())
+    files.prepare()
+    manager = IdentityManager(SimpleNamespace(), files, clock=lambda: now)  # type: ignore[arg-type]
+    key, cert = issue(ca, lifetime=7200.0, now=now)
+    with caplog.at_level("INFO", logger="dpagent"):
+        manager._install(key, cert, ca.cert_pem)
+    (record,) = [r for r in caplog.records if r.getMessage() == "identity certificate installed"]
+    expires = record.__dict__["kv"]["expires"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(in (2h|1h5\dm)\)", expires), expires

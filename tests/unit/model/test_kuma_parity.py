@@ -245,6 +245,37 @@ def test_agent_refuses_locally_with_the_same_rule() -> None:
         "name", 'labels["kuma.io/mesh"]', "networking.address", 'networking.inbound[0].tags["version"]']
 
 
+NAME_SAMPLES = ["web-1", "web-1.eu-west", "web_1", "Web-1", "web-", "..", "a" * 254]
+MESH_SAMPLES = ["default", "old_mesh", "Prod", "..", "a/b"]
+
+
+@pytest.mark.parametrize("name", NAME_SAMPLES)
+@pytest.mark.parametrize("mesh_name", MESH_SAMPLES)
+def test_cli_api_and_agent_judge_names_alike(name: str, mesh_name: str) -> None:
+    """`dpagent apply` checks name and mesh before its request, the CP validates the document, the agent its
+    rendered template: all three refuse the same fields (the CLI once refused `mesh: old_mesh`, which the CP keeps
+    for meshes made before Kuma 2.5)."""
+    from dpagent.cli.resources import _kind_for
+
+    doc = dp(name=name, mesh=mesh_name)
+    api = [p for p, _ in validate_dataplane(doc) if p in ("name", "mesh")]
+    try:
+        _kind_for(doc, "document 0")
+        cli: list[str] = []
+    except ValidationError as e:
+        cli = [p for p, _ in e.violations]
+    template = f"type: Dataplane\nmesh: '{mesh_name}'\nname: '{{{{ name }}}}'\nnetworking:\n  address: 10.0.0.1\n" \
+               "  inbound:\n  - port: 8080\n    tags: {kuma.io/service: web}\n"
+    try:
+        load_dataplane(template, "", {"name": name})
+        agent: list[str] = []
+    except ValidationError as e:
+        agent = [p for p, _ in e.violations if p in ("name", "mesh")]
+    assert set(cli) == set(api) == set(agent), (cli, api, agent)
+    assert ("name" in api) == (name not in ("web-1", "web-1.eu-west"))
+    assert ("mesh" in api) == (mesh_name not in ("default", "old_mesh"))
+
+
 # -- through a real control plane process: the REST API and the CLI --
 
 def _env() -> dict[str, str]:
@@ -306,3 +337,67 @@ def test_cli_apply_refuses_with_exit_2_and_the_field(cp: LocalControlPlane, tmp_
     assert out.returncode == 2, out.stderr
     assert "networking.address" in out.stderr and "unspecified" in out.stderr
     assert httpx.get(f"{cp.api}/meshes/default/dataplanes/web-2", timeout=5).status_code == 404
+
+
+def test_token_tag_value_message_states_the_rule(cp: LocalControlPlane) -> None:
+    r = httpx.post(f"{cp.api}/tokens/dataplane", json={"mesh": "default", "name": "web-1",
+                                                      "tags": {"version": ["v1/beta"]}}, timeout=10)
+    assert r.status_code == 400, r.text
+    (cause,) = r.json()["causes"]
+    assert cause["field"] == 'tags["version"]' and "no '/' or '*'" in cause["message"], cause
+
+
+LEGACY_DP = {"type": "Dataplane", "mesh": "old_mesh", "name": "web_1", "networking": {
+    "address": "10.0.0.1", "inbound": [{"port": 8080, "servicePort": 18080, "tags": {"kuma.io/service": "web"}}]}}
+
+
+@pytest.fixture(scope="module")
+def legacy_cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalControlPlane]:
+    """A control plane whose store already holds a mesh and a Dataplane named under Kuma's pre-2.5 rules ('_'),
+    as an older release could have stored them (written into the store directly: the API refuses such names)."""
+    import asyncio
+
+    from dpagent.controlplane.store.sqlite import SqliteStore
+
+    root = tmp_path_factory.mktemp("legacy-cp")
+    cp = LocalControlPlane(root / "data")
+    cp.data_dir.mkdir()
+
+    async def seed() -> None:
+        async with await SqliteStore.open(cp.data_dir / "store.db") as store:
+            await store.create("Mesh", "", "old_mesh", {"type": "Mesh", "name": "old_mesh"})
+            await store.create("Dataplane", "old_mesh", "web_1", LEGACY_DP)
+
+    asyncio.run(seed())
+    log = (root / "cp.log").open("w")
+    proc = subprocess.Popen(cp.command(sys.executable), stdout=log, stderr=subprocess.STDOUT, env=_env())
+    try:
+        wait_for(lambda: proc.poll() is None and httpx.get(cp.api, timeout=1).status_code == 200, 30,
+                 what=f"control plane API (log: {root / 'cp.log'})")
+        yield cp
+    finally:
+        terminate(proc)
+        log.close()
+
+
+def test_cli_reaches_resources_stored_under_older_rules(legacy_cp: LocalControlPlane, tmp_path: Path) -> None:
+    """Kept working means reachable: the CLI reads, re-tokens, adds to and deletes what an older release stored
+    with '_' in its names, while a new name with '_' is still refused."""
+    out = _cli(legacy_cp, "get", "dataplane", "web_1", "--mesh", "old_mesh", "-o", "json")
+    assert out.returncode == 0 and '"web_1"' in out.stdout, out.stderr
+    out = _cli(legacy_cp, "token", "generate", "--name", "web_1", "--mesh", "old_mesh", "--valid-for", "1h")
+    assert out.returncode == 0, out.stderr
+    assert jwt.decode(out.stdout.strip(), options={"verify_signature": False})["Name"] == "web_1"
+    new = tmp_path / "dp.yaml"
+    new.write_text("type: Dataplane\nmesh: old_mesh\nname: web-2\nnetworking:\n  address: 10.0.0.2\n  inbound:\n"
+                   "  - port: 8080\n    tags: {kuma.io/service: web}\n")
+    out = _cli(legacy_cp, "apply", "-f", str(new))
+    assert out.returncode == 0, out.stderr
+    new.write_text(new.read_text().replace("web-2", "web_3"))
+    out = _cli(legacy_cp, "apply", "-f", str(new))
+    assert out.returncode == 2 and "'_' is not allowed" in out.stderr, out.stderr
+    out = _cli(legacy_cp, "delete", "dataplane", "web_1", "--mesh", "old_mesh")
+    assert out.returncode == 0, out.stderr
+    assert httpx.get(f"{legacy_cp.api}/meshes/old_mesh/dataplanes/web_1", timeout=5).status_code == 404
+    out = _cli(legacy_cp, "get", "dataplane", "..", "--mesh", "old_mesh")
+    assert out.returncode == 2 and "is not a valid name" in out.stderr, out.stderr
