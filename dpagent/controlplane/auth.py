@@ -10,6 +10,7 @@ every call, and any doubt falls back to the full verification so refusals keep t
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -35,15 +36,18 @@ class DataplaneAuth:
         self.store = store
         self.ttl = ttl
         self.clock = clock
+        # mesh -> (when the read of its keys started, verifier, revoked token ids)
         self._cache: dict[str, tuple[float, TokenVerifier, frozenset[str]]] = {}
+        self._refresh = asyncio.Lock()  # one unknown-key re-read at a time; waiters share its result
         self._keysets: dict[str, tuple[tuple[tuple[int, str], ...], TokenVerifier]] = {}
         # (mesh, token) -> (verifier it verified against, claims); a verifier object is kept while its keys stay
         self._verified: dict[tuple[str, str], tuple[TokenVerifier, DataplaneClaims]] = {}
 
-    async def _verifier(self, mesh: str, *, fresh: bool = False) -> tuple[TokenVerifier, frozenset[str]]:
+    async def _verifier(self, mesh: str) -> tuple[TokenVerifier, frozenset[str]]:
         hit = self._cache.get(mesh)
-        if hit and self.clock() - hit[0] < (REFRESH_GAP if fresh else self.ttl):
+        if hit and self.clock() - hit[0] < self.ttl:
             return hit[1], hit[2]
+        started = self.clock()
         keys = await secrets.signing_keys(self.store, mesh)
         if not keys:  # a mesh named by an unauthenticated caller: nothing to cache, or made-up names fill memory
             return TokenVerifier(()), frozenset()
@@ -56,8 +60,23 @@ class DataplaneAuth:
             self._keysets[mesh] = (keyset, verifier)
             self._verified = {k: v for k, v in self._verified.items() if k[0] != mesh}
         revoked = await secrets.revoked(self.store, mesh)
-        self._cache[mesh] = (self.clock(), verifier, revoked)
+        self._cache[mesh] = (started, verifier, revoked)
         return verifier, revoked
+
+    async def _keys_read_after(self, mesh: str, since: float) -> tuple[TokenVerifier, frozenset[str]]:
+        """A key set read after `since`. A token signed by a key created a moment ago must not be refused because
+        the last read happened just before the key was written; waiting out REFRESH_GAP keeps made-up key ids
+        from costing more than one store read per gap, and every waiter shares the read that follows."""
+        async with self._refresh:
+            hit = self._cache.get(mesh)
+            if hit is not None and hit[0] >= since:
+                return hit[1], hit[2]
+            if hit is not None:
+                wait = REFRESH_GAP - (self.clock() - hit[0])
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            self._cache.pop(mesh, None)
+            return await self._verifier(mesh)
 
     def _check(self, verifier: TokenVerifier, token: str, mesh: str, revoked: frozenset[str]) -> DataplaneClaims:
         """`verifier.verify`, skipping the signature when this token already verified against the same keys."""
@@ -90,15 +109,19 @@ class DataplaneAuth:
         return await self._claims(token, mesh)
 
     async def _claims(self, token: str, mesh: str) -> DataplaneClaims:
+        arrived = self.clock()
         verifier, revoked = await self._verifier(mesh)
         try:
             return self._check(verifier, token, mesh, revoked)
         except TokenError as e:
             if e.reason != "unknown-kid":
                 raise
+            hit = self._cache.get(mesh)
+            if hit is None or hit[0] >= arrived:
+                raise  # the keys were read after this token arrived (or the mesh has none): that key does not exist
         # Signed by a key newer than the cached key set (`token signing-key rotate` a moment ago): read the keys
         # again now instead of refusing a valid token until the cache expires.
-        verifier, revoked = await self._verifier(mesh, fresh=True)
+        verifier, revoked = await self._keys_read_after(mesh, arrived)
         return self._check(verifier, token, mesh, revoked)
 
     async def still_valid(self, token: str, dp: Dataplane) -> None:
