@@ -84,6 +84,8 @@ class FakeProxy:
     reconnects: int = 0
     responses: int = 0
     error: str = ""
+    sizes: dict[str, int] = field(default_factory=dict)  # type -> bytes of the resources in the last response
+    counts: dict[str, int] = field(default_factory=dict)  # type -> resources in the last response
 
     def request(self, type_url: str, version: str = "", nonce: str = "", names: list[str] | None = None,
                 first: bool = False) -> discovery_pb2.DiscoveryRequest:
@@ -142,6 +144,7 @@ class FakeProxy:
             last[t] = (resp.version_info, resp.nonce)
             now = time.perf_counter()
             self.versions[t] = resp.version_info
+            self.sizes[t], self.counts[t] = sum(len(r.value) for r in resp.resources), len(resp.resources)
             if new_eds is not None and eds is None and self.secrets:
                 # Envoy asks for an ADS SDS secret when it builds the first cluster that refers to it
                 await call.write(self.request(SECRET, names=sorted(self.secrets)))

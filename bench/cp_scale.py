@@ -6,7 +6,7 @@ dataplane token (RS256, verified by the CP on connect and re-checked while it li
 from the store by XdsSync. The CP runs as a subprocess so its RSS and CPU are its own.
 
     .venv/bin/python bench/cp_scale.py [--sizes 100,1000] [--per-service 10] [--outbounds 5] [--protocol http]
-                                       [--policy-mix] [--resilience-mix]
+                                       [--policy-mix] [--resilience-mix] [--reachable 5]
 
 Targets (issues 12 and 15, 2 cores, the bench's fake proxies on the same machine): full sync <= 10 s up to 1,000
 proxies and <= 25 s at 5,000 with 0 stream retries; a change that touches one service's proxies (or its callers)
@@ -32,6 +32,11 @@ and MeshCircuitBreaker defaults plus one per-service override of each kind for 1
 MeshTimeout change (one override's requestTimeout; a MeshLoadBalancingStrategy change while MeshTimeout is absent)
 until every proxy that calls the service ACKed it, and measures in-process the generation cost per proxy (generate
 + snapshot every proxy of the mesh) with all those kinds present beside the MeshTrafficPermission-only mesh.
+
+--reachable K adds two runs per size with transparent-proxy Dataplanes (no `outbound` list): a full mesh (every
+proxy gets every service's cluster, endpoints and capture chain), then each proxy with
+`transparentProxying.reachableServices` naming K other services, side by side. Both also print the config each
+proxy received (median over the proxies: bytes of the resources in the last response per type, and their count).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import os
 import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,8 +95,11 @@ def service(i: int) -> str:
     return f"svc-{i:03d}"
 
 
-def dataplane_docs(n: int, per_service: int, outbounds: int, protocol: str, seed: int) -> list[dict[str, Any]]:
+def dataplane_docs(n: int, per_service: int, outbounds: int, protocol: str, seed: int, *, tproxy: bool = False,
+                   reachable: int = 0) -> list[dict[str, Any]]:
     """N Dataplanes, `per_service` per service, each with one inbound and `outbounds` other services it calls.
+    `tproxy`: transparent proxying instead of an outbound list, reaching every service, or (`reachable` > 0) the
+    `reachable` other services named in `reachableServices`.
 
     Addresses are 10.x.y.z and only data: the CP never connects to them. Seeded, so runs compare.
     """
@@ -100,18 +109,21 @@ def dataplane_docs(n: int, per_service: int, outbounds: int, protocol: str, seed
     for i in range(n):
         s = i // per_service
         others = [k for k in range(services) if k != s]
-        calls = sorted(rng.sample(others, min(outbounds, len(others))))
+        calls = sorted(rng.sample(others, min(reachable if tproxy and reachable else outbounds, len(others))))
         ip = f"10.{(i + 1) >> 16 & 255}.{(i + 1) >> 8 & 255}.{(i + 1) & 255}"
-        docs.append({
-            "type": "Dataplane", "mesh": MESH, "name": f"dp-{i:04d}",
-            "networking": {
-                "address": ip,
-                "inbound": [{"port": 10000 + i, "servicePort": 8080,
-                             "tags": {"kuma.io/service": service(s), "kuma.io/protocol": protocol,
-                                      "version": f"v{1 + i % 2}", "zone": "bench"}}],
-                "outbound": [{"port": 40000 + k, "tags": {"kuma.io/service": service(k)}} for k in calls],
-            },
-        })
+        net: dict[str, Any] = {
+            "address": ip,
+            "inbound": [{"port": 10000 + i, "servicePort": 8080,
+                         "tags": {"kuma.io/service": service(s), "kuma.io/protocol": protocol,
+                                  "version": f"v{1 + i % 2}", "zone": "bench"}}],
+        }
+        if tproxy:
+            net["transparentProxying"] = {"redirectPortInbound": 15006, "redirectPortOutbound": 15001}
+            if reachable:
+                net["transparentProxying"]["reachableServices"] = [service(k) for k in calls]
+        else:
+            net["outbound"] = [{"port": 40000 + k, "tags": {"kuma.io/service": service(k)}} for k in calls]
+        docs.append({"type": "Dataplane", "mesh": MESH, "name": f"dp-{i:04d}", "networking": net})
     return docs
 
 
@@ -233,6 +245,10 @@ class Result:
     services: int
     routes: bool = False
     resilience: bool = False
+    tproxy: bool = False
+    reachable: int = 0
+    config_bytes: int = 0  # median over the proxies of the bytes they hold (last response of each type)
+    config_counts: dict[str, int] = field(default_factory=dict)  # type -> median resources per proxy
     populate_s: float = 0.0
     sync_s: float = float("nan")
     sync_cpu: float = float("nan")
@@ -309,14 +325,22 @@ async def wait_change(fakes: list[FakeProxy], expected: list[FakeProxy], tasks: 
 
 
 def callers_of(docs: list[dict[str, Any]], fakes: list[FakeProxy], target: str) -> list[FakeProxy]:
-    names = {d["name"] for d in docs
-             if any(o["tags"]["kuma.io/service"] == target for o in d["networking"]["outbound"])}
+    def calls(net: dict[str, Any]) -> bool:
+        tp = net.get("transparentProxying")
+        if tp is not None:  # a tproxy proxy reaches its reachableServices, else every service
+            return target in tp.get("reachableServices", [target])
+        return any(o["tags"]["kuma.io/service"] == target for o in net["outbound"])
+
+    names = {d["name"] for d in docs if calls(d["networking"])}
     return [f for f in fakes if f.node.split(".", 1)[1] in names]
 
 
-async def run_size(args: argparse.Namespace, n: int, routes: bool = False, resilience: bool = False) -> Result:
-    docs = dataplane_docs(n, args.per_service, args.outbounds, args.protocol, args.seed)
-    res = Result(n, len({d["networking"]["inbound"][0]["tags"]["kuma.io/service"] for d in docs}), routes, resilience)
+async def run_size(args: argparse.Namespace, n: int, routes: bool = False, resilience: bool = False,
+                   tproxy: bool = False, reachable: int = 0) -> Result:
+    docs = dataplane_docs(n, args.per_service, args.outbounds, args.protocol, args.seed, tproxy=tproxy,
+                          reachable=reachable)
+    res = Result(n, len({d["networking"]["inbound"][0]["tags"]["kuma.io/service"] for d in docs}), routes, resilience,
+                 tproxy, reachable)
     policies = [route_policy(service(k), 90, 10) for k in range(res.services)] if routes else []
     kinds = mix.present()[0] if resilience else []
     policies += mix.policy_docs(res.services, service, kinds)
@@ -349,6 +373,9 @@ async def run_size(args: argparse.Namespace, n: int, routes: bool = False, resil
         await wait_all([f.synced for f in fakes], tasks, args.timeout)
         res.sync_s = time.perf_counter() - t0
         res.sync_cpu = cp.cpu() - c0
+        res.config_bytes = int(statistics.median(sum(f.sizes.values()) for f in fakes))
+        res.config_counts = {t: int(statistics.median(f.counts.get(t, 0) for f in fakes))
+                             for t in sorted({t for f in fakes for t in f.counts})}
         await asyncio.sleep(args.settle)
         res.rss = cp.rss()
 
@@ -436,6 +463,9 @@ def table(results: list[Result]) -> str:
         ("full sync, all ACKed CDS+EDS+LDS+RDS+SDS", [f"{r.sync_s:.2f} s" for r in results],
          "<= " + "/".join(sorted({f"{target_sync(r.n):g}" for r in results}, key=float)) + " s"),
         ("  CP CPU during sync", [f"{r.sync_cpu:.2f} s" for r in results], ""),
+        ("config per proxy (median)", [f"{r.config_bytes / 1024:.1f} KiB" for r in results], ""),
+        ("  resources per proxy (median)", [" ".join(f"{SHORT.get(t, t)}={c}" for t, c in r.config_counts.items())
+                                            for r in results], ""),
         *_change_rows(f"1 service denies 1 (median of {REPEAT})", [r.one for r in results]),
     ]
     if any(r.all is not None for r in results):
@@ -467,14 +497,16 @@ def table(results: list[Result]) -> str:
 
 
 def label(r: Result) -> str:
-    return f"N={r.n}" + (" +routes" if r.routes else "") + (" +resilience" if r.resilience else "")
+    tp = (f" tproxy reach={r.reachable}" if r.reachable else " tproxy full") if r.tproxy else ""
+    return f"N={r.n}" + tp + (" +routes" if r.routes else "") + (" +resilience" if r.resilience else "")
 
 
 def flatness(results: list[Result]) -> list[str]:
     """A 1-service change must cost the same CP CPU at every N (within 30 %): it touches the same proxies."""
     out = []
-    for kind in sorted({(r.routes, r.resilience) for r in results}):
-        runs = sorted((r for r in results if (r.routes, r.resilience) == kind and r.one.cpu == r.one.cpu),
+    for kind in sorted({(r.routes, r.resilience, r.tproxy, r.reachable) for r in results}):
+        runs = sorted((r for r in results if (r.routes, r.resilience, r.tproxy, r.reachable) == kind
+                       and r.one.cpu == r.one.cpu),
                       key=lambda r: r.n)
         if len(runs) < 2:
             continue
@@ -524,6 +556,12 @@ async def main_async(args: argparse.Namespace) -> int:
         if args.resilience_mix:
             print(f"running N={n} with the resilience mix ...", file=sys.stderr, flush=True)
             results.append(await run_size(args, n, resilience=True))
+        if args.reachable:
+            print(f"running N={n} with transparent proxying, full mesh ...", file=sys.stderr, flush=True)
+            results.append(await run_size(args, n, tproxy=True))
+            print(f"running N={n} with transparent proxying, reachableServices of {args.reachable} ...",
+                  file=sys.stderr, flush=True)
+            results.append(await run_size(args, n, tproxy=True, reachable=args.reachable))
     print(f"cpus={os.cpu_count()} shape: {args.per_service} dataplanes/service, {args.outbounds} outbounds each, "
           f"protocol={args.protocol}, TLS ADS, one token per proxy, channels={args.channels or 'one per proxy'}")
     if args.resilience_mix:
@@ -574,8 +612,11 @@ def main() -> None:
     p.add_argument("--resilience-mix", action="store_true",
                    help="also run each size with every resilience kind present (mesh-wide defaults + 10 %% "
                         "per-service overrides), time a MeshTimeout change, print generation µs per proxy")
+    p.add_argument("--reachable", type=int, default=0, metavar="K",
+                   help="also run each size with transparent-proxy Dataplanes: a full mesh, then each with "
+                        "reachableServices of K other services; prints the config per proxy of both")
     p.add_argument("--mix-only", action="store_true",
-                   help="with --policy-mix/--resilience-mix: skip the policy-free run of each size")
+                   help="with --policy-mix/--resilience-mix/--reachable: skip the policy-free run of each size")
     p.add_argument("--timeout", type=float, default=90.0, help="give up on a phase after this many seconds")
     p.add_argument("--cp-log-level", default="info", choices=["error", "warning", "info", "debug"])
     p.add_argument("--keep", action="store_true", help="keep the data dirs (store, cp.log)")

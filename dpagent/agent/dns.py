@@ -70,13 +70,17 @@ def resolv_conf_nameservers(path: str = "/etc/resolv.conf") -> list[str]:
 
 class DnsProxy:
     def __init__(self, table: DnsTable, upstreams: Iterable[str], host: str = "127.0.0.1", port: int = 15053,
-                 flag: str = "--dns-proxy-port (KUMA_DNS_PROXY_PORT)") -> None:
+                 flag: str = "--dns-proxy-port (KUMA_DNS_PROXY_PORT)", host6: str = "") -> None:
+        """`host6` (e.g. ::1): also answer there when the host has IPv6, because ip6tables redirects an app's
+        queries to IPv6 nameservers to [::1]:`port`; a host without IPv6 only gets the IPv4 socket."""
         self.table = table
         self.upstreams = [u for u in upstreams if u]
-        self.host, self.port, self.flag = host, port, flag
+        self.host, self.port, self.flag, self.host6 = host, port, flag, host6
         self.stats = DnsStats()
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
+        self._udp6: asyncio.DatagramTransport | None = None
+        self._tcp6: asyncio.Server | None = None
         self._pending: set[asyncio.Future[None]] = set()
 
     # ---- answering -----------------------------------------------------------------------------------------
@@ -181,6 +185,19 @@ class DnsProxy:
             if e.errno == errno.EADDRINUSE:
                 raise PortInUseError("DNS proxy", self.host, self.port, self.flag) from None
             raise
+        if self.host6:
+            try:
+                self._udp6, _ = await loop.create_datagram_endpoint(Udp, local_addr=(self.host6, self.port))
+                self._tcp6 = await asyncio.start_server(self._serve_tcp, self.host6, self.port, reuse_address=True)
+            except OSError as e:
+                if e.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    await self.close()
+                    if e.errno == errno.EADDRINUSE:
+                        raise PortInUseError("DNS proxy", self.host6, self.port, self.flag) from None
+                    raise
+                await self._close(self._udp6, self._tcp6)
+                self._udp6 = self._tcp6 = None
+                kv(log, logging.INFO, "no IPv6 on this host: the DNS proxy answers on IPv4 only", reason=str(e))
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -197,12 +214,17 @@ class DnsProxy:
             writer.close()
 
     async def close(self) -> None:
-        if self._udp:
-            self._udp.close()
-        if self._tcp:
-            self._tcp.close()
+        await self._close(self._udp, self._tcp)
+        await self._close(self._udp6, self._tcp6)
+
+    @staticmethod
+    async def _close(udp: asyncio.DatagramTransport | None, tcp: asyncio.Server | None) -> None:
+        if udp:
+            udp.close()
+        if tcp:
+            tcp.close()
             with contextlib.suppress(Exception):
-                await self._tcp.wait_closed()
+                await tcp.wait_closed()
 
 
 class DnsTableFetcher:
@@ -250,7 +272,7 @@ class DnsService:
     def __init__(self, port: int, work_dir: Path, resolv_conf: str = "/etc/resolv.conf") -> None:
         self.table = DnsTable()
         upstreams = [ns for ns in resolv_conf_nameservers(resolv_conf) if ns not in ("127.0.0.1",)]
-        self.proxy = DnsProxy(self.table, upstreams, port=port)
+        self.proxy = DnsProxy(self.table, upstreams, port=port, host6="::1")
         self.fetcher = DnsTableFetcher(self.table, work_dir / DYNCONF_SOCKET)
         self._task: asyncio.Task[None] | None = None
         self.started = 0.0

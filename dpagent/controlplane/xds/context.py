@@ -164,12 +164,12 @@ class MeshContext:
         """`shared` for a resource built from the dataplanes only: it survives policy-only changes."""
         return self.dp_memo(key, lambda: Resource(name, build(), type_url))  # type: ignore[no-any-return]
 
-    def outbound_capture(self, port: int, reachable: tuple[str, ...]) -> Resource:
+    def outbound_capture(self, port: int, reachable: tuple[str, ...], ipv6: bool = False) -> Resource:
         """The outbound capture listener, once per (port, reachable set): with 1,000 tproxy proxies in a mesh it
         is otherwise rebuilt (and serialised) 1,000 times from the same inputs."""
-        return self.dp_shared((OUTBOUND_PASSTHROUGH, port, reachable), LISTENER, OUTBOUND_PASSTHROUGH,
+        return self.dp_shared((OUTBOUND_PASSTHROUGH, port, reachable, ipv6), LISTENER, OUTBOUND_PASSTHROUGH,
                            lambda: outbound_capture_listener(port, reachable, self.service_protocols, self.vips,
-                                                             self.service_addresses, self.service_ports))
+                                                             self.service_addresses, self.service_ports, ipv6=ipv6))
 
     def dynconf(self, reachable: tuple[str, ...]) -> Resource:
         """The agent's dynconf listener (DNS table of the reachable services), once per reachable set."""

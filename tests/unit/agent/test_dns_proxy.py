@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import dns.asyncquery
 import dns.message
@@ -96,3 +97,25 @@ def test_resolv_conf(tmp_path):
     f.write_text("# comment\nsearch example\nnameserver 10.0.0.53\nnameserver ::1\n")
     assert resolv_conf_nameservers(str(f)) == ["10.0.0.53", "::1"]
     assert resolv_conf_nameservers(str(tmp_path / "none")) == []
+
+
+async def test_ipv6_loopback_also_answers_when_the_host_has_ipv6():
+    """ip6tables redirects queries to an IPv6 nameserver to [::1]:port; without IPv6 the proxy still starts."""
+    p = DnsProxy(DnsTable.parse(TABLE), [], port=free_port(), host6="::1")
+    await p.start()
+    try:
+        try:
+            socket.socket(socket.AF_INET6).close()
+            has_v6 = True
+        except OSError:
+            has_v6 = False
+        if not has_v6:
+            assert p._udp6 is None
+            return
+        for query in (dns.asyncquery.udp, dns.asyncquery.tcp):
+            r = await query(dns.message.make_query("dual.mesh", "AAAA"), "::1", port=p.port, timeout=2)
+            assert [rr.address for rr in r.answer[0]] == ["fd00::2"]
+        r = await dns.asyncquery.udp(dns.message.make_query("dual.mesh", "A"), "127.0.0.1", port=p.port, timeout=2)
+        assert [rr.address for rr in r.answer[0]] == ["240.0.0.2"]
+    finally:
+        await p.close()

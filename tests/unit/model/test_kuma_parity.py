@@ -115,6 +115,13 @@ CASES: list[tuple[str, Callable[[Any], list[tuple[str, str]]], dict[str, Any], l
     ("unspecified IPv4 address", validate_dataplane, dp(networking__address="0.0.0.0"), ["networking.address"]),
     ("unspecified IPv6 address", validate_dataplane, dp(networking__address="::"), ["networking.address"]),
     ("hostname address", validate_dataplane, dp(networking__address="vm-1.example.com"), ACCEPTED),
+    ("IPv6 address, transparent proxy dual stack", validate_dataplane,
+     dp(networking__address="fd00::1", networking__transparentProxying={
+         "redirectPortInbound": 15006, "redirectPortOutbound": 15001, "ipFamilyMode": "DualStack"}), ACCEPTED),
+    ("transparent proxy ipFamilyMode IPv4", validate_dataplane,
+     dp(networking__transparentProxying={"ipFamilyMode": "IPv4"}), ACCEPTED),
+    ("transparent proxy ipFamilyMode unknown", validate_dataplane,
+     dp(networking__transparentProxying={"ipFamilyMode": "Both"}), ["networking.transparentProxying.ipFamilyMode"]),
     ("admin port on an inbound listening on loopback", validate_dataplane,
      dp(networking__address="127.0.0.1", networking__inbound=[inbound(9901, servicePort=19901)],
         networking__admin={"port": 9901}), [ADMIN]),

@@ -65,9 +65,10 @@ def static_cluster(name: str, address: str, port: int, *, http2: bool, bind_sour
     return c
 
 
-def original_dst_cluster(name: str, *, bind_source: str = "") -> cluster_pb2.Cluster:
+def original_dst_cluster(name: str, *, bind_source: str = "", bind_source_v6: str = "") -> cluster_pb2.Cluster:
     """Passthrough: connect to wherever the captured connection was going (the listener's original_dst filter
-    restored that address)."""
+    restored that address). `bind_source_v6` is an extra source Envoy's default address selector picks for IPv6
+    destinations (`bind_source` for IPv4 ones), so one cluster serves a capture listener of both families."""
     c = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.ORIGINAL_DST,
@@ -76,4 +77,7 @@ def original_dst_cluster(name: str, *, bind_source: str = "") -> cluster_pb2.Clu
     )
     if bind_source:
         _bind(c, bind_source)
+        if bind_source_v6:
+            c.upstream_bind_config.extra_source_addresses.add().address.CopyFrom(
+                address_pb2.SocketAddress(address=bind_source_v6, port_value=0))
     return c

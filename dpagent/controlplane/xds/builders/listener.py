@@ -68,14 +68,22 @@ def tls_inspector() -> listener_components_pb2.ListenerFilter:
 
 
 def capture_listener(name: str, port: int, direction: int, chains: Sequence[listener_components_pb2.FilterChain],
-                     default_chain: listener_components_pb2.FilterChain) -> listener_pb2.Listener:
+                     default_chain: listener_components_pb2.FilterChain, *, ipv6: bool = False
+                     ) -> listener_pb2.Listener:
     """A transparent-proxy listener: iptables REDIRECTs here, `original_dst` restores the address the app dialled
-    so chains can match on it, and whatever matches no chain takes `default_chain` (passthrough)."""
+    so chains can match on it, and whatever matches no chain takes `default_chain` (passthrough).
+
+    `ipv6`: also listen on [::]:`port` (ip6tables REDIRECTs there) as an additional address of the same listener
+    rather than a second listener, so the chains exist once and every plugin that edits this listener covers both
+    families. `[::]` is bound IPv6-only (no ipv4_compat): IPv4 keeps its own socket on 0.0.0.0."""
     original_dst = listener_components_pb2.ListenerFilter(name=ORIGINAL_DST,
                                                           typed_config=pack(original_dst_pb2.OriginalDst()))
-    return listener_pb2.Listener(name=name, address=socket_address("0.0.0.0", port), traffic_direction=direction,
-                                 listener_filters=[original_dst], filter_chains=list(chains),
-                                 default_filter_chain=default_chain)
+    out = listener_pb2.Listener(name=name, address=socket_address("0.0.0.0", port), traffic_direction=direction,
+                                listener_filters=[original_dst], filter_chains=list(chains),
+                                default_filter_chain=default_chain)
+    if ipv6:
+        out.additional_addresses.add().address.CopyFrom(socket_address("::", port))
+    return out
 
 
 def pipe_address(path: str, mode: int = 0o600) -> address_pb2.Address:

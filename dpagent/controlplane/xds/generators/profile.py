@@ -19,6 +19,7 @@ from dpagent.controlplane.xds.generators.dynconf import set_dynconf_route
 from dpagent.controlplane.xds.generators.inbound import InboundGenerator, inbound_parts
 from dpagent.controlplane.xds.generators.outbound import outbound_filter
 from dpagent.controlplane.xds.generators.transparent import (
+    captures_ipv6,
     inbound_capture_listener,
     is_transparent,
     passthrough_clusters,
@@ -90,7 +91,8 @@ class TransparentGenerator:
             if p.port not in seen_ports:
                 seen_ports.add(p.port)
                 chains[p.name] = p.key
-        capture = inbound_capture_listener(tp.redirect_port_inbound, parts)
+        ipv6 = captures_ipv6(proxy.dp)
+        capture = inbound_capture_listener(tp.redirect_port_inbound, parts, ipv6=ipv6)
         if mtls_permissive(ctx.mesh):
             added = make_permissive(capture, set(chains))
             chains.update({plain: chains[mesh_chain] for plain, mesh_chain in added.items()})
@@ -98,7 +100,7 @@ class TransparentGenerator:
         for name, cluster in passthrough_clusters().items():
             rs.add(CLUSTER, name, cluster, Origin.TRANSPARENT)
         reachable = tuple(wanted_services(ctx, proxy.dp))
-        rs.add(LISTENER, names.OUTBOUND_PASSTHROUGH, ctx.outbound_capture(tp.redirect_port_outbound, reachable),
+        rs.add(LISTENER, names.OUTBOUND_PASSTHROUGH, ctx.outbound_capture(tp.redirect_port_outbound, reachable, ipv6),
                Origin.TRANSPARENT)
         rs.add(LISTENER, names.DYNCONF_LISTENER, ctx.dynconf(reachable), Origin.DYNCONF)
 

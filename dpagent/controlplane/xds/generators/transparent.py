@@ -24,6 +24,13 @@ def is_transparent(dp: Dataplane) -> bool:
     return dp.networking.transparent_proxying is not None
 
 
+def captures_ipv6(dp: Dataplane) -> bool:
+    """Whether the capture listeners also listen on [::] (ip6tables redirects there). As in Kuma, dual stack unless
+    `transparentProxying.ipFamilyMode` says IPv4: an unset mode must not leave IPv6 connections with no listener."""
+    tp = dp.networking.transparent_proxying
+    return tp is not None and tp.ip_family_mode.lower() != "ipv4"
+
+
 def service_addresses(dataplanes: Sequence[Dataplane]) -> dict[str, list[tuple[str, int]]]:
     """Every inbound address:port per service, ready or not: a raw-IP call to any of them is a call to the service
     and should go over mTLS to a serving endpoint rather than in plaintext (and be refused) or to a dead one."""
@@ -76,10 +83,11 @@ def _claims(reachable: Sequence[str], vips: Mapping[str, str], addresses: Mappin
 
 def outbound_capture_listener(port: int, reachable: Sequence[str], protocols: Mapping[str, str],
                               vips: Mapping[str, str], addresses: Mapping[str, Sequence[tuple[str, int]]],
-                              ports: Mapping[str, Sequence[int]]) -> listener_pb2.Listener:
-    """`outbound:passthrough` on 0.0.0.0:`port`: one chain per (service, port) matching the original destination
-    (its VIP, its endpoints' IPs) → the shared service cluster (mTLS when the mesh has it); the rest passes through.
-    Identical for every proxy with the same reachable set, so callers may build it once."""
+                              ports: Mapping[str, Sequence[int]], *, ipv6: bool = False) -> listener_pb2.Listener:
+    """`outbound:passthrough` on 0.0.0.0:`port` (and [::] with `ipv6`): one chain per (service, port) matching the
+    original destination (its VIP, its endpoints' IPs, of either family) → the shared service cluster (mTLS when the
+    mesh has it); the rest passes through. Identical for every proxy with the same reachable set and family mode, so
+    callers may build it once."""
     chains: list[listener_components_pb2.FilterChain] = []
     for (service, dport), ips in _claims(reachable, vips, addresses, ports).items():
         name = names.outbound_chain(service, dport)
@@ -87,14 +95,15 @@ def outbound_capture_listener(port: int, reachable: Sequence[str], protocols: Ma
                                       prefixes=ips))
     default = lb.filter_chain([lb.tcp_proxy(names.stat_prefix(names.OUTBOUND_PASSTHROUGH),
                                             names.OUTBOUND_PASSTHROUGH)], name=names.OUTBOUND_PASSTHROUGH)
-    return lb.capture_listener(names.OUTBOUND_PASSTHROUGH, port, lb.OUTBOUND, chains, default)
+    return lb.capture_listener(names.OUTBOUND_PASSTHROUGH, port, lb.OUTBOUND, chains, default, ipv6=ipv6)
 
 
-def inbound_capture_listener(port: int, parts: Sequence[InboundPart]) -> listener_pb2.Listener:
-    """`inbound:passthrough` on 0.0.0.0:`port`: one chain per inbound port carrying what that inbound's own
-    listener would (mTLS requiring a client cert, RBAC, HCM/tcp_proxy); any other port passes through to the app.
-    A chain matches the port only, not the address: a mesh port reached via another local address must not skip
-    mTLS and RBAC."""
+def inbound_capture_listener(port: int, parts: Sequence[InboundPart], *, ipv6: bool = False
+                             ) -> listener_pb2.Listener:
+    """`inbound:passthrough` on 0.0.0.0:`port` (and [::] with `ipv6`): one chain per inbound port carrying what that
+    inbound's own listener would (mTLS requiring a client cert, RBAC, HCM/tcp_proxy); any other port passes through
+    to the app. A chain matches the port only, not the address: a mesh port reached via another local address (or
+    family) must not skip mTLS and RBAC."""
     chains: dict[int, listener_components_pb2.FilterChain] = {}
     for part in parts:
         if part.port not in chains:
@@ -102,15 +111,17 @@ def inbound_capture_listener(port: int, parts: Sequence[InboundPart]) -> listene
     default = lb.filter_chain([lb.tcp_proxy(names.stat_prefix(names.INBOUND_PASSTHROUGH),
                                             names.INBOUND_PASSTHROUGH)], name=names.INBOUND_PASSTHROUGH)
     return lb.capture_listener(names.INBOUND_PASSTHROUGH, port, lb.INBOUND,
-                               [c for _, c in sorted(chains.items())], default)
+                               [c for _, c in sorted(chains.items())], default, ipv6=ipv6)
 
 
 def passthrough_clusters() -> dict[str, cluster_pb2.Cluster]:
-    """Both ORIGINAL_DST clusters; the inbound one binds to 127.0.0.6 so the iptables rules do not capture it again
-    (the capture listeners are IPv4-only, so the IPv4 source is always the right one here)."""
+    """Both ORIGINAL_DST clusters; the inbound one binds to 127.0.0.6 (::6 when the original destination is IPv6)
+    so the iptables rules do not capture it again. The same bytes with or without IPv6 capture: the ::6 source is
+    only ever picked for an IPv6 destination."""
     return {
         names.INBOUND_PASSTHROUGH: cb.original_dst_cluster(
-            names.INBOUND_PASSTHROUGH, bind_source=names.INBOUND_PASSTHROUGH_SOURCE_V4),
+            names.INBOUND_PASSTHROUGH, bind_source=names.INBOUND_PASSTHROUGH_SOURCE_V4,
+            bind_source_v6=names.INBOUND_PASSTHROUGH_SOURCE_V6),
         names.OUTBOUND_PASSTHROUGH: cb.original_dst_cluster(names.OUTBOUND_PASSTHROUGH),
     }
 
