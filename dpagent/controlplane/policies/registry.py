@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dpagent.controlplane.policies.base import PolicyPlugin
 from dpagent.controlplane.policies.meshaccesslog import MeshAccessLogPlugin
 from dpagent.controlplane.policies.meshcircuitbreaker import MeshCircuitBreakerPlugin
+from dpagent.controlplane.policies.meshexternalservice import MeshExternalServicePlugin
 from dpagent.controlplane.policies.meshfaultinjection import MeshFaultInjectionPlugin
 from dpagent.controlplane.policies.meshhealthcheck import MeshHealthCheckPlugin
 from dpagent.controlplane.policies.meshhttproute import MeshHTTPRoutePlugin
@@ -24,6 +25,7 @@ from dpagent.controlplane.policies.meshtrace import MeshTracePlugin
 from dpagent.controlplane.policies.meshtrafficpermission import MeshTrafficPermissionPlugin
 
 _PLUGINS: tuple[PolicyPlugin, ...] = (
+    MeshExternalServicePlugin(),  # 50: a resource, not a policy: external services' clusters, routes, VIP chains
     MeshHTTPRoutePlugin(),  # 100: outbound routes and the clusters their backends need
     MeshTCPRoutePlugin(),  # 200: outbound tcp_proxy splits
     MeshTLSPlugin(),  # 300: Strict/Permissive inbounds, TLS versions and ciphers on inbound and in-mesh outbound TLS

@@ -28,14 +28,20 @@ MESH = {"type": "Mesh", "name": "default",
 
 
 def dp(name: str, service: str, port: int) -> dict[str, Any]:
+    # backend calls the external service "sample" too, so a MeshExternalService of that name reaches only it.
+    external = [{"port": 30000, "backendRef": {"kind": "MeshExternalService", "name": "sample"}}] \
+        if service == "backend" else []
     return {"type": "Dataplane", "mesh": "default", "name": name, "labels": {"app": service},
             "networking": {"address": "10.0.0.1", "inbound": [
                 {"port": port, "tags": {"kuma.io/service": service, "kuma.io/protocol": "http"}}],
-                "outbound": [{"port": 20000 + port, "tags": {"kuma.io/service": "web"}}]}}
+                "outbound": [{"port": 20000 + port, "tags": {"kuma.io/service": "web"}}, *external]}}
 
 
 # kind → a policy that changes the config of dataplane "backend-1" (selected through its labels).
 SAMPLES: dict[str, dict[str, Any]] = {
+    "MeshExternalService": {"type": "MeshExternalService", "mesh": "default", "name": "sample", "spec": {
+        "match": {"type": "HostnameGenerator", "port": 443, "protocol": "tcp"},
+        "endpoints": [{"address": "example.com", "port": 443}]}},
     "MeshHTTPRoute": {"type": "MeshHTTPRoute", "mesh": "default", "name": "sample", "spec": {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "to": [{"targetRef": {"kind": "MeshService", "name": "web"}, "rules": [{
