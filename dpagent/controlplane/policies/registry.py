@@ -15,6 +15,7 @@ from dpagent.controlplane.policies.meshhealthcheck import MeshHealthCheckPlugin
 from dpagent.controlplane.policies.meshhttproute import MeshHTTPRoutePlugin
 from dpagent.controlplane.policies.meshloadbalancingstrategy import MeshLoadBalancingStrategyPlugin
 from dpagent.controlplane.policies.meshmetric import MeshMetricPlugin
+from dpagent.controlplane.policies.meshpassthrough import MeshPassthroughPlugin
 from dpagent.controlplane.policies.meshproxypatch import MeshProxyPatchPlugin
 from dpagent.controlplane.policies.meshratelimit import MeshRateLimitPlugin
 from dpagent.controlplane.policies.meshretry import MeshRetryPlugin
@@ -30,6 +31,7 @@ _PLUGINS: tuple[PolicyPlugin, ...] = (
     MeshTCPRoutePlugin(),  # 200: outbound tcp_proxy splits
     MeshTLSPlugin(),  # 300: Strict/Permissive inbounds, TLS versions and ciphers on inbound and in-mesh outbound TLS
     MeshLoadBalancingStrategyPlugin(),  # 400: outbound cluster balancer, route hash policies, zone priorities
+    MeshPassthroughPlugin(),  # 500: which traffic leaving the mesh the transparent proxy passes through
     MeshAccessLogPlugin(),  # 600: access logs on HCMs and tcp_proxies (file, TCP via the agent, OpenTelemetry)
     MeshTracePlugin(),  # 700: HCM tracing on every HTTP listener, the collector cluster
     MeshFaultInjectionPlugin(),  # 800: faults on HTTP inbounds
