@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import yaml
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -20,9 +21,11 @@ from unit.controlplane.xds._xds_testlib import (
     static_bootstrap,
 )
 
+from dpagent.controlplane.inspect import kind_policies
 from dpagent.controlplane.policies.meshexternalservice.api import allocate_vips, validate
 from dpagent.controlplane.policies.meshexternalservice.plugin import MeshExternalServicePlugin
 from dpagent.controlplane.xds import names
+from dpagent.controlplane.xds.context import build_proxy
 from dpagent.controlplane.xds.proxy import CLUSTER, LISTENER, ROUTE, proxy_warnings
 from dpagent.controlplane.xds.sync import build_mesh_state, proxy_snapshot
 from dpagent.errors import ValidationError
@@ -237,3 +240,22 @@ def test_policies_land_on_the_external_service() -> None:
         "maxConnectAttempts" in json.dumps(resources_to_plain({LISTENER: {"c": capture}}))
     assert "/tmp/ext.log" in str(chains["outbound:extsvc/httpbin:443"])
     assert "/tmp/ext.log" not in str(chains["outbound:extsvc/pg:5432"])
+
+
+def test_inspect_shows_the_policies_on_a_classic_outbound_to_it() -> None:
+    state = _state([HTTPBIN, timeout_to("httpbin")])
+    proxy = build_proxy(state.ctx, state.by_name["classic-1"])
+    timeouts = next(k for k in kind_policies(proxy) if k.kind == "MeshTimeout")
+    outbound = next(o for o in timeouts.outbounds if o.service == "extsvc/httpbin")
+    assert "to-ext" in outbound.policies
+    assert "3s" in json.dumps(msgspec.to_builtins(outbound.conf))
+
+
+def test_a_classic_outbound_to_it_is_rewritten_to_its_cluster() -> None:
+    state = _state([HTTPBIN])
+    snap = proxy_snapshot(state, state.by_name["classic-1"])
+    listener = snap.resources(LISTENER)["outbound:127.0.0.1:10001"].message
+    hcm = hcm_pb2.HttpConnectionManager()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    assert hcm.rds.route_config_name == "outbound:extsvc/httpbin"
+    assert "extsvc/httpbin" in snap.resources(CLUSTER)
