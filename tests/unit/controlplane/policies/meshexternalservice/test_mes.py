@@ -259,3 +259,13 @@ def test_a_classic_outbound_to_it_is_rewritten_to_its_cluster() -> None:
     listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
     assert hcm.rds.route_config_name == "outbound:extsvc/httpbin"
     assert "extsvc/httpbin" in snap.resources(CLUSTER)
+
+
+def test_get_lists_the_hostname_and_endpoints() -> None:
+    from dpagent.cli.resources import _header, _row
+    from dpagent.controlplane.kinds import kind_of
+
+    kind = kind_of("extsvc")
+    row = dict(zip(_header(kind), _row(kind, {**PG, "creationTime": ""}), strict=True))
+    assert row["HOSTNAME"] == "pg.extsvc.mesh.local:5432"
+    assert row["ENDPOINTS"] == "db.example.com:5432,db2.example.com:5432"
