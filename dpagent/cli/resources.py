@@ -132,6 +132,10 @@ def _row(k: Kind, doc: dict[str, Any], insight: dict[str, Any] | None = None) ->
     elif k.name == "Mesh":
         mtls = doc.get("mtls") or {}
         row.append(f"{mtls['enabledBackend']}" if mtls.get("enabledBackend") else "off")
+    elif k.name == "MeshExternalService":  # a resource, not a policy: what apps call and where it goes
+        spec = doc.get("spec") or {}
+        row.append(f"{doc['name']}.extsvc.mesh.local:{(spec.get('match') or {}).get('port', '')}")
+        row.append(",".join(f"{e.get('address')}:{e.get('port')}" for e in spec.get("endpoints") or []) or "-")
     elif k.has_spec:
         ref = ((doc.get("spec") or {}).get("targetRef")) or {"kind": "Mesh"}
         sel = ref.get("labels") or ref.get("tags") or {}
@@ -146,7 +150,8 @@ def _header(k: Kind) -> list[str]:
     head = ["MESH"] if k.mesh_scoped else []
     head.append("NAME")
     head += {"Dataplane": ["ADDRESS", "SERVICES", "CERT EXPIRES", "CA BACKEND", "LAST ROTATION"],
-             "Mesh": ["MTLS"]}.get(k.name, ["TARGET"] if k.has_spec else [])
+             "Mesh": ["MTLS"], "MeshExternalService": ["HOSTNAME", "ENDPOINTS"]}.get(
+        k.name, ["TARGET"] if k.has_spec else [])
     return [*head, "AGE"]
 
 

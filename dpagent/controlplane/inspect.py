@@ -18,6 +18,7 @@ from dpagent.controlplane.identity import INSIGHT
 from dpagent.controlplane.policies.base import Rules
 from dpagent.controlplane.policies.matching import Matched
 from dpagent.controlplane.policies.registry import PLUGINS, plugin_for
+from dpagent.controlplane.policies.targetref import MESH_EXTERNAL_SERVICE, extsvc_key
 from dpagent.controlplane.store import ResourceStore
 from dpagent.controlplane.views import (
     AffectedDataplane,
@@ -35,6 +36,7 @@ from dpagent.controlplane.xds.generators.transparent import transparent_warnings
 from dpagent.controlplane.xds.nodeid import node_id
 from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from dpagent.errors import NotFound, ValidationError
+from dpagent.model.dataplane import Outbound
 
 CONFIG_TYPES = {"listeners": LISTENER, "clusters": CLUSTER, "routes": ROUTE, "endpoints": ENDPOINT,
                 "secrets": SECRET}
@@ -46,6 +48,12 @@ def _outbound_conf(rules: Rules, matched: Matched, service: str) -> Any:
     return conf if conf is not None else matched.to_conf(service)
 
 
+def destination(ob: Outbound) -> str:
+    """The destination key an outbound calls: its service, or `extsvc/<name>` for a MeshExternalService."""
+    ref = ob.backend_ref or {}
+    return extsvc_key(ob.service) if ref.get("kind") == MESH_EXTERNAL_SERVICE else ob.service
+
+
 def kind_policies(proxy: Proxy) -> list[KindPolicies]:
     """Per kind, in registry order: matched policies, per inbound and per outbound service, with effective confs."""
     out = []
@@ -53,7 +61,7 @@ def kind_policies(proxy: Proxy) -> list[KindPolicies]:
         matched, rules = proxy.matched[plugin.kind], proxy.rules[plugin.kind]
         inbounds = [InboundPolicies(key, list(m.policies), rules.inbound_conf(key))
                     for key, m in sorted(matched.inbounds.items())]
-        services = sorted({ob.service for ob in proxy.dp.networking.outbound if ob.service})
+        services = sorted({destination(ob) for ob in proxy.dp.networking.outbound if ob.service})
         outbounds = [OutboundPolicies(s, sorted({i.policy for i in matched.to_items(s)}),
                                       _outbound_conf(rules, matched, s)) for s in services if matched.to_items(s)]
         out.append(KindPolicies(plugin.kind, list(matched.policies), inbounds, outbounds,

@@ -95,6 +95,11 @@ def validate_mesh(doc: Any) -> list[tuple[str, str]]:
     skip = v.sequence(top.get("skipCreatingInitialPolicies"), "skipCreatingInitialPolicies")
     for i, item in enumerate(skip):
         v.string(item, f"skipCreatingInitialPolicies[{i}]")
+    networking = top.get("networking")
+    outbound = networking.get("outbound") if isinstance(networking, dict) else None
+    if outbound is not None and v.mapping(outbound, "networking.outbound") is not None \
+            and "passthrough" in outbound and not isinstance(outbound["passthrough"], bool):
+        v.add("networking.outbound.passthrough", "must be true or false")
     mtls = v.mapping(top.get("mtls"), "mtls", required=False)
     if mtls is not None:
         _validate_mtls(v, mtls)

@@ -17,6 +17,7 @@ from dpagent.model.dataplane import Dataplane
 from dpagent.model.mesh import Mesh
 
 if TYPE_CHECKING:
+    from dpagent.controlplane.policies.meshexternalservice.api import ExternalService
     from dpagent.controlplane.xds.resources import ResourceSet
 
 
@@ -28,6 +29,16 @@ class MeshView(Protocol):
 
     @property
     def dataplanes(self) -> Sequence[Dataplane]: ...
+
+    @property
+    def vips(self) -> Mapping[str, str]:
+        """Mesh service → virtual IP."""
+        ...
+
+    @property
+    def external_services(self) -> Sequence[ExternalService]:
+        """The mesh's MeshExternalServices, generation-ready (sorted by name)."""
+        ...
 
     def memo(self, key: Hashable, build: Callable[[], Any]) -> Any:
         """A value derived from the mesh only, computed once per mesh change (see xds.context.MeshContext)."""

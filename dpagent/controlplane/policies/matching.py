@@ -17,6 +17,7 @@ from dpagent.controlplane.policies.targetref import (
     MESH_SERVICE_SUBSET,
     MESH_SUBSET,
     TargetRef,
+    destination_of,
     selects,
     selects_inbound,
     selects_sidecars,
@@ -76,14 +77,17 @@ class ToIndex:
                 continue
             if ref.kind == MESH:
                 self._general.append(pos)
-            elif ref.kind == MESH_SERVICE:
-                self._named.setdefault(ref.name, []).append(pos)
+                continue
+            destination = destination_of(ref)
+            if destination is not None:
+                self._named.setdefault(destination, []).append(pos)
         self._services: dict[str, tuple[Item, ...]] = {}
         self._confs: dict[str, dict[str, Any]] = {}
         self._derived: dict[tuple[str, str], Any] = {}
 
     def for_service(self, service: str) -> tuple[Item, ...]:
-        """Items that concern `service`, lowest priority first: Mesh, or MeshService with its name."""
+        """Items that concern `service`, lowest priority first: Mesh, or a MeshService / MeshExternalService naming
+        it (`service` is the destination key, targetref.destination_of)."""
         hit = self._services.get(service)
         if hit is None:
             named = self._named.get(service, ())

@@ -9,11 +9,13 @@ from collections.abc import Mapping, Sequence
 from dpagent.controlplane.policies.base import PolicyPlugin
 from dpagent.controlplane.policies.meshaccesslog import MeshAccessLogPlugin
 from dpagent.controlplane.policies.meshcircuitbreaker import MeshCircuitBreakerPlugin
+from dpagent.controlplane.policies.meshexternalservice import MeshExternalServicePlugin
 from dpagent.controlplane.policies.meshfaultinjection import MeshFaultInjectionPlugin
 from dpagent.controlplane.policies.meshhealthcheck import MeshHealthCheckPlugin
 from dpagent.controlplane.policies.meshhttproute import MeshHTTPRoutePlugin
 from dpagent.controlplane.policies.meshloadbalancingstrategy import MeshLoadBalancingStrategyPlugin
 from dpagent.controlplane.policies.meshmetric import MeshMetricPlugin
+from dpagent.controlplane.policies.meshpassthrough import MeshPassthroughPlugin
 from dpagent.controlplane.policies.meshproxypatch import MeshProxyPatchPlugin
 from dpagent.controlplane.policies.meshratelimit import MeshRateLimitPlugin
 from dpagent.controlplane.policies.meshretry import MeshRetryPlugin
@@ -24,10 +26,12 @@ from dpagent.controlplane.policies.meshtrace import MeshTracePlugin
 from dpagent.controlplane.policies.meshtrafficpermission import MeshTrafficPermissionPlugin
 
 _PLUGINS: tuple[PolicyPlugin, ...] = (
+    MeshExternalServicePlugin(),  # 50: a resource, not a policy: external services' clusters, routes, VIP chains
     MeshHTTPRoutePlugin(),  # 100: outbound routes and the clusters their backends need
     MeshTCPRoutePlugin(),  # 200: outbound tcp_proxy splits
     MeshTLSPlugin(),  # 300: Strict/Permissive inbounds, TLS versions and ciphers on inbound and in-mesh outbound TLS
     MeshLoadBalancingStrategyPlugin(),  # 400: outbound cluster balancer, route hash policies, zone priorities
+    MeshPassthroughPlugin(),  # 500: which traffic leaving the mesh the transparent proxy passes through
     MeshAccessLogPlugin(),  # 600: access logs on HCMs and tcp_proxies (file, TCP via the agent, OpenTelemetry)
     MeshTracePlugin(),  # 700: HCM tracing on every HTTP listener, the collector cluster
     MeshFaultInjectionPlugin(),  # 800: faults on HTTP inbounds

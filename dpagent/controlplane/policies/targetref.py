@@ -28,8 +28,30 @@ MESH_GATEWAY = "MeshGateway"
 MESH_EXTERNAL_SERVICE = "MeshExternalService"
 MESH_MULTI_ZONE_SERVICE = "MeshMultiZoneService"
 MESH_HTTP_ROUTE = "MeshHTTPRoute"
-# Kuma's kind rank (§1.5 step 1); the gaps are kinds this CP does not have (MeshGateway, MeshExternalService, ...).
-_RANK = {MESH: 1, DATAPLANE: 2, MESH_SUBSET: 3, MESH_SERVICE: 5, MESH_SERVICE_SUBSET: 8}
+# Kuma's kind rank (§1.5 step 1); the gaps are kinds this CP does not have (MeshGateway, MeshMultiZoneService, ...).
+_RANK = {MESH: 1, DATAPLANE: 2, MESH_SUBSET: 3, MESH_SERVICE: 5, MESH_EXTERNAL_SERVICE: 6, MESH_SERVICE_SUBSET: 8}
+# The destination key of a MeshExternalService: what its outbound resources carry as `service` and its cluster's
+# name. The '/' keeps it apart from every `kuma.io/service` value a dataplane can declare (tag values have none).
+EXTSVC_PREFIX = "extsvc/"
+
+
+def extsvc_key(name: str) -> str:
+    return f"{EXTSVC_PREFIX}{name}"
+
+
+def is_external(service: str) -> bool:
+    """Is this destination key a MeshExternalService's?"""
+    return service.startswith(EXTSVC_PREFIX)
+
+
+def destination_of(ref: TargetRef) -> str | None:
+    """The destination (service key) a `to[]` targetRef names: a MeshService's `kuma.io/service`, a
+    MeshExternalService's key; None for Mesh (every destination) and for kinds resolved elsewhere or not at all."""
+    if ref.kind == MESH_SERVICE and ref.name:
+        return ref.name
+    if ref.kind == MESH_EXTERNAL_SERVICE and ref.name:
+        return extsvc_key(ref.name)
+    return None
 PROXY_TYPES = ("Sidecar", "Gateway")
 _FIELDS = ("kind", "name", "tags", "labels", "sectionName", "proxyTypes")
 
@@ -97,6 +119,12 @@ def validate_target_ref(v: Violations, doc: Any, path: str, kinds: tuple[str, ..
         forbid("tags", "labels", "proxyTypes")
     elif kind == MESH_SERVICE_SUBSET:
         forbid("labels", "sectionName", "proxyTypes")
+    elif kind == MESH_EXTERNAL_SERVICE:
+        forbid("tags", "proxyTypes", "sectionName")
+        if ref.get("name") in (None, "") and ref.get("labels") in (None, {}):
+            v.add(join(path, "name"), f"must be set with kind {kind} (or labels)")
+        elif ref.get("name") not in (None, ""):
+            v.string(ref.get("name"), join(path, "name"))
     if ref.get("sectionName") not in (None, ""):
         v.string(ref.get("sectionName"), join(path, "sectionName"))
     if "proxyTypes" in ref and kind in (MESH, MESH_SUBSET):

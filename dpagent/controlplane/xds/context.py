@@ -18,7 +18,9 @@ from google.protobuf.message import Message
 from dpagent.controlplane.policies.base import Rules
 from dpagent.controlplane.policies.envelope import Policy
 from dpagent.controlplane.policies.matching import Matched, match
+from dpagent.controlplane.policies.meshexternalservice.api import ExternalService, external_services
 from dpagent.controlplane.policies.registry import PLUGINS, plugin_for
+from dpagent.controlplane.policies.targetref import MESH_EXTERNAL_SERVICE
 from dpagent.controlplane.xds.builders.tls import mesh_ca_secret
 from dpagent.controlplane.xds.dns import dns_table
 from dpagent.controlplane.xds.generators.dynconf import dynconf_listener
@@ -53,6 +55,11 @@ class MeshContext:
             if plugin is not None:
                 out[kind] = [plugin.parse(d) for d in docs]
         return out
+
+    @cached_property
+    def external_services(self) -> tuple[ExternalService, ...]:
+        """The mesh's MeshExternalServices with their VIPs; from the policies, so never kept across a change."""
+        return external_services(self.parsed_policies.get(MESH_EXTERNAL_SERVICE, ()))
 
     @cached_property
     def service_protocols(self) -> Mapping[str, str]:

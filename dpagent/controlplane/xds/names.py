@@ -18,6 +18,8 @@ OUTBOUND_PASSTHROUGH = "outbound:passthrough"
 INBOUND_PASSTHROUGH = "inbound:passthrough"
 INBOUND_PASSTHROUGH_SOURCE_V4 = "127.0.0.6"
 INBOUND_PASSTHROUGH_SOURCE_V6 = "::6"
+# MeshPassthrough's chains on the outbound capture listener (`passthrough:<ip|tls|http>:<port>`).
+PASSTHROUGH_CHAIN_PREFIX = "passthrough:"
 
 # "dynconf": a direct-response listener on a Unix socket through which the agent reads CP-made config (the DNS
 # table) over Envoy's existing ADS connection. The path is relative to Envoy's cwd, the agent's work dir.

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from dpagent.controlplane.policies.envelope import Policy
-from dpagent.controlplane.policies.targetref import MESH, MESH_SERVICE, selects
+from dpagent.controlplane.policies.targetref import MESH, MESH_EXTERNAL_SERVICE, MESH_SERVICE, selects
 from dpagent.controlplane.xds.context import MeshContext
 from dpagent.model.dataplane import Dataplane
 
@@ -53,6 +53,8 @@ def selected(ctx: MeshContext, policy: Policy) -> Reach:
 
 def policy_reach(ctx: MeshContext, policy: Policy) -> Reach:
     """Proxies whose config this policy (one version of it) can edit."""
+    if policy.kind == MESH_EXTERNAL_SERVICE:
+        return None  # a destination every transparent proxy reaches (and outbounds may name): over-approximated
     chosen = selected(ctx, policy)
     if policy.inbound or policy.default is not None or not policy.to:
         return chosen

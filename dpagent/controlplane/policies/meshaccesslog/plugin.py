@@ -26,7 +26,7 @@ from dpagent.controlplane.policies.meshaccesslog.api import (
     parse_conf,
     validate_conf,
 )
-from dpagent.controlplane.policies.targetref import MESH, MESH_SERVICE
+from dpagent.controlplane.policies.targetref import MESH, destination_of
 from dpagent.model.dataplane import Dataplane
 
 if TYPE_CHECKING:
@@ -63,8 +63,7 @@ class AccessLogRules(Rules):
     def _items(self, service: str | None) -> list[Item]:
         """`service` None: traffic leaving the mesh (passthrough), which only Mesh entries cover."""
         return [i for i in self.to if i.target_ref is not None and (
-            i.target_ref.kind == MESH or (service is not None and i.target_ref.kind == MESH_SERVICE
-                                          and i.target_ref.name == service))]
+            i.target_ref.kind == MESH or (service is not None and destination_of(i.target_ref) == service))]
 
     def outbound(self, service: str | None) -> Backends | None:
         """None when no policy reaches the destination (the listener stays untouched)."""

@@ -171,6 +171,10 @@ def _capture(rs: ResourceSet, capture: Entry, rules: AccessLogRules, context: Ca
     external = rules.outbound(None)
     if external and capture.message.HasField("default_filter_chain"):  # type: ignore[attr-defined]
         plan.append((-1, EXTERNAL, external))
+    if external:  # MeshPassthrough's chains (Matched mode): traffic leaving the mesh, like the default chain
+        chains = capture.message.filter_chains  # type: ignore[attr-defined]
+        plan.extend((index, EXTERNAL, external) for index, chain in enumerate(chains)
+                    if chain.name.startswith(names.PASSTHROUGH_CHAIN_PREFIX))
     if not plan:
         return
     listener = rs.edit(capture)

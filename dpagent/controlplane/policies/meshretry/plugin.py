@@ -17,7 +17,7 @@ from dpagent.controlplane.policies.matching import Matched
 from dpagent.controlplane.policies.merge import merge_confs
 from dpagent.controlplane.policies.meshretry.api import KIND, SHAPE, Conf, to_conf, validate_conf
 from dpagent.controlplane.policies.meshroute.refs import names_legacy_service
-from dpagent.controlplane.policies.targetref import MESH, MESH_SERVICE
+from dpagent.controlplane.policies.targetref import MESH, MESH_EXTERNAL_SERVICE, MESH_SERVICE, extsvc_key
 from dpagent.model.dataplane import Dataplane
 
 if TYPE_CHECKING:
@@ -59,9 +59,12 @@ def _rules(matched: Matched) -> RetryRules:
             items.append((None, item.conf))
         elif ref.kind == MESH_SERVICE and ref.name and names_legacy_service(ref, ref.name):
             items.append((ref.name, item.conf))
+        elif ref.kind == MESH_EXTERNAL_SERVICE and ref.name:
+            items.append((extsvc_key(ref.name), item.conf))
         else:
             warnings.append(f"{KIND} {item.policy}: to[{item.index}].targetRef {ref.kind} is accepted but not "
-                            f"applied yet (this control plane applies Mesh and MeshService by name)")
+                            "applied yet (this control plane applies Mesh, MeshService and MeshExternalService by "
+                            "name)")
     return RetryRules(warnings=tuple(dict.fromkeys(warnings)), items=tuple(items))
 
 

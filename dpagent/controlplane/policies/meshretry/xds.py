@@ -82,6 +82,8 @@ def _tcp(rs: ResourceSet, ctx: MeshView, rules: RetryRules, kinds: dict[str, str
     if capture is None:
         return
     ports = ctx.dp_memo(("meshroute", "ports"), lambda: service_ports(ctx.dataplanes))
+    if ctx.external_services:
+        ports = {**ports, **{es.key: [es.port] for es in ctx.external_services}}
     by_chain: dict[str, int] = {}
     for service, protocol in kinds.items():
         if protocol != "tcp":

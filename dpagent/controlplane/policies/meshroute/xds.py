@@ -17,8 +17,19 @@ from dpagent.model.dataplane import Dataplane
 from dpagent.model.mesh import client_mtls
 
 
-def protocols(ctx: MeshView) -> dict[str, str]:
+def mesh_protocols(ctx: MeshView) -> dict[str, str]:
+    """The mesh services' protocols (from the dataplanes only)."""
     return ctx.dp_memo(("meshroute", "protocols"), lambda: service_protocols(ctx.dataplanes))  # type: ignore[no-any-return]
+
+
+def protocols(ctx: MeshView) -> dict[str, str]:
+    """Every destination's protocol: the mesh services' and the MeshExternalServices' (keyed `extsvc/<name>`)."""
+    base = mesh_protocols(ctx)
+    external = ctx.external_services
+    if not external:
+        return base
+    return ctx.memo(("meshroute", "protocols+extsvc"),  # type: ignore[no-any-return]
+                    lambda: {**base, **{es.key: es.protocol for es in external}})
 
 
 def _by_service(ctx: MeshView) -> dict[str, list[Dataplane]]:

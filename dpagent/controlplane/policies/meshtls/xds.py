@@ -16,6 +16,7 @@ from dpagent.controlplane.policies.base import MeshView
 from dpagent.controlplane.policies.cluster_edit import edit_outbound_clusters
 from dpagent.controlplane.policies.meshtls.api import KIND
 from dpagent.controlplane.policies.meshtls.plugin import TlsParams
+from dpagent.controlplane.policies.targetref import is_external
 from dpagent.controlplane.xds.builders.core import pack
 from dpagent.controlplane.xds.builders.permissive import is_plaintext, make_permissive, make_strict
 from dpagent.controlplane.xds.builders.tls import TLS_SOCKET
@@ -73,8 +74,8 @@ def configure(rs: ResourceSet, ctx: MeshView, modes: Mapping[str, str], params: 
 
     def plan(entry: Entry) -> tuple[object, object] | None:
         socket = entry.message.transport_socket  # type: ignore[attr-defined]
-        if socket.name != TLS_SOCKET:
-            return None  # plaintext or not in the mesh
+        if socket.name != TLS_SOCKET or is_external(entry.service):
+            return None  # plaintext, or TLS to a MeshExternalService (its own tls block governs it, as in Kuma)
 
         def edit(cluster: cluster_pb2.Cluster) -> None:
             _edit_socket(cluster.transport_socket, tls_pb2.UpstreamTlsContext, params)

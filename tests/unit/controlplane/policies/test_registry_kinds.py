@@ -32,14 +32,23 @@ MESH = {"type": "Mesh", "name": "default",
 
 
 def dp(name: str, service: str, port: int) -> dict[str, Any]:
+    # backend calls the external service "sample" too, so a MeshExternalService of that name reaches only it.
+    external = [{"port": 30000, "backendRef": {"kind": "MeshExternalService", "name": "sample"}}] \
+        if service == "backend" else []
     return {"type": "Dataplane", "mesh": "default", "name": name, "labels": {"app": service},
             "networking": {"address": "10.0.0.1", "inbound": [
                 {"port": port, "tags": {"kuma.io/service": service, "kuma.io/protocol": "http"}}],
-                "outbound": [{"port": 20000 + port, "tags": {"kuma.io/service": "web"}}]}}
+                "outbound": [{"port": 20000 + port, "tags": {"kuma.io/service": "web"}}, *external]}}
 
 
 # kind → a policy that changes the config of dataplane "backend-1" (selected through its labels).
 SAMPLES: dict[str, dict[str, Any]] = {
+    "MeshPassthrough": {"type": "MeshPassthrough", "mesh": "default", "name": "sample", "spec": {
+        "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+        "default": {"passthroughMode": "Matched", "appendMatch": [{"type": "CIDR", "value": "10.10.0.0/16"}]}}},
+    "MeshExternalService": {"type": "MeshExternalService", "mesh": "default", "name": "sample", "spec": {
+        "match": {"type": "HostnameGenerator", "port": 443, "protocol": "tcp"},
+        "endpoints": [{"address": "example.com", "port": 443}]}},
     "MeshHTTPRoute": {"type": "MeshHTTPRoute", "mesh": "default", "name": "sample", "spec": {
         "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
         "to": [{"targetRef": {"kind": "MeshService", "name": "web"}, "rules": [{
@@ -99,6 +108,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
+# Kinds that change only transparent proxies: their test makes backend-1 one.
+TPROXY_KINDS = ("MeshPassthrough",)
+
+
 def test_every_registered_kind_has_a_sample() -> None:
     assert set(SAMPLES) == set(POLICY_KINDS)
 
@@ -121,6 +134,11 @@ async def test_registered_kind_is_served_listed_watched_and_changes_config(api, 
     assert plugin.kind in CONFIG_KINDS
     for name in (plugin.kind, plugin.kind.lower(), plugin.plural, *plugin.aliases):
         assert kind_of(name).name == plugin.kind
+    if plugin.kind in TPROXY_KINDS:  # only a transparent proxy has something for it to change
+        tproxy = dp("backend-1", "backend", 8080)
+        tproxy["networking"] = {**tproxy["networking"], "outbound": [],
+                                "transparentProxying": {"redirectPortInbound": 15006, "redirectPortOutbound": 15001}}
+        assert (await client.put("/meshes/default/dataplanes/backend-1", json=tproxy)).status == 200
     sync = XdsSync(store, cache=None)
     before = await sync._rebuild("default")
     assert before is not None

@@ -35,6 +35,8 @@ def dataplane(name: str, service: str, i: int, *, version: str = "v1", ready: bo
                                       **({"reachableServices": list(reachable)} if reachable else {})}
     else:
         net["outbound"] = [{"port": 20000 + k, "tags": {"kuma.io/service": s}} for k, s in enumerate(outbounds)]
+        if i % 3 == 0:  # some classic proxies call an external service through an outbound
+            net["outbound"].append({"port": 21000, "backendRef": {"kind": "MeshExternalService", "name": f"p{i % 12}"}})
     return {"type": "Dataplane", "mesh": MESH, "name": name, "labels": {"app": service}, "networking": net}
 
 
@@ -49,9 +51,13 @@ def top_ref(rng: random.Random, names: list[str]) -> dict[str, Any]:
     ])
 
 
-def to_ref(rng: random.Random) -> dict[str, Any]:
-    return rng.choice([{"kind": "Mesh"}, {"kind": "MeshService", "name": rng.choice(SERVICES)},
-                       {"kind": "MeshService", "name": rng.choice(SERVICES)}])
+def to_ref(rng: random.Random, external: bool = False) -> dict[str, Any]:
+    """`external`: the kind accepts MeshExternalService refs (named like the random resources, p1..p12)."""
+    refs = [{"kind": "Mesh"}, {"kind": "MeshService", "name": rng.choice(SERVICES)},
+            {"kind": "MeshService", "name": rng.choice(SERVICES)}]
+    if external:
+        refs.append({"kind": "MeshExternalService", "name": f"p{rng.randint(1, 12)}"})
+    return rng.choice(refs)
 
 
 def from_ref(rng: random.Random) -> dict[str, Any]:
@@ -63,7 +69,8 @@ def from_ref(rng: random.Random) -> dict[str, Any]:
 # step with the registry, so a new kind cannot skip this test.
 DRAWN = ("MeshTrafficPermission", "MeshTimeout", "MeshTimeout", "MeshRetry", "MeshHTTPRoute", "MeshTCPRoute",
          "MeshCircuitBreaker", "MeshLoadBalancingStrategy", "MeshHealthCheck", "MeshFaultInjection",
-         "MeshRateLimit", "MeshTrace", "MeshProxyPatch", "MeshTLS", "MeshTLS", "MeshAccessLog", "MeshMetric")
+         "MeshRateLimit", "MeshTrace", "MeshProxyPatch", "MeshTLS", "MeshTLS", "MeshAccessLog", "MeshMetric",
+         "MeshPassthrough", "MeshExternalService", "MeshExternalService")
 
 
 def test_every_registered_kind_is_drawn() -> None:
@@ -79,8 +86,10 @@ def subset_split(target: str, v1: int) -> list[dict[str, Any]]:
 
 def policy(rng: random.Random, names: list[str], name: str) -> dict[str, Any]:
     kind = rng.choice(DRAWN)
+    if kind == "MeshExternalService":
+        return external_service(rng, name)
     top = top_ref(rng, names)
-    if kind == "MeshTLS" and top["kind"] in ("MeshService", "MeshServiceSubset"):  # not MeshTLS top kinds
+    if kind in ("MeshTLS", "MeshPassthrough") and top["kind"] in ("MeshService", "MeshServiceSubset"):
         top = {"kind": "MeshSubset", "tags": {"kuma.io/service": top["name"]}}
     if kind in ("MeshFaultInjection", "MeshRateLimit", "MeshTrafficPermission") and top["kind"] == "Mesh" \
             and rng.random() < 0.3:
@@ -90,10 +99,16 @@ def policy(rng: random.Random, names: list[str], name: str) -> dict[str, Any]:
         spec["from"] = [{"targetRef": from_ref(rng), "default": {"action": rng.choice(["Allow", "Deny"])}}]
     elif kind == "MeshTimeout":
         section = rng.choice(["to", "from"])
-        ref = to_ref(rng) if section == "to" else {"kind": "Mesh"}
+        ref = to_ref(rng, external=True) if section == "to" else {"kind": "Mesh"}
         spec[section] = [{"targetRef": ref, "default": {"http": {"requestTimeout": f"{rng.randint(1, 9)}s"}}}]
     elif kind == "MeshRetry":
-        spec["to"] = [{"targetRef": to_ref(rng), "default": {"http": {"numRetries": rng.randint(1, 5)}}}]
+        spec["to"] = [{"targetRef": to_ref(rng, external=True),
+                       "default": {"http": {"numRetries": rng.randint(1, 5)}, "tcp": {"maxConnectAttempt": 2}}}]
+    elif kind == "MeshPassthrough":
+        spec["default"] = {"passthroughMode": rng.choice(["All", "Matched", "None"]), "appendMatch": [rng.choice([
+            {"type": "Domain", "value": "api.example.com", "port": 443, "protocol": "tls"},
+            {"type": "CIDR", "value": f"10.{rng.randint(2, 9)}.0.0/16"},
+            {"type": "Domain", "value": "example.org", "port": 80, "protocol": "http"}])]}
     elif kind == "MeshHTTPRoute":
         target = rng.choice(SERVICES)
         spec["to"] = [{"targetRef": {"kind": "MeshService", "name": target}, "rules": [{
@@ -145,6 +160,18 @@ def policy(rng: random.Random, names: list[str], name: str) -> dict[str, Any]:
         spec["rules"] = [{"default": {"local": {"http": {"requestRate": {"num": rng.randint(1, 99),
                                                                           "interval": "1s"}}}}}]
     return {"type": kind, "mesh": MESH, "name": name, "spec": spec}
+
+
+def external_service(rng: random.Random, name: str) -> dict[str, Any]:
+    """A MeshExternalService: an HTTP one with TLS origination to an IP, or a TCP one to a hostname."""
+    if rng.random() < 0.5:
+        spec: dict[str, Any] = {"match": {"port": 443, "protocol": "http"},
+                                "endpoints": [{"address": f"192.0.2.{rng.randint(1, 9)}", "port": 443}],
+                                "tls": {"enabled": True, "verification": {"mode": "SkipAll"}}}
+    else:
+        spec = {"match": {"port": 5432, "protocol": "tcp"},
+                "endpoints": [{"address": f"db{rng.randint(1, 9)}.example.com", "port": 5432}]}
+    return {"type": "MeshExternalService", "mesh": MESH, "name": name, "spec": spec}
 
 
 class World:

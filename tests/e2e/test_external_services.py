@@ -1,0 +1,260 @@
+"""Traffic leaving the mesh, end to end: network namespaces, real iptables (transparent proxy), real Envoy.
+
+Host A runs the control plane, an agent and the app (uid 1234); host X, outside the mesh, an HTTPS server whose
+certificate (made here, by a CA made here) names ext.test, allowed.test and denied.test, and which answers with
+the SNI, Host and TLS version it saw. The stories: the Mesh's `networking.outbound.passthrough: false` cuts the
+app off from X; a MeshExternalService lets it call X over plain HTTP by `ext.extsvc.mesh.local` while Envoy
+originates TLS with SNI ext.test (and a MeshAccessLog `to` it logs those calls); a MeshPassthrough `Matched` with
+one domain lets exactly that domain through.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from testlib import make_ca_and_server_cert, wait_for
+
+pytestmark = [pytest.mark.envoy, pytest.mark.root, pytest.mark.netns, pytest.mark.slow]
+
+PY = sys.executable
+AGENT_UID, APP_UID = 5678, 1234
+A_IP, X_IP = "10.87.0.1", "10.87.0.2"
+API_PORT = 15681
+API = f"http://127.0.0.1:{API_PORT}"
+LOG_FORMAT = "%KUMA_DESTINATION_SERVICE% %RESPONSE_CODE% %UPSTREAM_HOST%"
+
+if os.geteuid() != 0 or not all(shutil.which(t) for t in ("ip", "setpriv", "curl", "iptables-nft-restore")):
+    pytest.skip("needs root, iproute2, setpriv, curl and iptables-nft to build network namespaces",
+                allow_module_level=True)
+
+HTTPS_SERVER = r'''
+import http.server, json, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        c = self.connection
+        body = json.dumps({"sni": getattr(c, "seen_sni", None), "host": self.headers.get("host"),
+                           "tls": c.version(), "path": self.path}).encode()
+        self.send_response(200); self.send_header("content-length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+def sni(sock, name, _ctx):
+    sock.seen_sni = name
+ctx.sni_callback = sni
+srv = http.server.ThreadingHTTPServer(("0.0.0.0", 443), H)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+'''
+
+
+class Hosts:
+    """Two network namespaces joined by a veth pair; processes started in them are stopped with them."""
+
+    def __init__(self, root: Path) -> None:
+        tag = secrets.token_hex(3)
+        self.root = root
+        self.ns = {"a": f"dpx-a-{tag}", "x": f"dpx-x-{tag}"}
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def _prefix(self, host: str, uid: int | None) -> list[str]:
+        prefix = ["ip", "netns", "exec", self.ns[host]]
+        if uid is not None:
+            prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+        return prefix
+
+    def run(self, host: str, *cmd: str, uid: int | None = None, input: str | None = None,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run([*self._prefix(host, uid), *cmd], capture_output=True, text=True, input=input,
+                             timeout=60)
+        if check and out.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} in {host} failed ({out.returncode}): {out.stdout}{out.stderr}")
+        return out
+
+    def spawn(self, host: str, *cmd: str, uid: int | None = None, log: str) -> None:
+        out = open(self.root / log, "w")  # noqa: SIM115
+        self.procs.append(subprocess.Popen(
+            [*self._prefix(host, uid), *cmd], stdout=out, stderr=subprocess.STDOUT, text=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith(("KUMA_", "DPAGENT_"))}))
+
+    def up(self) -> None:
+        a, x = self.ns["a"], self.ns["x"]
+        for ns in (a, x):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "link", "add", f"va{a[-6:]}", "netns", a, "type", "veth", "peer", "name",
+                        f"vx{x[-6:]}", "netns", x], check=True)
+        for ns, dev, ip in ((a, f"va{a[-6:]}", A_IP), (x, f"vx{x[-6:]}", X_IP)):
+            subprocess.run(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev], check=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
+            subprocess.run(["ip", "-n", ns, "route", "add", "default", "dev", dev], check=True)  # VIPs need a route
+        etc = Path("/etc/netns") / a
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "resolv.conf").write_text("nameserver 10.87.0.53\n")  # redirected to the agent's DNS proxy
+
+    def down(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for ns in self.ns.values():
+            for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
+                subprocess.run(["kill", "-9", pid], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+
+
+DATAPLANE = f"""type: Dataplane
+mesh: default
+name: web-1
+networking:
+  address: {A_IP}
+  inbound:
+  - port: 9090
+    tags: {{kuma.io/service: web, kuma.io/protocol: http}}
+  transparentProxying: {{redirectPortInbound: 15006, redirectPortOutbound: 15001}}
+"""
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[dict[str, Any]]:
+    root = Path(tempfile.mkdtemp(prefix="dpx-"))
+    os.chmod(root, 0o755)
+    h = Hosts(root)
+    h.up()
+    try:
+        pki = make_ca_and_server_cert(["ext.test", "allowed.test", "denied.test"])
+        for name, data in pki.items():
+            (root / f"ext-{name}.pem").write_bytes(data)
+            os.chmod(root / f"ext-{name}.pem", 0o644)
+        h.spawn("x", PY, "-c", HTTPS_SERVER, str(root / "ext-cert.pem"), str(root / "ext-key.pem"), log="ext.log")
+        data = root / "cp"
+        h.spawn("a", PY, "-m", "dpagent", "cp", "run", "--data-dir", str(data), "--hostname", A_IP,
+                "--api-port", str(API_PORT), log="cp.log")
+        wait_for(lambda: h.run("a", PY, "-m", "dpagent", "get", "meshes", "--api-address", API, check=False)
+                 .returncode == 0, 30, interval=0.3, what="control plane")
+        ca = root / "ca.pem"
+        shutil.copy(data / "ca.pem", ca)
+        os.chmod(ca, 0o644)
+        h.run("a", PY, "-m", "transparent_proxy.cli", "install", "--dpagent-uid", str(AGENT_UID), "--redirect-dns",
+              "--iptables-variant", "nft", "--exclude-inbound-ports", "5678,5679")
+        wd = root / "web-1"
+        wd.mkdir(mode=0o755)
+        (wd / "token").write_text(h.run("a", PY, "-m", "dpagent", "token", "generate", "--name", "web-1",
+                                        "--valid-for", "1h", "--api-address", API).stdout.strip())
+        (wd / "dp.yaml").write_text(DATAPLANE)
+        for f in (wd, *wd.iterdir()):
+            os.chown(f, AGENT_UID, AGENT_UID)
+        h.spawn("a", PY, "-m", "dpagent", "run", "--cp-address", f"https://{A_IP}:5678", "--ca-cert-file", str(ca),
+                "--dataplane-file", str(wd / "dp.yaml"), "--dataplane-token-file", str(wd / "token"),
+                "--work-dir", str(wd / "work"), "--readiness-port", "9902", "--drain-time", "1s", uid=AGENT_UID,
+                log="web-1.log")
+        wait_for(lambda: "READY" in h.run("a", "curl", "-s", "127.0.0.1:9902/ready", check=False).stdout, 40,
+                 interval=0.3, what=f"agent ready (logs in {root})")
+        yield {"hosts": h, "root": root, "ca": pki["ca"].decode()}
+    finally:
+        h.down()
+        if not os.environ.get("DPT_KEEP"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def apply(w: dict[str, Any], doc: str) -> None:
+    w["hosts"].run("a", PY, "-m", "dpagent", "apply", "-f", "-", "--api-address", API, input=doc)
+
+
+def delete(w: dict[str, Any], kind: str, name: str) -> None:
+    w["hosts"].run("a", PY, "-m", "dpagent", "delete", kind, name, "--api-address", API, check=False)
+
+
+def passthrough(w: dict[str, Any], on: bool) -> None:
+    apply(w, f"type: Mesh\nname: default\nnetworking: {{outbound: {{passthrough: {'true' if on else 'false'}}}}}\n")
+
+
+def curl(w: dict[str, Any], url: str, resolve: str = "") -> dict[str, Any] | None:
+    """What the HTTPS server saw for the app's request (uid 1234, so it is captured), or None when refused."""
+    extra = ["--resolve", f"{resolve}:443:{X_IP}", "--cacert", str(w["root"] / "ext-ca.pem")] if resolve else []
+    out = w["hosts"].run("a", "curl", "-sS", "--max-time", "3", *extra, url, uid=APP_UID, check=False)
+    return json.loads(out.stdout) if out.returncode == 0 else None
+
+
+def test_passthrough_off_cuts_the_app_off_and_an_external_service_originates_tls(world):
+    passthrough(world, True)
+    seen = wait_for(lambda: curl(world, "https://ext.test/direct", "ext.test"), 20, interval=0.3,
+                    what="X reachable while passthrough is on")
+    assert seen["sni"] == "ext.test"
+    passthrough(world, False)
+    wait_for(lambda: curl(world, "https://ext.test/direct", "ext.test") is None, 20, interval=0.3,
+             what="X refused once the Mesh turns passthrough off")
+    log = world["root"] / "web-1" / "work" / "ext-access.log"
+    ca = world["ca"].replace("\n", "\\n")
+    apply(world, f"""type: MeshExternalService
+name: ext
+mesh: default
+spec:
+  match: {{type: HostnameGenerator, port: 80, protocol: http}}
+  endpoints: [{{address: {X_IP}, port: 443}}]
+  tls:
+    enabled: true
+    verification: {{serverName: ext.test, caCert: {{inlineString: "{ca}"}}}}
+---
+type: MeshAccessLog
+name: log-ext
+mesh: default
+spec:
+  to:
+  - targetRef: {{kind: MeshExternalService, name: ext}}
+    default:
+      backends: [{{type: File, file: {{path: {log}, format: {{type: Plain, plain: "{LOG_FORMAT}"}}}}}}]
+""")
+    t0 = time.monotonic()
+    seen = wait_for(lambda: curl(world, "http://ext.extsvc.mesh.local/via-mesh-name"), 20, interval=0.2,
+                    what="http://ext.extsvc.mesh.local/ from the app")
+    print(f"external service usable {time.monotonic() - t0:.1f}s after apply")
+    assert seen["sni"] == "ext.test", "Envoy originated TLS with the configured SNI"
+    assert seen["tls"] in ("TLSv1.2", "TLSv1.3") and seen["path"] == "/via-mesh-name"
+    assert seen["host"] == "ext.test", "Host is rewritten to the server's name"
+    assert curl(world, "https://ext.test/direct", "ext.test") is None, "the direct route stays closed"
+    line = wait_for(lambda: log.exists() and log.read_text().strip(), 10, interval=0.2, what="access log line")
+    assert f"extsvc/ext 200 {X_IP}:443" in line, line
+    delete(world, "meshexternalservice", "ext")
+    delete(world, "meshaccesslog", "log-ext")
+
+
+def test_matched_passthrough_lets_exactly_the_listed_domain_out(world):
+    passthrough(world, False)
+    wait_for(lambda: curl(world, "https://allowed.test/", "allowed.test") is None, 20, interval=0.3,
+             what="X refused with passthrough off")
+    apply(world, """type: MeshPassthrough
+name: one-domain
+mesh: default
+spec:
+  targetRef: {kind: Mesh}
+  default:
+    passthroughMode: Matched
+    appendMatch: [{type: Domain, value: allowed.test, port: 443, protocol: tls}]
+""")
+    seen = wait_for(lambda: curl(world, "https://allowed.test/", "allowed.test"), 20, interval=0.2,
+                    what="allowed.test let through")
+    assert seen["sni"] == "allowed.test" and seen["host"] == "allowed.test"
+    for _ in range(3):  # the same server, IP and port: only the name differs
+        assert curl(world, "https://denied.test/", "denied.test") is None, "a domain the policy does not list"
+        assert curl(world, "https://allowed.test/", "allowed.test") is not None
+    delete(world, "meshpassthrough", "one-domain")
+    wait_for(lambda: curl(world, "https://allowed.test/", "allowed.test") is None, 20, interval=0.3,
+             what="allowed.test refused again once the policy is gone")
+    passthrough(world, True)
