@@ -190,3 +190,45 @@ async def test_a_provided_ca_reads_its_key_from_a_secret_and_follows_a_secret_ch
         assert r.status == 200
     leaf = await issuer.issue(decode_mesh(doc), dp, pki.build_csr(pki.generate_private_key()))
     assert leaf["caBundle"] == new_cert
+
+
+async def test_a_secret_change_rebuilds_the_mesh_and_its_trust_bundle(tmp_path: Path) -> None:
+    from dpagent.controlplane.store.base import ChangeEvent
+    from dpagent.controlplane.xds.sync import XdsSync
+
+    store = await SealedStore.open(await MemoryStore.open(), load_key(str(tmp_path)))
+    resources = Resources(store)
+    await resources.apply({"type": "Mesh", "name": "default"})
+    cert_pem, key_pem = ca_mod.generate_root_ca("default", "ca-1")
+    for name, pem in (("ca-cert", cert_pem), ("ca-key", key_pem)):
+        await resources.apply(secret(name, base64.b64encode(pem.encode()).decode()))
+    await resources.apply(provided_mesh({"secret": "ca-cert"}, {"secret": "ca-key"}))
+    issuer = Issuer(store)
+    sync = XdsSync(store, cache=None, bundle=issuer.bundle)
+    state = await sync._rebuild("default")
+    assert state is not None and state.ctx.trust_bundle == cert_pem
+
+    events: list[ChangeEvent] = []
+    sub = await store.subscribe()
+    new_cert, _ = ca_mod.generate_root_ca("default", "ca-1", key_pem=key_pem)  # re-issued root, same key
+    await resources.apply(secret("ca-cert", base64.b64encode(new_cert.encode()).decode()))
+    await resources.apply(secret("unrelated"))
+    await resources.apply({"type": "Dataplane", "mesh": "default", "name": "web-1", "networking": {
+        "address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}})
+    while sub.pending():
+        events.append(await sub.__anext__())
+    for ev in events:
+        sync._on_event(ev)
+    assert sync._dirty == {"default": None}, "a user Secret change re-reads the whole mesh"
+    state, _ = await sync._change("default", sync._dirty.pop("default"))
+    assert state is not None and state.ctx.trust_bundle == new_cert
+
+    # The CP's own secrets (a revocation, a rotated signing key) change no Envoy config.
+    from dpagent.controlplane import secrets as cp_secrets
+
+    await cp_secrets.revoke(store, "default", "some-jti")
+    while sub.pending():
+        sync._on_event(await sub.__anext__())
+    assert sync._dirty == {}
+    sub.close()
+    await store.close()
