@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from dpagent.controlplane.store.base import DEFAULT_MAX_PENDING, Record, ResourceStore, Subscription
-from dpagent.errors import ConfigError, Conflict
+from dpagent.errors import ConfigError, Conflict, NotFound
 
 SEALED_KINDS = frozenset({"Secret", "GlobalSecret"})
 PREFIX = "dpagent-aesgcm-v1:"
@@ -116,7 +116,25 @@ class SealedStore:
     async def open(cls, inner: ResourceStore, box: SecretBox) -> SealedStore:
         store = cls(inner, box)
         await store.check_key()
+        await store.seal_existing()
         return store
+
+    async def seal_existing(self) -> int:
+        """Seal the secrets a CP from before sealing stored in clear (its CA keys, token signing keys): an upgrade
+        must not leave them readable until their next write, which for a CA key is never. Compare-and-swap on the
+        version, so a replica writing the same record meanwhile wins and nothing is lost."""
+        sealed = 0
+        for kind in sorted(SEALED_KINDS):
+            for rec in await self.inner.list(kind):
+                doc = self._seal(kind, rec.mesh, rec.name, rec.doc)
+                if doc is rec.doc:
+                    continue
+                try:
+                    await self.inner.update(kind, rec.mesh, rec.name, doc, version=rec.version)
+                    sealed += 1
+                except (Conflict, NotFound):
+                    pass
+        return sealed
 
     async def check_key(self) -> None:
         """Record this key's id on first start; refuse to run with another one (it could read no secret and would

@@ -82,6 +82,18 @@ async def test_a_replica_with_another_key_refuses_to_start_and_says_how_to_fix_i
     await store.close()
 
 
+async def test_secrets_stored_in_clear_by_an_older_cp_are_sealed_at_start(tmp_path: Path) -> None:
+    old = await SqliteStore.open(tmp_path / "store.db")  # a CP from before sealing: data as plain base64
+    await old.create("Secret", "default", "default.ca-builtin-key-ca-1", secret("default.ca-builtin-key-ca-1"))
+    await old.close()
+    assert B64 in raw_rows(tmp_path / "store.db")
+    store = await SealedStore.open(await SqliteStore.open(tmp_path / "store.db"), load_key(str(tmp_path)))
+    rec = await store.get("Secret", "default", "default.ca-builtin-key-ca-1")
+    assert rec is not None and rec.doc["data"] == B64
+    await store.close()
+    assert B64 not in raw_rows(tmp_path / "store.db")
+
+
 def test_a_malformed_key_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SecretKeyError, match="32 random bytes in base64"):
         load_key(str(tmp_path), key_b64="c2hvcnQ=")
