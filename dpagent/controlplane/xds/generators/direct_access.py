@@ -32,19 +32,30 @@ ALL = "*"
 
 def direct_access_endpoints(dp: Dataplane, dataplanes: Sequence[Dataplane]) -> list[tuple[str, int]]:
     """(ip, port) of every other dataplane's inbound whose service `dp` lists for direct access, sorted."""
+    return _others(_endpoints(_wanted(dp), dataplanes), dp.name)
+
+
+def _wanted(dp: Dataplane) -> frozenset[str]:
     tp = dp.networking.transparent_proxying
-    wanted = set(tp.direct_access_services) if tp is not None else set()
+    return frozenset(tp.direct_access_services) if tp is not None else frozenset()
+
+
+def _endpoints(wanted: frozenset[str], dataplanes: Sequence[Dataplane]) -> list[tuple[str, int, frozenset[str]]]:
+    """(ip, port, dataplanes serving it) of the inbounds of the `wanted` services, sorted."""
     if not wanted:
         return []
-    out: set[tuple[str, int]] = set()
+    out: dict[tuple[str, int], set[str]] = {}
     for other in dataplanes:
-        if other.name == dp.name:
-            continue
         for ib in other.networking.inbound:
             address = ib.address or other.networking.address
             if ib.service and (ALL in wanted or ib.service in wanted) and is_ip(address):
-                out.add((address, ib.port))
-    return sorted(out)
+                out.setdefault((address, ib.port), set()).add(other.name)
+    return [(ip, port, frozenset(owners)) for (ip, port), owners in sorted(out.items())]
+
+
+def _others(endpoints: list[tuple[str, int, frozenset[str]]], name: str) -> list[tuple[str, int]]:
+    """The endpoints some other dataplane serves: a proxy gets no direct-access listener for its own inbounds."""
+    return [(ip, port) for ip, port, owners in endpoints if owners - {name}]
 
 
 def direct_access_listener(address: str, port: int) -> listener_pb2.Listener:
@@ -70,7 +81,10 @@ class DirectAccessGenerator:
         tp = proxy.dp.networking.transparent_proxying
         if tp is None or not tp.direct_access_services:
             return
-        endpoints = direct_access_endpoints(proxy.dp, ctx.dataplanes)
+        # Once per distinct list in the mesh, not once per proxy: with `*` on every proxy that walk was N².
+        everyone = ctx.dp_memo(("direct-access", _wanted(proxy.dp)),
+                               lambda: _endpoints(_wanted(proxy.dp), ctx.dataplanes))
+        endpoints = _others(everyone, proxy.dp.name)
         if not endpoints:
             return
         for address, port in endpoints:
