@@ -12,8 +12,9 @@ has ACKed a bundle that contains it (`can_issue`); until then renewals keep usin
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -39,27 +40,38 @@ def leaf_expiry(insight: dict[str, Any]) -> float:
         return 0.0
 
 
-def provided_material(backend: MtlsBackend) -> tuple[str, str]:
-    """(cert PEM, key PEM) of a provided backend; raises DataSourceError naming the field."""
+def provided_secret_names(backend: MtlsBackend) -> set[str]:
     conf = backend.conf or {}
-    try:
-        cert = datasource.load(conf.get("cert"))
-    except datasource.DataSourceError as e:
-        raise datasource.DataSourceError(f"conf.cert: {e}") from None
-    try:
-        key = datasource.load(conf.get("key"))
-    except datasource.DataSourceError as e:
-        raise datasource.DataSourceError(f"conf.key: {e}") from None
-    return cert, key
+    return datasource.secret_names(conf.get("cert")) | datasource.secret_names(conf.get("key"))
 
 
-def provided_problems(backend: MtlsBackend) -> list[tuple[str, str]]:
+def provided_material(backend: MtlsBackend, secrets: Mapping[str, bytes] | None = None,
+                      mesh: str = "") -> tuple[str, str]:
+    """(cert PEM, key PEM) of a provided backend; `secrets` holds the mesh Secrets its data sources name. Raises
+    DataSourceError whose `field` is the path inside the backend (`conf.cert.secret`)."""
+    conf = backend.conf or {}
+    out = []
+    for part in ("cert", "key"):
+        try:
+            out.append(datasource.load(conf.get(part), secrets, mesh=mesh))
+        except datasource.DataSourceError as e:
+            raise datasource.DataSourceError(str(e), ".".join(p for p in ("conf", part, e.field) if p)) from None
+    return out[0], out[1]
+
+
+async def provided_material_from(store: ResourceStore, mesh: str, backend: MtlsBackend) -> tuple[str, str]:
+    """`provided_material` with the Secrets it names read from the mesh."""
+    return provided_material(backend, await datasource.fetch_secrets(store, mesh, provided_secret_names(backend)),
+                             mesh)
+
+
+def provided_problems(backend: MtlsBackend, secrets: Mapping[str, bytes] | None = None,
+                      mesh: str = "") -> list[tuple[str, str]]:
     """Every problem with a provided backend's material, as (field, message) relative to the backend."""
     try:
-        cert, key = provided_material(backend)
+        cert, key = provided_material(backend, secrets, mesh)
     except datasource.DataSourceError as e:
-        field, _, msg = str(e).partition(": ")
-        return [(field, msg)]
+        return [(e.field, str(e))]
     return [("conf", p) for p in validate_provided_ca(cert, key)]
 
 
@@ -80,12 +92,17 @@ class Issuer:
     async def ca(self, mesh: Mesh, backend_name: str) -> CertificateAuthority | None:
         """The CA of a backend: from the mesh spec, or a retired builtin one still in the store; None if gone."""
         spec = next((b for b in (mesh.mtls.backends if mesh.mtls else []) if b.name == backend_name), None)
-        key = (mesh.name, backend_name, repr(spec.conf) if spec else "retired")
+        material = None
+        if spec is not None and spec.type == "provided":
+            # Keyed by the material, not the conf: a `{secret: name}` conf stays the same when the Secret changes.
+            material = await provided_material_from(self.store, mesh.name, spec)
+            digest = hashlib.sha256("\0".join(material).encode()).hexdigest()
+        key = (mesh.name, backend_name, digest if material else (repr(spec.conf) if spec else "retired"))
         cached = self._cas.get(key)
         if cached:
             return cached
-        if spec is not None and spec.type == "provided":
-            cert, priv = provided_material(spec)
+        if material is not None:
+            cert, priv = material
         elif spec is not None:
             rsa = bool(((spec.conf or {}).get("caCert") or {}).get("RSAbits"))
             cert, priv = await secrets.builtin_ca(self.store, mesh.name, backend_name, "rsa" if rsa else "ecdsa-p256")

@@ -1,7 +1,8 @@
 """The resource kinds the control plane serves: REST names, scope, and the validator of each.
 
 One table drives the REST routes, the CLI's `get`/`delete` type names and aliases, and `apply`'s dispatch. Its
-policy rows are derived from the policy registry, so a new policy kind is its folder plus one registry line.
+policy rows are derived from the policy registry, so a new policy kind is its folder plus one registry line; a kind
+that is not a policy is one `CORE_KINDS` row (with hooks for redaction and CP-internal records if it needs them).
 """
 
 from __future__ import annotations
@@ -17,27 +18,63 @@ from dpagent.errors import ConfigError
 Violations = list[tuple[str, str]]
 
 
+def _fn(ref: str | Callable[..., Any]) -> Callable[..., Any]:
+    """A hook given as "module:function" is imported on first use (kinds.py is imported by modules it names)."""
+    if callable(ref):
+        return ref
+    module, _, fn = ref.partition(":")
+    return getattr(importlib.import_module(module), fn)  # type: ignore[no-any-return]
+
+
 @dataclasses.dataclass(frozen=True)
 class Kind:
+    """One resource kind the API serves. The hooks are "module:function" strings or functions; a kind without them
+    is stored and shown as given."""
+
     name: str  # the `type` field: "Mesh", "Dataplane", ...
     plural: str  # REST path segment: "meshes", "dataplanes", ...
     mesh_scoped: bool
-    # "module:function" returning every violation (imported on first use), or the function itself
+    # returns every violation of a document
     validator: str | Callable[[Any], Violations]
     aliases: tuple[str, ...] = ()
     has_spec: bool = False  # new-style policies keep their fields under `spec`
+    # doc -> the copy the API shows (redaction of key material)
+    present: str | Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # (applied doc, stored doc or None) -> None: put back stored values where the doc carries the redaction marker
+    restore: str | Callable[[dict[str, Any], dict[str, Any] | None], None] | None = None
+    # name -> True for records of this kind the API neither lists nor serves (the CP's own)
+    hidden: str | Callable[[str], bool] | None = None
 
     def validate(self, doc: Any) -> Violations:
-        if callable(self.validator):
-            return self.validator(doc)
-        module, _, fn = self.validator.partition(":")
-        func: Callable[[Any], Violations] = getattr(importlib.import_module(module), fn)
-        return func(doc)
+        return _fn(self.validator)(doc)  # type: ignore[no-any-return]
 
+    def shown(self, doc: dict[str, Any]) -> dict[str, Any]:
+        return _fn(self.present)(doc) if self.present else dict(doc)  # type: ignore[no-any-return]
+
+    def restore_redacted(self, doc: dict[str, Any], stored: dict[str, Any] | None) -> None:
+        if self.restore:
+            _fn(self.restore)(doc, stored)
+
+    def is_hidden(self, name: str) -> bool:
+        return bool(self.hidden and _fn(self.hidden)(name))
+
+
+_SECRETS = "dpagent.controlplane.secret_resources"
+
+#: Kinds that are not policies: one row each (policies come from the policy registry below).
+CORE_KINDS: tuple[Kind, ...] = (
+    Kind("Mesh", "meshes", False, "dpagent.model.mesh:validate_mesh", ("mesh",),
+         present="dpagent.controlplane.resources:redact", restore="dpagent.controlplane.resources:unredact"),
+    Kind("Dataplane", "dataplanes", True, "dpagent.model.dataplane:validate_dataplane", ("dataplane", "dp")),
+    Kind("Secret", "secrets", True, f"{_SECRETS}:validate_secret", ("secret",), present=f"{_SECRETS}:present",
+         restore=f"{_SECRETS}:restore", hidden=f"{_SECRETS}:hidden"),
+    Kind("GlobalSecret", "global-secrets", False, f"{_SECRETS}:validate_global_secret",
+         ("globalsecret", "global-secret"), present=f"{_SECRETS}:present", restore=f"{_SECRETS}:restore",
+         hidden=f"{_SECRETS}:hidden"),
+)
 
 KINDS: tuple[Kind, ...] = (
-    Kind("Mesh", "meshes", False, "dpagent.model.mesh:validate_mesh", ("mesh",)),
-    Kind("Dataplane", "dataplanes", True, "dpagent.model.dataplane:validate_dataplane", ("dataplane", "dp")),
+    *CORE_KINDS,
     *(Kind(p.kind, p.plural, True, p.validate, (p.kind.lower(), *p.aliases), has_spec=True) for p in PLUGINS),
 )
 

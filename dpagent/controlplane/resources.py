@@ -10,10 +10,10 @@ import asyncio
 import dataclasses
 from typing import Any
 
-from dpagent.controlplane import secrets
+from dpagent.controlplane import datasource, secrets
 from dpagent.controlplane.kinds import Kind, by_type
 from dpagent.controlplane.store import Record, ResourceStore
-from dpagent.errors import NotFound, ValidationError
+from dpagent.errors import Conflict, NotFound, ValidationError
 from dpagent.model.validation import Violations
 
 _META = ("creationTime", "modificationTime")
@@ -32,7 +32,8 @@ def record_to_doc(rec: Record) -> dict[str, Any]:
     def ts(t: float) -> str:
         return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
-    doc = redact(rec.doc) if rec.kind == "Mesh" else dict(rec.doc)
+    k = by_type(rec.kind)
+    doc = k.shown(rec.doc) if k else dict(rec.doc)
     doc["creationTime"] = ts(rec.created)
     doc["modificationTime"] = ts(rec.modified)
     return doc
@@ -56,7 +57,7 @@ def _backend_keys(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 def redact(doc: dict[str, Any]) -> dict[str, Any]:
     """A copy of a Mesh with inline private keys replaced by a marker: key material never leaves the CP.
 
-    Applying the document back unchanged keeps the stored key (see `_unredact`).
+    Applying the document back unchanged keeps the stored key (see `unredact`).
     """
     import copy
 
@@ -68,7 +69,7 @@ def redact(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _unredact(doc: dict[str, Any], stored: dict[str, Any] | None) -> None:
+def unredact(doc: dict[str, Any], stored: dict[str, Any] | None) -> None:
     """Put the stored key back where a re-applied document still carries the redaction marker."""
     kept = {name: key for name, key in _backend_keys(stored or {})}
     for name, key in _backend_keys(doc):
@@ -77,17 +78,22 @@ def _unredact(doc: dict[str, Any], stored: dict[str, Any] | None) -> None:
                 key[field] = kept[name][field]
 
 
-def _provided_ca_problems(doc: dict[str, Any]) -> list[tuple[str, str]]:
-    """A provided CA is checked when the Mesh is applied, not at the first certificate request."""
-    from dpagent.controlplane.identity import provided_problems
+async def _provided_ca_problems(store: ResourceStore, doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """A provided CA is checked when the Mesh is applied, not at the first certificate request: its data sources
+    resolve (a named Secret exists in the mesh) and the pair is a usable CA."""
+    from dpagent.controlplane.identity import provided_problems, provided_secret_names
     from dpagent.model.mesh import parse_mesh
 
     mesh = parse_mesh(doc)
-    out = []
-    for i, backend in enumerate(mesh.mtls.backends if mesh.mtls else []):
-        if backend.type == "provided":
-            out += [(f"mtls.backends[{i}].{field}", msg) for field, msg in provided_problems(backend)]
-    return out
+    provided = [(i, b) for i, b in enumerate(mesh.mtls.backends if mesh.mtls else []) if b.type == "provided"]
+    names = set().union(*(provided_secret_names(b) for _, b in provided)) if provided else set()
+    found = await datasource.fetch_secrets(store, mesh.name, names)
+
+    def check() -> list[tuple[str, str]]:
+        return [(f"mtls.backends[{i}].{field}", msg)
+                for i, backend in provided for field, msg in provided_problems(backend, found, mesh.name)]
+
+    return await asyncio.to_thread(check)
 
 
 def _label_problems(doc: dict[str, Any], mesh_scoped: bool) -> list[tuple[str, str]]:
@@ -125,13 +131,16 @@ class Resources:
             doc.setdefault("mesh", mesh)
         elif "mesh" in doc:
             problems.append(("mesh", f"{k.name} is not mesh-scoped; remove the mesh field"))
-        if k.name == "Mesh" and isinstance(doc.get("name"), str):
-            stored = await self.store.get("Mesh", "", doc["name"])
-            _unredact(doc, stored.doc if stored else None)
+        if k.restore and isinstance(doc.get("name"), str):
+            res_mesh = doc.get("mesh") if k.mesh_scoped else ""
+            stored = await self.store.get(k.name, res_mesh, doc["name"]) if isinstance(res_mesh, str) else None
+            if stored is not None and k.is_hidden(stored.name):
+                stored = None
+            k.restore_redacted(doc, stored.doc if stored else None)
         problems += k.validate(doc)
         problems += [p for p in _label_problems(doc, k.mesh_scoped) if p not in problems]
         if k.name == "Mesh" and not problems:
-            problems += await asyncio.to_thread(_provided_ca_problems, doc)
+            problems += await _provided_ca_problems(self.store, doc)
         if problems:
             raise ValidationError(f"{k.name} {doc.get('name')!r}", problems)
         res_mesh = doc["mesh"] if k.mesh_scoped else ""
@@ -174,19 +183,36 @@ class Resources:
 
     async def get(self, k: Kind, mesh: str, name: str) -> Record:
         rec = await self.store.get(k.name, mesh if k.mesh_scoped else "", name)
-        if rec is None:
+        if rec is None or k.is_hidden(name):
             where = f' in mesh "{mesh}"' if k.mesh_scoped else ""
             raise NotFound(f'{k.name} "{name}"{where} not found')
         return rec
 
     async def list(self, k: Kind, mesh: str | None, offset: int, limit: int | None) -> tuple[list[Record], int]:
         scope = (mesh if k.mesh_scoped else "") if mesh is not None or not k.mesh_scoped else None
+        if k.hidden:  # few records (secrets): filter the whole list, then page it
+            shown = [r for r in await self.store.list(k.name, mesh=scope) if not k.is_hidden(r.name)]
+            return shown[offset:None if limit is None else offset + limit], len(shown)
         items = await self.store.list(k.name, mesh=scope, offset=offset, limit=limit)
         total = await self.store.count(k.name, scope)
         return items, total
 
+    async def secret_users(self, mesh: str, name: str) -> list[str]:
+        """Where the mesh refers to Secret `name` (`{secret: name}` data sources): '<Kind> "<name>" at <path>'."""
+        from dpagent.controlplane.kinds import KINDS
+
+        docs = [("Mesh", r) for r in [await self.store.get("Mesh", "", mesh)] if r is not None]
+        for k in KINDS:
+            if k.mesh_scoped and k.name not in ("Dataplane", "Secret"):
+                docs += [(k.name, r) for r in await self.store.list(k.name, mesh=mesh)]
+        return [f'{kind} "{r.name}" at {path}' for kind, r in docs
+                for path, ref in datasource.secret_refs(r.doc) if ref == name]
+
     async def delete(self, k: Kind, mesh: str, name: str) -> Record:
         rec = await self.get(k, mesh, name)
+        if k.name == "Secret" and (users := await self.secret_users(rec.mesh, name)):
+            raise Conflict(f'Secret "{name}" is in use by {"; ".join(users)}; point those at another data source '
+                           "first, then delete it")
         deleted = await self.store.delete(k.name, rec.mesh, name)
         if k.name == "Mesh":
             await self.store.delete_mesh_scoped(name)

@@ -90,6 +90,11 @@ CP_SETTINGS: tuple[Setting, ...] = (
     # The store: SQLite in the data dir by default (nothing to install); PostgreSQL for several CP replicas.
     S("store_type", "store.type", "sqlite", p_choice("sqlite", "postgres"), "KUMA_STORE_TYPE", "--store-type",
       help="resource store: sqlite (a file in the data dir) or postgres (shared by several CP replicas)"),
+    S("secrets_key_file", "store.secretsKeyFile", "", p_str, "DPAGENT_SECRETS_KEY_FILE", "--secrets-key-file",
+      help="file holding the key (32 bytes, base64) that encrypts Secrets in the store; default "
+           "<data dir>/secrets.key, created 0600 on first start. Replicas sharing one store need the same key"),
+    S("secrets_key", "store.secretsKey", "", p_str, "DPAGENT_SECRETS_KEY", None, secret=True,
+      help="the secrets key itself (base64 of 32 bytes), instead of a file (env or config file only, never a flag)"),
     S("pg_host", "store.postgres.host", "127.0.0.1", p_str, "KUMA_STORE_POSTGRES_HOST", "--store-postgres-host",
       help="PostgreSQL host (store.type postgres)"),
     S("pg_port", "store.postgres.port", 5432, p_port, "KUMA_STORE_POSTGRES_PORT", "--store-postgres-port",
@@ -165,6 +170,8 @@ class CpConfig:
     pg_max_open_connections: int = 50
     pg_min_open_connections: int = 1
     pg_connection_timeout: float = 5.0
+    secrets_key_file: str = ""
+    secrets_key: str = dataclasses.field(default="", repr=False)
 
     @property
     def postgres(self) -> PostgresConfig:

@@ -226,11 +226,10 @@ def _validate_data_source(v: Violations, doc: Any, path: str) -> None:
     if len(present) != 1:
         v.add(path, f"must have exactly one of: {', '.join(DATA_SOURCE_KEYS)}")
     for key in present:
-        v.string(src[key], join(path, key))
-    if "secret" in src:
-        v.add(join(path, "secret"), "secret data sources are not supported yet (Secrets cannot be stored in the "
-                                    "control plane yet); use file (a path on the control plane host) or "
-                                    "inlineString (the PEM text)")
+        if key == "secret":
+            v.name(src[key], join(path, key))  # a Secret of this mesh; that it exists is checked on apply
+        else:
+            v.string(src[key], join(path, key))
 
 
 def _duration(v: Violations, value: Any, path: str) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections.abc import Iterator
@@ -133,10 +134,12 @@ def test_three_rotations_under_load_without_restart_or_failure(rot, cp):
 def test_ca_switch_under_load(rot, cp, tmp_path):
     cert, key = generate_root_ca("default", "ca-2")
     (tmp_path / "ca2.pem").write_text(cert)
-    (tmp_path / "ca2-key.pem").write_text(key)
+    # The certificate from a file on the CP host, the key from a Secret (sealed in the store): both data sources.
+    cp.cli("apply", "-f", "-", input="type: Secret\nmesh: default\nname: ca-2-key\ndata: "
+           + base64.b64encode(key.encode()).decode() + "\n")
     provided = (f"  - name: ca-2\n    type: provided\n    dpCert: {{rotation: {{expiration: {LIFETIME}}}}}\n"
                 f"    conf:\n      cert: {{file: {tmp_path / 'ca2.pem'}}}\n"
-                f"      key: {{file: {tmp_path / 'ca2-key.pem'}}}\n")
+                f"      key: {{secret: ca-2-key}}\n")
     with Load(rot["url"]) as load:
         cp.cli("apply", "-f", "-", input=mesh_doc("ca-1", provided))  # add the backend first (bundle unchanged)
         time.sleep(2)

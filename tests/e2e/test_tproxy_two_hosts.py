@@ -227,6 +227,28 @@ def test_raw_ip_of_a_mesh_service_also_goes_over_mtls(mesh):
     assert r["status"] == 200 and "URI=spiffe://default/web" in r["body"]["xfcc"]
 
 
+def test_direct_access_reaches_that_endpoint_over_mtls(mesh):
+    """`directAccessServices: [backend]`: a raw-IP call to B now goes to exactly that ip:port through the
+    `direct_access` cluster (not balanced over the service's cluster), still over mTLS."""
+    h = mesh["hosts"]
+    doc = mesh["root"] / "web-direct.yaml"
+    doc.write_text(dataplane("web-1", A_IP, 9090, "web") + "    directAccessServices: [backend]\n")
+    os.chmod(doc, 0o644)
+    h.run("a", PY, "-m", "dpagent", "apply", "-f", str(doc), "--api-address", mesh["api"])
+    stat = "cluster.direct_access.upstream_cx_total"
+    wait_for(lambda: "direct_access" in h.run("a", "curl", "-s", "--unix-socket",
+                                               str(mesh["root"] / "web-1" / "work" / "envoy-admin.sock"),
+                                               "http://admin/listeners").stdout, 20, interval=0.3,
+             what="the direct-access listener on web-1's Envoy")
+    before, via_service = envoy_stat(mesh, "a", "web-1", stat), envoy_stat(mesh, "a", "web-1",
+                                                                            "cluster.backend.upstream_rq_total")
+    r = client(mesh, "http", f"http://{B_IP}:8080/direct")
+    assert r["status"] == 200 and r["body"]["path"] == "/direct"
+    assert "URI=spiffe://default/web" in r["body"]["xfcc"], "direct access keeps mTLS and the caller's identity"
+    assert envoy_stat(mesh, "a", "web-1", stat) == before + 1
+    assert envoy_stat(mesh, "a", "web-1", "cluster.backend.upstream_rq_total") == via_service
+
+
 def test_agent_traffic_excluded_ports_and_ssh_are_not_redirected(mesh):
     passthrough = "cluster.outbound_passthrough.upstream_cx_total"  # Envoy writes ":" in stat names as "_"
     base = envoy_stat(mesh, "a", "web-1", passthrough)

@@ -6,6 +6,7 @@ race tests are in tests/unit/controlplane/test_store_races.py.)"""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import subprocess
@@ -20,11 +21,17 @@ from testlib import LocalControlPlane, wait_for
 
 from dpagent.controlplane import secrets
 from dpagent.controlplane.ca import CertificateAuthority
+from dpagent.controlplane.store.sealed import SealedStore, parse_key
+
+#: Replicas on one store share the key that seals Secrets (each would otherwise make its own and the second refuse
+#: to start); given inline here, as replicas on several hosts would get it.
+SECRETS_KEY = base64.b64encode(b"k" * 32).decode()
 
 
 def cp_env(server: PgServer, database: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KUMA_", "DPAGENT_"))}
-    return {**env, **store_env(server, database), "KUMA_STORE_POSTGRES_MAX_OPEN_CONNECTIONS": "5"}
+    return {**env, **store_env(server, database), "KUMA_STORE_POSTGRES_MAX_OPEN_CONNECTIONS": "5",
+            "DPAGENT_SECRETS_KEY": SECRETS_KEY}
 
 
 @pytest.fixture
@@ -66,7 +73,7 @@ async def test_two_cp_replicas_share_one_store(replicas: list[LocalControlPlane]
     a, b = replicas
     codes = await asyncio.gather(*(asyncio.to_thread(put_mesh, cp, "payments") for cp in (a, b, a, b)))
     assert all(c in (200, 201) for c in codes), codes
-    store = await open_pg_store(pg_server, pg_database)
+    store = SealedStore(await open_pg_store(pg_server, pg_database), parse_key(SECRETS_KEY, "test"))
     try:
         for mesh in ("default", "payments"):
             assert [k.serial for k in await secrets.signing_keys(store, mesh)] == [1], mesh

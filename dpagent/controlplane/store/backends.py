@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dpagent.controlplane.settings import CpConfig
 from dpagent.controlplane.store.base import ResourceStore
+from dpagent.controlplane.store.sealed import SealedStore, load_key
 from dpagent.controlplane.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from dpagent.controlplane.store.sqlite import SqliteStore
 
@@ -26,12 +27,21 @@ def store_location(cfg: CpConfig) -> str:
 
 
 async def open_store(cfg: CpConfig) -> ResourceStore:
-    """SQLite creates and migrates its file itself (the zero-setup default); PostgreSQL must be migrated first."""
+    """SQLite creates and migrates its file itself (the zero-setup default); PostgreSQL must be migrated first.
+    Either way Secrets are sealed with the CP's secrets key before they reach the database (`sealed.py`)."""
+    box = load_key(cfg.data_dir, cfg.secrets_key_file, cfg.secrets_key)
+    inner: ResourceStore
     if cfg.store_type == "postgres":
         from dpagent.controlplane.store.postgres import PostgresStore
 
-        return await PostgresStore.open(cfg.postgres)
-    return await SqliteStore.open(sqlite_path(cfg))
+        inner = await PostgresStore.open(cfg.postgres)
+    else:
+        inner = await SqliteStore.open(sqlite_path(cfg))
+    try:
+        return await SealedStore.open(inner, box)
+    except BaseException:
+        await inner.close()
+        raise
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,15 @@ INBOUND_PASSTHROUGH_SOURCE_V6 = "::6"
 # MeshPassthrough's chains on the outbound capture listener (`passthrough:<ip|tls|http>:<port>`).
 PASSTHROUGH_CHAIN_PREFIX = "passthrough:"
 
+# Direct access (`transparentProxying.directAccessServices`): Kuma's names, one listener per endpoint ip:port and one
+# ORIGINAL_DST cluster they all use.
+DIRECT_ACCESS_CLUSTER = "direct_access"
+
+
+def direct_access_listener(address: str, port: int) -> str:
+    return f"{DIRECT_ACCESS_CLUSTER}_{address}:{port}"
+
+
 # "dynconf": a direct-response listener on a Unix socket through which the agent reads CP-made config (the DNS
 # table) over Envoy's existing ADS connection. The path is relative to Envoy's cwd, the agent's work dir.
 DYNCONF_LISTENER = "_dpagent:dynconf"

@@ -81,7 +81,25 @@ def dataplane_reach(old: MeshContext, new: MeshContext, changed: Iterable[str]) 
             dp = by_name.get(name)
             if dp is not None:
                 services |= {ib.service for ib in dp.networking.inbound if ib.service}
-    return changed | consumers(old, services) | consumers(new, services)
+    return changed | consumers(old, services) | consumers(new, services) | direct_callers(old, services) \
+        | direct_callers(new, services)
+
+
+def direct_callers(ctx: MeshContext, services: Iterable[str]) -> frozenset[str]:
+    """Dataplanes with direct-access listeners on these services' endpoints (`directAccessServices`, `*` = all)."""
+    def index() -> tuple[dict[str, frozenset[str]], frozenset[str]]:
+        by: dict[str, set[str]] = {}
+        for dp in ctx.dataplanes:
+            tp = dp.networking.transparent_proxying
+            for s in tp.direct_access_services if tp is not None else ():
+                by.setdefault(s, set()).add(dp.name)
+        return {s: frozenset(n) for s, n in by.items()}, frozenset(by.get("*", ()))
+
+    by, everything = ctx.dp_memo(("reach", "direct-access"), index)
+    out = set(everything)
+    for s in services:
+        out |= by.get(s, frozenset())
+    return frozenset(out)
 
 
 def _by_name(ctx: MeshContext) -> dict[str, Dataplane]:

@@ -20,6 +20,7 @@ class Origin(StrEnum):
     INBOUND = "inbound"  # per-inbound listeners, their routes and local clusters
     OUTBOUND = "outbound"  # outbound listeners, service clusters and endpoints
     TRANSPARENT = "transparent"  # capture listeners and passthrough clusters
+    DIRECT_ACCESS = "direct-access"  # per-endpoint listeners of `directAccessServices` and their cluster
     DYNCONF = "dynconf"  # the agent's direct-response listener (DNS table)
     SECRETS = "secrets"  # the mesh trust bundle
     USER = "user"  # resources a MeshProxyPatch added

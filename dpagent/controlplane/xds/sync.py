@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from dpagent.controlplane import secret_resources
 from dpagent.controlplane.identity import leaf_expiry
 from dpagent.controlplane.policies.envelope import Policy
 from dpagent.controlplane.policies.registry import POLICY_KINDS
@@ -37,7 +38,8 @@ from dpagent.model.mesh import Mesh, decode_mesh, mtls_enabled
 
 log = logging.getLogger("dpagent.cp.sync")
 
-# Kinds whose changes alter Envoy config. Secrets and insights do not: certificates travel as files on the host.
+# Kinds whose changes alter Envoy config. Insights and the CP's own secrets do not (certificates travel as files on
+# the host); user Secrets do, through data sources (see `_on_event`).
 # VirtualIPs must stay out: sync writes it itself during a rebuild, and an event for it would trigger another.
 # Policy kinds come from the registry, so a registered kind cannot be stored and then silently never reach Envoy.
 CONFIG_KINDS = frozenset({"Mesh", "Dataplane", *POLICY_KINDS})
@@ -316,6 +318,11 @@ class XdsSync:
             self._bundle_check.add(ev.mesh)  # a leaf from another root may retire (or revive) a root
             self._insights.add((ev.mesh, ev.name))
             self._wake.set()
+            return
+        if ev.kind == "Secret" and not secret_resources.is_system(ev.name):
+            # A user Secret feeds config through `{secret: name}` data sources (a provided CA, TLS material): rare
+            # enough that re-reading the whole mesh, CA material included, is the simple right answer.
+            self.mark(ev.mesh)
             return
         if ev.kind not in CONFIG_KINDS:
             return

@@ -4,8 +4,8 @@ Resources are often shared serialised objects: every change is made on a copy an
 `ResourceSet.replace` (or `add`/`remove`), so an edit never leaks into another proxy; the patched copy of a shared
 resource is itself shared (memoised per input and modification), so a mesh-wide patch costs one build per resource,
 not one per proxy. `match.origin` compares with
-the ResourceSet origins (inbound, outbound, transparent, dynconf, secrets; `user` for resources a patch added);
-Kuma origins we do not generate (prometheus, direct-access, egress, gateway, …) match nothing. A modification that
+the ResourceSet origins (inbound, outbound, transparent, direct-access, dynconf, secrets; `user` for resources a
+patch added); Kuma origins we do not generate (prometheus, egress, gateway, …) match nothing. A modification that
 cannot apply (a JSON pointer that does not exist) is skipped and reported by `apply_all`'s return value.
 """
 

@@ -40,6 +40,15 @@ def upstream_tls(mesh: str, service: str) -> base_pb2.TransportSocket:
     return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=pack(ctx))
 
 
+def upstream_tls_any(mesh: str) -> base_pb2.TransportSocket:
+    """Client side towards an address rather than a service (direct access): any identity of `mesh` is accepted,
+    since which service owns an ip:port is not something the client can check."""
+    common = _common(_uri_san(prefix=names.spiffe_mesh_prefix(mesh)))
+    common.alpn_protocols.extend(MESH_ALPN)
+    ctx = tls_pb2.UpstreamTlsContext(common_tls_context=common)
+    return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=pack(ctx))
+
+
 def downstream_tls(mesh: str) -> base_pb2.TransportSocket:
     """Server side: any identity of this mesh gets through TLS; which services may talk is RBAC's job."""
     ctx = tls_pb2.DownstreamTlsContext(

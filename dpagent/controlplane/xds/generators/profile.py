@@ -15,6 +15,7 @@ from dpagent.controlplane.xds import names
 from dpagent.controlplane.xds.builders import listener as lb
 from dpagent.controlplane.xds.builders.permissive import make_permissive
 from dpagent.controlplane.xds.context import MeshContext, Proxy, build_proxy
+from dpagent.controlplane.xds.generators.direct_access import DirectAccessGenerator
 from dpagent.controlplane.xds.generators.dynconf import set_dynconf_route
 from dpagent.controlplane.xds.generators.inbound import InboundGenerator, inbound_parts
 from dpagent.controlplane.xds.generators.outbound import outbound_filter
@@ -133,6 +134,7 @@ PROFILE: tuple[Generator, ...] = (
     InboundGenerator(),
     OutboundListenersGenerator(),
     TransparentGenerator(),
+    DirectAccessGenerator(),
     IdentityGenerator(),
     PolicyGenerator(),
 )

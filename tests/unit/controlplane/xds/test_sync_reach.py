@@ -23,7 +23,7 @@ SERVICES = ("web", "api", "db", "cache")
 
 def dataplane(name: str, service: str, i: int, *, version: str = "v1", ready: bool = True,
               outbounds: tuple[str, ...] = (), tproxy: bool = False, reachable: tuple[str, ...] = (),
-              protocol: str = "http") -> dict[str, Any]:
+              protocol: str = "http", direct: tuple[str, ...] = ()) -> dict[str, Any]:
     inbound: dict[str, Any] = {"port": 8000 + i, "servicePort": 9000 + i,
                                "tags": {"kuma.io/service": service, "kuma.io/protocol": protocol,
                                         "version": version, "kuma.io/zone": "z1" if i % 2 else "z2"}}
@@ -32,7 +32,8 @@ def dataplane(name: str, service: str, i: int, *, version: str = "v1", ready: bo
     net: dict[str, Any] = {"address": f"10.0.0.{i}", "inbound": [inbound]}
     if tproxy:
         net["transparentProxying"] = {"redirectPortInbound": 15006, "redirectPortOutbound": 15001,
-                                      **({"reachableServices": list(reachable)} if reachable else {})}
+                                      **({"reachableServices": list(reachable)} if reachable else {}),
+                                      **({"directAccessServices": list(direct)} if direct else {})}
     else:
         net["outbound"] = [{"port": 20000 + k, "tags": {"kuma.io/service": s}} for k, s in enumerate(outbounds)]
         if i % 3 == 0:  # some classic proxies call an external service through an outbound
@@ -193,6 +194,7 @@ class World:
         return dataplane(f"{service}-{self.count}", service, self.count, version=rng.choice(["v1", "v2"]),
                          outbounds=tuple(rng.sample(others, rng.randint(0, 2))), tproxy=tproxy,
                          reachable=tuple(rng.sample(others, 1)) if tproxy and rng.random() < 0.5 else (),
+                         direct=rng.choice([(), (), ("*",), tuple(rng.sample(others, 1))]) if tproxy else (),
                          protocol="tcp" if service == "cache" else "http")  # MeshTCPRoute's destinations
 
     async def put(self, doc: dict[str, Any]) -> tuple[str, str]:
