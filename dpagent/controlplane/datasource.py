@@ -100,6 +100,26 @@ def load(ds: Any, secrets: Mapping[str, bytes] | None = None, *, mesh: str = "")
     raise DataSourceError(f"unknown data source {kind!r}; use one of {', '.join(KEYS)}")
 
 
+def uses_secrets(doc: Any) -> bool:
+    """Whether a stored resource names any Secret in its spec."""
+    return isinstance(doc, dict) and next(secret_refs(doc.get("spec")), None) is not None
+
+
+def inline_secrets(doc: Any, secrets: Mapping[str, bytes]) -> Any:
+    """`doc` with every `{secret: name}` whose Secret is in `secrets` replaced by `{inlineString: text}`, so parsing
+    stays free of store reads. Unknown or non-text Secrets stay as they are, for `load` to name the problem."""
+    if isinstance(doc, dict):
+        if set(doc) == {"secret"} and isinstance(doc["secret"], str):
+            try:
+                return {"inlineString": secrets[doc["secret"]].decode()}
+            except (KeyError, UnicodeDecodeError):
+                return doc
+        return {k: inline_secrets(v, secrets) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [inline_secrets(v, secrets) for v in doc]
+    return doc
+
+
 async def resolve(store: ResourceStore, mesh: str, ds: Any) -> str:
     """`load` for one data source, reading the Secret it names from `mesh`."""
     return load(ds, await fetch_secrets(store, mesh, secret_names(ds)), mesh=mesh)

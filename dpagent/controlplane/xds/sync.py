@@ -19,7 +19,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from dpagent.controlplane import secret_resources
+from dpagent.controlplane import datasource, secret_resources
+from dpagent.controlplane.datasource import uses_secrets
 from dpagent.controlplane.identity import leaf_expiry
 from dpagent.controlplane.policies.envelope import Policy
 from dpagent.controlplane.policies.registry import POLICY_KINDS
@@ -422,7 +423,9 @@ class XdsSync:
             by: dict[str, tuple[dict[str, Any], Policy]] = {}
             for r in await self.store.list(kind, mesh=mesh):
                 hit = known.get(r.name)
-                by[r.name] = hit if hit is not None and hit[0] == r.doc else (r.doc, POLICY_KINDS[kind].parse(r.doc))
+                # a resource naming Secrets is parsed again: this rebuild may be for a change of one of them
+                by[r.name] = hit if hit is not None and hit[0] == r.doc and not uses_secrets(r.doc) \
+                    else (r.doc, await self._parse(kind, mesh, r.doc))
             policies[kind] = by
         bundle_pem, bundle_names = "", ()
         parsed_mesh = decode_mesh(mesh_rec.doc)
@@ -441,6 +444,14 @@ class XdsSync:
             return self.states.get(mesh)  # a rebuild that read the store later already installed its state
         await self._store_vips(mesh, state, vips_rec, stored_vips)
         return state
+
+    async def _parse(self, kind: str, mesh: str, doc: dict[str, Any]) -> Policy:
+        """Parse with the mesh's Secrets that the document names put in place (a MeshExternalService's CA from
+        `{secret: name}`): plugins parse without store access."""
+        if uses_secrets(doc):
+            names = {name for _, name in datasource.secret_refs(doc.get("spec"))}
+            doc = datasource.inline_secrets(doc, await datasource.fetch_secrets(self.store, mesh, names))
+        return POLICY_KINDS[kind].parse(doc)
 
     async def _apply(self, mesh: str, changes: set[tuple[str, str]]) -> tuple[MeshState | None, reach.Reach]:
         """Re-read only the changed records; keep what the dataplanes determine when only policies changed."""
@@ -476,7 +487,7 @@ class XdsSync:
                 continue
             if prior is not None and prior[0] == rec.doc:
                 continue
-            parsed = POLICY_KINDS[kind].parse(rec.doc)
+            parsed = await self._parse(kind, mesh, rec.doc)
             by[name] = (rec.doc, parsed)
             new_policies.append(parsed)
             if prior is not None:

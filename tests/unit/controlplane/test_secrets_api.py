@@ -244,3 +244,48 @@ async def test_a_secret_change_rebuilds_the_mesh_and_its_trust_bundle(tmp_path: 
     assert sync._dirty == {}
     sub.close()
     await store.close()
+
+
+async def test_an_external_services_ca_comes_from_a_secret_and_follows_its_change(tmp_path: Path) -> None:
+    """MeshExternalService `caCert: {secret: name}`: the sync reads the Secret for the parser, the cluster's
+    validation context carries its PEM, and a Secret change reaches the cluster without touching the service."""
+    from dpagent.controlplane.store.base import ChangeEvent
+    from dpagent.controlplane.xds.snapshot import CLUSTER
+    from dpagent.controlplane.xds.sync import XdsSync, proxy_snapshot
+
+    store = await SealedStore.open(await MemoryStore.open(), load_key(str(tmp_path)))
+    resources = Resources(store)
+    await resources.apply({"type": "Mesh", "name": "default"})
+    first, _ = ca_mod.generate_root_ca("default", "ext-ca")
+    await resources.apply(secret("ext-ca", base64.b64encode(first.encode()).decode()))
+    await resources.apply({"type": "MeshExternalService", "mesh": "default", "name": "httpbin", "spec": {
+        "match": {"type": "HostnameGenerator", "port": 443, "protocol": "http"},
+        "endpoints": [{"address": "10.9.0.1", "port": 8443}],
+        "tls": {"enabled": True, "verification": {"serverName": "ext.test", "caCert": {"secret": "ext-ca"}}}}})
+    await resources.apply({"type": "Dataplane", "mesh": "default", "name": "web-1", "networking": {
+        "address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}],
+        "transparentProxying": {"redirectPortInbound": 15006, "redirectPortOutbound": 15001}}})
+    sync = XdsSync(store, cache=None)
+
+    def cluster_text(state: Any) -> str:
+        snap = proxy_snapshot(state, state.by_name["web-1"])
+        return str(snap.resources(CLUSTER)["extsvc/httpbin"].message)
+
+    state = await sync._rebuild("default")
+    assert state is not None
+    assert first.splitlines()[1] in cluster_text(state)
+
+    sub = await store.subscribe()
+    second, _ = ca_mod.generate_root_ca("default", "ext-ca-2")
+    await resources.apply(secret("ext-ca", base64.b64encode(second.encode()).decode()))
+    events: list[ChangeEvent] = []
+    while sub.pending():
+        events.append(await sub.__anext__())
+    for ev in events:
+        sync._on_event(ev)
+    state, _ = await sync._change("default", sync._dirty.pop("default"))
+    assert state is not None
+    text = cluster_text(state)
+    assert second.splitlines()[1] in text and first.splitlines()[1] not in text
+    sub.close()
+    await store.close()
