@@ -170,8 +170,12 @@ async def test_every_registered_kind_together_reaches_an_envoy_that_loads_it(api
     state = await XdsSync(store, cache=None)._rebuild("default")
     assert state is not None
     proxy = build_proxy(state.ctx, state.by_name["backend-1"])
-    assert {kind for kind, m in proxy.matched.items() if "sample" in m.policies} == set(POLICY_KINDS)
-    envoy_accepts(generate(state.ctx, proxy.dp, proxy).messages(), tmp_path, "spiffe://default/backend")
+    # MeshExternalService is a resource, not a policy: it selects no proxy, every proxy gets its cluster
+    assert {kind for kind, m in proxy.matched.items() if "sample" in m.policies} == set(POLICY_KINDS) - {
+        "MeshExternalService"}
+    messages = generate(state.ctx, proxy.dp, proxy).messages()
+    assert any(name == f"extsvc/{SAMPLES['MeshExternalService']['name']}" for by in messages.values() for name in by)
+    envoy_accepts(messages, tmp_path, "spiffe://default/backend")
 
 
 def test_duplicate_order_or_name_fails_at_import() -> None:

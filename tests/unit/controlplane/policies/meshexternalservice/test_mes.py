@@ -186,7 +186,7 @@ def test_unresolvable_ca_leaves_the_service_out_with_a_warning(tmp_path: Path) -
     web = state.by_name["web-1"]
     warnings = proxy_warnings(state.ctx, web)
     assert any("vault" in w and "nope.pem" in w and "no cluster" in w for w in warnings), warnings
-    assert any("kms" in w and "secret" in w for w in warnings), warnings
+    assert any("kms" in w and "Secret \"kms-ca\" does not exist" in w for w in warnings), warnings
     snap = proxy_snapshot(state, web)
     assert set(snap.resources(CLUSTER)) >= {"extsvc/httpbin"}
     assert not {"extsvc/vault", "extsvc/kms"} & set(snap.resources(CLUSTER))
