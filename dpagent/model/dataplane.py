@@ -66,12 +66,37 @@ class Outbound(_S):
         return str((self.backend_ref or {}).get("name", ""))
 
 
+class ReachableRef(_S):
+    kind: str
+    name: str = ""
+
+
+class ReachableBackends(_S):
+    refs: list[ReachableRef] = []
+
+
 class TransparentProxying(_S):
     redirect_port_inbound: int = 15006
     redirect_port_outbound: int = 15001
     reachable_services: list[str] = []
+    reachable_backends: ReachableBackends | None = None
     direct_access_services: list[str] = []
     ip_family_mode: str = ""
+
+    def reachable_mesh_services(self) -> list[str] | None:
+        """The mesh services (`kuma.io/service`) this proxy gets outbounds for, None for all of them.
+
+        `reachableServices` and `reachableBackends`' MeshService refs add up. Once `reachableBackends` is set the
+        proxy reaches only what is listed: refs naming only external services leave it no mesh service at all."""
+        if self.reachable_backends is None:
+            return list(self.reachable_services) or None
+        return sorted({*self.reachable_services,
+                       *(r.name for r in self.reachable_backends.refs if r.kind == "MeshService")})
+
+    def reaches_external(self, name: str) -> bool:
+        """Whether this proxy gets the MeshExternalService `name`: every one unless `reachableBackends` lists some."""
+        return self.reachable_backends is None or any(
+            r.kind == "MeshExternalService" and r.name == name for r in self.reachable_backends.refs)
 
 
 class Admin(_S):
@@ -193,6 +218,7 @@ def validate_dataplane(doc: Any) -> list[tuple[str, str]]:
         v.unknown(tproxy, _TPROXY, "networking.transparentProxying")
         v.port(tproxy.get("redirectPortInbound", 15006), "networking.transparentProxying.redirectPortInbound")
         v.port(tproxy.get("redirectPortOutbound", 15001), "networking.transparentProxying.redirectPortOutbound")
+        _reachable_backends(v, tproxy.get("reachableBackends"), "networking.transparentProxying.reachableBackends")
         mode = tproxy.get("ipFamilyMode")
         if mode is not None and mode not in ("DualStack", "IPv4", "dualstack", "ipv4"):
             v.add("networking.transparentProxying.ipFamilyMode", "must be DualStack or IPv4")
@@ -204,6 +230,33 @@ def validate_dataplane(doc: Any) -> list[tuple[str, str]]:
             for problem in _admin_clashes(admin_port, net, inbounds, outbounds):
                 v.add("networking.admin.port", problem)
     return v.items
+
+
+REACHABLE_KINDS = ("MeshService", "MeshExternalService")
+
+
+def _reachable_backends(v: Violations, raw: Any, path: str) -> None:
+    """Kuma's `{refs: [{kind, name, namespace, port, labels}]}`. dpagent resolves a ref by name only (a MeshService
+    is a `kuma.io/service` value, a MeshExternalService its resource name): the other selectors are refused, not
+    dropped, since dropping one would widen or narrow what the proxy reaches without saying so."""
+    backends = v.mapping(raw, path, required=False)
+    if backends is None:
+        return
+    v.unknown(backends, ("refs",), path)
+    rp = join(path, "refs")
+    for i, item in enumerate(v.sequence(backends.get("refs"), rp)):
+        ref = v.mapping(item, f"{rp}[{i}]")
+        if ref is None:
+            continue
+        p = f"{rp}[{i}]"
+        v.unknown(ref, ("kind", "name", "namespace", "port", "labels"), p)
+        if ref.get("kind") not in REACHABLE_KINDS:
+            v.add(join(p, "kind"), f"must be one of: {', '.join(REACHABLE_KINDS)}")
+        v.string(ref.get("name"), join(p, "name"))
+        for key in ("namespace", "port", "labels"):
+            if ref.get(key) not in (None, "", {}):
+                v.add(join(p, key), "is not supported: dpagent selects reachable backends by name; remove it "
+                                    "(a MeshService's name is its kuma.io/service value)")
 
 
 def _unspecified(address: str) -> bool:

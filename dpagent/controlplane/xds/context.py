@@ -96,15 +96,17 @@ class MeshContext:
     def consumers(self) -> tuple[Mapping[str, frozenset[str]], frozenset[str]]:
         """(service → dataplanes that get its cluster and endpoints, dataplanes that get every service's): whose
         config a change of one service's endpoints or outbound policies can reach. Transparent proxies without
-        `reachableServices` reach every service and sit in the second set, so this stays O(N), not O(N × S)."""
+        `reachableServices`/`reachableBackends` reach every service and sit in the second set, so this stays O(N),
+        not O(N × S)."""
         by: dict[str, set[str]] = {}
         everything: set[str] = set()
         for dp in self.dataplanes:
             tp = dp.networking.transparent_proxying
-            if tp is not None and not tp.reachable_services:
+            limited = tp.reachable_mesh_services() if tp is not None else None
+            if tp is not None and limited is None:
                 everything.add(dp.name)
                 continue
-            wanted = tp.reachable_services if tp is not None else [ob.service for ob in dp.networking.outbound]
+            wanted = limited if limited is not None else [ob.service for ob in dp.networking.outbound]
             for service in wanted:
                 if service:
                     by.setdefault(service, set()).add(dp.name)

@@ -154,11 +154,12 @@ def outbound_listener(es: ExternalService, address: str, port: int) -> listener_
 
 
 def wanted(dp: Dataplane, services: Sequence[ExternalService]) -> list[ExternalService]:
-    """Under a transparent proxy every usable external service (by VIP and DNS name); else the ones an outbound's
-    backendRef names."""
+    """Under a transparent proxy every usable external service (by VIP and DNS name) that `reachableBackends`
+    allows; else the ones an outbound's backendRef names."""
     usable = [es for es in services if es.usable]
-    if dp.networking.transparent_proxying is not None:
-        return usable
+    tp = dp.networking.transparent_proxying
+    if tp is not None:
+        return [es for es in usable if tp.reaches_external(es.name)]
     named = {str((ob.backend_ref or {}).get("name", "")) for ob in dp.networking.outbound
              if (ob.backend_ref or {}).get("kind") == MESH_EXTERNAL_SERVICE}
     return [es for es in usable if es.name in named]

@@ -54,13 +54,15 @@ def service_ports(dataplanes: Sequence[Dataplane]) -> dict[str, list[int]]:
 
 
 def reachable_services(dp: Dataplane, known: Iterable[str]) -> list[str]:
-    """The mesh services this proxy gets chains, clusters and DNS names for: `reachableServices` when set (only
-    those that exist), else all of them. A non-tproxy proxy reaches what its `outbound` entries name."""
+    """The mesh services this proxy gets chains, clusters and DNS names for: what `reachableServices` and
+    `reachableBackends` list when either is set (only those that exist), else all of them. A non-tproxy proxy
+    reaches what its `outbound` entries name."""
     tp = dp.networking.transparent_proxying
     if tp is None:
         return sorted({ob.service for ob in dp.networking.outbound if ob.service})
-    if tp.reachable_services:
-        return sorted(set(tp.reachable_services) & set(known))
+    limited = tp.reachable_mesh_services()
+    if limited is not None:
+        return sorted(set(limited) & set(known))
     return sorted(set(known))
 
 

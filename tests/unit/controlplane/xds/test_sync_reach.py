@@ -23,7 +23,8 @@ SERVICES = ("web", "api", "db", "cache")
 
 def dataplane(name: str, service: str, i: int, *, version: str = "v1", ready: bool = True,
               outbounds: tuple[str, ...] = (), tproxy: bool = False, reachable: tuple[str, ...] = (),
-              protocol: str = "http", direct: tuple[str, ...] = ()) -> dict[str, Any]:
+              protocol: str = "http", direct: tuple[str, ...] = (),
+              backends: tuple[dict[str, str], ...] = ()) -> dict[str, Any]:
     inbound: dict[str, Any] = {"port": 8000 + i, "servicePort": 9000 + i,
                                "tags": {"kuma.io/service": service, "kuma.io/protocol": protocol,
                                         "version": version, "kuma.io/zone": "z1" if i % 2 else "z2"}}
@@ -33,7 +34,8 @@ def dataplane(name: str, service: str, i: int, *, version: str = "v1", ready: bo
     if tproxy:
         net["transparentProxying"] = {"redirectPortInbound": 15006, "redirectPortOutbound": 15001,
                                       **({"reachableServices": list(reachable)} if reachable else {}),
-                                      **({"directAccessServices": list(direct)} if direct else {})}
+                                      **({"directAccessServices": list(direct)} if direct else {}),
+                                      **({"reachableBackends": {"refs": list(backends)}} if backends else {})}
     else:
         net["outbound"] = [{"port": 20000 + k, "tags": {"kuma.io/service": s}} for k, s in enumerate(outbounds)]
         if i % 3 == 0:  # some classic proxies call an external service through an outbound
@@ -195,6 +197,10 @@ class World:
                          outbounds=tuple(rng.sample(others, rng.randint(0, 2))), tproxy=tproxy,
                          reachable=tuple(rng.sample(others, 1)) if tproxy and rng.random() < 0.5 else (),
                          direct=rng.choice([(), (), ("*",), tuple(rng.sample(others, 1))]) if tproxy else (),
+                         backends=rng.choice([(), (), ({"kind": "MeshService", "name": rng.choice(others)},),
+                                              ({"kind": "MeshExternalService", "name": f"p{rng.randint(0, 11)}"},
+                                               {"kind": "MeshService", "name": rng.choice(others)})])
+                         if tproxy else (),
                          protocol="tcp" if service == "cache" else "http")  # MeshTCPRoute's destinations
 
     async def put(self, doc: dict[str, Any]) -> tuple[str, str]:

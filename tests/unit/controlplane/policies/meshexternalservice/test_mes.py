@@ -269,3 +269,44 @@ def test_get_lists_the_hostname_and_endpoints() -> None:
     row = dict(zip(_header(kind), _row(kind, {**PG, "creationTime": ""}), strict=True))
     assert row["HOSTNAME"] == "pg.extsvc.mesh.local:5432"
     assert row["ENDPOINTS"] == "db.example.com:5432,db2.example.com:5432"
+
+
+def test_reachable_backends_limit_mesh_and_external_services() -> None:
+    """Kuma's `reachableBackends`: only the listed MeshService (by `kuma.io/service`) and MeshExternalService get
+    clusters, capture chains and DNS names; a proxy without it still gets everything."""
+    limited = dp("web-1", "10.0.0.1")
+    limited["networking"]["transparentProxying"]["reachableBackends"] = {"refs": [
+        {"kind": "MeshService", "name": "backend"}, {"kind": "MeshExternalService", "name": "pg"}]}
+    only_external = dp("web-2", "10.0.0.4")
+    only_external["networking"]["transparentProxying"]["reachableBackends"] = {"refs": [
+        {"kind": "MeshExternalService", "name": "httpbin"}]}
+    state = _state([HTTPBIN, PG], [limited, only_external, *WORLD[1:]])
+
+    def seen(name: str) -> tuple[set[str], set[str]]:
+        snap = proxy_snapshot(state, state.by_name[name])
+        records = dns_records(snap.resources(LISTENER)[names.DYNCONF_LISTENER].message)
+        clusters = {c for c in snap.resources(CLUSTER) if not c.startswith(("inbound", "outbound:passthrough",
+                                                                             "localhost"))}
+        return clusters, set(records)
+
+    clusters, records = seen("web-1")
+    assert {"backend", "extsvc/pg"} <= clusters and not {"classic", "extsvc/httpbin", "web"} & clusters
+    assert records == {"backend.mesh", "pg.extsvc.mesh.local"}
+    clusters, records = seen("web-2")
+    assert "extsvc/httpbin" in clusters and not {"backend", "extsvc/pg"} & clusters
+    assert records == {"httpbin.extsvc.mesh.local"}
+    everything, _ = seen("backend-1")  # no reachableBackends: every service and external service
+    assert {"extsvc/httpbin", "extsvc/pg", "classic"} <= everything
+
+
+def test_reachable_backends_refuse_what_they_cannot_resolve() -> None:
+    from dpagent.model.dataplane import validate_dataplane
+
+    doc = dp("web-1", "10.0.0.1")
+    doc["networking"]["transparentProxying"]["reachableBackends"] = {"refs": [
+        {"kind": "MeshService", "name": "backend", "port": 8080}, {"kind": "MeshGateway", "name": "gw"},
+        {"kind": "MeshService", "labels": {"app": "x"}}], "extra": 1}
+    paths = {p for p, _ in validate_dataplane(doc)}
+    base = "networking.transparentProxying.reachableBackends"
+    assert paths == {f"{base}.extra", f"{base}.refs[0].port", f"{base}.refs[1].kind", f"{base}.refs[2].name",
+                     f"{base}.refs[2].labels"}
