@@ -368,5 +368,5 @@ async function poll() {
 window.addEventListener("hashchange", () => render());
 document.addEventListener("DOMContentLoaded", () => {
   poll();
-  setInterval(poll, 1000);
+  setInterval(poll, 500);
 });
