@@ -8,6 +8,7 @@ page re-reads its data only when one of them moved.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import time
@@ -29,6 +30,7 @@ from dpagent.controlplane.resources import record_to_doc
 from dpagent.controlplane.store import ResourceStore
 from dpagent.controlplane.xds.nodeid import node_id
 from dpagent.errors import NotFound
+from dpagent.model.dataplane import decode_dataplane
 from dpagent.model.mesh import decode_mesh
 
 COOKIE = "dpagent_gui"
@@ -67,6 +69,11 @@ def _asset(name: str) -> bytes:
     return importlib_resources.files("dpagent.controlplane.gui").joinpath("static", name).read_bytes()
 
 
+@functools.lru_cache(maxsize=16)
+def _roots(bundle_pem: str, backends: tuple[str, ...]) -> list[views.RootCert]:
+    return views.bundle_roots(bundle_pem, backends)
+
+
 def _json(data: Any) -> web.Response:
     return web.Response(body=msgspec.json.encode(data), content_type="application/json", headers=SECURITY_HEADERS)
 
@@ -91,6 +98,7 @@ class Gui:
     def __init__(self, src: GuiSources) -> None:
         self.src = src
         self.assets = {n: _asset(n) for n in STATIC}
+        self._lists: dict[tuple[str, str | None], tuple[int, list[Any]]] = {}
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -155,28 +163,41 @@ class Gui:
         v = f"{rev}.{self.src.cache.changes}.{self.src.sync.generations}.{int(time.time() // TICK)}"
         return _json({"version": v})
 
+    async def _list(self, kind: str, mesh: str | None) -> list[Any]:
+        """store.list, reused while the store's revision stands: the leaf records behind the dataplanes and
+        certificates pages are a thousand documents at 1,000 proxies, and they change a few times a minute."""
+        rev = await self.src.store.revision()
+        hit = self._lists.get((kind, mesh))
+        if hit is None or hit[0] != rev:
+            hit = self._lists[(kind, mesh)] = (rev, await self.src.store.list(kind, mesh=mesh))
+        return hit[1]
+
     def _status(self, mesh: str, name: str) -> dict[str, Any] | None:
         return self.src.cache.status(node_id(mesh, name))
 
     async def _rows(self, mesh: str | None = None) -> list[views.DataplaneRow]:
-        insights = {(r.mesh, r.name): r.doc for r in await self.src.store.list(INSIGHT, mesh=mesh)}
+        """Dataplanes as sync parsed them (no document decoded per request), with their leaf records."""
+        meshes = [mesh] if mesh else [r.name for r in await self.src.store.list("Mesh")]
+        insights = {(r.mesh, r.name): r.doc for r in await self._list(INSIGHT, mesh)}
         vers = self.src.versions or {}
         rows = []
-        for rec in await self.src.store.list("Dataplane", mesh=mesh):
-            node = node_id(rec.mesh, rec.name)
-            rows.append(views.dataplane_row(rec.doc, insights.get((rec.mesh, rec.name)), self.src.cache.status(node),
-                                            vers.get(node)))
+        for m in meshes:
+            state = await self.src.sync.state(m)
+            for name, dp in sorted((state.by_name if state else {}).items()):
+                node = node_id(m, name)
+                rows.append(views.dataplane_row(dp, insights.get((m, name)), self.src.cache.status(node),
+                                                vers.get(node)))
         return rows
 
     async def overview(self, request: web.Request) -> web.Response:
-        rows = await self._rows()
-        counts: dict[str, dict[str, int]] = {}
-        for kind in POLICY_KINDS:
-            for rec in await self.src.store.list(kind):
-                per = counts.setdefault(rec.mesh, {})
-                per[kind] = per.get(kind, 0) + 1
-        meshes = [views.mesh_summary(m.doc, (r for r in rows if r.mesh == m.name), counts.get(m.name, {}))
-                  for m in await self.src.store.list("Mesh")]
+        meshes = []
+        for mrec in await self.src.store.list("Mesh"):
+            state = await self.src.sync.state(mrec.name)
+            names = state.by_name if state else {}
+            statuses = [views.status_of(self.src.cache.status(node_id(mrec.name, n))) for n in names]
+            services = len(state.ctx.by_service) if state else 0
+            counts = {kind: len(state.ctx.policies.get(kind, ())) if state else 0 for kind in POLICY_KINDS}
+            meshes.append(views.mesh_summary(mrec.doc, statuses, services, counts))
         leader = await self.src.leader() if self.src.leader else None
         now = time.time()
         cp = views.ControlPlaneInfo(__version__, self.src.store_type, self.src.store_location,
@@ -194,8 +215,8 @@ class Gui:
             raise NotFound(f'Dataplane "{name}" in mesh "{mesh}" not found')
         insight = await self.src.store.get(INSIGHT, mesh, name)
         node = node_id(mesh, name)
-        row = views.dataplane_row(rec.doc, insight.doc if insight else None, self.src.cache.status(node),
-                                  (self.src.versions or {}).get(node))
+        row = views.dataplane_row(decode_dataplane(rec.doc), insight.doc if insight else None,
+                                  self.src.cache.status(node), (self.src.versions or {}).get(node))
         inspect = await self.src.inspector.dataplane(mesh, name, record_to_doc(rec))
         try:
             config = await self.src.inspector.config(mesh, name)
@@ -216,11 +237,9 @@ class Gui:
         if state is None:
             return _json({"mesh": mesh, "services": [], "matrix": None})
         statuses = {name: views.status_of(self._status(mesh, name)) for name in state.by_name}
-        ctx = state.ctx
-        # The matrix depends on this mesh context only: computed once per context, however many pages ask.
-        matrix = ctx.memo(("gui", "permission-matrix"), lambda: views.permission_matrix(ctx))
-        page = views.services_page(ctx, statuses, matrix)
-        return _json(page)
+        # The matrix and the policy lists depend on the mesh context only: services_page memoises them on it, so
+        # they are computed once per change of the mesh, however many pages ask.
+        return _json(views.services_page(state.ctx, statuses))
 
     async def policies(self, request: web.Request) -> web.Response:
         out: dict[str, list[views.PolicyRow]] = {}
@@ -248,14 +267,14 @@ class Gui:
             mesh = decode_mesh(mrec.doc)
             state = await self.src.sync.state(mesh.name)
             backends_in = tuple(state.bundle_backends) if state else ()
-            insights = [r.doc for r in await self.src.store.list(INSIGHT, mesh=mesh.name)]
+            insights = [r.doc for r in await self._list(INSIGHT, mesh.name)]
             connected = [self.src.cache.status(n) for n, (m, _) in list(self.src.sync.connected.items())
                          if m == mesh.name]
             enabled = (mesh.mtls.enabled_backend if mesh.mtls else "") or ""
             issuing = bool(enabled) and self.src.sync.issuable(mesh.name, enabled)
             out.append(views.MeshCertificates(
                 mesh.name, bool(enabled), views.backends_view(mesh, backends_in),
-                views.bundle_roots(state.ctx.trust_bundle if state else "", backends_in),
+                _roots(state.ctx.trust_bundle if state else "", backends_in),
                 views.timeline(insights, now),
                 views.switch_progress(mesh, backends_in, connected, insights, issuing, now)))
         return _json({"meshes": out, "now": now})

@@ -8,7 +8,6 @@ refused the last config of some type: it runs on older config), *offline* (no st
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -84,29 +83,27 @@ def status_of(status: Mapping[str, Any] | None) -> str:
     return NACKING if last_nack(status) is not None else ONLINE
 
 
-def dataplane_row(doc: Mapping[str, Any], insight: Mapping[str, Any] | None, status: Mapping[str, Any] | None,
+def dataplane_row(dp: Dataplane, insight: Mapping[str, Any] | None, status: Mapping[str, Any] | None,
                   versions: Mapping[str, str] | None = None) -> DataplaneRow:
-    net = doc.get("networking") or {}
     services: list[str] = []
     tags: dict[str, str] = {}
-    for ib in net.get("inbound") or []:
-        for k, v in (ib.get("tags") or {}).items():
+    for ib in dp.networking.inbound:
+        for k, v in ib.tags.items():
             if k == "kuma.io/service":
                 if v not in services:
                     services.append(v)
             else:
                 tags.setdefault(k, v)
-    if not services and net.get("gateway"):
-        gw = (net["gateway"].get("tags") or {}).get("kuma.io/service")
+    if not services and dp.networking.gateway:
+        gw = (dp.networking.gateway.get("tags") or {}).get("kuma.io/service")
         services = [gw] if gw else []
     mtls = (insight or {}).get("mTLS") or {}
     st = status_of(status)
     since = (status or {}).get("since") if st != OFFLINE else (status or {}).get("last_disconnect")
     issued = mtls.get("lastCertificateRegeneration")
     return DataplaneRow(
-        mesh=str(doc.get("mesh", "")), name=str(doc.get("name", "")), services=services, tags=tags,
-        address=str(net.get("address", "")), status=st, since=since,
-        agent_version=(versions or {}).get("agent", ""), envoy_version=(versions or {}).get("envoy", ""),
+        mesh=dp.mesh, name=dp.name, services=services, tags=tags, address=dp.networking.address, status=st,
+        since=since, agent_version=(versions or {}).get("agent", ""), envoy_version=(versions or {}).get("envoy", ""),
         cert_backend=str(mtls.get("issuedBackend") or ""), cert_issued=float(issued) if issued else None,
         cert_expires=_epoch(mtls.get("certificateExpirationTime")), last_nack=last_nack(status))
 
@@ -138,14 +135,14 @@ class Overview(msgspec.Struct, frozen=True):
     meshes: list[MeshSummary]
 
 
-def mesh_summary(mesh_doc: Mapping[str, Any], rows: Iterable[DataplaneRow], policy_counts: Mapping[str, int]
-                 ) -> MeshSummary:
-    rows = list(rows)
-    by = {s: sum(1 for r in rows if r.status == s) for s in (ONLINE, OFFLINE, NACKING)}
+def mesh_summary(mesh_doc: Mapping[str, Any], statuses: Iterable[str], services: int,
+                 policy_counts: Mapping[str, int]) -> MeshSummary:
+    """`statuses`: one per dataplane of the mesh; `services`: how many distinct services their inbounds carry."""
+    seen = list(statuses)
+    by = {s: seen.count(s) for s in (ONLINE, OFFLINE, NACKING)}
     mtls = (mesh_doc.get("mtls") or {}).get("enabledBackend") or "off"
-    services = {s for r in rows for s in r.services}
-    return MeshSummary(str(mesh_doc["name"]), str(mtls), len(rows), by[ONLINE] + by[NACKING], by[OFFLINE],
-                       by[NACKING], len(services), {k: n for k, n in sorted(policy_counts.items()) if n})
+    return MeshSummary(str(mesh_doc["name"]), str(mtls), len(seen), by[ONLINE] + by[NACKING], by[OFFLINE],
+                       by[NACKING], services, {k: n for k, n in sorted(policy_counts.items()) if n})
 
 
 # ---- services and who may call whom ----------------------------------------------------------------------------
@@ -153,16 +150,14 @@ def mesh_summary(mesh_doc: Mapping[str, Any], rows: Iterable[DataplaneRow], poli
 ALLOW, DENY, MIXED, SHADOW, OPEN = "allow", "deny", "mixed", "shadow", "open"
 
 
-class Cell(msgspec.Struct, frozen=True):
-    decision: str  # allow | deny | mixed (instances disagree) | shadow (allowed, logged as a deny) | open (no mTLS)
-    policies: list[str]  # the MeshTrafficPermissions that selected the callee's inbounds
-
-
 class PermissionMatrix(msgspec.Struct, frozen=True):
     mesh: str
     enforced: bool  # False with mTLS off: nothing is checked, every call goes through
     services: list[str]  # callers (rows) and callees (columns), in this order
-    cells: dict[str, dict[str, Cell]]  # caller → callee → cell
+    # caller → callee → allow | deny | mixed (the callee's instances disagree) | shadow (allowed, logged as a
+    # deny) | open (no mTLS)
+    decisions: dict[str, dict[str, str]]
+    policies: dict[str, list[str]]  # callee → the MeshTrafficPermissions that select its inbounds
 
 
 def _hits(m: Match, sid: str) -> bool:
@@ -175,15 +170,16 @@ def _hits(m: Match, sid: str) -> bool:
     return sid == m.spiffe_id.value if m.spiffe_id.type == EXACT else sid.startswith(m.spiffe_id.value)
 
 
-def inbound_decision(perm: InboundPermissions | None, mesh: str, caller: str) -> str:
+def inbound_decision(perm: InboundPermissions | None, mesh: str, caller: str,
+                     legacy: tuple[bool, tuple[str, ...]] | None = None) -> str:
     """What the two RBAC filters of one inbound do with `caller` (mirrors meshtrafficpermission/xds.decisions):
-    a deny anywhere wins, then any allow; nobody else gets in."""
+    a deny anywhere wins, then any allow; nobody else gets in. `legacy`: perm.legacy(), when already known."""
     if perm is None:
         return DENY
     sid = spiffe_id(mesh, caller)
     legacy_allow = False
     if perm.rules:
-        by_default, exceptions = perm.legacy()
+        by_default, exceptions = legacy or perm.legacy()
         if by_default and caller in exceptions:
             return DENY
         legacy_allow = by_default or caller in exceptions
@@ -196,42 +192,45 @@ def inbound_decision(perm: InboundPermissions | None, mesh: str, caller: str) ->
     return SHADOW if any(_hits(m, sid) for m in perm.shadow) else DENY
 
 
-def _mtp_rules(ctx: MeshContext, dp: Dataplane) -> MtpRules:
-    plugin = plugin_for(MTP)
-    assert plugin is not None
-    matched = match(MTP, ctx.parsed_policies.get(MTP, ()), dp, cache=ctx.match_cache)
-    rules = plugin.rules(ctx, dp, matched)
-    assert isinstance(rules, MtpRules)
-    return rules
-
-
 def permission_matrix(ctx: MeshContext) -> PermissionMatrix:
     """For every (caller service, callee service) pair, whether the callee's proxies let the caller in. Callers are
-    identified as the mesh's proxies prove them: `spiffe://<mesh>/<service>` of their first inbound."""
+    identified as the mesh's proxies prove them: `spiffe://<mesh>/<service>`.
+
+    An inbound's permissions depend only on which policies selected it (and the mesh), so they are worked out once
+    per distinct policy set, not once per proxy: a mesh of 1,000 proxies has a handful of those."""
     mesh = ctx.mesh.name
     services = sorted({ib.service for dp in ctx.dataplanes for ib in dp.networking.inbound if ib.service})
-    perms: dict[str, list[InboundPermissions | None]] = {s: [] for s in services}
-    policies: dict[str, set[str]] = {s: set() for s in services}
     enforced = enabled_backend(ctx.mesh) is not None
-    if enforced:
-        for dp in ctx.dataplanes:
-            rules = _mtp_rules(ctx, dp)
-            for ib in dp.networking.inbound:
-                if not ib.service:
-                    continue
-                perm = rules.inbounds.get(f"{ib.address or dp.networking.address}:{ib.port}")
-                perms[ib.service].append(perm)
-                policies[ib.service].update(perm.policies if perm else ())
-    cells: dict[str, dict[str, Cell]] = {}
-    for caller in services:
-        row = cells[caller] = {}
-        for callee in services:
-            if not enforced:
-                row[callee] = Cell(OPEN, [])
+    if not enforced:
+        return PermissionMatrix(mesh, False, services, {a: dict.fromkeys(services, OPEN) for a in services},
+                                {s: [] for s in services})
+    plugin = plugin_for(MTP)
+    assert plugin is not None
+    policies = ctx.parsed_policies.get(MTP, ())
+    perms: dict[tuple[str, ...], InboundPermissions | None] = {}
+    sets: dict[str, set[tuple[str, ...]]] = {s: set() for s in services}
+    for dp in ctx.dataplanes:
+        matched = match(MTP, policies, dp, cache=ctx.match_cache)
+        for ib in dp.networking.inbound:
+            if not ib.service:
                 continue
-            seen = {inbound_decision(p, mesh, caller) for p in perms[callee]} or {DENY}
-            row[callee] = Cell(seen.pop() if len(seen) == 1 else MIXED, sorted(policies[callee]))
-    return PermissionMatrix(mesh, enforced, services, cells)
+            key = f"{ib.address or dp.networking.address}:{ib.port}"
+            chosen = matched.inbounds[key].policies if key in matched.inbounds else ()
+            sets[ib.service].add(chosen)
+            if chosen not in perms:
+                rules = plugin.rules(ctx, dp, matched)
+                assert isinstance(rules, MtpRules)
+                perms[chosen] = rules.inbounds.get(key) if chosen else None
+    legacy = {chosen: perm.legacy() if perm is not None and perm.rules else None for chosen, perm in perms.items()}
+    decisions: dict[str, dict[str, str]] = {}
+    for caller in services:
+        by_set = {chosen: inbound_decision(perm, mesh, caller, legacy[chosen]) for chosen, perm in perms.items()}
+        row = decisions[caller] = {}
+        for callee in services:
+            seen = {by_set[c] for c in sets[callee]}
+            row[callee] = seen.pop() if len(seen) == 1 else MIXED
+    return PermissionMatrix(mesh, True, services, decisions,
+                            {s: sorted({p for c in sets[s] for p in c}) for s in services})
 
 
 class Instance(msgspec.Struct, frozen=True):
@@ -261,31 +260,60 @@ def _names(ref: TargetRef | None, service: str) -> bool:
     return ref is not None and ref.kind in ("MeshService", "MeshServiceSubset") and ref.name == service
 
 
-def services_page(ctx: MeshContext, statuses: Mapping[str, str], matrix: PermissionMatrix | None = None
-                  ) -> ServicesPage:
-    """`statuses`: dataplane name → online/offline/nacking; `matrix`: permission_matrix(ctx), when already known."""
+class _ServiceIndex(msgspec.Struct, frozen=True):
+    name: str
+    protocol: str
+    members: list[tuple[str, str, bool]]  # (dataplane, address, ready)
+    on_proxies: list[str]
+    to: list[str]
+    from_: list[str]
+
+
+def _selects_service(ref: TargetRef, service: str, members: Sequence[tuple[Dataplane, bool]]) -> bool:
+    """Does the policy's top targetRef pick an instance of `service`? A MeshService ref names one service (not the
+    other services its proxies may also serve), and a Mesh ref answers the same for every proxy."""
+    if ref.kind in ("MeshService", "MeshServiceSubset") and ref.name != service:
+        return False
+    if ref.kind == "Mesh":
+        return bool(members) and selects(ref, members[0][0])
+    return any(selects(ref, dp) for dp, _ in members)
+
+
+def _service_index(ctx: MeshContext) -> list[_ServiceIndex]:
+    """What the services page shows apart from live status: depends on the mesh context only (memoised on it)."""
     by_service: dict[str, list[tuple[Dataplane, bool]]] = {}
     protocols: dict[str, str] = {}
     for dp in ctx.dataplanes:
         ready: dict[str, bool] = {}
         for ib in dp.networking.inbound:
-            if ib.service:
-                ready[ib.service] = ready.get(ib.service, True) and (ib.health is None or ib.health.ready)
-                protocols.setdefault(ib.service, ib.protocol)
+            service = ib.tags.get("kuma.io/service", "")
+            if service:
+                ready[service] = ready.get(service, True) and (ib.health is None or ib.health.ready)
+                protocols.setdefault(service, ib.protocol)
         for s, ok in ready.items():
             by_service.setdefault(s, []).append((dp, ok))
     policies = [p for kind in sorted(ctx.parsed_policies) for p in ctx.parsed_policies[kind]]
-    views = []
+    out = []
     for s in sorted(by_service):
-        members = by_service[s]
-        instances = [Instance(dp.name, dp.networking.address, statuses.get(dp.name, OFFLINE), ok)
-                     for dp, ok in sorted(members, key=lambda m: m[0].name)]
-        on = [f"{p.kind}/{p.name}" for p in policies if any(selects(p.target_ref, dp) for dp, _ in members)]
+        members = sorted(by_service[s], key=lambda m: m[0].name)
+        on = [f"{p.kind}/{p.name}" for p in policies if _selects_service(p.target_ref, s, members)]
         to = [f"{p.kind}/{p.name}" for p in policies if any(_names(e.target_ref, s) for e in p.to)]
         frm = [f"{p.kind}/{p.name}" for p in policies if any(_names(e.target_ref, s) for e in p.from_)]
+        out.append(_ServiceIndex(s, protocols.get(s, "tcp"), [(dp.name, dp.networking.address, ok)
+                                                              for dp, ok in members], on, to, frm))
+    return out
+
+
+def services_page(ctx: MeshContext, statuses: Mapping[str, str], matrix: PermissionMatrix | None = None
+                  ) -> ServicesPage:
+    """`statuses`: dataplane name → online/offline/nacking; `matrix`: permission_matrix(ctx), when already known."""
+    index = ctx.memo(("gui", "services"), lambda: _service_index(ctx))
+    views = []
+    for s in index:
+        instances = [Instance(name, address, statuses.get(name, OFFLINE), ok) for name, address, ok in s.members]
         healthy = sum(1 for i in instances if i.ready and i.status != OFFLINE)
-        views.append(ServiceView(s, protocols.get(s, "tcp"), instances, healthy, on, to, frm))
-    return ServicesPage(ctx.mesh.name, views, matrix or permission_matrix(ctx))
+        views.append(ServiceView(s.name, s.protocol, instances, healthy, s.on_proxies, s.to, s.from_))
+    return ServicesPage(ctx.mesh.name, views, matrix or ctx.memo(("gui", "matrix"), lambda: permission_matrix(ctx)))
 
 
 # ---- policies --------------------------------------------------------------------------------------------------
@@ -459,6 +487,3 @@ def backends_view(mesh: Mesh, bundle_backends: Sequence[str]) -> list[BackendVie
             out.append(BackendView(name, "retired", False, True, "-"))
     return out
 
-
-def now() -> float:
-    return time.time()

@@ -241,9 +241,9 @@ async function services(mesh) {
         h("thead", {}, h("tr", {}, h("th", {}, "caller ↓ / callee →"), m.services.map((s) => h("th", {}, s)))),
         h("tbody", {}, m.services.map((caller) => h("tr", {}, h("th", { class: "caller" }, caller),
           m.services.map((callee) => {
-            const c = m.cells[caller][callee];
-            return h("td", { class: c.decision, "data-caller": caller, "data-callee": callee, "data-decision": c.decision,
-              title: caller + " → " + callee + ": " + c.decision + (c.policies.length ? " (" + c.policies.join(", ") + ")" : "") }, c.decision);
+            const c = m.decisions[caller][callee], pols = m.policies[callee] || [];
+            return h("td", { class: c, "data-caller": caller, "data-callee": callee, "data-decision": c,
+              title: caller + " → " + callee + ": " + c + (pols.length ? " (" + pols.join(", ") + ")" : "") }, c);
           }))))))]);
 }
 

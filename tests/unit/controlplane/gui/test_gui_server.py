@@ -95,7 +95,7 @@ async def test_every_page_endpoint_answers_with_the_mesh(env) -> None:
     assert set(detail["config"]) == {"listeners", "clusters", "routes", "endpoints", "secrets"}
     assert [e["event"] for e in detail["history"]] == ["connected"]
     svc = await get(client, "/gui/api/services/default")
-    assert svc["matrix"]["cells"]["web"]["backend"]["decision"] == "allow"
+    assert svc["matrix"]["decisions"]["web"]["backend"] == "allow"
     pol = await get(client, "/gui/api/policies")
     assert [p["name"] for p in pol["kinds"]["MeshTrafficPermission"]] == ["allow-all"]
     one = await get(client, "/gui/api/policies/default/MeshTrafficPermission/allow-all")
@@ -117,12 +117,13 @@ async def test_a_deny_changes_the_version_and_the_matrix(env) -> None:
     assert (await get(client, "/gui/api/version"))["version"] != before
     deadline = asyncio.get_running_loop().time() + 2
     while True:  # sync applies the event in its own loop, a debounce later
-        cells = (await get(client, "/gui/api/services/default"))["matrix"]["cells"]
-        if cells["web"]["backend"]["decision"] == "deny" or asyncio.get_running_loop().time() > deadline:
+        matrix = (await get(client, "/gui/api/services/default"))["matrix"]
+        if matrix["decisions"]["web"]["backend"] == "deny" or asyncio.get_running_loop().time() > deadline:
             break
         await asyncio.sleep(0.02)
-    assert cells["web"]["backend"] == {"decision": "deny", "policies": ["allow-all", "deny-web"]}
-    assert cells["backend"]["web"]["decision"] == "allow"
+    assert matrix["decisions"]["web"]["backend"] == "deny"
+    assert matrix["policies"]["backend"] == ["allow-all", "deny-web"]
+    assert matrix["decisions"]["backend"]["web"] == "allow"
 
 
 async def test_assets_come_from_the_package_with_a_strict_csp(env) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from dpagent.controlplane.ca import generate_root_ca
 from dpagent.controlplane.gui import views
 from dpagent.controlplane.xds.sync import build_mesh_state
+from dpagent.model.dataplane import decode_dataplane
 from dpagent.model.mesh import decode_mesh
 
 NOW = 1_800_000_000.0
@@ -51,7 +52,7 @@ def ctx(policies: list[dict[str, Any]], dataplanes: list[dict[str, Any]] = DPS, 
 
 
 def cells(matrix: views.PermissionMatrix) -> dict[tuple[str, str], str]:
-    return {(a, b): c.decision for a, row in matrix.cells.items() for b, c in row.items()}
+    return {(a, b): c for a, row in matrix.decisions.items() for b, c in row.items()}
 
 
 def iso(t: float) -> str:
@@ -66,7 +67,7 @@ def insight(name: str, backend: str, expires: float, issued: float) -> dict[str,
 # ---- dataplanes and overview -----------------------------------------------------------------------------------
 
 def test_row_status_follows_the_stream_and_the_latest_standing_nack() -> None:
-    doc = dp("web-1", "web")
+    doc = decode_dataplane(dp("web-1", "web"))
     assert views.dataplane_row(doc, None, None).status == views.OFFLINE
     online = {"connected": True, "since": NOW - 60, "types": {CLUSTER: {"nack": None}}}
     row = views.dataplane_row(doc, insight("web-1", "ca-1", NOW + 3600, NOW - 60), online,
@@ -86,14 +87,14 @@ def test_row_status_follows_the_stream_and_the_latest_standing_nack() -> None:
         views.OFFLINE, NOW - 9)
 
 
-def test_mesh_summary_counts_nacking_as_online_and_services_once() -> None:
-    rows = [views.dataplane_row(dp("a", "web"), None, {"connected": True}),
-            views.dataplane_row(dp("b", "web"), None, {"connected": True, "types": {
-                CLUSTER: {"nack": {"version": "1", "error": "x", "at": 1.0}}}}),
-            views.dataplane_row(dp("c", "db"), None, None)]
-    s = views.mesh_summary(mesh(), rows, {"MeshTimeout": 2, "MeshRetry": 0})
-    assert (s.dataplanes, s.online, s.offline, s.nacking, s.services, s.mtls) == (3, 2, 1, 1, 2, "ca-1")
+def test_mesh_summary_counts_nacking_as_online() -> None:
+    nack = {CLUSTER: {"nack": {"version": "1", "error": "x", "at": 1.0}}}
+    statuses = [views.status_of(st) for st in (
+        {"connected": True}, {"connected": True, "types": nack}, None, {"connected": False, "types": nack})]
+    s = views.mesh_summary(mesh(), statuses, 2, {"MeshTimeout": 2, "MeshRetry": 0})
+    assert (s.dataplanes, s.online, s.offline, s.nacking, s.services, s.mtls) == (4, 2, 2, 1, 2, "ca-1")
     assert s.policies == {"MeshTimeout": 2}
+    assert views.mesh_summary({"name": "plain"}, [], 0, {}).mtls == "off"
 
 
 # ---- who may call whom -----------------------------------------------------------------------------------------
@@ -104,7 +105,7 @@ def test_matrix_allow_all_then_a_deny_for_one_pair() -> None:
     assert got[("web", "backend")] == views.DENY
     assert got[("backend", "web")] == got[("db", "backend")] == got[("web", "db")] == views.ALLOW
     m = views.permission_matrix(ctx([ALLOW_ALL, DENY_WEB]))
-    assert m.cells["web"]["backend"].policies == ["allow-all", "deny-web"]
+    assert m.policies["backend"] == ["allow-all", "deny-web"] and m.policies["web"] == ["allow-all"]
 
 
 def test_matrix_without_any_permission_denies_and_without_mtls_is_open() -> None:
