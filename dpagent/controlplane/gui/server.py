@@ -78,6 +78,12 @@ def _json(data: Any) -> web.Response:
     return web.Response(body=msgspec.json.encode(data), content_type="application/json", headers=SECURITY_HEADERS)
 
 
+def _missing(message: str) -> web.Response:
+    """A detail page whose object is gone (deleted while the page was open, or a stale link): an answer the page
+    shows, not a 404 a browser reports as a failed load on every refresh."""
+    return _json({"missing": message})
+
+
 @dataclass
 class GuiSources:
     """Everything the pages read; the CP wires its live objects in, tests and the bench their own."""
@@ -212,7 +218,7 @@ class Gui:
         mesh, name = request.match_info["mesh"], request.match_info["name"]
         rec = await self.src.store.get("Dataplane", mesh, name)
         if rec is None:
-            raise NotFound(f'Dataplane "{name}" in mesh "{mesh}" not found')
+            return _missing(f'Dataplane "{name}" in mesh "{mesh}" does not exist (any more)')
         insight = await self.src.store.get(INSIGHT, mesh, name)
         node = node_id(mesh, name)
         row = views.dataplane_row(decode_dataplane(rec.doc), insight.doc if insight else None,
@@ -254,7 +260,7 @@ class Gui:
             raise NotFound(f"{kind} is not a policy kind")
         rec = await self.src.store.get(kind, mesh, name)
         if rec is None:
-            raise NotFound(f'{kind} "{name}" in mesh "{mesh}" not found')
+            return _missing(f'{kind} "{name}" in mesh "{mesh}" does not exist (any more)')
         state = await self._state(mesh)
         items = views.affected(state.ctx, kind, name) if state else []
         return _json({"kind": kind, "mesh": mesh, "name": name, "yaml": yaml.safe_dump(rec.doc, sort_keys=False),

@@ -26,6 +26,7 @@ async function api(path) {
   if (resp.status === 401) { window.location.href = "/gui/login"; throw new Error("login required"); }
   const body = await resp.json();
   if (!resp.ok) throw new Error(body.title || resp.statusText);
+  if (body.missing) throw new Error(body.missing);
   return body;
 }
 

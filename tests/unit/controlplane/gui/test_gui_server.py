@@ -103,7 +103,8 @@ async def test_every_page_endpoint_answers_with_the_mesh(env) -> None:
     certs = await get(client, "/gui/api/certificates")
     (c,) = certs["meshes"]
     assert [b["name"] for b in c["backends"]] == ["ca-1"] and c["progress"]["enabled"] == "ca-1"
-    assert (await client.get("/gui/api/dataplanes/default/nope")).status == 404
+    assert "does not exist" in (await get(client, "/gui/api/dataplanes/default/nope"))["missing"]
+    assert "does not exist" in (await get(client, "/gui/api/policies/default/MeshTrafficPermission/x"))["missing"]
     assert (await client.get("/gui/api/policies/default/Nope/x")).status == 404
 
 
