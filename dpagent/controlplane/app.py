@@ -341,6 +341,7 @@ class ControlPlane:
             stack.push_async_callback(self.supervisor.stop)
             kv(log, logging.INFO, "control plane ready", dp_server=f"https://{cfg.bind_address}:{cfg.dp_server_port}",
                xds=f"{cfg.bind_address}:{cfg.xds_port}", api=f"http://{cfg.api_address}:{cfg.api_port}",
+               gui=f"http://{cfg.api_address}:{cfg.api_port}/gui",
                ca_cert=str(data_dir / "ca.pem"), admin_token_file=str(token_path), store=store_location(cfg))
             self.ready.set()
             await self.stop.wait()

@@ -61,8 +61,9 @@ def cookie_ok(request: web.Request, admin_token: str) -> bool:
 
 
 def is_public(path: str) -> bool:
-    """What a browser must reach before it can log in: the login page and the static assets (no data in them)."""
-    return path == "/gui/login" or path.startswith("/gui/static/")
+    """What a browser must reach without a session: the login page, the static assets (no data in them) and the
+    logout (it only deletes the cookie)."""
+    return path in ("/gui/login", "/gui/logout") or path.startswith("/gui/static/")
 
 
 def _asset(name: str) -> bytes:

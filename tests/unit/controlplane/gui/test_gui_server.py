@@ -171,5 +171,8 @@ async def test_away_from_loopback_the_login_cookie_opens_reads_under_gui_only(en
     assert r.status == 401
     bad = {"Cookie": f"{COOKIE}={session_value('another-token')}"}
     assert (await client.get("/gui/api/overview", headers=bad)).status == 401
+    r = await client.post("/gui/logout", headers=cookie, allow_redirects=False)
+    assert r.status == 303 and r.headers["Location"] == "/gui/login"
+    assert 'dpagent_gui=""' in r.headers["Set-Cookie"] and "Max-Age=0" in r.headers["Set-Cookie"]
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     assert (await client.get("/gui/api/overview", headers=bearer)).status == 200
