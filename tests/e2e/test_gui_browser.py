@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import httpx
 import psutil
 import pytest
 from e2e.meshlib import dataplane, deny_web, outbound, start_dataplanes, url
-from testlib import free_port, wait_for
+from testlib import PY, ControlPlaneProc, clean_env, free_port, wait_for
 
 from dpagent.controlplane.ca import generate_root_ca
 from dpagent.controlplane.kinds import kind_of
@@ -266,3 +267,73 @@ def test_a_stopped_agent_turns_offline(mesh, cp, browser):
     assert cp.inspect("web-1")["xds"]["connected"] is False
     assert browser.errors() == []
     print(f"screenshots: {browser.shots}")
+
+
+def outside_address() -> str | None:
+    """This host's address on its default route (not loopback), or None on a host with loopback only."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET: nothing is sent, the kernel only picks the source address
+            ip = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if ip.startswith("127.") else ip
+
+
+class WideControlPlane(ControlPlaneProc):
+    """A second CP whose API listens on every address, so a browser can reach it from off loopback."""
+
+    def start(self) -> None:
+        with open(self.log, "a") as logf:
+            self.proc = subprocess.Popen(self.command(PY, "--api-bind-address", "0.0.0.0"), stdout=logf,
+                                         stderr=subprocess.STDOUT, text=True, env=clean_env())
+        wait_for(lambda: httpx.get(self.api, timeout=1).status_code == 200, 20, what="control plane API")
+
+
+def test_off_loopback_the_browser_logs_in_with_the_admin_token_and_gets_a_read_only_cookie(browser, tmp_path):
+    ip = outside_address()
+    if ip is None:
+        pytest.skip("this host has no address besides loopback")
+    wide = WideControlPlane(tmp_path / "data")
+    wide.start()
+    try:
+        base = f"http://{ip}:{wide.api_port}"
+        assert httpx.get(f"{base}/gui/api/overview", timeout=5).status_code == 401
+        d = browser.driver
+        d.get(f"{base}/gui/")
+        browser.wait(lambda: d.current_url == f"{base}/gui/login", 5, what="sent to the login page")
+        d.find_element("id", "token").send_keys("not-the-token\n")
+        browser.wait(lambda: browser.text("#login-error") not in ("None", ""), 5, what="a wrong token refused")
+        browser.shot("login")
+        token = (tmp_path / "data" / "admin-token").read_text().strip()
+        d.find_element("id", "token").send_keys(token + "\n")
+        browser.wait(lambda: browser.text(".mesh-card[data-mesh=default] [data-k=count-dataplanes] b") == "0", 10,
+                     what="the overview after logging in")
+        (cookie,) = d.get_cookies()
+        assert (cookie["name"], cookie["path"], cookie["httpOnly"], cookie["sameSite"]) == (
+            "dpagent_gui", "/gui", True, "Strict")
+        assert cookie["value"] != token, "the token itself never sits in the browser"
+        assert browser.js("return document.cookie") == "", "HttpOnly: page scripts cannot read the session"
+        assert browser.errors() == []
+        # The cookie opens GUI reads only: the page's own fetch of an API write is refused.
+        status = browser.driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch('/meshes/default/meshtrafficpermissions/x', {method: 'PUT', credentials: 'same-origin',"
+            " headers: {'content-type': 'application/json'}, body: JSON.stringify({type: 'MeshTrafficPermission',"
+            " mesh: 'default', name: 'x', spec: {targetRef: {kind: 'Mesh'}, from: [{targetRef: {kind: 'Mesh'},"
+            " default: {action: 'Deny'}}]}})}).then(r => done(r.status));")
+        assert status == 401
+        assert httpx.get(f"{wide.api}/meshes/default/meshtrafficpermissions/x", timeout=5).status_code == 404
+        probe = browser.errors()  # the refused write is the one error the browser may report here
+        assert all("meshtrafficpermissions/x" in e["message"] and "401" in e["message"] for e in probe), probe
+        browser.log.clear()
+        d.find_element("css selector", ".logout button").click()
+        browser.wait(lambda: d.current_url == f"{base}/gui/login", 5, what="logged out")
+        assert d.get_cookies() == []
+        d.get(f"{base}/gui/")
+        browser.wait(lambda: d.current_url == f"{base}/gui/login", 5, what="the GUI asks again")
+        assert browser.errors() == []
+    finally:
+        wide.stop()
