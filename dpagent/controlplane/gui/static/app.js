@@ -3,7 +3,7 @@
 "use strict";
 
 const ui = { version: null, open: new Set(), filter: "", statusFilter: "", sortKey: "name", sortDir: 1, seq: 0,
-             lastMesh: "default" };
+             lastMesh: "default", renderedAt: 0 };
 
 function h(tag, attrs, ...kids) {
   const el = document.createElement(tag);
@@ -354,8 +354,11 @@ async function poll() {
   const live = document.getElementById("live");
   try {
     const v = (await api("version")).version;
-    if (v !== ui.version) {
+    // At most one refresh a second: on a big mesh ACKs move the version all the time, and a page of a thousand
+    // rows need not be rebuilt at every poll. A change is still on screen within about a second.
+    if (v !== ui.version && Date.now() - ui.renderedAt >= 1000) {
       ui.version = v;
+      ui.renderedAt = Date.now();
       await render();
     }
     live.textContent = "live · " + new Date().toLocaleTimeString();

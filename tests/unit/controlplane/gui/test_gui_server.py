@@ -176,3 +176,21 @@ async def test_away_from_loopback_the_login_cookie_opens_reads_under_gui_only(en
     assert 'dpagent_gui=""' in r.headers["Set-Cookie"] and "Max-Age=0" in r.headers["Set-Cookie"]
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     assert (await client.get("/gui/api/overview", headers=bearer)).status == 200
+
+
+def test_the_cache_counts_what_a_viewer_sees_and_keeps_a_short_connection_history() -> None:
+    clock = iter(float(t) for t in range(100, 200))
+    cache = SnapshotCache(clock=lambda: next(clock))
+    seen = [cache.changes]
+    for step in (lambda: cache.stream_opened("n"), lambda: cache.record_ack("n", CLUSTER, "1"),
+                 lambda: cache.record_nack("n", CLUSTER, "2", "bad"), lambda: cache.stream_closed("n")):
+        step()
+        seen.append(cache.changes)
+    assert seen == sorted(set(seen)), "every step moves the counter"
+    for _ in range(30):
+        cache.stream_opened("n")
+        cache.stream_closed("n")
+    history = cache.history("n")
+    assert len(history) == 20 and history[-1][1] == "disconnected" and history[-2][1] == "connected"
+    assert [t for t, _ in history] == sorted(t for t, _ in history)
+    assert cache.history("never") == []
