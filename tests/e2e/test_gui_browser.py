@@ -146,11 +146,12 @@ def test_overview_counts_match_the_cli(mesh, cp, browser):
     browser.shot("overview")
     browser.driver.set_window_size(390, 844)  # phone width: the page itself must not scroll sideways
     try:
-        for route in ("overview", "dataplanes"):
+        for route in ("overview", "dataplanes", "dataplane/default/web-1", "services/default", "policies",
+                      "certificates"):
             browser.show(route)
             time.sleep(0.3)
             assert browser.js("return document.documentElement.scrollWidth <= window.innerWidth + 1"), route
-            browser.shot(f"{route}-phone")
+            browser.shot(route.split("/")[0] + "-phone")
     finally:
         browser.driver.set_window_size(1280, 800)
     assert browser.errors() == []
