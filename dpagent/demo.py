@@ -169,6 +169,9 @@ def run_demo(base_port: int = 20000, api_port: int = 5681, dp_port: int = 5678, 
       $ curl {url}
       {answer}
 
+    Watch it in the browser (dataplanes, policies, who may call whom, certificates):
+      {api}/gui
+
     See why it works (ACKed config, certificate, matched policies):
       $ .venv/bin/dpagent inspect dataplane web-1 --api-address {api}
       $ .venv/bin/dpagent get dataplanes --api-address {api}

@@ -53,13 +53,25 @@ def is_loopback(remote: str | None) -> bool:
 
 
 def auth_middleware(admin_token: str) -> Any:
+    """Loopback callers pass; others present the admin token as a bearer token. A browser cannot add that header
+    to a page load, so the GUI's login page trades the token for a session cookie (gui/server.py), and that cookie
+    opens *reads under /gui only*: it can show pages but never apply, delete or issue anything, so a request a
+    browser sends on its own (the cookie rides along) has nothing to gain."""
+    from dpagent.controlplane.gui.server import cookie_ok, is_public
+
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                          ) -> web.StreamResponse:
         if not is_loopback(request.remote):
             header = request.headers.get("authorization", "")
             given = header[7:] if header.lower().startswith("bearer ") else ""
+            gui = request.path == "/gui" or request.path.startswith("/gui/")
+            if gui and (is_public(request.path) or (request.method in ("GET", "HEAD")
+                                                    and cookie_ok(request, admin_token))):
+                return await handler(request)
             if not given or not hmac.compare_digest(given.encode(), admin_token.encode()):
+                if gui and request.method == "GET" and not request.path.startswith("/gui/api/"):
+                    raise web.HTTPSeeOther("/gui/login")
                 return _error(401, "authentication required: send the admin token as 'Authorization: Bearer <token>' "
                                    "(dpagent CLI: --api-token-file <data-dir>/admin-token)")
         return await handler(request)

@@ -14,16 +14,19 @@ import logging
 import secrets as pysecrets
 import signal
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from google.protobuf.json_format import MessageToDict
 
 from dpagent import pki
 from dpagent.controlplane import ca as ca_mod
 from dpagent.controlplane.api import Api, auth_middleware
 from dpagent.controlplane.auth import DataplaneAuth
 from dpagent.controlplane.dpserver import DpServer
+from dpagent.controlplane.gui.server import Gui, GuiSources
 from dpagent.controlplane.http_guard import Guard, GuardedSite
 from dpagent.controlplane.identity import INSIGHT, Issuer
 from dpagent.controlplane.inspect import Inspector
@@ -226,7 +229,7 @@ class XdsAuth:
                 continue
             fields = node.metadata.fields if node.HasField("metadata") else {}
             return {"mesh": dp.mesh, "name": dp.name, "node": nodeid.node_id(dp.mesh, dp.name), "token": token,
-                    "direct": "dataplane.resource" in fields}
+                    "direct": "dataplane.resource" in fields, "versions": _versions(fields)}
         if refusal is not None:
             raise StreamError(_unauth(), f"authentication failed: {refusal}")
         raise StreamError(_unauth(), f"no Dataplane for node id {node.id!r}; create it in the control plane first "
@@ -241,6 +244,17 @@ class XdsAuth:
             await self.auth.still_valid(info["token"], dp)
         except TokenError as e:
             raise StreamError(_unauth(), f"authentication failed: {e}") from None
+
+
+def _versions(fields: Any) -> dict[str, str]:
+    """The agent's and Envoy's versions from the node metadata the agent's bootstrap sets (for the GUI)."""
+    out: dict[str, str] = {}
+    if "version" in fields:
+        version = MessageToDict(fields["version"])
+        if isinstance(version, dict):
+            out["agent"] = str((version.get("kumaDp") or {}).get("version", ""))
+            out["envoy"] = str((version.get("envoy") or {}).get("version", ""))
+    return out
 
 
 def _unauth() -> Any:
@@ -260,6 +274,8 @@ class ControlPlane:
         # node -> {stream id: auth info}. Per stream, because a proxy that reconnects before the CP saw its old
         # connection die has two streams for a while; the node is gone only when its last stream is.
         self._streams: dict[str, dict[int, dict[str, Any]]] = {}
+        self.versions: dict[str, dict[str, str]] = {}  # node → agent/Envoy versions it last connected with
+        self.started = time.time()
 
     async def run(self) -> int:
         cfg = self.cfg
@@ -309,12 +325,16 @@ class ControlPlane:
                              dp_guard)
             # The API is for operators and the CLI (loopback by default): fewer slots, more time for a 4 MiB body.
             api_guard = Guard("api server", max_connections=API_MAX_CONNECTIONS, read_timeout=API_READ_TIMEOUT)
-            api = Api(resources, admin_token=admin_token, inspector=Inspector(store, cache, sync.state),
+            inspector = Inspector(store, cache, sync.state)
+            api = Api(resources, admin_token=admin_token, inspector=inspector,
                       certificates=issuer.certificate_counts, metrics=self.metrics, guard=api_guard,
                       max_token_validity=cfg.max_token_validity)
             discovery = MonitoringDiscovery(store, sync.state, sync.leaving)
             api_app = api.app()
             discovery.add_routes(api_app)
+            Gui(GuiSources(store, cache, sync, inspector, admin_token, store_type=cfg.store_type,
+                           store_location=store_location(cfg), started=self.started,
+                           versions=self.versions)).add_routes(api_app)
             await self._site(stack, api_app, cfg.api_address, cfg.api_port, None, "--api-port", api_guard)
             if cfg.monitoring_port:  # discovery alone, for a Prometheus elsewhere, without opening the whole API
                 mon_guard = Guard("monitoring server", max_connections=API_MAX_CONNECTIONS,
@@ -328,6 +348,7 @@ class ControlPlane:
             stack.push_async_callback(self.supervisor.stop)
             kv(log, logging.INFO, "control plane ready", dp_server=f"https://{cfg.bind_address}:{cfg.dp_server_port}",
                xds=f"{cfg.bind_address}:{cfg.xds_port}", api=f"http://{cfg.api_address}:{cfg.api_port}",
+               gui=f"http://{cfg.api_address}:{cfg.api_port}/gui",
                ca_cert=str(data_dir / "ca.pem"), admin_token_file=str(token_path), store=store_location(cfg))
             self.ready.set()
             await self.stop.wait()
@@ -378,6 +399,8 @@ class ControlPlane:
             pending.cancel()
         streams = self._streams.setdefault(node, {})
         streams[stream_id] = info
+        if info.get("versions"):
+            self.versions[node] = info["versions"]
         self.sync.set_leaving(info["mesh"], info["name"], False)
         # DEBUG: the ADS server logs "xDS stream opened" for the same event (two INFO lines per proxy were a few
         # per cent of a 5,000-proxy sync).

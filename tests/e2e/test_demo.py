@@ -25,6 +25,8 @@ def test_demo_brings_up_an_mtls_mesh_and_stops_cleanly(tmp_path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "==> the mesh is up" in out.stdout
     assert "hello from backend" in out.stdout  # the answer really crossed both Envoys
+    api = cmd[cmd.index("--api-port") + 1]
+    assert f"http://127.0.0.1:{api}/gui" in out.stdout, "the demo points at the GUI"
     assert "Traceback" not in out.stdout + out.stderr
     # Setup noise stays in the logs: one progress line per step on the terminal.
     progress = [line for line in out.stdout.splitlines() if line.startswith("==> ")]

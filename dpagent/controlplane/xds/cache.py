@@ -8,6 +8,7 @@ NACKed with Envoy's error) that `inspect` shows, because "is my config applied?"
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,6 +71,8 @@ class _NodeStatus:
     last_disconnect: float | None = None
     pushes: int = 0
     types: dict[str, _TypeStatus] = field(default_factory=dict)
+    # (epoch seconds, "connected" | "disconnected"), newest last: the GUI's connection history.
+    history: collections.deque[tuple[float, str]] = field(default_factory=lambda: collections.deque(maxlen=20))
 
 
 class SnapshotCache:
@@ -80,6 +83,9 @@ class SnapshotCache:
         self._snapshots: dict[str, Snapshot] = {}
         self._watches: dict[str, set[Watch]] = {}
         self._status: dict[str, _NodeStatus] = {}
+        # Bumped by every change a viewer could see (snapshot, stream, ACK, NACK): the GUI polls it with the store's
+        # revision to learn that a page is stale without re-reading anything.
+        self.changes = 0
 
     # -- snapshots -----------------------------------------------------------------------------------------------
     def set_snapshot(self, node_id: str, snapshot: Snapshot) -> list[str]:
@@ -96,6 +102,7 @@ class SnapshotCache:
             if not changed:
                 return []
         self._snapshots[node_id] = snapshot
+        self.changes += 1
         for w in self._watches.get(node_id, ()):
             w.mark(changed)
         return changed
@@ -144,13 +151,17 @@ class SnapshotCache:
         st = self._node(node_id)
         if st.streams == 0:
             st.since = self._clock()
+            st.history.append((st.since, "connected"))
         st.streams += 1
+        self.changes += 1
 
     def stream_closed(self, node_id: str) -> None:
         st = self._node(node_id)
         st.streams = max(0, st.streams - 1)
         if st.streams == 0:
             st.last_disconnect = self._clock()
+            st.history.append((st.last_disconnect, "disconnected"))
+        self.changes += 1
 
     def record_sent(self, node_id: str, type_url: str, version: str, nonce: str) -> None:
         ts = self._type(node_id, type_url)
@@ -163,9 +174,15 @@ class SnapshotCache:
         ts.acked_version, ts.acked_at = version, self._clock()
         if ts.nack is not None and ts.nack.version == version:
             ts.nack = None
+        self.changes += 1
 
     def record_nack(self, node_id: str, type_url: str, version: str, error: str) -> None:
         self._type(node_id, type_url).nack = _Nack(version, error, self._clock())
+        self.changes += 1
+
+    def history(self, node_id: str) -> list[tuple[float, str]]:
+        st = self._status.get(node_id)
+        return list(st.history) if st is not None else []
 
     def stream_count(self, node_id: str) -> int:
         st = self._status.get(node_id)
