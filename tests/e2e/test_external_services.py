@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netnslib import NetnsPair
 from testlib import make_ca_and_server_cert, wait_for
 
 pytestmark = [pytest.mark.envoy, pytest.mark.root, pytest.mark.netns, pytest.mark.slow]
@@ -59,66 +58,6 @@ srv.serve_forever()
 '''
 
 
-class Hosts:
-    """Two network namespaces joined by a veth pair; processes started in them are stopped with them."""
-
-    def __init__(self, root: Path) -> None:
-        tag = secrets.token_hex(3)
-        self.root = root
-        self.ns = {"a": f"dpx-a-{tag}", "x": f"dpx-x-{tag}"}
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def _prefix(self, host: str, uid: int | None) -> list[str]:
-        prefix = ["ip", "netns", "exec", self.ns[host]]
-        if uid is not None:
-            prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
-        return prefix
-
-    def run(self, host: str, *cmd: str, uid: int | None = None, input: str | None = None,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-        out = subprocess.run([*self._prefix(host, uid), *cmd], capture_output=True, text=True, input=input,
-                             timeout=60)
-        if check and out.returncode != 0:
-            raise AssertionError(f"{' '.join(cmd)} in {host} failed ({out.returncode}): {out.stdout}{out.stderr}")
-        return out
-
-    def spawn(self, host: str, *cmd: str, uid: int | None = None, log: str) -> None:
-        out = open(self.root / log, "w")  # noqa: SIM115
-        self.procs.append(subprocess.Popen(
-            [*self._prefix(host, uid), *cmd], stdout=out, stderr=subprocess.STDOUT, text=True,
-            env={k: v for k, v in os.environ.items() if not k.startswith(("KUMA_", "DPAGENT_"))}))
-
-    def up(self) -> None:
-        a, x = self.ns["a"], self.ns["x"]
-        for ns in (a, x):
-            subprocess.run(["ip", "netns", "add", ns], check=True)
-            subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "link", "add", f"va{a[-6:]}", "netns", a, "type", "veth", "peer", "name",
-                        f"vx{x[-6:]}", "netns", x], check=True)
-        for ns, dev, ip in ((a, f"va{a[-6:]}", A_IP), (x, f"vx{x[-6:]}", X_IP)):
-            subprocess.run(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev], check=True)
-            subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
-            subprocess.run(["ip", "-n", ns, "route", "add", "default", "dev", dev], check=True)  # VIPs need a route
-        etc = Path("/etc/netns") / a
-        etc.mkdir(parents=True, exist_ok=True)
-        (etc / "resolv.conf").write_text("nameserver 10.87.0.53\n")  # redirected to the agent's DNS proxy
-
-    def down(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for ns in self.ns.values():
-            for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
-                subprocess.run(["kill", "-9", pid], capture_output=True)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-            shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
-
-
 DATAPLANE = f"""type: Dataplane
 mesh: default
 name: web-1
@@ -135,7 +74,7 @@ networking:
 def world() -> Iterator[dict[str, Any]]:
     root = Path(tempfile.mkdtemp(prefix="dpx-"))
     os.chmod(root, 0o755)
-    h = Hosts(root)
+    h = NetnsPair(root, "dpx", {"a": A_IP, "x": X_IP}, nameserver="10.87.0.53")
     h.up()
     try:
         pki = make_ca_and_server_cert(["ext.test", "allowed.test", "denied.test"])

@@ -13,9 +13,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netnslib import NetnsPair
 from testlib import wait_for
 
 pytestmark = [pytest.mark.envoy, pytest.mark.root, pytest.mark.netns, pytest.mark.slow]
@@ -83,70 +82,11 @@ def dataplane(name: str, address: str, port: int, service: str) -> str:
             f"  transparentProxying:\n    redirectPortInbound: 15006\n    redirectPortOutbound: 15001\n")
 
 
-class Hosts:
-    def __init__(self, root: Path) -> None:
-        tag = secrets.token_hex(3)
-        self.root = root
-        self.ns = {"a": f"dp6-a-{tag}", "b": f"dp6-b-{tag}"}
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def _prefix(self, host: str, uid: int | None) -> list[str]:
-        prefix = ["ip", "netns", "exec", self.ns[host]]
-        if uid is not None:
-            prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
-        return prefix
-
-    def run(self, host: str, *cmd: str, uid: int | None = None, check: bool = True,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        out = subprocess.run([*self._prefix(host, uid), *cmd], capture_output=True, text=True, timeout=timeout)
-        if check and out.returncode != 0:
-            raise AssertionError(f"{' '.join(cmd)} in {host} failed ({out.returncode}): {out.stdout}{out.stderr}")
-        return out
-
-    def spawn(self, host: str, *cmd: str, uid: int | None = None, log: str = "") -> subprocess.Popen[str]:
-        out = open(self.root / (log or f"{host}-{len(self.procs)}.log"), "w")  # noqa: SIM115
-        proc = subprocess.Popen([*self._prefix(host, uid), *cmd], stdout=out, stderr=subprocess.STDOUT, text=True,
-                                env={k: v for k, v in os.environ.items() if not k.startswith(("KUMA_", "DPAGENT_"))})
-        self.procs.append(proc)
-        return proc
-
-    def up(self) -> None:
-        a, b = self.ns["a"], self.ns["b"]
-        for ns in (a, b):
-            subprocess.run(["ip", "netns", "add", ns], check=True)
-            subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "link", "add", f"va{a[-6:]}", "netns", a, "type", "veth", "peer", "name", f"vb{b[-6:]}",
-                        "netns", b], check=True)
-        for ns, dev, ip in ((a, f"va{a[-6:]}", A_IP), (b, f"vb{b[-6:]}", B_IP)):
-            # nodad: usable at once instead of "tentative" for a second or two
-            subprocess.run(["ip", "-n", ns, "-6", "addr", "add", f"{ip}/64", "dev", dev, "nodad"], check=True)
-            subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
-            subprocess.run(["ip", "-n", ns, "-6", "route", "add", "default", "dev", dev], check=True)  # VIPs
-            etc = Path("/etc/netns") / ns
-            etc.mkdir(parents=True, exist_ok=True)
-            (etc / "resolv.conf").write_text(f"nameserver {NAMESERVER}\n")
-
-    def down(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for ns in self.ns.values():
-            for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
-                subprocess.run(["kill", "-9", pid], capture_output=True)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-            shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def mesh() -> Iterator[dict[str, Any]]:
     root = Path(tempfile.mkdtemp(prefix="dp6-"))
     os.chmod(root, 0o755)
-    h = Hosts(root)
+    h = NetnsPair(root, "dp6", {"a": A_IP, "b": B_IP}, nameserver=NAMESERVER, resolv_hosts=("a", "b"))
     h.up()
     try:
         data = root / "cp"
@@ -197,9 +137,7 @@ def client(m: dict[str, Any], kind: str, target: str, uid: int = APP_UID) -> Any
 
 
 def envoy_stat(m: dict[str, Any], host: str, wd: str, name: str) -> int:
-    sock = m["root"] / wd / "work" / "envoy-admin.sock"
-    text = m["hosts"].run(host, "curl", "-s", "--unix-socket", str(sock), "http://admin/stats?filter=" + name).stdout
-    return sum(int(line.rsplit(":", 1)[1]) for line in text.splitlines() if line.split(":")[0].strip() == name)
+    return int(m["hosts"].envoy_stat(host, wd, name))
 
 
 def test_mesh_name_resolves_to_an_ipv6_vip_and_crosses_both_envoys_over_mtls(mesh):

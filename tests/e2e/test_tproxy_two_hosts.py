@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netnslib import NetnsPair
 from testlib import wait_for
 
 pytestmark = [pytest.mark.envoy, pytest.mark.root, pytest.mark.netns, pytest.mark.slow]
@@ -70,64 +69,10 @@ def dataplane(name: str, address: str, port: int, service: str) -> str:
             f"  transparentProxying:\n    redirectPortInbound: 15006\n    redirectPortOutbound: 15001\n")
 
 
-class Hosts:
+class Hosts(NetnsPair):
     def __init__(self, variant: str, root: Path) -> None:
-        tag = secrets.token_hex(3)
-        self.variant, self.root = variant, root
-        self.ns = {"a": f"dpt-a-{tag}", "b": f"dpt-b-{tag}"}
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def run(self, host: str, *cmd: str, uid: int | None = None, check: bool = True, input: str | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        prefix = ["ip", "netns", "exec", self.ns[host]]
-        if uid is not None:
-            prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
-        out = subprocess.run([*prefix, *cmd], capture_output=True, text=True, input=input, timeout=timeout)
-        if check and out.returncode != 0:
-            raise AssertionError(f"{' '.join(cmd)} in {host} failed ({out.returncode}): {out.stdout}{out.stderr}")
-        return out
-
-    def spawn(self, host: str, *cmd: str, uid: int | None = None, log: str = "") -> subprocess.Popen[str]:
-        prefix = ["ip", "netns", "exec", self.ns[host]]
-        if uid is not None:
-            prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
-        out = open(self.root / (log or f"{host}-{len(self.procs)}.log"), "w")  # noqa: SIM115
-        proc = subprocess.Popen([*prefix, *cmd], stdout=out, stderr=subprocess.STDOUT, text=True,
-                                env={k: v for k, v in os.environ.items() if not k.startswith(("KUMA_", "DPAGENT_"))})
-        self.procs.append(proc)
-        return proc
-
-    def up(self) -> None:
-        a, b = self.ns["a"], self.ns["b"]
-        for ns in (a, b):
-            subprocess.run(["ip", "netns", "add", ns], check=True)
-            subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "link", "add", f"va{a[-6:]}", "netns", a, "type", "veth", "peer", "name", f"vb{b[-6:]}",
-                        "netns", b], check=True)
-        for ns, dev, ip in ((a, f"va{a[-6:]}", A_IP), (b, f"vb{b[-6:]}", B_IP)):
-            subprocess.run(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev], check=True)
-            subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
-            subprocess.run(["ip", "-n", ns, "route", "add", "default", "dev", dev], check=True)  # VIPs need a route
-        etc = Path("/etc/netns") / a
-        etc.mkdir(parents=True, exist_ok=True)
-        (etc / "resolv.conf").write_text("nameserver 10.88.0.53\n")  # redirected to the agent's DNS proxy
-
-    def down(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for ns in self.ns.values():
-            subprocess.run(["ip", "netns", "pids", ns], capture_output=True)
-            out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-            for pid in out:
-                subprocess.run(["kill", "-9", pid], capture_output=True)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-            shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+        super().__init__(root, "dpt", {"a": A_IP, "b": B_IP}, nameserver="10.88.0.53")
+        self.variant = variant
 
     def iptables_save(self, host: str) -> str:
         """Both families, without the timestamp comments and packet counters iptables-save adds."""
@@ -209,9 +154,7 @@ def client(m: dict[str, Any], kind: str, target: str, uid: int = APP_UID) -> dic
 
 
 def envoy_stat(m: dict[str, Any], host: str, wd: str, name: str) -> int:
-    sock = m["root"] / wd / "work" / "envoy-admin.sock"
-    text = m["hosts"].run(host, "curl", "-s", "--unix-socket", str(sock), "http://admin/stats?filter=" + name).stdout
-    return sum(int(line.rsplit(":", 1)[1]) for line in text.splitlines() if line.split(":")[0].strip() == name)
+    return int(m["hosts"].envoy_stat(host, wd, name))
 
 
 def test_mesh_name_resolves_to_a_vip_and_crosses_both_envoys_over_mtls(mesh):
