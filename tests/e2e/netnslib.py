@@ -10,6 +10,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 
@@ -82,6 +83,21 @@ class NetnsPair:
                 subprocess.run(["kill", "-9", pid], capture_output=True)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
             shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+
+    def start_agent(self, host: str, name: str, dataplane_yaml: str, *, api: str, cp_url: str, ca: Path,
+                    uid: int) -> None:
+        """`dpagent run` as `uid` in `host`, working in `<root>/<name>`, with a token the CP issues for `name`."""
+        wd = self.root / name
+        wd.mkdir(mode=0o755)
+        (wd / "token").write_text(self.run("a", sys.executable, "-m", "dpagent", "token", "generate", "--name", name,
+                                           "--valid-for", "1h", "--api-address", api).stdout.strip())
+        (wd / "dp.yaml").write_text(dataplane_yaml)
+        for f in (wd, *wd.iterdir()):
+            os.chown(f, uid, uid)
+        self.spawn(host, sys.executable, "-m", "dpagent", "run", "--cp-address", cp_url, "--ca-cert-file", str(ca),
+                   "--dataplane-file", str(wd / "dp.yaml"), "--dataplane-token-file", str(wd / "token"),
+                   "--work-dir", str(wd / "work"), "--readiness-port", "9902", "--drain-time", "1s", uid=uid,
+                   log=f"{name}.log")
 
     def envoy_stat(self, host: str, wd: str, name: str) -> int:
         """A counter of the Envoy whose agent works in `<root>/<wd>/work`, read over its admin socket."""

@@ -92,17 +92,7 @@ def world() -> Iterator[dict[str, Any]]:
         os.chmod(ca, 0o644)
         h.run("a", PY, "-m", "transparent_proxy.cli", "install", "--dpagent-uid", str(AGENT_UID), "--redirect-dns",
               "--iptables-variant", "nft", "--exclude-inbound-ports", "5678,5679")
-        wd = root / "web-1"
-        wd.mkdir(mode=0o755)
-        (wd / "token").write_text(h.run("a", PY, "-m", "dpagent", "token", "generate", "--name", "web-1",
-                                        "--valid-for", "1h", "--api-address", API).stdout.strip())
-        (wd / "dp.yaml").write_text(DATAPLANE)
-        for f in (wd, *wd.iterdir()):
-            os.chown(f, AGENT_UID, AGENT_UID)
-        h.spawn("a", PY, "-m", "dpagent", "run", "--cp-address", f"https://{A_IP}:5678", "--ca-cert-file", str(ca),
-                "--dataplane-file", str(wd / "dp.yaml"), "--dataplane-token-file", str(wd / "token"),
-                "--work-dir", str(wd / "work"), "--readiness-port", "9902", "--drain-time", "1s", uid=AGENT_UID,
-                log="web-1.log")
+        h.start_agent("a", "web-1", DATAPLANE, api=API, cp_url=f"https://{A_IP}:5678", ca=ca, uid=AGENT_UID)
         wait_for(lambda: "READY" in h.run("a", "curl", "-s", "127.0.0.1:9902/ready", check=False).stdout, 40,
                  interval=0.3, what=f"agent ready (logs in {root})")
         yield {"hosts": h, "root": root, "ca": pki["ca"].decode()}

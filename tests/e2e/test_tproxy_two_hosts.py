@@ -119,19 +119,8 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
         h.run("b", PY, "-m", "transparent_proxy.cli", "install", *common)
         for name, host, ip, port, service in (("web-1", "a", A_IP, 9090, "web"), ("backend-1", "b", B_IP, 8080,
                                                                                    "backend")):
-            wd = root / name
-            wd.mkdir(mode=0o755)
-            token = h.run("a", PY, "-m", "dpagent", "token", "generate", "--name", name, "--valid-for", "1h",
-                          "--api-address", api).stdout.strip()
-            (wd / "token").write_text(token)
-            (wd / "dp.yaml").write_text(dataplane(name, ip, port, service))
-            os.chown(wd, AGENT_UID, AGENT_UID)
-            for f in wd.iterdir():
-                os.chown(f, AGENT_UID, AGENT_UID)
-            h.spawn(host, PY, "-m", "dpagent", "run", "--cp-address", f"https://{A_IP}:5678", "--ca-cert-file",
-                    str(ca), "--dataplane-file", str(wd / "dp.yaml"), "--dataplane-token-file",
-                    str(wd / "token"), "--work-dir", str(wd / "work"), "--readiness-port", "9902",
-                    "--drain-time", "1s", uid=AGENT_UID, log=f"{name}.log")
+            h.start_agent(host, name, dataplane(name, ip, port, service), api=api, cp_url=f"https://{A_IP}:5678", ca=ca,
+                          uid=AGENT_UID)
         h.spawn("b", PY, "-c", BACKEND_APP, "8080", uid=APP_UID, log="backend-app.log")
         h.spawn("b", PY, "-c", LISTENER, "22", log="b-22.log")
         h.spawn("b", PY, "-c", LISTENER, "2222", log="b-2222.log")
