@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -37,50 +38,42 @@ async def test_token_of_a_just_rotated_key_is_accepted_at_once(store):
     assert time.monotonic() - t0 < 0.5
 
 
-async def test_unknown_key_ids_do_not_reread_the_store_each_time(store):
+async def forged_setup(store: MemoryStore) -> tuple[DataplaneAuth, Any, str, list[int]]:
+    """An auth with the mesh's keys cached, a token signed by a key the mesh never had, and a live count of the
+    store reads made from now on."""
     auth = DataplaneAuth(store)
     dp = parse_dataplane(DP)
     k1 = await secrets.ensure_signing_key(store, "default")
     await auth.verify(issue_token(k1, name="web-1", mesh="default", tags=None, valid_for=3600), dp)
     forged = issue_token(generate_signing_key("default", 99), name="web-1", mesh="default", tags=None,
                          valid_for=3600)
-    reads = 0
+    reads = [0]
     real = store.list
 
-    async def counting(*a, **kw):
-        nonlocal reads
-        reads += 1
+    async def counting(*a: Any, **kw: Any) -> Any:
+        reads[0] += 1
         return await real(*a, **kw)
 
-    store.list = counting
+    store.list = counting  # type: ignore[method-assign]
+    return auth, dp, forged, reads
+
+
+async def test_unknown_key_ids_do_not_reread_the_store_each_time(store):
+    auth, dp, forged, reads = await forged_setup(store)
     t0 = time.monotonic()
     for _ in range(50):
         with pytest.raises(TokenError, match="no signing key with KID 99"):
             await auth.verify(forged, dp)
     elapsed = time.monotonic() - t0
     # each read lists keys and revocations: two calls per read, at most one read per REFRESH_GAP
-    assert reads <= 2 * (elapsed / REFRESH_GAP + 2), f"{reads} store reads in {elapsed:.2f} s"
+    assert reads[0] <= 2 * (elapsed / REFRESH_GAP + 2), f"{reads[0]} store reads in {elapsed:.2f} s"
 
 
 async def test_concurrent_unknown_key_ids_share_one_read(store):
-    auth = DataplaneAuth(store)
-    dp = parse_dataplane(DP)
-    k1 = await secrets.ensure_signing_key(store, "default")
-    await auth.verify(issue_token(k1, name="web-1", mesh="default", tags=None, valid_for=3600), dp)
-    forged = issue_token(generate_signing_key("default", 99), name="web-1", mesh="default", tags=None,
-                         valid_for=3600)
-    reads = 0
-    real = store.list
-
-    async def counting(*a, **kw):
-        nonlocal reads
-        reads += 1
-        return await real(*a, **kw)
-
-    store.list = counting
+    auth, dp, forged, reads = await forged_setup(store)
     results = await asyncio.gather(*(auth.verify(forged, dp) for _ in range(200)), return_exceptions=True)
     assert all(isinstance(r, TokenError) for r in results)
-    assert reads <= 4, f"{reads} store reads for 200 concurrent tokens naming an unknown key"
+    assert reads[0] <= 4, f"{reads[0]} store reads for 200 concurrent tokens naming an unknown key"
 
 
 async def test_key_created_just_after_a_refresh_is_not_refused(store):
