@@ -214,3 +214,19 @@ class Load:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+def rotation_mesh(enabled: str, extra_backend: str = "", lifetime: str = "30s") -> str:
+    """A Mesh with the builtin backend `ca-1` issuing leaves of `lifetime` (30 s is the shortest Kuma allows: they
+    renew at ~24 s, so a CA switch completes in ~25 s), `enabled` the active backend, `extra_backend` YAML list
+    items appended to `backends`."""
+    return f"""\
+type: Mesh
+name: default
+mtls:
+  enabledBackend: {enabled}
+  backends:
+  - name: ca-1
+    type: builtin
+    dpCert: {{rotation: {{expiration: {lifetime}}}}}
+{extra_backend}"""

@@ -5,6 +5,7 @@ console must stay free of errors (a CSP violation, a failed asset or a script er
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from e2e.meshlib import dataplane, deny_web, outbound, start_dataplanes, url
+from e2e.meshlib import dataplane, deny_web, outbound, rotation_mesh, start_dataplanes, url
 from testlib import PY, ControlPlaneProc, clean_env, free_port, wait_for
 
 from dpagent.controlplane.ca import generate_root_ca
@@ -30,19 +31,6 @@ pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 LIFETIME = "30s"  # the shortest Kuma allows: leaves renew at ~24 s, so a CA switch completes in ~25 s
 PORTS = {k: free_port() for k in ("b_in", "w_in", "w_out")}
-
-
-def mesh_doc(enabled: str, extra_backend: str = "") -> str:
-    return f"""\
-type: Mesh
-name: default
-mtls:
-  enabledBackend: {enabled}
-  backends:
-  - name: ca-1
-    type: builtin
-    dpCert: {{rotation: {{expiration: {LIFETIME}}}}}
-{extra_backend}"""
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +47,7 @@ def ca2(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def mesh(cp, agents, apps, ca2) -> dict[str, Any]:
-    cp.cli("apply", "-f", "-", input=mesh_doc("ca-1", ca2["backend"]))
+    cp.cli("apply", "-f", "-", input=rotation_mesh("ca-1", ca2["backend"]))
     backend, web = start_dataplanes(agents, {
         "backend-1": dataplane("backend-1", "backend", PORTS["b_in"], apps["backend"].port),
         "web-1": dataplane("web-1", "web", PORTS["w_in"], 1, outbound=outbound(backend=PORTS["w_out"]))})
@@ -224,7 +212,7 @@ def test_a_deny_applied_by_the_cli_shows_in_the_matrix_within_two_seconds_withou
 def test_ca_switch_progress_reaches_100_percent(mesh, cp, browser, ca2):
     browser.show("certificates")
     wait_for(lambda: "CA switch to ca-1" in browser.text(".mesh-certs[data-mesh=default]"), 5, what="ca-1 enabled")
-    cp.cli("apply", "-f", "-", input=mesh_doc("ca-2", ca2["backend"]))
+    cp.cli("apply", "-f", "-", input=rotation_mesh("ca-2", ca2["backend"]))
     seen: list[tuple[str, str]] = []
     progress = ".mesh-certs[data-mesh=default] [data-k={}-text]"
 
@@ -253,11 +241,14 @@ def test_a_stopped_agent_turns_offline(mesh, cp, browser):
     browser.wait(lambda: browser.js("const r = document.querySelector(arguments[0]); return r && r.dataset.status",
                                     row) == "online", 10, what="web-1 online")
     # Stopped hard (Envoy with it): a graceful stop of an agent that registered its own Dataplane deregisters it,
-    # and then there is no row left to turn offline.
+    # and then there is no row left to turn offline. The agent goes first: an agent that outlives its Envoy even
+    # briefly leaves the mesh gracefully, which is that same deregistration.
     agent = mesh["web"]
-    for pid in agent.envoy_pids():
-        psutil.Process(pid).send_signal(signal.SIGKILL)
+    envoys = agent.envoy_pids()
     agent.proc.kill()
+    for pid in envoys:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).send_signal(signal.SIGKILL)
     agent.proc.wait(10)
     browser.wait(lambda: browser.js("return document.querySelector(arguments[0]).dataset.status", row) == "offline",
                  15, what="web-1 offline without a reload")

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from e2e.meshlib import rotation_mesh
 from testlib import free_port, wait_for
 
 from dpagent import pki
@@ -19,19 +20,6 @@ from dpagent.controlplane.ca import generate_root_ca
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 LIFETIME = "30s"
-
-
-def mesh_doc(enabled: str, extra_backend: str = "") -> str:
-    return f"""\
-type: Mesh
-name: default
-mtls:
-  enabledBackend: {enabled}
-  backends:
-  - name: ca-1
-    type: builtin
-    dpCert: {{rotation: {{expiration: {LIFETIME}}}}}
-{extra_backend}"""
 
 
 def dataplane(name: str, service: str, port: int, app: int, outbound: str = "") -> str:
@@ -99,7 +87,7 @@ def chains_to(work_dir: Path, root_pem: str) -> bool:
 
 @pytest.fixture(scope="module")
 def rot(cp, agents, apps, tmp_path_factory) -> Iterator[dict[str, Any]]:
-    cp.cli("apply", "-f", "-", input=mesh_doc("ca-1"))
+    cp.cli("apply", "-f", "-", input=rotation_mesh("ca-1"))
     tmp = tmp_path_factory.mktemp("rot")
     out = free_port()
     wds = {"backend": tmp / "wd-backend", "web": tmp / "wd-web"}
@@ -141,9 +129,9 @@ def test_ca_switch_under_load(rot, cp, tmp_path):
                 f"    conf:\n      cert: {{file: {tmp_path / 'ca2.pem'}}}\n"
                 f"      key: {{secret: ca-2-key}}\n")
     with Load(rot["url"]) as load:
-        cp.cli("apply", "-f", "-", input=mesh_doc("ca-1", provided))  # add the backend first (bundle unchanged)
+        cp.cli("apply", "-f", "-", input=rotation_mesh("ca-1", provided))  # add the backend first (bundle unchanged)
         time.sleep(2)
-        cp.cli("apply", "-f", "-", input=mesh_doc("ca-2", provided))  # then switch
+        cp.cli("apply", "-f", "-", input=rotation_mesh("ca-2", provided))  # then switch
         wait_for(lambda: all(chains_to(wd, cert) for wd in rot["wds"].values()), 90, interval=0.5,
                  what="every leaf issued by ca-2")
         assert cp.cli("get", "dataplanes").stdout.count("ca-2") >= 2, "insights show the issuing backend"
