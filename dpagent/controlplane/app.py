@@ -21,11 +21,13 @@ from aiohttp import web
 
 from dpagent import pki
 from dpagent.controlplane import ca as ca_mod
+from dpagent.controlplane import leader as leader_mod
 from dpagent.controlplane.api import Api, auth_middleware
 from dpagent.controlplane.auth import DataplaneAuth
+from dpagent.controlplane.departures import Departures
 from dpagent.controlplane.dpserver import DpServer
 from dpagent.controlplane.http_guard import Guard, GuardedSite
-from dpagent.controlplane.identity import INSIGHT, Issuer
+from dpagent.controlplane.identity import Issuer
 from dpagent.controlplane.inspect import Inspector
 from dpagent.controlplane.monitoring import MonitoringDiscovery
 from dpagent.controlplane.resources import Resources
@@ -247,8 +249,6 @@ class ControlPlane:
         self.cfg = cfg
         self.stop = asyncio.Event()
         self.ready = asyncio.Event()
-        self._direct: dict[str, dict[str, Any]] = {}
-        self._pending_delete: dict[str, asyncio.TimerHandle] = {}
         self.supervisor = Supervisor()
         # node -> {stream id: auth info}. Per stream, because a proxy that reconnects before the CP saw its old
         # connection die has two streams for a while; the node is gone only when its last stream is.
@@ -270,6 +270,7 @@ class ControlPlane:
             store = await open_store(cfg)
             stack.push_async_callback(store.close)
             self.store = store
+            self.leadership = self._leadership(store)
             cp_ca, cert, key = await asyncio.to_thread(ensure_cp_tls, data_dir, cfg.hostnames)
             admin_token, token_path = ensure_admin_token(data_dir)
             resources = Resources(store)
@@ -281,6 +282,9 @@ class ControlPlane:
             sync = XdsSync(store, cache, bundle=issuer.bundle, vip_cidr=cfg.vip_cidr, on_insight=issuer.leaf_changed)
             issuer.can_issue = sync.issuable
             self.sync = sync
+            departures = Departures(store, sync, delay=cfg.deregistration_delay,
+                                    is_leader=lambda: self.leadership.is_leader)
+            self.departures = departures
             self.issuer = issuer
             xauth = XdsAuth(store, auth)
             ads = AdsServer(cache, xauth.authenticate, revalidate=xauth.revalidate,
@@ -293,7 +297,7 @@ class ControlPlane:
             dp_guard = Guard("dp server", max_connections=cfg.dp_server_max_connections,
                              read_timeout=cfg.dp_server_read_timeout)
             dp = DpServer(resources, auth, issuer, xds_port=cfg.xds_port, cp_ca_pem=cp_ca, on_leave=self._on_leave,
-                          guard=dp_guard)
+                          on_bootstrap=departures.bootstrapped, guard=dp_guard)
             ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ssl_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             tls_dir = data_dir / "tls"
@@ -304,7 +308,7 @@ class ControlPlane:
             api_guard = Guard("api server", max_connections=API_MAX_CONNECTIONS, read_timeout=API_READ_TIMEOUT)
             api = Api(resources, admin_token=admin_token, inspector=Inspector(store, cache, sync.state),
                       certificates=issuer.certificate_counts, metrics=self.metrics, guard=api_guard,
-                      max_token_validity=cfg.max_token_validity)
+                      max_token_validity=cfg.max_token_validity, status=self.status)
             discovery = MonitoringDiscovery(store, sync.state, sync.leaving)
             api_app = api.app()
             discovery.add_routes(api_app)
@@ -318,15 +322,17 @@ class ControlPlane:
                                  mon_guard)
             self.supervisor.start("xds-sync", sync.run, on_restart=sync.resync)
             self.supervisor.start("xds-auth-follow", xauth.run)
+            self.supervisor.start("departures-follow", departures.follow)
+            self.supervisor.start("leader-election", self.leadership.run)
+            self.supervisor.start("deregistration-sweep", departures.sweep_forever)
             stack.push_async_callback(self.supervisor.stop)
             kv(log, logging.INFO, "control plane ready", dp_server=f"https://{cfg.bind_address}:{cfg.dp_server_port}",
                xds=f"{cfg.bind_address}:{cfg.xds_port}", api=f"http://{cfg.api_address}:{cfg.api_port}",
-               ca_cert=str(data_dir / "ca.pem"), admin_token_file=str(token_path), store=store_location(cfg))
+               ca_cert=str(data_dir / "ca.pem"), admin_token_file=str(token_path), store=store_location(cfg),
+               instance=self.leadership.instance_id)
             self.ready.set()
             await self.stop.wait()
             log.info("stopping the control plane")
-            for handle in self._pending_delete.values():
-                handle.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         return 0
@@ -348,33 +354,36 @@ class ControlPlane:
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
 
-    async def _on_leave(self, mesh: str, name: str) -> None:
-        node = nodeid.node_id(mesh, name)
-        self.sync.set_leaving(mesh, name, True)
-        kv(log, logging.INFO, "proxy is draining; its endpoints are withdrawn", proxy=node)
-        info = next(iter(self._streams.get(node, {}).values()), None)
-        if info and info.get("direct"):
-            self._schedule_deregistration(node, info)
+    def _leadership(self, store: ResourceStore) -> leader_mod.Leadership:
+        instance = leader_mod.new_instance_id()
+        if self.cfg.store_type != "postgres":
+            return leader_mod.SoleLeader(instance)
+        from dpagent.controlplane.store import pgschema
 
-    def _schedule_deregistration(self, node: str, info: dict[str, Any]) -> None:
-        if node in self._pending_delete:
-            return
-        loop = asyncio.get_running_loop()
-        # The delay counts from the drain's start; deregistration waits for the stream to close (see _deregister).
-        self._pending_delete[node] = loop.call_later(
-            self.cfg.deregistration_delay,
-            lambda: self.supervisor.spawn(f"deregister {node}", self._deregister(node, info)))
+        pg = self.cfg.postgres
+
+        async def connect(settings: dict[str, str]) -> Any:
+            import asyncpg
+
+            kwargs = pgschema.connect_kwargs(pg)
+            return await asyncpg.connect(**{**kwargs, "server_settings": settings})
+
+        return leader_mod.PgLease(instance, connect, store.query)  # type: ignore[attr-defined]
+
+    async def status(self) -> leader_mod.LeaderView:
+        return await leader_mod.view(self.leadership, self.cfg.store_type)
+
+    async def _on_leave(self, mesh: str, name: str) -> None:
+        await self.departures.drain(mesh, name)
+        kv(log, logging.INFO, "proxy is draining; its endpoints are withdrawn", proxy=nodeid.node_id(mesh, name))
 
     async def _on_connect(self, node: str, stream_id: int, info: dict[str, Any]) -> None:
-        pending = self._pending_delete.pop(node, None)
-        if pending:
-            pending.cancel()
         streams = self._streams.setdefault(node, {})
         streams[stream_id] = info
-        self.sync.set_leaving(info["mesh"], info["name"], False)
         # DEBUG: the ADS server logs "xDS stream opened" for the same event (two INFO lines per proxy were a few
         # per cent of a 5,000-proxy sync).
         kv(log, logging.DEBUG, "proxy connected", proxy=node, streams=len(streams))
+        await self.departures.connected(info["mesh"], info["name"])
         await self.sync.on_connect(info["mesh"], info["name"])
 
     async def _on_disconnect(self, node: str, stream_id: int, graceful: bool) -> None:
@@ -390,20 +399,11 @@ class ControlPlane:
         del self._streams[node]
         self.sync.on_disconnect(info["mesh"], info["name"])
         kv(log, logging.INFO, "proxy disconnected", proxy=node, graceful=graceful)
-        if info.get("direct") and (graceful or (info["mesh"], info["name"]) in self.sync.leaving):
-            self._schedule_deregistration(node, info)
-
-    async def _deregister(self, node: str, info: dict[str, Any]) -> None:
-        self._pending_delete.pop(node, None)
-        if self._streams.get(node):
-            # Still draining, or back: try again after another delay, once its last stream is gone.
-            self._schedule_deregistration(node, info)
-            return
-        self.sync.leaving.discard((info["mesh"], info["name"]))
-        with contextlib.suppress(Exception):
-            await self.store.delete("Dataplane", info["mesh"], info["name"])
-            await self.store.delete(INSIGHT, info["mesh"], info["name"])
-            kv(log, logging.INFO, "deregistered dataplane after graceful disconnect", proxy=node)
+        try:
+            await self.departures.disconnected(info["mesh"], info["name"], direct=bool(info.get("direct")),
+                                               graceful=graceful)
+        except Exception as e:  # the store is down: the proxy stays registered, which is the safe side
+            kv(log, logging.WARNING, "could not record a proxy's departure", proxy=node, error=str(e))
 
     async def metrics(self) -> str:
         """Prometheus text: connected proxies and certificate health per mesh (issue: expiry must be visible)."""
@@ -414,5 +414,6 @@ class ControlPlane:
             c = await self.issuer.certificate_counts(rec.name)
             for state in ("total", "expired", "nearExpiry"):
                 lines.append(f'dpagent_cp_certificates{{mesh="{rec.name}",state="{state}"}} {c[state]}')
+        lines += leader_mod.prometheus(self.leadership)
         lines += self.supervisor.prometheus()
         return "\n".join(lines) + "\n"

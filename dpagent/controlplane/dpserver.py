@@ -126,7 +126,8 @@ async def _store_unavailable(request: web.Request, handler: Callable[[web.Reques
 class DpServer:
     def __init__(self, resources: Resources, auth: DataplaneAuth, issuer: Issuer, *, xds_port: int, cp_ca_pem: str,
                  xds_host: str = "", on_direct: Callable[[str, str], Awaitable[None]] | None = None,
-                 on_leave: Callable[[str, str], Awaitable[None]] | None = None, guard: Guard | None = None) -> None:
+                 on_leave: Callable[[str, str], Awaitable[None]] | None = None,
+                 on_bootstrap: Callable[[str, str], Awaitable[None]] | None = None, guard: Guard | None = None) -> None:
         self.resources = resources
         self.store = resources.store
         self.auth = auth
@@ -136,6 +137,7 @@ class DpServer:
         self.cp_ca_pem = cp_ca_pem
         self.on_direct = on_direct
         self.on_leave = on_leave
+        self.on_bootstrap = on_bootstrap  # a new agent run: a previous run's drain is over
         self.csr_limit = TokenBucket(CSR_RATE, CSR_BURST)
         self.guard = guard or Guard("dp server", max_connections=1024, read_timeout=10.0)
 
@@ -255,6 +257,8 @@ class DpServer:
             await self.resources.apply(doc, kind=dp_kind)
             if self.on_direct:
                 await self.on_direct(dp.mesh, dp.name)
+        if self.on_bootstrap:
+            await self.on_bootstrap(dp.mesh, dp.name)
         boot = self._render(req, dp, token, request)
         text = safe_yaml.dump(boot, sort_keys=True)
         log.info("served a bootstrap", extra={"kv": {"mesh": dp.mesh, "name": dp.name,
