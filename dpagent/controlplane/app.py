@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import secrets as pysecrets
 import signal
 import ssl
 from pathlib import Path
@@ -21,6 +20,7 @@ from aiohttp import web
 
 from dpagent import pki
 from dpagent.controlplane import ca as ca_mod
+from dpagent.controlplane import cp_tls
 from dpagent.controlplane import leader as leader_mod
 from dpagent.controlplane.api import Api, auth_middleware
 from dpagent.controlplane.auth import DataplaneAuth
@@ -56,37 +56,28 @@ ALLOW_ALL = {"type": "MeshTrafficPermission", "mesh": "default", "name": "allow-
                                                                 "default": {"action": "Allow"}}]}}
 
 
-def ensure_cp_tls(data_dir: Path, hostnames: tuple[str, ...]) -> tuple[str, str, str]:
-    """(CA PEM, server cert PEM, server key PEM). The CA is made once and kept: agents pin it. The server cert is
-    re-issued by that CA when the hostnames change."""
+def ensure_cp_tls(data_dir: Path, hostnames: tuple[str, ...], ca: tuple[str, str]) -> tuple[str, str, str]:
+    """(CA PEM, server cert PEM, server key PEM). The CA is the zone's (see cp_tls), kept in the data dir for the
+    CLI and agents on this host; the server cert is this replica's, re-issued when the hostnames or the CA change."""
     tls = data_dir / "tls"
     tls.mkdir(mode=0o700, exist_ok=True)
     ca_file, ca_key_file = tls / "ca.pem", tls / "ca-key.pem"
     cert_file, key_file, names_file = tls / "server.pem", tls / "server-key.pem", tls / "hostnames"
     names = sorted(set(hostnames))
-    have_ca = ca_file.exists() and ca_key_file.exists()
+    have_ca = ca_file.exists() and ca_key_file.exists() and ca_file.read_text() == ca[0] \
+        and ca_key_file.read_text() == ca[1]
     if have_ca and cert_file.exists() and key_file.exists() and names_file.exists() \
             and names_file.read_text().split() == names:
         return ca_file.read_text(), cert_file.read_text(), key_file.read_text()
-    existing = (ca_file.read_text(), ca_key_file.read_text()) if have_ca else None
-    made = ca_mod.generate_cp_tls(names, existing_ca=existing)
+    made = ca_mod.generate_cp_tls(names, existing_ca=ca)
     if not have_ca:
-        pki.write_private_key(ca_key_file, made.ca_key_pem)
-        pki.write_atomic(ca_file, made.ca_cert_pem.encode())
+        pki.write_private_key(ca_key_file, ca[1])
+        pki.write_atomic(ca_file, ca[0].encode())
     pki.write_private_key(key_file, made.key_pem)
     pki.write_atomic(cert_file, made.cert_pem.encode())
     pki.write_atomic(names_file, " ".join(names).encode())
     pki.write_atomic(data_dir / "ca.pem", ca_file.read_bytes())
     return ca_file.read_text(), made.cert_pem, made.key_pem
-
-
-def ensure_admin_token(data_dir: Path) -> tuple[str, Path]:
-    path = data_dir / "admin-token"
-    if path.exists():
-        return path.read_text().strip(), path
-    token = pysecrets.token_urlsafe(32)
-    pki.write_atomic(path, token.encode(), mode=0o600)
-    return token, path
 
 
 async def first_start(resources: Resources, store: ResourceStore) -> None:
@@ -271,8 +262,9 @@ class ControlPlane:
             stack.push_async_callback(store.close)
             self.store = store
             self.leadership = self._leadership(store)
-            cp_ca, cert, key = await asyncio.to_thread(ensure_cp_tls, data_dir, cfg.hostnames)
-            admin_token, token_path = ensure_admin_token(data_dir)
+            zone_ca = await cp_tls.shared_ca(store, data_dir)
+            cp_ca, cert, key = await asyncio.to_thread(ensure_cp_tls, data_dir, cfg.hostnames, zone_ca)
+            admin_token, token_path = await cp_tls.shared_admin_token(store, data_dir)
             resources = Resources(store)
             await first_start(resources, store)
             auth = DataplaneAuth(store)
