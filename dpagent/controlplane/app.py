@@ -13,6 +13,7 @@ import errno
 import logging
 import signal
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from dpagent.controlplane import cp_tls
 from dpagent.controlplane import leader as leader_mod
 from dpagent.controlplane.api import Api, auth_middleware
 from dpagent.controlplane.auth import DataplaneAuth
+from dpagent.controlplane.bundle_acks import BundleAcks
 from dpagent.controlplane.departures import Departures
 from dpagent.controlplane.dpserver import DpServer
 from dpagent.controlplane.http_guard import Guard, GuardedSite
@@ -241,6 +243,7 @@ class ControlPlane:
         self.stop = asyncio.Event()
         self.ready = asyncio.Event()
         self.supervisor = Supervisor()
+        self.bundle_acks: BundleAcks | None = None
         # node -> {stream id: auth info}. Per stream, because a proxy that reconnects before the CP saw its old
         # connection die has two streams for a while; the node is gone only when its last stream is.
         self._streams: dict[str, dict[int, dict[str, Any]]] = {}
@@ -272,8 +275,8 @@ class ControlPlane:
             cache = SnapshotCache()
             self.cache = cache
             sync = XdsSync(store, cache, bundle=issuer.bundle, vip_cidr=cfg.vip_cidr, on_insight=issuer.leaf_changed)
-            issuer.can_issue = sync.issuable
             self.sync = sync
+            issuer.can_issue = self._rotation_gate(store, sync, stack)
             departures = Departures(store, sync, delay=cfg.deregistration_delay,
                                     is_leader=lambda: self.leadership.is_leader)
             self.departures = departures
@@ -317,6 +320,8 @@ class ControlPlane:
             self.supervisor.start("departures-follow", departures.follow)
             self.supervisor.start("leader-election", self.leadership.run)
             self.supervisor.start("deregistration-sweep", departures.sweep_forever)
+            if self.bundle_acks is not None:
+                self.supervisor.start("bundle-acks", self.bundle_acks.run)
             stack.push_async_callback(self.supervisor.stop)
             kv(log, logging.INFO, "control plane ready", dp_server=f"https://{cfg.bind_address}:{cfg.dp_server_port}",
                xds=f"{cfg.bind_address}:{cfg.xds_port}", api=f"http://{cfg.api_address}:{cfg.api_port}",
@@ -361,6 +366,23 @@ class ControlPlane:
             return await asyncpg.connect(**{**kwargs, "server_settings": settings})
 
         return leader_mod.PgLease(instance, connect, store.query)  # type: ignore[attr-defined]
+
+    def _rotation_gate(self, store: ResourceStore, sync: XdsSync, stack: contextlib.AsyncExitStack
+                       ) -> Callable[[str, str], Awaitable[bool]]:
+        """Whether leaves from a backend's root may be issued: this replica's proxies all ACKed that root and, with
+        several replicas, every other replica says the same of its own (see bundle_acks)."""
+        if self.cfg.store_type != "postgres":
+            async def local_only(mesh: str, backend: str) -> bool:
+                return sync.issuable(mesh, backend)
+
+            self.bundle_acks = None
+            return local_only
+        acks = BundleAcks(store, self.leadership.instance_id, local=sync.issuable,
+                          meshes=lambda: [(m, s.bundle_backends) for m, s in list(sync.states.items())],
+                          is_leader=lambda: self.leadership.is_leader)
+        stack.push_async_callback(acks.close)
+        self.bundle_acks = acks
+        return acks.can_issue
 
     async def status(self) -> leader_mod.LeaderView:
         return await leader_mod.view(self.leadership, self.cfg.store_type)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -63,6 +63,10 @@ def provided_problems(backend: MtlsBackend) -> list[tuple[str, str]]:
     return [("conf", p) for p in validate_provided_ca(cert, key)]
 
 
+async def _always(mesh: str, backend: str) -> bool:
+    return True
+
+
 LEAF_INDEX_TTL = 60.0  # seconds before a mesh's leaf index is read again whole (events keep it current meanwhile)
 
 
@@ -74,7 +78,7 @@ class Issuer:
         # at every certificate issued and every few seconds by sync; listing every DataplaneInsight each time made
         # 5,000 proxies starting together cost 5,000 × 5,000 document reads.
         self._leaves: dict[str, tuple[float, dict[str, tuple[str, float]]]] = {}
-        self.can_issue: Callable[[str, str], bool] = lambda mesh, backend: True
+        self.can_issue: Callable[[str, str], Awaitable[bool]] = _always
         self._cas: dict[tuple[str, str, str], CertificateAuthority] = {}
 
     async def ca(self, mesh: Mesh, backend_name: str) -> CertificateAuthority | None:
@@ -144,7 +148,7 @@ class Issuer:
         return (await self.bundle(mesh))[0]
 
     async def _issuing_backend(self, mesh: Mesh, dp: Dataplane, enabled: MtlsBackend) -> str:
-        if self.can_issue(mesh.name, enabled.name):
+        if await self.can_issue(mesh.name, enabled.name):
             return enabled.name
         previous = await self.store.get(INSIGHT, dp.mesh, dp.name)
         prev_name = ((previous.doc.get("mTLS") or {}).get("issuedBackend") if previous else None) or enabled.name
