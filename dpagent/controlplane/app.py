@@ -278,7 +278,8 @@ class ControlPlane:
             self.sync = sync
             issuer.can_issue = self._rotation_gate(store, sync, stack)
             departures = Departures(store, sync, delay=cfg.deregistration_delay,
-                                    is_leader=lambda: self.leadership.is_leader)
+                                    is_leader=lambda: self.leadership.is_leader,
+                                    is_local=lambda mesh, name: bool(self._streams.get(nodeid.node_id(mesh, name))))
             self.departures = departures
             self.issuer = issuer
             xauth = XdsAuth(store, auth)

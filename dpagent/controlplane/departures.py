@@ -40,8 +40,11 @@ class LeavingSink(Protocol):
 
 class Departures:
     def __init__(self, store: ResourceStore, sink: LeavingSink, *, delay: float, is_leader: Callable[[], bool],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 is_local: Callable[[str, str], bool] = lambda mesh, name: False) -> None:
+        """`is_local(mesh, name)`: this replica holds a live stream of that proxy."""
         self.store = store
+        self.is_local = is_local
         self.sink = sink
         self.delay = delay
         self.is_leader = is_leader
@@ -60,6 +63,7 @@ class Departures:
                 async for ev in sub:
                     if ev.kind == DEPARTURE:
                         await self._refresh((ev.mesh, ev.name))
+                        await self._still_here(ev.mesh, ev.name)
             except SubscriptionOverflow:
                 sub.resync()
                 await self._reload()
@@ -81,6 +85,15 @@ class Departures:
         else:
             self.known[key] = value
         self.sink.set_leaving(key[0], key[1], bool(value and value[1].get("drainingSince") is not None))
+
+    async def _still_here(self, mesh: str, name: str) -> None:
+        """Another replica saw an older stream of this proxy say goodbye while its live stream is here: the proxy
+        has not gone, so the pending deregistration is cancelled before the leader acts on it."""
+        hit = self.known.get((mesh, name))
+        if hit is not None and hit[1].get("disconnectedAt") is not None and self.is_local(mesh, name):
+            kv(log, logging.INFO, "a proxy said goodbye on another replica but is connected here; keeping it",
+               proxy=node_id(mesh, name))
+            await self.connected(mesh, name)
 
     def draining(self, mesh: str, name: str) -> bool:
         hit = self.known.get((mesh, name))

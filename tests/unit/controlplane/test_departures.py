@@ -35,7 +35,9 @@ class Replica:
     def __init__(self, store: MemoryStore, clock: Clock, leader: bool) -> None:
         self.sink = Sink()
         self.leader = leader
-        self.dep = Departures(store, self.sink, delay=DELAY, is_leader=lambda: self.leader, clock=clock)
+        self.streams: set[tuple[str, str]] = set()  # proxies with a live stream here
+        self.dep = Departures(store, self.sink, delay=DELAY, is_leader=lambda: self.leader, clock=clock,
+                              is_local=lambda mesh, name: (mesh, name) in self.streams)
 
 
 @pytest.fixture
@@ -118,5 +120,15 @@ async def test_a_reconnect_that_wins_the_race_with_the_sweep_keeps_the_proxy(zon
         return await real_delete(kind, mesh, name, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(store, "delete", reconnect_first)
+    assert await b.dep.sweep() == 0
+    assert await store.get("Dataplane", "default", "web-1") is not None
+
+
+async def test_an_older_streams_goodbye_on_one_replica_keeps_a_proxy_live_on_another(zone) -> None:
+    store, clock, a, b = zone
+    b.streams.add(("default", "web-1"))  # the proxy reconnected to b before a saw its old stream end
+    await a.dep.disconnected("default", "web-1", direct=True, graceful=True)
+    await settle()
+    clock.now += DELAY * 3
     assert await b.dep.sweep() == 0
     assert await store.get("Dataplane", "default", "web-1") is not None
