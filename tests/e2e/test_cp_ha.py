@@ -129,20 +129,23 @@ def cp(tmp_path_factory: pytest.TempPathFactory, pg_server: PgServer, database: 
             terminate(r.proc)
 
 
-def stored_counts(pg_server: PgServer, database: str) -> dict[str, int]:
-    async def query() -> dict[str, int]:
+def stored_rows(pg_server: PgServer, database: str, *kinds: str) -> list[Any]:
+    async def query() -> list[Any]:
         conn = await asyncpg.connect(**pg_server.connect_kwargs(database))  # type: ignore[arg-type]
         try:
-            rows = await conn.fetch("SELECT kind, mesh, name FROM resources WHERE kind IN ('Secret', 'GlobalSecret')")
+            return await conn.fetch("SELECT kind, mesh, name FROM resources WHERE kind = ANY($1::text[])", kinds)
         finally:
             await conn.close()
-        names = [r["name"] for r in rows]
-        return {"signing keys": sum(n.startswith("dataplane-token-signing-key-default-") for n in names),
-                "mesh CA keys": sum(n.startswith("default.ca-builtin-key-") for n in names),
-                "mesh CA certs": sum(n.startswith("default.ca-builtin-cert-") for n in names),
-                "CP CAs": names.count("cp-tls-ca"), "admin tokens": names.count("cp-admin-token")}
 
     return asyncio.run(query())
+
+
+def stored_counts(pg_server: PgServer, database: str) -> dict[str, int]:
+    names = [r["name"] for r in stored_rows(pg_server, database, "Secret", "GlobalSecret")]
+    return {"signing keys": sum(n.startswith("dataplane-token-signing-key-default-") for n in names),
+            "mesh CA keys": sum(n.startswith("default.ca-builtin-key-") for n in names),
+            "mesh CA certs": sum(n.startswith("default.ca-builtin-cert-") for n in names),
+            "CP CAs": names.count("cp-tls-ca"), "admin tokens": names.count("cp-admin-token")}
 
 
 def test_replicas_started_together_make_one_of_everything_and_one_leader(cp: Zone, pg_server: PgServer,
@@ -157,6 +160,8 @@ def test_replicas_started_together_make_one_of_everything_and_one_leader(cp: Zon
     assert sum(f"dpagent_cp_leader{{instance=\"{r.status()['instanceId']}\"}} 1" in metrics[r.ip]
                for r in cp.replicas) == 1
     assert "this replica" in leader.cli("cp", "status")
+    follower = next(r for r in cp.replicas if r is not leader)
+    assert f"leader:   {leader.status()['instanceId']}" in follower.cli("cp", "status")
 
 
 def test_killing_the_leader_loses_no_request_and_a_survivor_takes_over(cp: Zone, agents: Any) -> None:
@@ -213,7 +218,8 @@ def test_killing_the_leader_loses_no_request_and_a_survivor_takes_over(cp: Zone,
     wait_for(lambda: httpx.get(target, timeout=2).status_code == 200, 10, what="allowed again")
 
 
-def test_a_proxy_draining_through_one_replica_is_withdrawn_by_another(cp: Zone, agents: Any) -> None:
+def test_a_proxy_draining_through_one_replica_is_withdrawn_by_another(cp: Zone, agents: Any, pg_server: PgServer,
+                                                                     database: str) -> None:
     """The drain is stored, not kept by the replica that heard it: backend-2's agent knows only replica A, the
     client's Envoy is on replica B, and B stops sending it new requests as soon as the agent starts draining."""
     b = wait_for(lambda: cp.holder("web-1"), 10, what="web-1 connected")
@@ -235,6 +241,9 @@ def test_a_proxy_draining_through_one_replica_is_withdrawn_by_another(cp: Zone, 
     assert drained.proc.poll() is None, "backend-2 is still up, draining, while traffic has moved off it"
     print(f"backend-2 withdrawn by the other replica {withdrawn:.2f}s after its drain began")
     assert withdrawn < 3
+    # The CA-rotation gate's per-replica records: the replicas serving these proxies publish theirs.
+    published = {r["name"] for r in stored_rows(pg_server, database, "ReplicaBundleAck")}
+    assert {a.status()["instanceId"], b.status()["instanceId"]} <= published
 
 
 DENY_WEB_EVERYWHERE = """\
