@@ -73,4 +73,5 @@ def cp_status(output: str, api_address: str, api_token_file: str) -> None:
         leader = f"this replica (since {human_time(data['leaderSince'])})"
     else:
         leader = data.get("leaderInstance") or "none (an election is under way)"
-    click.echo(f"instance: {data['instanceId']}\nstore:    {data['store']}\nleader:   {leader}")
+    store = data["store"] + ("" if data.get("storeAvailable", True) else " (UNREACHABLE: changes are not applied)")
+    click.echo(f"instance: {data['instanceId']}\nstore:    {store}\nleader:   {leader}")

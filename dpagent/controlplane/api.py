@@ -264,7 +264,8 @@ class Api:
             raise NotFound("this API has no control-plane status")
         v = await self.status_fn()
         return web.json_response({"instanceId": v.instance_id, "leader": v.leader, "leaderInstance": v.leader_instance,
-                                  "leaderSince": v.leader_since, "electionsWon": v.elections_won, "store": v.store})
+                                  "leaderSince": v.leader_since, "electionsWon": v.elections_won, "store": v.store,
+                                  "storeAvailable": v.store_available})
 
     async def _mesh(self, request: web.Request) -> str:
         mesh = request.match_info["mesh"]

@@ -34,7 +34,7 @@ from dpagent.controlplane.inspect import Inspector
 from dpagent.controlplane.monitoring import MonitoringDiscovery
 from dpagent.controlplane.resources import Resources
 from dpagent.controlplane.settings import CpConfig
-from dpagent.controlplane.store import ResourceStore, SubscriptionOverflow
+from dpagent.controlplane.store import ResourceStore, StoreUnavailable, SubscriptionOverflow
 from dpagent.controlplane.store.backends import open_store, store_location
 from dpagent.controlplane.supervisor import Supervisor
 from dpagent.controlplane.tokens import TokenError
@@ -244,6 +244,7 @@ class ControlPlane:
         self.ready = asyncio.Event()
         self.supervisor = Supervisor()
         self.bundle_acks: BundleAcks | None = None
+        self._store_up: Callable[[], bool] = lambda: True
         # node -> {stream id: auth info}. Per stream, because a proxy that reconnects before the CP saw its old
         # connection die has two streams for a while; the node is gone only when its last stream is.
         self._streams: dict[str, dict[int, dict[str, Any]]] = {}
@@ -366,6 +367,8 @@ class ControlPlane:
             kwargs = pgschema.connect_kwargs(pg)
             return await asyncpg.connect(**{**kwargs, "server_settings": settings})
 
+        listener = store.listener  # type: ignore[attr-defined]
+        self._store_up = lambda: bool(listener.listening)
         return leader_mod.PgLease(instance, connect, store.query)  # type: ignore[attr-defined]
 
     def _rotation_gate(self, store: ResourceStore, sync: XdsSync, stack: contextlib.AsyncExitStack
@@ -386,7 +389,7 @@ class ControlPlane:
         return acks.can_issue
 
     async def status(self) -> leader_mod.LeaderView:
-        return await leader_mod.view(self.leadership, self.cfg.store_type)
+        return await leader_mod.view(self.leadership, self.cfg.store_type, self._store_up())
 
     async def _on_leave(self, mesh: str, name: str) -> None:
         await self.departures.drain(mesh, name)
@@ -423,12 +426,16 @@ class ControlPlane:
     async def metrics(self) -> str:
         """Prometheus text: connected proxies and certificate health per mesh (issue: expiry must be visible)."""
         lines = ["# TYPE dpagent_cp_xds_connected_proxies gauge",
-                 f"dpagent_cp_xds_connected_proxies {len(self.sync.connected)}",
-                 "# TYPE dpagent_cp_certificates gauge"]
-        for rec in await self.store.list("Mesh"):
-            c = await self.issuer.certificate_counts(rec.name)
-            for state in ("total", "expired", "nearExpiry"):
-                lines.append(f'dpagent_cp_certificates{{mesh="{rec.name}",state="{state}"}} {c[state]}')
-        lines += leader_mod.prometheus(self.leadership)
+                 f"dpagent_cp_xds_connected_proxies {len(self.sync.connected)}"]
+        lines += leader_mod.prometheus(self.leadership, self._store_up())
+        try:  # read from the store: left out while it is unreachable, so the gauges above still say why
+            certs = []
+            for rec in await self.store.list("Mesh"):
+                c = await self.issuer.certificate_counts(rec.name)
+                certs += [f'dpagent_cp_certificates{{mesh="{rec.name}",state="{state}"}} {c[state]}'
+                          for state in ("total", "expired", "nearExpiry")]
+            lines += ["# TYPE dpagent_cp_certificates gauge", *certs]
+        except StoreUnavailable:
+            pass
         lines += self.supervisor.prometheus()
         return "\n".join(lines) + "\n"

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from dpagent.controlplane.store import ResourceStore
+from dpagent.controlplane.store import ResourceStore, StoreUnavailable
 from dpagent.errors import Conflict, NotFound
 from dpagent.log import kv
 
@@ -86,8 +86,9 @@ class BundleAcks:
     async def run(self, interval: float = 1.0) -> None:
         """Supervised: publish this replica's view, and clean up after dead replicas while leading."""
         while True:
-            await self.publish()
-            await self.sweep_dead()
+            with contextlib.suppress(StoreUnavailable):  # reported by the store; the next round retries
+                await self.publish()
+                await self.sweep_dead()
             await asyncio.sleep(interval)
 
     async def close(self) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from dpagent.controlplane.identity import INSIGHT
 from dpagent.controlplane.secrets import retry_on_conflict
-from dpagent.controlplane.store import ResourceStore, SubscriptionOverflow
+from dpagent.controlplane.store import ResourceStore, StoreUnavailable, SubscriptionOverflow
 from dpagent.controlplane.xds.nodeid import node_id
 from dpagent.errors import Conflict, NotFound
 from dpagent.log import kv
@@ -67,8 +67,20 @@ class Departures:
             except SubscriptionOverflow:
                 sub.resync()
                 await self._reload()
+            except StoreUnavailable:
+                # The database went away mid-event. Its listener overflows every subscription once it is back,
+                # and the reload above then reads what was missed; until then the cache stays as it was.
+                pass
 
     async def _reload(self) -> None:
+        while True:
+            try:
+                await self._read_all()
+                return
+            except StoreUnavailable:
+                await asyncio.sleep(1.0)  # the outage is logged by the store; retry quietly
+
+    async def _read_all(self) -> None:
         fresh = {(r.mesh, r.name): (r.version, r.doc) for r in await self.store.list(DEPARTURE)}
         for key in set(self.known) - set(fresh):
             self._set(key, None)
@@ -181,5 +193,6 @@ class Departures:
     async def sweep_forever(self, interval: float = 0.5) -> None:
         """Supervised: the sweep runs on every replica's clock but acts only while this replica leads."""
         while True:
-            await self.sweep()
+            with contextlib.suppress(StoreUnavailable):  # reported by the store; the next round retries
+                await self.sweep()
             await asyncio.sleep(interval)

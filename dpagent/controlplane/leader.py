@@ -44,6 +44,7 @@ class LeaderView:
     leader_since: float | None
     elections_won: int
     store: str
+    store_available: bool  # PostgreSQL: this replica's change listener is connected; SQLite: always
 
 
 class Leadership(Protocol):
@@ -151,14 +152,16 @@ class PgLease:
         return name.removeprefix(APP_PREFIX) if name.startswith(APP_PREFIX) else None
 
 
-async def view(lease: Leadership, store: str) -> LeaderView:
+async def view(lease: Leadership, store: str, store_available: bool) -> LeaderView:
     leader: str | None = None
     with contextlib.suppress(Exception):  # a store outage must not break the status page that reports it
         leader = await lease.leader_instance()
-    return LeaderView(lease.instance_id, lease.is_leader, leader, lease.leader_since, lease.elections_won, store)
+    return LeaderView(lease.instance_id, lease.is_leader, leader, lease.leader_since, lease.elections_won, store,
+                      store_available)
 
 
-def prometheus(lease: Leadership) -> list[str]:
+def prometheus(lease: Leadership, store_available: bool) -> list[str]:
     return ["# TYPE dpagent_cp_leader gauge", f'dpagent_cp_leader{{instance="{lease.instance_id}"}} '
             f"{int(lease.is_leader)}", "# TYPE dpagent_cp_leader_elections_won_total counter",
-            f"dpagent_cp_leader_elections_won_total {lease.elections_won}"]
+            f"dpagent_cp_leader_elections_won_total {lease.elections_won}",
+            "# TYPE dpagent_cp_store_available gauge", f"dpagent_cp_store_available {int(store_available)}"]

@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pgserver
+import psutil
 import pytest
 from e2e.meshlib import Load, dataplane, outbound, url
 from pgserver import PgServer
@@ -257,3 +258,63 @@ spec:
     default: {action: Deny}
 """
 
+
+
+def test_a_database_crash_leaves_traffic_alone_and_the_replicas_recover(cp: Zone, pg_server: PgServer) -> None:
+    """`kill -9` of every PostgreSQL process for 10 s: the Envoys keep their config and traffic flows, every replica
+    reports the store unavailable and no leader is left, and when the database is back (crash recovery) the
+    replicas recover by themselves: the write acknowledged before the crash is there and a new policy applies."""
+    target = url(PORTS["w_out_b"], "/hello")
+    wait_for(lambda: httpx.get(target, timeout=2).status_code == 200, 10, what="web -> backend")
+    live = cp.live()
+    live[0].cli("apply", "-f", "-", input=ACKNOWLEDGED)
+    load = Load(target, rate=50)
+    try:
+        time.sleep(0.5)
+        postmaster = next(p for p in psutil.process_iter(["cmdline"])
+                          if str(pg_server.data) in " ".join(p.info["cmdline"] or []))
+        victims = [postmaster, *postmaster.children(recursive=True)]
+        for p in victims:
+            p.kill()
+        crashed = time.monotonic()
+        psutil.wait_procs(victims, timeout=10)
+        wait_for(lambda: not any(r.status()["storeAvailable"] for r in live), 15, interval=0.2,
+                 what="every replica reports the store unavailable")
+        wait_for(lambda: cp.leader() is None, 10, interval=0.2, what="the leader steps down")
+        assert "UNREACHABLE" in live[-1].cli("cp", "status")
+        time.sleep(max(0.0, crashed + 10 - time.monotonic()))
+        pg_server.start_server()
+        back = time.monotonic()
+        wait_for(lambda: all(r.status()["storeAvailable"] for r in live) and cp.leader() is not None, 30,
+                 interval=0.2, what="the replicas back on the database with a leader")
+        recovered = time.monotonic() - back
+        outage = [(t, s) for t, s, _ in load.seen if crashed <= t]
+        assert "acknowledged-before-crash" in live[-1].cli("get", "meshtrafficpermissions")
+        live[-1].cli("apply", "-f", "-", input=DENY_WEB_EVERYWHERE)
+        wait_for(lambda: httpx.get(target, timeout=2).status_code == 403, 15, interval=0.1,
+                 what="a policy applied after the outage reaches the proxies")
+    finally:
+        load.stop()
+        if not (pg_server.data / "postmaster.pid").exists() or not _pg_up(pg_server):
+            pg_server.start_server()
+    failed = [s for _, s in outage if s != 200]
+    print(f"database down 10 s: {len(outage)} requests, {len(failed)} failed; replicas recovered "
+          f"{recovered:.1f}s after it was back")
+    assert len(outage) > 40 and not failed, f"requests failed while the database was down: {load.errors[:3]}"
+    live[-1].cli("delete", "mtp", "deny-web-everywhere")
+
+
+def _pg_up(server: PgServer) -> bool:
+    return any(str(server.data) in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+
+
+ACKNOWLEDGED = """\
+type: MeshTrafficPermission
+mesh: default
+name: acknowledged-before-crash
+spec:
+  targetRef: {kind: MeshService, name: backend}
+  from:
+  - targetRef: {kind: MeshService, name: nobody}
+    default: {action: Allow}
+"""

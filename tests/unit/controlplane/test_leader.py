@@ -83,5 +83,5 @@ async def test_a_leader_whose_session_is_cut_steps_down(store: PostgresStore) ->
         await until(lambda: solo.is_leader, 5, "elected again on a new session")
     assert changes[:3] == [True, False, True]
     assert solo.elections_won == 2
-    text = "\n".join(leader_mod.prometheus(solo))
+    text = "\n".join(leader_mod.prometheus(solo, True))
     assert 'dpagent_cp_leader{instance="cp-solo"} 0' in text, "stopped: no longer leader"
