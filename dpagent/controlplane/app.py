@@ -13,7 +13,7 @@ import errno
 import logging
 import signal
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from aiohttp import web
 
 from dpagent import pki
 from dpagent.controlplane import ca as ca_mod
-from dpagent.controlplane import cp_tls
+from dpagent.controlplane import cp_tls, replicas
 from dpagent.controlplane import leader as leader_mod
 from dpagent.controlplane.api import Api, auth_middleware
 from dpagent.controlplane.auth import DataplaneAuth
@@ -265,7 +265,7 @@ class ControlPlane:
             store = await open_store(cfg)
             stack.push_async_callback(store.close)
             self.store = store
-            self.leadership = self._leadership(store)
+            self.leadership, self._store_up = replicas.leadership(cfg, store)
             zone_ca = await cp_tls.shared_ca(store, data_dir)
             cp_ca, cert, key = await asyncio.to_thread(ensure_cp_tls, data_dir, cfg.hostnames, zone_ca)
             admin_token, token_path = await cp_tls.shared_admin_token(store, data_dir)
@@ -277,7 +277,9 @@ class ControlPlane:
             self.cache = cache
             sync = XdsSync(store, cache, bundle=issuer.bundle, vip_cidr=cfg.vip_cidr, on_insight=issuer.leaf_changed)
             self.sync = sync
-            issuer.can_issue = self._rotation_gate(store, sync, stack)
+            issuer.can_issue, self.bundle_acks = replicas.rotation_gate(cfg, store, sync, self.leadership)
+            if self.bundle_acks is not None:
+                stack.push_async_callback(self.bundle_acks.close)
             departures = Departures(store, sync, delay=cfg.deregistration_delay,
                                     is_leader=lambda: self.leadership.is_leader,
                                     is_local=lambda mesh, name: bool(self._streams.get(nodeid.node_id(mesh, name))))
@@ -352,41 +354,6 @@ class ControlPlane:
             raise
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
-
-    def _leadership(self, store: ResourceStore) -> leader_mod.Leadership:
-        instance = leader_mod.new_instance_id()
-        if self.cfg.store_type != "postgres":
-            return leader_mod.SoleLeader(instance)
-        from dpagent.controlplane.store import pgschema
-
-        pg = self.cfg.postgres
-
-        async def connect(settings: dict[str, str]) -> Any:
-            import asyncpg
-
-            kwargs = pgschema.connect_kwargs(pg)
-            return await asyncpg.connect(**{**kwargs, "server_settings": settings})
-
-        listener = store.listener  # type: ignore[attr-defined]
-        self._store_up = lambda: bool(listener.listening)
-        return leader_mod.PgLease(instance, connect, store.query)  # type: ignore[attr-defined]
-
-    def _rotation_gate(self, store: ResourceStore, sync: XdsSync, stack: contextlib.AsyncExitStack
-                       ) -> Callable[[str, str], Awaitable[bool]]:
-        """Whether leaves from a backend's root may be issued: this replica's proxies all ACKed that root and, with
-        several replicas, every other replica says the same of its own (see bundle_acks)."""
-        if self.cfg.store_type != "postgres":
-            async def local_only(mesh: str, backend: str) -> bool:
-                return sync.issuable(mesh, backend)
-
-            self.bundle_acks = None
-            return local_only
-        acks = BundleAcks(store, self.leadership.instance_id, local=sync.issuable,
-                          meshes=lambda: [(m, s.bundle_backends) for m, s in list(sync.states.items())],
-                          is_leader=lambda: self.leadership.is_leader)
-        stack.push_async_callback(acks.close)
-        self.bundle_acks = acks
-        return acks.can_issue
 
     async def status(self) -> leader_mod.LeaderView:
         return await leader_mod.view(self.leadership, self.cfg.store_type, self._store_up())
