@@ -105,6 +105,8 @@ def check_token(ctx: Context, now: float | None = None) -> Check:
 
 
 async def check_control_plane(ctx: Context) -> Check:
+    """Every replica in --cp-address: all reachable is OK; some down is a warning (the agent fails over); a TLS
+    trust problem or none reachable fails."""
     from dpagent.agent.bootstrap import ssl_context
 
     cfg = ctx.cfg
@@ -112,7 +114,20 @@ async def check_control_plane(ctx: Context) -> Check:
         verify = ssl_context(cfg.ca_cert, cfg.ca_cert_file, cfg.skip_verify)
     except DpAgentError as e:
         return Check("control-plane", FAIL, str(e), "point --ca-cert-file at the CP's <data-dir>/ca.pem")
-    url = cfg.cp_urls[0]  # the first replica; `dpagent doctor` is about this host's set-up, not CP availability
+    checks = [await _check_replica(url, verify) for url in cfg.cp_urls]
+    if len(checks) == 1:
+        return checks[0]
+    failed = [c for c in checks if c.status != OK]
+    if not failed:
+        return Check("control-plane", OK, f"all {len(checks)} replicas reachable; {checks[0].detail}")
+    worst = next((c for c in failed if "not trusted" in c.detail), None)
+    if worst is not None or len(failed) == len(checks):
+        return worst or failed[0]
+    return Check("control-plane", WARN, f"{len(checks) - len(failed)} of {len(checks)} replicas reachable; "
+                 f"{failed[0].detail}", failed[0].fix)
+
+
+async def _check_replica(url: str, verify: ssl.SSLContext | bool) -> Check:
     parts = urlsplit(url)
     try:
         async with httpx.AsyncClient(verify=verify, timeout=5, trust_env=False) as client:

@@ -41,3 +41,22 @@ async def test_renewal_fails_over_to_a_live_replica(first: str) -> None:
         assert client.url == good + "/certificates", "the replica that answered is asked first next time"
         await client._post({"csr": "x"}, {})
     assert hits == (["200", "200"] if first == "dead" else ["503", "200", "200"])
+
+
+async def test_doctor_warns_when_some_replicas_are_down_and_fails_when_all_are() -> None:
+    from dpagent import doctor
+    from dpagent.agent.settings import build_agent_config
+
+    live = await _serve(200, [])
+    up = f"http://127.0.0.1:{live.sockets[0].getsockname()[1]}"
+    down = f"http://127.0.0.1:{free_port()}"
+
+    async def check(*urls: str) -> doctor.Check:
+        cfg, _ = build_agent_config({"name": "a", "mesh": "m", "cp_url": ",".join(urls)}, env={})
+        return await doctor.check_control_plane(doctor.Context(cfg))
+
+    async with live:
+        assert (await check(up, up)).status == doctor.OK
+        partly = await check(down, up)
+        assert partly.status == doctor.WARN and "1 of 2 replicas reachable" in partly.detail
+    assert (await check(down, down)).status == doctor.FAIL
