@@ -37,6 +37,10 @@ until every proxy that calls the service ACKed it, and measures in-process the g
 proxy gets every service's cluster, endpoints and capture chain), then each proxy with
 `transparentProxying.reachableServices` naming K other services, side by side. Both also print the config each
 proxy received (median over the proxies: bytes of the resources in the last response per type, and their count).
+--store postgres --replicas R runs every size twice, side by side: the single SQLite CP, then R replicas on one
+PostgreSQL (a throwaway server started by the bench, as the tests do; Debian's `postgresql` package) with the
+proxies spread evenly over them. Changes are PUT through replica 1's API, so the proxies on the others get them
+through the database's change feed. CPU is summed over the replicas; RSS is the largest replica's.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from google.protobuf import struct_pb2
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 import _resilience_mix as mix
 from _ads_clients import FakeProxy, close, open_channels, start, wait_all
@@ -73,6 +78,7 @@ from dpagent.controlplane.app import first_start
 from dpagent.controlplane.policies.registry import POLICY_KINDS
 from dpagent.controlplane.resources import Resources
 from dpagent.controlplane.store import SqliteStore
+from dpagent.controlplane.store.pgconfig import PostgresConfig
 from dpagent.controlplane.tokens import issue_token
 from dpagent.controlplane.xds import names as xds_names
 
@@ -139,13 +145,20 @@ def route_policy(target: str, v1: int, v2: int) -> dict[str, Any]:
 
 
 async def populate(data_dir: Path, docs: list[dict[str, Any]],
-                   policies: Sequence[dict[str, Any]] = ()) -> list[str]:
+                   policies: Sequence[dict[str, Any]] = (), pg: PostgresConfig | None = None) -> list[str]:
     """Create the mesh as the CP's first start does, apply the Dataplanes, and issue one token per dataplane.
 
     Done before the CP starts (it holds an exclusive lock on the store while running); `NORMAL` sync only
     because this is set-up, the CP itself reopens the file with its own (FULL) durability.
     """
-    store = await SqliteStore.open(str(data_dir / "store.db"), synchronous="NORMAL")
+    if pg is not None:
+        from dpagent.controlplane.store import pgschema
+        from dpagent.controlplane.store.postgres import PostgresStore
+
+        await pgschema.migrate_up(pg)
+        store: Any = await PostgresStore.open(pg)
+    else:
+        store = await SqliteStore.open(str(data_dir / "store.db"), synchronous="NORMAL")
     try:
         resources = Resources(store)
         await first_start(resources, store)
@@ -176,11 +189,12 @@ def node_metadata(name: str, workdir: str) -> struct_pb2.Struct:
 class ControlPlaneProcess:
     """`python -m dpagent cp run` on loopback ports in its own data dir; its log goes to cp.log there."""
 
-    def __init__(self, data_dir: Path, log_level: str) -> None:
+    def __init__(self, data_dir: Path, log_level: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.ports = {"dp": free_port(), "xds": free_port(), "api": free_port()}
+        data_dir.mkdir(parents=True, exist_ok=True)
         self.log = open(data_dir / "cp.log", "wb")  # noqa: SIM115 - closed in stop()
-        env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+        env = dict(os.environ, PYTHONPATH=str(HERE.parent), **(env or {}))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dpagent", "cp", "run", "--data-dir", str(data_dir), "--bind-address",
              "127.0.0.1", "--dp-server-port", str(self.ports["dp"]), "--xds-port", str(self.ports["xds"]),
@@ -222,6 +236,33 @@ class ControlPlaneProcess:
         self.log.close()
 
 
+class Replicas:
+    """Several `ControlPlaneProcess`es on one store, measured as one control plane."""
+
+    def __init__(self, procs: list[ControlPlaneProcess]) -> None:
+        self.procs = procs
+        self.api = procs[0].api
+        self.data_dir = procs[0].data_dir
+
+    async def wait_ready(self) -> None:
+        for p in self.procs:
+            await p.wait_ready()
+
+    def cpu(self) -> float:
+        return sum(p.cpu() for p in self.procs)
+
+    def rss(self) -> int:
+        return max(p.rss() for p in self.procs)
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.procs[0].proc
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+
 @dataclass
 class Change:
     seconds: float = float("nan")
@@ -249,6 +290,7 @@ class Result:
     reachable: int = 0
     config_bytes: int = 0  # median over the proxies of the bytes they hold (last response of each type)
     config_counts: dict[str, int] = field(default_factory=dict)  # type -> median resources per proxy
+    replicas: int = 0  # 0: the single SQLite CP; else that many replicas on PostgreSQL
     populate_s: float = 0.0
     sync_s: float = float("nan")
     sync_cpu: float = float("nan")
@@ -286,7 +328,7 @@ def deny_policy(name: str, source: str, target: str | None) -> dict[str, Any]:
                                                  "default": {"action": "Deny"}}]}}
 
 
-async def measure_change(cp: ControlPlaneProcess, fakes: list[FakeProxy], expected: list[FakeProxy],
+async def measure_change(cp: ControlPlaneProcess | Replicas, fakes: list[FakeProxy], expected: list[FakeProxy],
                          tasks: list[asyncio.Task[None]], policy: dict[str, Any], args: argparse.Namespace) -> Change:
     """PUT the policy and time it until every proxy whose config changed has ACKed the change.
 
@@ -336,27 +378,39 @@ def callers_of(docs: list[dict[str, Any]], fakes: list[FakeProxy], target: str) 
 
 
 async def run_size(args: argparse.Namespace, n: int, routes: bool = False, resilience: bool = False,
-                   tproxy: bool = False, reachable: int = 0) -> Result:
+                   tproxy: bool = False, reachable: int = 0, replicas: int = 0) -> Result:
     docs = dataplane_docs(n, args.per_service, args.outbounds, args.protocol, args.seed, tproxy=tproxy,
                           reachable=reachable)
     res = Result(n, len({d["networking"]["inbound"][0]["tags"]["kuma.io/service"] for d in docs}), routes, resilience,
-                 tproxy, reachable)
+                 tproxy, reachable, replicas=replicas)
     policies = [route_policy(service(k), 90, 10) for k in range(res.services)] if routes else []
     kinds = mix.present()[0] if resilience else []
     policies += mix.policy_docs(res.services, service, kinds)
     data_dir = Path(tempfile.mkdtemp(prefix=f"cp-scale-{n}-"))
-    cp: ControlPlaneProcess | None = None
+    cp: ControlPlaneProcess | Replicas | None = None
     tasks: list[asyncio.Task[None]] = []
     chans: list[Any] = []
     me = psutil.Process()
+    database = ""
     try:
         t = time.perf_counter()
-        tokens = await populate(data_dir, docs, policies)
+        pg_cfg = None
+        if replicas:
+            import pgserver
+
+            database = await args.pg.create_database()
+            pg_cfg = pgserver.store_config(args.pg, database, max_open_connections=20)
+        tokens = await populate(data_dir, docs, policies, pg_cfg)
         res.populate_s = time.perf_counter() - t
-        cp = ControlPlaneProcess(data_dir, args.cp_log_level)
+        if replicas:
+            env = pgserver.store_env(args.pg, database)
+            cp = Replicas([ControlPlaneProcess(data_dir / f"replica-{i + 1}", args.cp_log_level, env)
+                           for i in range(replicas)])
+        else:
+            cp = ControlPlaneProcess(data_dir, args.cp_log_level)
         await cp.wait_ready()
         await asyncio.sleep(0.5)
-        ca_pem = (data_dir / "ca.pem").read_bytes()
+        ca_pem = (cp.data_dir / "ca.pem").read_bytes()
         res.rss_idle = cp.rss()
         fakes = [FakeProxy(f"{MESH}.{d['name']}", metadata=(("authorization", tok),),
                            node_metadata=node_metadata(d["name"], f"/var/run/dpagent/{d['name']}"),
@@ -367,9 +421,13 @@ async def run_size(args: argparse.Namespace, n: int, routes: bool = False, resil
         # 1. full sync
         c0, m0 = cp.cpu(), me.cpu_times()
         t0 = time.perf_counter()
-        chans = open_channels(f"127.0.0.1:{cp.ports['xds']}", args.channels or n, ca_pem=ca_pem,
-                              server_name="localhost")
-        tasks = start(fakes, chans)
+        procs = cp.procs if isinstance(cp, Replicas) else [cp]
+        for i, proc in enumerate(procs):  # proxy k connects to replica k mod R
+            mine = fakes[i::len(procs)]
+            some = open_channels(f"127.0.0.1:{proc.ports['xds']}", max(1, (args.channels or n) // len(procs)),
+                                 ca_pem=ca_pem, server_name="localhost")
+            chans += some
+            tasks += start(mine, some)
         await wait_all([f.synced for f in fakes], tasks, args.timeout)
         res.sync_s = time.perf_counter() - t0
         res.sync_cpu = cp.cpu() - c0
@@ -423,6 +481,8 @@ async def run_size(args: argparse.Namespace, n: int, routes: bool = False, resil
         await close(tasks, chans)
         if cp is not None:
             cp.stop()
+        if database:
+            await args.pg.drop_database(database)
         if args.keep:
             print(f"kept {data_dir}", file=sys.stderr)
         else:
@@ -498,14 +558,15 @@ def table(results: list[Result]) -> str:
 
 def label(r: Result) -> str:
     tp = (f" tproxy reach={r.reachable}" if r.reachable else " tproxy full") if r.tproxy else ""
-    return f"N={r.n}" + tp + (" +routes" if r.routes else "") + (" +resilience" if r.resilience else "")
+    return (f"N={r.n}" + (f" pg x{r.replicas}" if r.replicas else "") + tp + (" +routes" if r.routes else "")
+            + (" +resilience" if r.resilience else ""))
 
 
 def flatness(results: list[Result]) -> list[str]:
     """A 1-service change must cost the same CP CPU at every N (within 30 %): it touches the same proxies."""
     out = []
-    for kind in sorted({(r.routes, r.resilience, r.tproxy, r.reachable) for r in results}):
-        runs = sorted((r for r in results if (r.routes, r.resilience, r.tproxy, r.reachable) == kind
+    for kind in sorted({(r.routes, r.resilience, r.tproxy, r.reachable, r.replicas) for r in results}):
+        runs = sorted((r for r in results if (r.routes, r.resilience, r.tproxy, r.reachable, r.replicas) == kind
                        and r.one.cpu == r.one.cpu),
                       key=lambda r: r.n)
         if len(runs) < 2:
@@ -546,10 +607,26 @@ def verdicts(results: list[Result]) -> list[str]:
 
 async def main_async(args: argparse.Namespace) -> int:
     results = []
+    args.pg = None
+    if args.store == "postgres":
+        import pgserver
+
+        args.pg = pgserver.PgServer.start()
+    try:
+        return await _run_all(args, results)
+    finally:
+        if args.pg is not None:
+            args.pg.stop()
+
+
+async def _run_all(args: argparse.Namespace, results: list[Result]) -> int:
     for n in args.sizes:
         if not args.mix_only:
             print(f"running N={n} ...", file=sys.stderr, flush=True)
             results.append(await run_size(args, n))
+        if args.pg is not None:
+            print(f"running N={n} on PostgreSQL with {args.replicas} replicas ...", file=sys.stderr, flush=True)
+            results.append(await run_size(args, n, replicas=args.replicas))
         if args.policy_mix:
             print(f"running N={n} with a MeshHTTPRoute per service ...", file=sys.stderr, flush=True)
             results.append(await run_size(args, n, routes=True))
@@ -620,6 +697,9 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=90.0, help="give up on a phase after this many seconds")
     p.add_argument("--cp-log-level", default="info", choices=["error", "warning", "info", "debug"])
     p.add_argument("--keep", action="store_true", help="keep the data dirs (store, cp.log)")
+    p.add_argument("--store", default="sqlite", choices=["sqlite", "postgres"],
+                   help="postgres: also run each size on REPLICAS CP replicas sharing a throwaway PostgreSQL")
+    p.add_argument("--replicas", type=int, default=2, help="with --store postgres: CP replicas (proxies spread)")
     args = p.parse_args()
     sys.exit(asyncio.run(main_async(args)))
 

@@ -116,6 +116,19 @@ def p_url(v: Any) -> str:
     return s.rstrip("/")
 
 
+def p_urls(v: Any) -> str:
+    """One URL or several (a comma-separated string, or a list in the config file): the replicas of an HA control
+    plane. Kept as one comma-joined string so config show prints it as given; `split_urls` gives the list."""
+    items = [x for x in (v if isinstance(v, list | tuple) else p_str(v).split(",")) if str(x).strip()]
+    if not items:
+        raise ValueError("no URL given; use a form like https://cp.example:5678 (several: separate with commas)")
+    return ",".join(p_url(x) for x in items)
+
+
+def split_urls(value: str) -> tuple[str, ...]:
+    return tuple(u for u in value.split(",") if u)
+
+
 def p_vars(v: Any) -> dict[str, str]:
     """`-v k=v` pairs (repeatable) or a mapping from the config file."""
     if isinstance(v, Mapping):

@@ -105,6 +105,8 @@ def check_token(ctx: Context, now: float | None = None) -> Check:
 
 
 async def check_control_plane(ctx: Context) -> Check:
+    """Every replica in --cp-address: all reachable is OK; some down is a warning (the agent fails over); a TLS
+    trust problem or none reachable fails."""
     from dpagent.agent.bootstrap import ssl_context
 
     cfg = ctx.cfg
@@ -112,7 +114,21 @@ async def check_control_plane(ctx: Context) -> Check:
         verify = ssl_context(cfg.ca_cert, cfg.ca_cert_file, cfg.skip_verify)
     except DpAgentError as e:
         return Check("control-plane", FAIL, str(e), "point --ca-cert-file at the CP's <data-dir>/ca.pem")
-    parts = urlsplit(cfg.cp_url)
+    checks = [await _check_replica(url, verify) for url in cfg.cp_urls]
+    if len(checks) == 1:
+        return checks[0]
+    failed = [c for c in checks if c.status != OK]
+    if not failed:
+        return Check("control-plane", OK, f"all {len(checks)} replicas reachable; {checks[0].detail}")
+    worst = next((c for c in failed if "not trusted" in c.detail), None)
+    if worst is not None or len(failed) == len(checks):
+        return worst or failed[0]
+    return Check("control-plane", WARN, f"{len(checks) - len(failed)} of {len(checks)} replicas reachable; "
+                 f"{failed[0].detail}", failed[0].fix)
+
+
+async def _check_replica(url: str, verify: ssl.SSLContext | bool) -> Check:
+    parts = urlsplit(url)
     try:
         async with httpx.AsyncClient(verify=verify, timeout=5, trust_env=False) as client:
             resp = await client.get(f"{parts.scheme}://{parts.netloc}/")
@@ -121,17 +137,17 @@ async def check_control_plane(ctx: Context) -> Check:
         while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
             cause = cause.__cause__ or cause.__context__
         if isinstance(cause, ssl.SSLCertVerificationError):
-            return Check("control-plane", FAIL, f"{cfg.cp_url} answers but its certificate is not trusted "
+            return Check("control-plane", FAIL, f"{url} answers but its certificate is not trusted "
                          f"({cause.verify_message})", "pass the control plane's CA (<data-dir>/ca.pem on the CP "
                          "host) with --ca-cert-file, and use a --cp-address host name its certificate names")
-        return Check("control-plane", FAIL, f"cannot connect to {cfg.cp_url} ({e or type(e).__name__})",
+        return Check("control-plane", FAIL, f"cannot connect to {url} ({e or type(e).__name__})",
                      "check --cp-address, that `dpagent cp run` (dpagent-cp.service) is running there, and "
                      "that the firewall lets this host reach its port")
     except httpx.HTTPError as e:
-        return Check("control-plane", FAIL, f"{cfg.cp_url} did not answer properly ({type(e).__name__})",
+        return Check("control-plane", FAIL, f"{url} did not answer properly ({type(e).__name__})",
                      "check that --cp-address is the DP server port (5678)")
     trust = "certificate NOT verified (--skip-verify)" if verify is False else "certificate trusted"
-    return Check("control-plane", OK, f"{cfg.cp_url} reachable, {trust} (HTTP {resp.status_code})")
+    return Check("control-plane", OK, f"{url} reachable, {trust} (HTTP {resp.status_code})")
 
 
 async def check_envoy(ctx: Context) -> Check:

@@ -111,15 +111,15 @@ def _validate(req: InstallRequest) -> tuple[str, dict[str, bytes], list[str]]:
     from cryptography import x509
 
     from dpagent.agent.dataplane import load_dataplane
-    from dpagent.config import p_url
+    from dpagent.config import p_urls, split_urls
 
     problems: list[str] = []
     warnings: list[str] = []
     files: dict[str, bytes] = {}
     try:
-        p_url(req.cp_address)
-        if not req.cp_address.startswith("https://"):
-            problems.append(f"--cp-address {req.cp_address} must be https:// (the DP server port, 5678 by default)")
+        for url in split_urls(p_urls(req.cp_address)):
+            if not url.startswith("https://"):
+                problems.append(f"--cp-address {url} must be https:// (the DP server port, 5678 by default)")
     except ValueError as e:
         problems.append(f"--cp-address: {e}")
     for key, path, what, flag in (("ca.pem", req.ca_cert_file, "CA certificate", "--ca-cert-file"),

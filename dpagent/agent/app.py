@@ -153,11 +153,12 @@ class Agent:
             body = bs.build_request(bs.BootstrapRequestParams(
                 mesh=mesh, name=name, token=token, token_path=os.path.abspath(token_path) if token_path else "",
                 resource_json=rjson, envoy=version, ca_cert=ca_pem, dns_port=cfg.dns_port,
-                readiness_port=cfg.readiness_port, workdir=str(self.work_dir), proxy_type=cfg.proxy_type))
+                readiness_port=cfg.readiness_port, workdir=str(self.work_dir), proxy_type=cfg.proxy_type,
+                cp_hosts=bs.cp_hosts(cfg.cp_urls)))
             self.readiness.set(Phase.BOOTSTRAPPING)
             self.notifier.status(f"bootstrapping from the control plane at {cfg.cp_url}")  # sd_notify
             result = await self._until_stopped(bs.fetch_bootstrap(
-                cfg.cp_url, body, verify=verify, ca_file=cfg.ca_cert_file, backoff=cfg.retry_backoff,
+                cfg.cp_urls, body, verify=verify, ca_file=cfg.ca_cert_file, backoff=cfg.retry_backoff,
                 max_duration=cfg.retry_max_duration))
             if result is None:
                 log.info("stopped before the bootstrap completed")
@@ -168,7 +169,7 @@ class Agent:
             self.admin = EnvoyAdmin(uds, base)
             self.readiness.admin = self.admin
             self.metrics.admin = self.admin
-            self._leave = lambda: bs.announce_leave(cfg.cp_url, verify=verify, token=read_token(cfg) or token,
+            self._leave = lambda: bs.announce_leave(cfg.cp_urls, verify=verify, token=read_token(cfg) or token,
                                                     mesh=mesh, name=name)
             self.notifier.status("obtaining the identity certificate")  # sd_notify
             renewer = await self._until_stopped(self._setup_identity(mesh, name, verify))

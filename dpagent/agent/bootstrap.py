@@ -60,6 +60,9 @@ class BootstrapRequestParams:
     readiness_port: int
     workdir: str
     proxy_type: str = "dataplane"
+    # Every CP replica's host (from --cp-address): the CP lists them all in the ADS cluster, so Envoy moves to
+    # another replica when its own dies. Not a Kuma field; a kuma-cp ignores it.
+    cp_hosts: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +106,13 @@ def build_request(p: BootstrapRequestParams) -> dict[str, Any]:
         body["dataplaneTokenPath"] = p.token_path
     if p.resource_json:
         body["dataplaneResource"] = p.resource_json
+    if len(p.cp_hosts) > 1:
+        body["controlPlaneHosts"] = list(p.cp_hosts)
     return body
+
+
+def cp_hosts(urls: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(h for h in (urlsplit(u).hostname for u in urls) if h))
 
 
 def parse_response(payload: bytes) -> BootstrapResult:
@@ -222,11 +231,29 @@ async def post_once(client: httpx.AsyncClient, cp_url: str, body: Mapping[str, A
     return parse_response(resp.content)
 
 
+async def post_any(client: httpx.AsyncClient, cp_urls: tuple[str, ...], body: Mapping[str, Any],
+                   ca_file: str) -> BootstrapResult:
+    """Each replica in turn: one that is down costs a connect error, not a backoff; the round fails (and is
+    retried after the backoff) only when none answered."""
+    failure: Retryable | None = None
+    for url in cp_urls:
+        try:
+            return await post_once(client, url, body, ca_file)
+        except Retryable as e:
+            failure = e
+            if len(cp_urls) > 1:
+                kv(log, logging.INFO, "control-plane replica did not serve the bootstrap; trying the next",
+                   cp=url, reason=str(e))
+    assert failure is not None
+    raise failure
+
+
 async def fetch_bootstrap(
-    cp_url: str, body: Mapping[str, Any], *, verify: ssl.SSLContext | bool, ca_file: str,
+    cp_url: str | tuple[str, ...], body: Mapping[str, Any], *, verify: ssl.SSLContext | bool, ca_file: str,
     backoff: float, max_duration: float, timeout: float = 10.0,
 ) -> BootstrapResult:
     """POST /bootstrap with a constant backoff until max_duration; cancellable (the first stop signal)."""
+    urls = (cp_url,) if isinstance(cp_url, str) else cp_url
     last: list[str] = []
 
     def before_sleep(state: RetryCallState) -> None:
@@ -242,22 +269,28 @@ async def fetch_bootstrap(
                 retry=retry_if_exception_type(Retryable), before_sleep=before_sleep, reraise=True,
             ):
                 with attempt:
-                    return await post_once(client, cp_url, body, ca_file)
+                    return await post_any(client, urls, body, ca_file)
         except Retryable as e:
             raise ControlPlaneUnavailable(
-                f"could not fetch the Envoy bootstrap from {cp_url} within {max_duration:g}s: {e}"
+                f"could not fetch the Envoy bootstrap from {', '.join(urls)} within {max_duration:g}s: {e}"
             ) from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def announce_leave(cp_url: str, *, verify: ssl.SSLContext | bool, token: str, mesh: str, name: str) -> bool:
-    """Tell the CP this proxy is draining so it withdraws its endpoints now; best effort, never blocks a stop."""
-    parts = urlsplit(cp_url)
-    try:
-        async with httpx.AsyncClient(verify=verify, timeout=2.0, trust_env=False) as client:
-            resp = await client.post(f"{parts.scheme}://{parts.netloc}/leave", json={"mesh": mesh, "name": name},
-                                     headers={"authorization": f"Bearer {token}"})
-    except httpx.HTTPError as e:
-        kv(log, logging.INFO, "could not tell the control plane about the drain", reason=type(e).__name__)
-        return False
-    return resp.status_code == 200
+async def announce_leave(cp_url: str | tuple[str, ...], *, verify: ssl.SSLContext | bool, token: str, mesh: str,
+                         name: str) -> bool:
+    """Tell the CP this proxy is draining so it withdraws its endpoints now; best effort, never blocks a stop.
+    Any replica will do (the drain is stored, every replica reads it), so the first that answers is enough."""
+    reason = ""
+    async with httpx.AsyncClient(verify=verify, timeout=2.0, trust_env=False) as client:
+        for url in (cp_url,) if isinstance(cp_url, str) else cp_url:
+            parts = urlsplit(url)
+            try:
+                resp = await client.post(f"{parts.scheme}://{parts.netloc}/leave", json={"mesh": mesh, "name": name},
+                                         headers={"authorization": f"Bearer {token}"})
+            except httpx.HTTPError as e:
+                reason = type(e).__name__
+                continue
+            return resp.status_code == 200
+    kv(log, logging.INFO, "could not tell the control plane about the drain", reason=reason)
+    return False

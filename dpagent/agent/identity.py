@@ -156,10 +156,11 @@ def renew_delay(info: Any, now: float, rng: Callable[[], float] = random.random)
 class IdentityClient:
     """POST /certificates with the dataplane token; the CSR carries only the public key (the CP picks the SAN)."""
 
-    def __init__(self, cp_url: str, verify: ssl.SSLContext | bool, token: Callable[[], str], mesh: str, name: str,
-                 key_type: str = "ecdsa-p256") -> None:
-        parts = urlsplit(cp_url)
-        self.url = f"{parts.scheme}://{parts.netloc}/certificates"
+    def __init__(self, cp_url: str | tuple[str, ...], verify: ssl.SSLContext | bool, token: Callable[[], str],
+                 mesh: str, name: str, key_type: str = "ecdsa-p256") -> None:
+        # Every replica's endpoint; the one that answered last is asked first next time (see `_post`).
+        self.urls = [f"{p.scheme}://{p.netloc}/certificates" for p in
+                     map(urlsplit, (cp_url,) if isinstance(cp_url, str) else cp_url)]
         self.verify = verify
         self.token = token
         self.mesh = mesh
@@ -172,11 +173,7 @@ class IdentityClient:
         key_pem, csr = made["key"].encode(), made["csr"]
         body = {"mesh": self.mesh, "name": self.name, "csr": csr}
         headers = {"authorization": f"Bearer {self.token()}"}
-        try:
-            async with httpx.AsyncClient(verify=self.verify, timeout=10, trust_env=False) as client:
-                resp = await client.post(self.url, json=body, headers=headers)
-        except httpx.HTTPError as e:
-            raise Retryable(f"cannot reach the control plane for a certificate ({type(e).__name__}: {e})") from None
+        resp = await self._post(body, headers)
         if resp.status_code == 200:
             doc = resp.json()
             return key_pem, doc["certificate"], doc["caBundle"], doc
@@ -188,6 +185,30 @@ class IdentityClient:
         if resp.status_code in (401, 403):
             raise ControlPlaneRejected(f"the control plane refused a certificate ({resp.status_code}): {text}")
         raise Retryable(f"certificate request failed ({resp.status_code}): {text}")
+
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    async def _post(self, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+        """A renewal goes to a live replica: one that cannot be reached (or answers 5xx, e.g. its store is down) is
+        skipped for the next, and the one that answered goes first from then on."""
+        failure = ""
+        async with httpx.AsyncClient(verify=self.verify, timeout=10, trust_env=False) as client:
+            for url in list(self.urls):
+                try:
+                    resp = await client.post(url, json=body, headers=headers)
+                except httpx.HTTPError as e:
+                    failure = f"{type(e).__name__}: {e}"
+                    continue
+                if resp.status_code >= 500 and url != self.urls[-1]:
+                    failure = f"HTTP {resp.status_code}"
+                    continue
+                self.urls.remove(url)
+                self.urls.insert(0, url)
+                return resp
+        raise Retryable(f"cannot reach the control plane for a certificate ({failure})")
 
 
 class IdentityManager:
@@ -301,7 +322,7 @@ async def setup_identity(cfg: AgentConfig, work_dir: Path, mesh: str, name: str,
     from dpagent.controlplane.xds.sds_files import sds_files
 
     files = IdentityFiles(work_dir, sds_files())
-    manager = IdentityManager(IdentityClient(cfg.cp_url, verify, token, mesh, name, key_type=cfg.identity_key_type),
+    manager = IdentityManager(IdentityClient(cfg.cp_urls, verify, token, mesh, name, key_type=cfg.identity_key_type),
                               files)
     files.prepare()
     async for attempt in AsyncRetrying(stop=stop_after_delay(cfg.retry_max_duration),

@@ -19,9 +19,10 @@ from dpagent.config import (
     p_port,
     p_positive_duration,
     p_str,
-    p_url,
+    p_urls,
     p_vars,
     resolve,
+    split_urls,
 )
 from dpagent.errors import ConfigError
 
@@ -29,8 +30,8 @@ LOG_LEVELS = ("off", "error", "warning", "info", "debug", "trace")
 
 S = Setting
 AGENT_SETTINGS: tuple[Setting, ...] = (
-    S("cp_url", "controlPlane.url", "https://localhost:5678", p_url, "KUMA_CONTROL_PLANE_URL", "--cp-address",
-      help="control plane DP server URL (bootstrap and xDS)"),
+    S("cp_url", "controlPlane.url", "https://localhost:5678", p_urls, "KUMA_CONTROL_PLANE_URL", "--cp-address",
+      help="control plane DP server URL (bootstrap and xDS); several replicas: comma-separated URLs"),
     S("ca_cert_file", "controlPlane.caCertFile", "", p_str, "KUMA_CONTROL_PLANE_CA_CERT_FILE", "--ca-cert-file",
       help="CA certificate that signed the control plane's TLS certificate"),
     S("ca_cert", "controlPlane.caCert", "", p_str, "KUMA_CONTROL_PLANE_CA_CERT", None,
@@ -127,6 +128,11 @@ class AgentConfig:
     dns_port: int
     log_level: str
     log_format: str
+
+    @property
+    def cp_urls(self) -> tuple[str, ...]:
+        """Every control-plane replica the agent may use, in the order given."""
+        return split_urls(self.cp_url)
 
     @property
     def effective_envoy_log_level(self) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from dpagent.cli.client import api_options
 from dpagent.cli.options import given_flags, settings_options
 from dpagent.config import load_file
 from dpagent.controlplane.settings import CP_SETTINGS
@@ -52,3 +53,25 @@ def cp_migrate_up(ctx: click.Context, config_file: str | None, **params: Any) ->
         click.echo(f"store {done.where} is already at schema version {done.after}; nothing to do")
     else:
         click.echo(f"store {done.where} migrated from schema version {done.before} to {done.after}")
+
+
+@cp_group.command("status")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@api_options
+def cp_status(output: str, api_address: str, api_token_file: str) -> None:
+    """Which replica this API belongs to and which replica leads (runs deregistration and other singleton jobs)."""
+    import json
+
+    from dpagent.cli.client import make_client
+    from dpagent.timefmt import human_time
+
+    data = make_client(api_address, api_token_file).get("/status/control-plane")
+    if output == "json":
+        click.echo(json.dumps(data, indent=2))
+        return
+    if data["leader"]:
+        leader = f"this replica (since {human_time(data['leaderSince'])})"
+    else:
+        leader = data.get("leaderInstance") or "none (an election is under way)"
+    store = data["store"] + ("" if data.get("storeAvailable", True) else " (UNREACHABLE: changes are not applied)")
+    click.echo(f"instance: {data['instanceId']}\nstore:    {store}\nleader:   {leader}")

@@ -21,6 +21,7 @@ from dpagent.controlplane import secrets
 from dpagent.controlplane.http_guard import BodyError, Guard
 from dpagent.controlplane.inspect import Inspector, to_json
 from dpagent.controlplane.kinds import KINDS, Kind, kind_of
+from dpagent.controlplane.leader import LeaderView
 from dpagent.controlplane.policies.registry import POLICY_KINDS
 from dpagent.controlplane.resources import Resources, record_to_doc
 from dpagent.controlplane.store import StoreUnavailable
@@ -130,7 +131,8 @@ class Api:
     def __init__(self, resources: Resources, *, admin_token: str, inspector: Inspector | None = None,
                  certificates: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
                  metrics: Callable[[], Awaitable[str]] | None = None, guard: Guard | None = None,
-                 max_token_validity: float = 87600 * 3600.0) -> None:
+                 max_token_validity: float = 87600 * 3600.0,
+                 status: Callable[[], Awaitable[LeaderView]] | None = None) -> None:
         self.resources = resources
         self.guard = guard or Guard("api server", max_connections=1024, read_timeout=30.0)
         self.max_token_validity = max_token_validity
@@ -139,6 +141,7 @@ class Api:
         self.inspector = inspector
         self.certificates = certificates
         self.metrics_fn = metrics
+        self.status_fn = status
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self.guard.middleware, auth_middleware(self.admin_token),
@@ -156,6 +159,7 @@ class Api:
         r.add_get("/meshes/{mesh}/dataplanes+insights", self.dataplanes_insights)
         r.add_get("/meshes/{mesh}/certificates", self.certificate_counts)
         r.add_get("/metrics", self.metrics)
+        r.add_get("/status/control-plane", self.status)
         for k in KINDS:
             if k.name in POLICY_KINDS:
                 r.add_get(f"/meshes/{{mesh}}/{k.plural}/{{name}}/_resources/dataplanes", self._affected(k))
@@ -265,6 +269,15 @@ class Api:
     async def metrics(self, request: web.Request) -> web.Response:
         text = await self.metrics_fn() if self.metrics_fn else ""
         return web.Response(text=text, content_type="text/plain")
+
+    async def status(self, request: web.Request) -> web.Response:
+        """This replica and the current leader: which replica runs the singleton jobs (`dpagent cp status`)."""
+        if self.status_fn is None:
+            raise NotFound("this API has no control-plane status")
+        v = await self.status_fn()
+        return web.json_response({"instanceId": v.instance_id, "leader": v.leader, "leaderInstance": v.leader_instance,
+                                  "leaderSince": v.leader_since, "electionsWon": v.elections_won, "store": v.store,
+                                  "storeAvailable": v.store_available})
 
     async def _mesh(self, request: web.Request) -> str:
         mesh = request.match_info["mesh"]

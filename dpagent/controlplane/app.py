@@ -11,10 +11,10 @@ import asyncio
 import contextlib
 import errno
 import logging
-import secrets as pysecrets
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +23,21 @@ from google.protobuf.json_format import MessageToDict
 
 from dpagent import pki
 from dpagent.controlplane import ca as ca_mod
+from dpagent.controlplane import cp_tls, replicas
+from dpagent.controlplane import leader as leader_mod
 from dpagent.controlplane.api import Api, auth_middleware
 from dpagent.controlplane.auth import DataplaneAuth
+from dpagent.controlplane.bundle_acks import BundleAcks
+from dpagent.controlplane.departures import Departures
 from dpagent.controlplane.dpserver import DpServer
 from dpagent.controlplane.gui.server import Gui, GuiSources
 from dpagent.controlplane.http_guard import Guard, GuardedSite
-from dpagent.controlplane.identity import INSIGHT, Issuer
+from dpagent.controlplane.identity import Issuer
 from dpagent.controlplane.inspect import Inspector
 from dpagent.controlplane.monitoring import MonitoringDiscovery
 from dpagent.controlplane.resources import Resources
 from dpagent.controlplane.settings import CpConfig
-from dpagent.controlplane.store import ResourceStore, SubscriptionOverflow
+from dpagent.controlplane.store import ResourceStore, StoreUnavailable, SubscriptionOverflow
 from dpagent.controlplane.store.backends import open_store, store_location
 from dpagent.controlplane.supervisor import Supervisor
 from dpagent.controlplane.tokens import TokenError
@@ -57,37 +61,28 @@ ALLOW_ALL = {"type": "MeshTrafficPermission", "mesh": "default", "name": "allow-
                                                                 "default": {"action": "Allow"}}]}}
 
 
-def ensure_cp_tls(data_dir: Path, hostnames: tuple[str, ...]) -> tuple[str, str, str]:
-    """(CA PEM, server cert PEM, server key PEM). The CA is made once and kept: agents pin it. The server cert is
-    re-issued by that CA when the hostnames change."""
+def ensure_cp_tls(data_dir: Path, hostnames: tuple[str, ...], ca: tuple[str, str]) -> tuple[str, str, str]:
+    """(CA PEM, server cert PEM, server key PEM). The CA is the zone's (see cp_tls), kept in the data dir for the
+    CLI and agents on this host; the server cert is this replica's, re-issued when the hostnames or the CA change."""
     tls = data_dir / "tls"
     tls.mkdir(mode=0o700, exist_ok=True)
     ca_file, ca_key_file = tls / "ca.pem", tls / "ca-key.pem"
     cert_file, key_file, names_file = tls / "server.pem", tls / "server-key.pem", tls / "hostnames"
     names = sorted(set(hostnames))
-    have_ca = ca_file.exists() and ca_key_file.exists()
+    have_ca = ca_file.exists() and ca_key_file.exists() and ca_file.read_text() == ca[0] \
+        and ca_key_file.read_text() == ca[1]
     if have_ca and cert_file.exists() and key_file.exists() and names_file.exists() \
             and names_file.read_text().split() == names:
         return ca_file.read_text(), cert_file.read_text(), key_file.read_text()
-    existing = (ca_file.read_text(), ca_key_file.read_text()) if have_ca else None
-    made = ca_mod.generate_cp_tls(names, existing_ca=existing)
+    made = ca_mod.generate_cp_tls(names, existing_ca=ca)
     if not have_ca:
-        pki.write_private_key(ca_key_file, made.ca_key_pem)
-        pki.write_atomic(ca_file, made.ca_cert_pem.encode())
+        pki.write_private_key(ca_key_file, ca[1])
+        pki.write_atomic(ca_file, ca[0].encode())
     pki.write_private_key(key_file, made.key_pem)
     pki.write_atomic(cert_file, made.cert_pem.encode())
     pki.write_atomic(names_file, " ".join(names).encode())
     pki.write_atomic(data_dir / "ca.pem", ca_file.read_bytes())
     return ca_file.read_text(), made.cert_pem, made.key_pem
-
-
-def ensure_admin_token(data_dir: Path) -> tuple[str, Path]:
-    path = data_dir / "admin-token"
-    if path.exists():
-        return path.read_text().strip(), path
-    token = pysecrets.token_urlsafe(32)
-    pki.write_atomic(path, token.encode(), mode=0o600)
-    return token, path
 
 
 async def first_start(resources: Resources, store: ResourceStore) -> None:
@@ -268,9 +263,9 @@ class ControlPlane:
         self.cfg = cfg
         self.stop = asyncio.Event()
         self.ready = asyncio.Event()
-        self._direct: dict[str, dict[str, Any]] = {}
-        self._pending_delete: dict[str, asyncio.TimerHandle] = {}
         self.supervisor = Supervisor()
+        self.bundle_acks: BundleAcks | None = None
+        self._store_up: Callable[[], bool] = lambda: True
         # node -> {stream id: auth info}. Per stream, because a proxy that reconnects before the CP saw its old
         # connection die has two streams for a while; the node is gone only when its last stream is.
         self._streams: dict[str, dict[int, dict[str, Any]]] = {}
@@ -293,8 +288,10 @@ class ControlPlane:
             store = await open_store(cfg)
             stack.push_async_callback(store.close)
             self.store = store
-            cp_ca, cert, key = await asyncio.to_thread(ensure_cp_tls, data_dir, cfg.hostnames)
-            admin_token, token_path = ensure_admin_token(data_dir)
+            self.leadership, self._store_up = replicas.leadership(cfg, store)
+            zone_ca = await cp_tls.shared_ca(store, data_dir)
+            cp_ca, cert, key = await asyncio.to_thread(ensure_cp_tls, data_dir, cfg.hostnames, zone_ca)
+            admin_token, token_path = await cp_tls.shared_admin_token(store, data_dir)
             resources = Resources(store)
             await first_start(resources, store)
             auth = DataplaneAuth(store)
@@ -302,8 +299,14 @@ class ControlPlane:
             cache = SnapshotCache()
             self.cache = cache
             sync = XdsSync(store, cache, bundle=issuer.bundle, vip_cidr=cfg.vip_cidr, on_insight=issuer.leaf_changed)
-            issuer.can_issue = sync.issuable
             self.sync = sync
+            issuer.can_issue, self.bundle_acks = replicas.rotation_gate(cfg, store, sync, self.leadership)
+            if self.bundle_acks is not None:
+                stack.push_async_callback(self.bundle_acks.close)
+            departures = Departures(store, sync, delay=cfg.deregistration_delay,
+                                    is_leader=lambda: self.leadership.is_leader,
+                                    is_local=lambda mesh, name: bool(self._streams.get(nodeid.node_id(mesh, name))))
+            self.departures = departures
             self.issuer = issuer
             xauth = XdsAuth(store, auth)
             ads = AdsServer(cache, xauth.authenticate, revalidate=xauth.revalidate,
@@ -316,7 +319,7 @@ class ControlPlane:
             dp_guard = Guard("dp server", max_connections=cfg.dp_server_max_connections,
                              read_timeout=cfg.dp_server_read_timeout)
             dp = DpServer(resources, auth, issuer, xds_port=cfg.xds_port, cp_ca_pem=cp_ca, on_leave=self._on_leave,
-                          guard=dp_guard)
+                          on_bootstrap=departures.bootstrapped, guard=dp_guard)
             ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ssl_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             tls_dir = data_dir / "tls"
@@ -328,7 +331,7 @@ class ControlPlane:
             inspector = Inspector(store, cache, sync.state)
             api = Api(resources, admin_token=admin_token, inspector=inspector,
                       certificates=issuer.certificate_counts, metrics=self.metrics, guard=api_guard,
-                      max_token_validity=cfg.max_token_validity)
+                      max_token_validity=cfg.max_token_validity, status=self.status)
             discovery = MonitoringDiscovery(store, sync.state, sync.leaving)
             api_app = api.app()
             discovery.add_routes(api_app)
@@ -345,16 +348,20 @@ class ControlPlane:
                                  mon_guard)
             self.supervisor.start("xds-sync", sync.run, on_restart=sync.resync)
             self.supervisor.start("xds-auth-follow", xauth.run)
+            self.supervisor.start("departures-follow", departures.follow)
+            self.supervisor.start("leader-election", self.leadership.run)
+            self.supervisor.start("deregistration-sweep", departures.sweep_forever)
+            if self.bundle_acks is not None:
+                self.supervisor.start("bundle-acks", self.bundle_acks.run)
             stack.push_async_callback(self.supervisor.stop)
             kv(log, logging.INFO, "control plane ready", dp_server=f"https://{cfg.bind_address}:{cfg.dp_server_port}",
                xds=f"{cfg.bind_address}:{cfg.xds_port}", api=f"http://{cfg.api_address}:{cfg.api_port}",
                gui=f"http://{cfg.api_address}:{cfg.api_port}/gui",
-               ca_cert=str(data_dir / "ca.pem"), admin_token_file=str(token_path), store=store_location(cfg))
+               ca_cert=str(data_dir / "ca.pem"), admin_token_file=str(token_path), store=store_location(cfg),
+               instance=self.leadership.instance_id)
             self.ready.set()
             await self.stop.wait()
             log.info("stopping the control plane")
-            for handle in self._pending_delete.values():
-                handle.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         return 0
@@ -376,35 +383,22 @@ class ControlPlane:
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
 
-    async def _on_leave(self, mesh: str, name: str) -> None:
-        node = nodeid.node_id(mesh, name)
-        self.sync.set_leaving(mesh, name, True)
-        kv(log, logging.INFO, "proxy is draining; its endpoints are withdrawn", proxy=node)
-        info = next(iter(self._streams.get(node, {}).values()), None)
-        if info and info.get("direct"):
-            self._schedule_deregistration(node, info)
+    async def status(self) -> leader_mod.LeaderView:
+        return await leader_mod.view(self.leadership, self.cfg.store_type, self._store_up())
 
-    def _schedule_deregistration(self, node: str, info: dict[str, Any]) -> None:
-        if node in self._pending_delete:
-            return
-        loop = asyncio.get_running_loop()
-        # The delay counts from the drain's start; deregistration waits for the stream to close (see _deregister).
-        self._pending_delete[node] = loop.call_later(
-            self.cfg.deregistration_delay,
-            lambda: self.supervisor.spawn(f"deregister {node}", self._deregister(node, info)))
+    async def _on_leave(self, mesh: str, name: str) -> None:
+        await self.departures.drain(mesh, name)
+        kv(log, logging.INFO, "proxy is draining; its endpoints are withdrawn", proxy=nodeid.node_id(mesh, name))
 
     async def _on_connect(self, node: str, stream_id: int, info: dict[str, Any]) -> None:
-        pending = self._pending_delete.pop(node, None)
-        if pending:
-            pending.cancel()
         streams = self._streams.setdefault(node, {})
         streams[stream_id] = info
         if info.get("versions"):
             self.versions[node] = info["versions"]
-        self.sync.set_leaving(info["mesh"], info["name"], False)
         # DEBUG: the ADS server logs "xDS stream opened" for the same event (two INFO lines per proxy were a few
         # per cent of a 5,000-proxy sync).
         kv(log, logging.DEBUG, "proxy connected", proxy=node, streams=len(streams))
+        await self.departures.connected(info["mesh"], info["name"])
         await self.sync.on_connect(info["mesh"], info["name"])
 
     async def _on_disconnect(self, node: str, stream_id: int, graceful: bool) -> None:
@@ -420,29 +414,25 @@ class ControlPlane:
         del self._streams[node]
         self.sync.on_disconnect(info["mesh"], info["name"])
         kv(log, logging.INFO, "proxy disconnected", proxy=node, graceful=graceful)
-        if info.get("direct") and (graceful or (info["mesh"], info["name"]) in self.sync.leaving):
-            self._schedule_deregistration(node, info)
-
-    async def _deregister(self, node: str, info: dict[str, Any]) -> None:
-        self._pending_delete.pop(node, None)
-        if self._streams.get(node):
-            # Still draining, or back: try again after another delay, once its last stream is gone.
-            self._schedule_deregistration(node, info)
-            return
-        self.sync.leaving.discard((info["mesh"], info["name"]))
-        with contextlib.suppress(Exception):
-            await self.store.delete("Dataplane", info["mesh"], info["name"])
-            await self.store.delete(INSIGHT, info["mesh"], info["name"])
-            kv(log, logging.INFO, "deregistered dataplane after graceful disconnect", proxy=node)
+        try:
+            await self.departures.disconnected(info["mesh"], info["name"], direct=bool(info.get("direct")),
+                                               graceful=graceful)
+        except Exception as e:  # the store is down: the proxy stays registered, which is the safe side
+            kv(log, logging.WARNING, "could not record a proxy's departure", proxy=node, error=str(e))
 
     async def metrics(self) -> str:
         """Prometheus text: connected proxies and certificate health per mesh (issue: expiry must be visible)."""
         lines = ["# TYPE dpagent_cp_xds_connected_proxies gauge",
-                 f"dpagent_cp_xds_connected_proxies {len(self.sync.connected)}",
-                 "# TYPE dpagent_cp_certificates gauge"]
-        for rec in await self.store.list("Mesh"):
-            c = await self.issuer.certificate_counts(rec.name)
-            for state in ("total", "expired", "nearExpiry"):
-                lines.append(f'dpagent_cp_certificates{{mesh="{rec.name}",state="{state}"}} {c[state]}')
+                 f"dpagent_cp_xds_connected_proxies {len(self.sync.connected)}"]
+        lines += leader_mod.prometheus(self.leadership, self._store_up())
+        try:  # read from the store: left out while it is unreachable, so the gauges above still say why
+            certs = []
+            for rec in await self.store.list("Mesh"):
+                c = await self.issuer.certificate_counts(rec.name)
+                certs += [f'dpagent_cp_certificates{{mesh="{rec.name}",state="{state}"}} {c[state]}'
+                          for state in ("total", "expired", "nearExpiry")]
+            lines += ["# TYPE dpagent_cp_certificates gauge", *certs]
+        except StoreUnavailable:
+            pass
         lines += self.supervisor.prometheus()
         return "\n".join(lines) + "\n"

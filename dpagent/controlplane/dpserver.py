@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -85,7 +86,16 @@ BootstrapRenderer = Callable[..., dict[str, Any]]
 _BOOTSTRAP_STRINGS = ("mesh", "name", "dataplaneToken", "dataplaneTokenPath", "dataplaneResource", "caCert", "workdir",
                       "operatingSystem", "proxyType")
 _BOOTSTRAP_PORTS = ("readinessPort", "dnsPort")
-_BOOTSTRAP_SHAPES: tuple[tuple[str, type], ...] = (("version", dict), ("features", list))
+_BOOTSTRAP_SHAPES: tuple[tuple[str, type], ...] = (("version", dict), ("features", list),
+                                                   ("controlPlaneHosts", list))
+MAX_CP_HOSTS = 16
+_HOST_RE = re.compile(r"[A-Za-z0-9.:-]{1,253}")  # a DNS name or an IP address (what ends up in Envoy's cluster)
+
+
+def _cp_hosts(req: dict[str, Any]) -> tuple[str, ...]:
+    """The replica hosts the agent was given (--cp-address with several URLs), if they look like host names."""
+    hosts = tuple(h for h in req.get("controlPlaneHosts") or [] if isinstance(h, str) and _HOST_RE.fullmatch(h))
+    return hosts[:MAX_CP_HOSTS]
 
 
 def _bearer(request: web.Request) -> str:
@@ -126,7 +136,8 @@ async def _store_unavailable(request: web.Request, handler: Callable[[web.Reques
 class DpServer:
     def __init__(self, resources: Resources, auth: DataplaneAuth, issuer: Issuer, *, xds_port: int, cp_ca_pem: str,
                  xds_host: str = "", on_direct: Callable[[str, str], Awaitable[None]] | None = None,
-                 on_leave: Callable[[str, str], Awaitable[None]] | None = None, guard: Guard | None = None) -> None:
+                 on_leave: Callable[[str, str], Awaitable[None]] | None = None,
+                 on_bootstrap: Callable[[str, str], Awaitable[None]] | None = None, guard: Guard | None = None) -> None:
         self.resources = resources
         self.store = resources.store
         self.auth = auth
@@ -136,6 +147,7 @@ class DpServer:
         self.cp_ca_pem = cp_ca_pem
         self.on_direct = on_direct
         self.on_leave = on_leave
+        self.on_bootstrap = on_bootstrap  # a new agent run: a previous run's drain is over
         self.csr_limit = TokenBucket(CSR_RATE, CSR_BURST)
         self.guard = guard or Guard("dp server", max_connections=1024, read_timeout=10.0)
 
@@ -255,6 +267,8 @@ class DpServer:
             await self.resources.apply(doc, kind=dp_kind)
             if self.on_direct:
                 await self.on_direct(dp.mesh, dp.name)
+        if self.on_bootstrap:
+            await self.on_bootstrap(dp.mesh, dp.name)
         boot = self._render(req, dp, token, request)
         text = safe_yaml.dump(boot, sort_keys=True)
         log.info("served a bootstrap", extra={"kv": {"mesh": dp.mesh, "name": dp.name,
@@ -272,7 +286,8 @@ class DpServer:
             # Windows agents get a loopback TCP admin: Envoy's Unix-socket admin is not available there.
             workdir="" if req.get("operatingSystem") == "windows" else (req.get("workdir") or ""),
             admin_port=(dp.networking.admin.port if dp.networking.admin else 0) or 9901,
-            xds_host=host, xds_port=self.xds_port, ca_pem=req.get("caCert") or self.cp_ca_pem, token=token,
+            xds_host=host, xds_hosts=() if self.xds_host else _cp_hosts(req), xds_port=self.xds_port,
+            ca_pem=req.get("caCert") or self.cp_ca_pem, token=token,
             token_path=req.get("dataplaneTokenPath") or "",
             dataplane_json=req.get("dataplaneResource") or "", readiness_port=req.get("readinessPort") or 9902,
             dns_port=req.get("dnsPort") or 0, versions=req.get("version") or {},

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -75,6 +75,10 @@ def provided_problems(backend: MtlsBackend, secrets: Mapping[str, bytes] | None 
     return [("conf", p) for p in validate_provided_ca(cert, key)]
 
 
+async def _always(mesh: str, backend: str) -> bool:
+    return True
+
+
 LEAF_INDEX_TTL = 60.0  # seconds before a mesh's leaf index is read again whole (events keep it current meanwhile)
 
 
@@ -86,7 +90,7 @@ class Issuer:
         # at every certificate issued and every few seconds by sync; listing every DataplaneInsight each time made
         # 5,000 proxies starting together cost 5,000 × 5,000 document reads.
         self._leaves: dict[str, tuple[float, dict[str, tuple[str, float]]]] = {}
-        self.can_issue: Callable[[str, str], bool] = lambda mesh, backend: True
+        self.can_issue: Callable[[str, str], Awaitable[bool]] = _always
         self._cas: dict[tuple[str, str, str], CertificateAuthority] = {}
 
     async def ca(self, mesh: Mesh, backend_name: str) -> CertificateAuthority | None:
@@ -161,7 +165,7 @@ class Issuer:
         return (await self.bundle(mesh))[0]
 
     async def _issuing_backend(self, mesh: Mesh, dp: Dataplane, enabled: MtlsBackend) -> str:
-        if self.can_issue(mesh.name, enabled.name):
+        if await self.can_issue(mesh.name, enabled.name):
             return enabled.name
         previous = await self.store.get(INSIGHT, dp.mesh, dp.name)
         prev_name = ((previous.doc.get("mTLS") or {}).get("issuedBackend") if previous else None) or enabled.name

@@ -103,6 +103,18 @@ def test_config_show_sources_cli(tmp_path):
     assert rows["dns.proxyPort"]["source"] == "default"
 
 
+def test_several_cp_replicas_from_a_flag_the_env_or_a_file_list():
+    urls = ("https://cp-a.example:5678", "https://cp-b.example:5678")
+    cfg, _ = build_agent_config({**BASE, "cp_url": " ,".join(urls) + ","}, env={})
+    assert cfg.cp_urls == urls
+    cfg, _ = build_agent_config(BASE, env={"KUMA_CONTROL_PLANE_URL": ",".join(urls)})
+    assert cfg.cp_urls == urls
+    cfg, _ = build_agent_config(BASE, env={}, file_doc={"controlPlane": {"url": list(urls)}})
+    assert cfg.cp_urls == urls
+    with pytest.raises(ConfigError, match="'ftp://cp-c' is not an http"):
+        build_agent_config({**BASE, "cp_url": f"{urls[0]},ftp://cp-c"}, env={})
+
+
 def test_bool_flag_forms():
     r = CliRunner()
     for args, want in ((["--skip-verify"], "true"), (["--skip-verify=false"], "false"), ([], "false")):

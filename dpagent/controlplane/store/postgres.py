@@ -225,6 +225,10 @@ class PostgresStore:
 
         return await self._write(body)
 
+    async def query(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """A read outside the resource table (who holds the leader lock), on the pool, with the store's errors."""
+        return await self._fetch(sql, *args)
+
     async def revision(self) -> int:
         self._check_open()
         return self.listener.seen

@@ -37,6 +37,13 @@ class BootstrapParams:
     versions: Mapping[str, Any] = field(default_factory=dict)
     features: Sequence[str] = ()
     proxy_type: str = "dataplane"
+    # Every CP replica's host, xds_host among them; empty means xds_host alone. Envoy's ADS cluster gets one
+    # endpoint per host, so when the replica holding the stream dies Envoy reconnects to another.
+    xds_hosts: Sequence[str] = ()
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([*self.xds_hosts])) or (self.xds_host,)
 
 
 def _is_ip(host: str) -> bool:
@@ -76,20 +83,21 @@ def _node(p: BootstrapParams, admin_meta: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _ads_cluster(p: BootstrapParams) -> dict[str, Any]:
-    ip = _is_ip(p.xds_host)
+    hosts = p.hosts
+    ip = all(_is_ip(h) for h in hosts)
     tls: dict[str, Any] = {
         "@type": _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         "commonTlsContext": {"tlsParams": {"tlsMinimumProtocolVersion": "TLSv1_2"},
                              "validationContextSdsSecretConfig": {"name": names.CP_VALIDATION_CTX}},
     }
-    if not ip:
-        tls["sni"] = p.xds_host
+    if not _is_ip(hosts[0]) and len(hosts) == 1:
+        tls["sni"] = hosts[0]
     cluster: dict[str, Any] = {
         "name": names.ADS_CLUSTER,
         "type": "STATIC" if ip else "STRICT_DNS",
         "connectTimeout": "1s",
         "loadAssignment": {"clusterName": names.ADS_CLUSTER, "endpoints": [{"lbEndpoints": [{"endpoint": {
-            "address": {"socketAddress": {"address": p.xds_host, "portValue": p.xds_port}}}}]}]},
+            "address": {"socketAddress": {"address": h, "portValue": p.xds_port}}}} for h in hosts]}]},
         "transportSocket": {"name": "envoy.transport_sockets.tls", "typedConfig": tls},
         "typedExtensionProtocolOptions": {_HTTP_OPTIONS: {
             "@type": _T + _HTTP_OPTIONS, "explicitHttpConfig": {"http2ProtocolOptions": {}},
@@ -99,14 +107,20 @@ def _ads_cluster(p: BootstrapParams) -> dict[str, Any]:
     }
     if not ip:
         cluster["dnsLookupFamily"] = "V4_PREFERRED"
+    if len(hosts) > 1:
+        # A replica that refuses connections (killed) is skipped for a while, so the reconnect after its death
+        # lands on a live one instead of cycling through the dead address.
+        cluster["outlierDetection"] = {"consecutiveLocalOriginFailure": 1, "splitExternalLocalOriginErrors": True,
+                                       "enforcingConsecutiveLocalOriginFailure": 100, "baseEjectionTime": "10s",
+                                       "maxEjectionPercent": 100}
     return cluster
 
 
 def _cp_validation(p: BootstrapParams) -> dict[str, Any]:
-    san = "IP_ADDRESS" if _is_ip(p.xds_host) else "DNS"
     return {"name": names.CP_VALIDATION_CTX, "validationContext": {
         "trustedCa": {"inlineString": p.ca_pem},
-        "matchTypedSubjectAltNames": [{"sanType": san, "matcher": {"exact": p.xds_host}}],
+        "matchTypedSubjectAltNames": [{"sanType": "IP_ADDRESS" if _is_ip(h) else "DNS", "matcher": {"exact": h}}
+                                      for h in p.hosts],
     }}
 
 

@@ -24,7 +24,7 @@ from dpagent.controlplane.datasource import uses_secrets
 from dpagent.controlplane.identity import leaf_expiry
 from dpagent.controlplane.policies.envelope import Policy
 from dpagent.controlplane.policies.registry import POLICY_KINDS
-from dpagent.controlplane.store import ChangeEvent, ResourceStore, SubscriptionOverflow
+from dpagent.controlplane.store import ChangeEvent, ResourceStore, StoreUnavailable, SubscriptionOverflow
 from dpagent.controlplane.xds import reach
 from dpagent.controlplane.xds import vips as vip
 from dpagent.controlplane.xds.context import MeshContext
@@ -283,6 +283,10 @@ class XdsSync:
                 for mesh in sorted(dirty):
                     try:
                         state, reached = await self._change(mesh, dirty[mesh])
+                    except StoreUnavailable as e:
+                        # The store's listener resyncs everyone once the database is back; no traceback per mesh.
+                        log.warning("mesh %s: the store is unreachable; proxies keep their last config (%s)", mesh, e)
+                        continue
                     except Exception:
                         log.exception("generating config for mesh %s failed; proxies keep their last config", mesh)
                         continue

@@ -125,6 +125,29 @@ async def test_final_error_is_not_retried():
     assert len(seen) == 1
 
 
+async def test_a_dead_replica_is_skipped_for_a_live_one_without_waiting_the_backoff():
+    boot = base64.b64encode(b"admin: {}\n").decode()
+    seen: list[float] = []
+    server = await _serve([(200, json.dumps({"bootstrap": boot}))], seen)
+    port = server.sockets[0].getsockname()[1]
+    dead = f"http://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    async with server:
+        r = await bs.fetch_bootstrap((dead, f"http://127.0.0.1:{port}"), {}, verify=False, ca_file="",
+                                     backoff=5, max_duration=10)
+    assert r.config == {"admin": {}} and len(seen) == 1
+    assert time.monotonic() - t0 < 2, "the live replica was asked at once, not after a backoff"
+
+
+def test_several_cp_addresses_reach_the_request_as_hosts():
+    urls = ("https://cp-a.example:5678", "https://10.0.0.2:5678", "https://cp-a.example:5678")
+    assert bs.cp_hosts(urls) == ("cp-a.example", "10.0.0.2")
+    body = bs.build_request(bs.BootstrapRequestParams(
+        mesh="m", name="n", token="t", token_path="", resource_json="", envoy=bs.EnvoyVersion("1.30.0", ""),
+        ca_cert="", dns_port=0, readiness_port=0, workdir="", cp_hosts=bs.cp_hosts(urls)))
+    assert body["controlPlaneHosts"] == ["cp-a.example", "10.0.0.2"]
+
+
 def test_inline_ca_must_be_pem():
     from dpagent.errors import ConfigError
 

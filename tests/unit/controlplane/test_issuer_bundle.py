@@ -17,6 +17,10 @@ from dpagent.model.dataplane import decode_dataplane
 from dpagent.model.mesh import decode_mesh
 
 
+async def _always_true(mesh: str, backend: str) -> bool:
+    return True
+
+
 def mesh(enabled: str) -> dict[str, Any]:
     return {"type": "Mesh", "name": "default", "mtls": {"enabledBackend": enabled, "backends": [
         {"name": "ca-1", "type": "builtin"}, {"name": "ca-2", "type": "builtin"}]}}
@@ -54,7 +58,7 @@ async def test_issuing_many_leaves_reads_the_insights_once_and_the_bundle_follow
         # Rotation: ca-2 enabled, ca-1 stays trusted while leaves from it are out there.
         m2 = decode_mesh(mesh("ca-2"))
         assert (await issuer.bundle(m2))[1] == ("ca-1", "ca-2")
-        issuer.can_issue = lambda _mesh, _backend: True
+        issuer.can_issue = _always_true
         for dp in dps:
             rec = await store.get(INSIGHT, "default", dp.name)
             assert rec is not None

@@ -136,3 +136,21 @@ def test_envoy_accepts_the_token_sds_form(tmp_path: Path) -> None:
     b = render_bootstrap(_token_sds_params(tmp_path, ca_pem=Pki().ca_pem.decode(), workdir=str(tmp_path)))
     ParseDict(b, bootstrap_pb2.Bootstrap())
     envoy_validate(b, tmp_path)
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("hosts", [("10.0.0.1", "10.0.0.2", "10.0.0.3"), ("cp-a.example", "10.0.0.2")])
+def test_every_replica_is_an_ads_endpoint(hosts: tuple[str, ...], tmp_path: Path) -> None:
+    """Several replicas: one endpoint each, every replica's name accepted in its certificate, and a refused
+    replica ejected so the reconnect after its death goes to a live one."""
+    b = render_bootstrap(params(workdir=str(tmp_path), xds_host=hosts[1], xds_hosts=hosts,
+                                ca_pem=Pki().ca_pem.decode()))
+    ads = b["staticResources"]["clusters"][0]
+    eps = [e["endpoint"]["address"]["socketAddress"] for e in ads["loadAssignment"]["endpoints"][0]["lbEndpoints"]]
+    assert eps == [{"address": h, "portValue": 5679} for h in hosts]
+    assert ads["type"] == ("STATIC" if all(h[0].isdigit() for h in hosts) else "STRICT_DNS")
+    assert "sni" not in ads["transportSocket"]["typedConfig"], "one SNI cannot name several replicas"
+    assert ads["outlierDetection"]["consecutiveLocalOriginFailure"] == 1
+    sans = b["staticResources"]["secrets"][0]["validationContext"]["matchTypedSubjectAltNames"]
+    assert [s["matcher"]["exact"] for s in sans] == list(hosts)
+    envoy_validate(b, tmp_path)
