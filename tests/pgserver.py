@@ -8,8 +8,10 @@ because a test database never needs to survive a power cut, and fsync would make
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import glob
+import hashlib
 import os
 import pwd
 import secrets
@@ -200,7 +202,10 @@ async def open_pg_store(server: PgServer, database: str, **kwargs: object) -> Po
 
 
 def store_env(server: PgServer, database: str) -> dict[str, str]:
-    """The KUMA_STORE_* variables that point a `dpagent cp` process at `database`."""
+    """The variables that point a `dpagent cp` process at `database`: KUMA_STORE_*, and the secrets key every
+    replica on one database must share (derived from the database's name, so each test database has its own)."""
+    key = base64.b64encode(hashlib.sha256(f"dpagent-test-{database}".encode()).digest()).decode()
     return {"KUMA_STORE_TYPE": "postgres", "KUMA_STORE_POSTGRES_HOST": server.host,
             "KUMA_STORE_POSTGRES_PORT": str(server.port), "KUMA_STORE_POSTGRES_USER": server.user,
-            "KUMA_STORE_POSTGRES_PASSWORD": server.password, "KUMA_STORE_POSTGRES_DB_NAME": database}
+            "KUMA_STORE_POSTGRES_PASSWORD": server.password, "KUMA_STORE_POSTGRES_DB_NAME": database,
+            "DPAGENT_SECRETS_KEY": key}

@@ -337,7 +337,7 @@ class ControlPlane:
             discovery.add_routes(api_app)
             Gui(GuiSources(store, cache, sync, inspector, admin_token, store_type=cfg.store_type,
                            store_location=store_location(cfg), started=self.started,
-                           versions=self.versions)).add_routes(api_app)
+                           versions=self.versions, leader=self._gui_leader)).add_routes(api_app)
             await self._site(stack, api_app, cfg.api_address, cfg.api_port, None, "--api-port", api_guard)
             if cfg.monitoring_port:  # discovery alone, for a Prometheus elsewhere, without opening the whole API
                 mon_guard = Guard("monitoring server", max_connections=API_MAX_CONNECTIONS,
@@ -382,6 +382,18 @@ class ControlPlane:
             raise
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
+
+    async def _gui_leader(self) -> str | None:
+        """The GUI's leader line: None ("single replica") on SQLite, else the leading replica's id."""
+        if self.cfg.store_type != "postgres":
+            return None
+        try:
+            who = await self.leadership.leader_instance()
+        except Exception:  # the store is down: the overview says so instead of failing
+            return "unknown (store unreachable)"
+        if who is None:
+            return "none (election under way)"
+        return f"{who} (this replica)" if who == self.leadership.instance_id else who
 
     async def status(self) -> leader_mod.LeaderView:
         return await leader_mod.view(self.leadership, self.cfg.store_type, self._store_up())

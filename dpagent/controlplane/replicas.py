@@ -22,8 +22,10 @@ def leadership(cfg: CpConfig, store: ResourceStore) -> tuple[leader_mod.Leadersh
         return leader_mod.SoleLeader(instance), lambda: True
     from dpagent.controlplane.store import pgschema
     from dpagent.controlplane.store.postgres import PostgresStore
+    from dpagent.controlplane.store.sealed import SealedStore
 
-    assert isinstance(store, PostgresStore)
+    inner = store.inner if isinstance(store, SealedStore) else store  # secrets are sealed by a wrapper
+    assert isinstance(inner, PostgresStore)
     pg = cfg.postgres
 
     async def connect(settings: dict[str, str]) -> Any:
@@ -31,8 +33,8 @@ def leadership(cfg: CpConfig, store: ResourceStore) -> tuple[leader_mod.Leadersh
 
         return await asyncpg.connect(**{**pgschema.connect_kwargs(pg), "server_settings": settings})
 
-    listener = store.listener
-    return leader_mod.PgLease(instance, connect, store.query), lambda: listener.listening
+    listener = inner.listener
+    return leader_mod.PgLease(instance, connect, inner.query), lambda: listener.listening
 
 
 def rotation_gate(cfg: CpConfig, store: ResourceStore, sync: XdsSync, lease: leader_mod.Leadership

@@ -163,6 +163,8 @@ def test_replicas_started_together_make_one_of_everything_and_one_leader(cp: Zon
     assert "this replica" in leader.cli("cp", "status")
     follower = next(r for r in cp.replicas if r is not leader)
     assert f"leader:   {leader.status()['instanceId']}" in follower.cli("cp", "status")
+    gui = httpx.get(f"{follower.api}/gui/api/overview", timeout=5).json()["cp"]  # loopback: no login needed
+    assert gui["leader"] == leader.status()["instanceId"] and gui["store"] == "postgres"
 
 
 def test_killing_the_leader_loses_no_request_and_a_survivor_takes_over(cp: Zone, agents: Any) -> None:

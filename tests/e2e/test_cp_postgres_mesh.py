@@ -5,7 +5,6 @@ database's change feed (trigger + NOTIFY → A's listener → A's xDS push), and
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import subprocess
 import sys
@@ -32,7 +31,7 @@ def cp_env(pg_server: PgServer) -> dict[str, str]:
     """Replica A (the e2e `cp` fixture, which the agents use) runs on a migrated PostgreSQL database."""
     database = asyncio.run(pg_server.create_database())
     # Both replicas seal Secrets with one key (each would otherwise make its own and B would refuse to start).
-    env = {**pgserver.store_env(pg_server, database), "DPAGENT_SECRETS_KEY": base64.b64encode(b"e" * 32).decode()}
+    env = pgserver.store_env(pg_server, database)
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("KUMA_", "DPAGENT_"))}
     out = subprocess.run([sys.executable, "-m", "dpagent", "cp", "migrate", "up"], capture_output=True, text=True,
                          env={**clean, **env}, timeout=60)
