@@ -23,7 +23,7 @@ from google.protobuf.json_format import MessageToDict
 
 from dpagent import pki
 from dpagent.controlplane import ca as ca_mod
-from dpagent.controlplane.api import Api, auth_middleware
+from dpagent.controlplane.api import Api
 from dpagent.controlplane.auth import DataplaneAuth
 from dpagent.controlplane.dpserver import DpServer
 from dpagent.controlplane.gui.server import Gui, GuiSources
@@ -328,7 +328,7 @@ class ControlPlane:
             inspector = Inspector(store, cache, sync.state)
             api = Api(resources, admin_token=admin_token, inspector=inspector,
                       certificates=issuer.certificate_counts, metrics=self.metrics, guard=api_guard,
-                      max_token_validity=cfg.max_token_validity)
+                      max_token_validity=cfg.max_token_validity, loopback_admin=cfg.loopback_admin)
             discovery = MonitoringDiscovery(store, sync.state, sync.leaving)
             api_app = api.app()
             discovery.add_routes(api_app)
@@ -339,7 +339,7 @@ class ControlPlane:
             if cfg.monitoring_port:  # discovery alone, for a Prometheus elsewhere, without opening the whole API
                 mon_guard = Guard("monitoring server", max_connections=API_MAX_CONNECTIONS,
                                   read_timeout=API_READ_TIMEOUT)
-                mon_app = web.Application(middlewares=[mon_guard.middleware, auth_middleware(admin_token)])
+                mon_app = web.Application(middlewares=[mon_guard.middleware, api.auth_middleware()])
                 discovery.add_routes(mon_app)
                 await self._site(stack, mon_app, cfg.bind_address, cfg.monitoring_port, None, "--monitoring-port",
                                  mon_guard)

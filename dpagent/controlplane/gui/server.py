@@ -34,6 +34,7 @@ from dpagent.model.dataplane import decode_dataplane
 from dpagent.model.mesh import decode_mesh
 
 COOKIE = "dpagent_gui"
+USER_COOKIE_PREFIX = "u."  # a user's session cookie: the user token itself, checked like a bearer token
 STATIC = ("app.js", "app.css", "index.html", "login.html")
 TICK = 15.0  # seconds: the version moves at least this often, so expiry bars and timelines follow the clock
 # Same-origin only: no inline script or style, nothing from elsewhere (an injected <script> cannot run, and the
@@ -135,20 +136,31 @@ class Gui:
     async def login_page(self, request: web.Request) -> web.Response:
         body = self.assets["login.html"]
         if request.query.get("failed"):
-            message = b'<p class="error" id="login-error">That is not the admin token.</p>'
+            message = b'<p class="error" id="login-error">That is neither the admin token nor a valid user token.</p>'
             body = body.replace(b"<!--MESSAGE-->", message, 1)
         return web.Response(body=body, content_type="text/html", headers=SECURITY_HEADERS)
 
     async def login(self, request: web.Request) -> web.Response:
+        """The admin token or a user token. The admin's cookie is derived from the admin token; a user's cookie
+        is their token (so expiry and revocation apply to the session as they do to the token), and what the user
+        sees is decided by their roles like any API call."""
+        from dpagent.controlplane.tokens import TokenError
+        from dpagent.controlplane.usertokens import UserTokens
+
         form = await request.post()
         token = str(form.get("token", "")).strip()
-        if not token or not hmac.compare_digest(token.encode(), self.src.admin_token.encode()):
-            raise web.HTTPSeeOther("/gui/login?failed=1")
+        if token and hmac.compare_digest(token.encode(), self.src.admin_token.encode()):
+            value = session_value(self.src.admin_token)
+        else:
+            try:
+                await UserTokens(self.src.store).principal(token, request.remote or "")
+            except TokenError:
+                raise web.HTTPSeeOther("/gui/login?failed=1") from None
+            value = USER_COOKIE_PREFIX + token
         resp = web.HTTPSeeOther("/gui/")
         # HttpOnly: page scripts cannot read it; SameSite=Strict: no other site's page or link sends it; the
-        # cookie opens GET requests under /gui only (see api.auth_middleware), so it can never change anything.
-        resp.set_cookie(COOKIE, session_value(self.src.admin_token), path="/gui", httponly=True, samesite="Strict",
-                        secure=request.secure)
+        # cookie opens GET requests under /gui only (see authz.Gate.authenticate), so it can never change anything.
+        resp.set_cookie(COOKIE, value, path="/gui", httponly=True, samesite="Strict", secure=request.secure)
         raise resp
 
     async def logout(self, request: web.Request) -> web.Response:

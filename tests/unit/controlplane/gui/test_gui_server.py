@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from dpagent.controlplane import api as api_mod
+from dpagent.controlplane import authz as api_mod
 from dpagent.controlplane.api import Api
 from dpagent.controlplane.gui.server import COOKIE, Gui, GuiSources, session_value
 from dpagent.controlplane.identity import Issuer
