@@ -11,7 +11,6 @@ apply or delete can lock the admin out.
 from __future__ import annotations
 
 import fnmatch
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,9 +49,8 @@ class Access:
             what += f' "{self.name}"'
         where = (f'mesh "{self.mesh}"' if self.mesh and self.mesh != UNKNOWN
                  else ("every mesh" if self.mesh is None else ""))
-        if self.docs:
-            what += " with these targets"
-        return f"{self.access} on {what}" + (f" in {where}" if where else "")
+        targets = " with these targets" if self.docs else ""
+        return f"{self.access} on {what}" + (f" in {where}" if where else "") + targets
 
 
 @dataclass(frozen=True)
@@ -268,21 +266,16 @@ class _Policies:
 
 class Authorizer:
     """Decides from the AccessRoles and AccessRoleBindings in the store, re-read whenever the store's revision
-    moved (one counter read per decision while nothing changes)."""
+    moved (one in-process counter read per decision while nothing changes), so a role applied or deleted counts
+    from the next request on."""
 
-    def __init__(self, store: ResourceStore, ttl: float = 1.0) -> None:
+    def __init__(self, store: ResourceStore) -> None:
         self.store = store
-        self.ttl = ttl
         self._p: _Policies | None = None
-        self._checked = 0.0
 
     async def _policies(self) -> _Policies:
-        now = time.monotonic()
         p = self._p
-        if p is not None and now - self._checked < self.ttl:
-            return p
         rev = await self.store.revision()
-        self._checked = now
         if p is not None and p.revision == rev:
             return p
         roles = {r.name: parse_rules(r.doc) for r in await self.store.list("AccessRole", mesh="")}

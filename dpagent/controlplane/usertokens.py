@@ -178,6 +178,13 @@ def verify(token: str, keys: list[SigningKey], revoked_ids: Container[str], now:
     if header.get("alg") != ALGORITHM:
         raise TokenError("algorithm", f"the user token is signed with {str(header.get('alg'))[:32]!r}; only "
                                       f"{ALGORITHM} user tokens are accepted")
+    try:
+        peek = jwt.decode(token, options={"verify_signature": False})  # only to explain a refusal
+    except jwt.PyJWTError:
+        peek = {}
+    if isinstance(peek, dict) and "Mesh" in peek and "aud" not in peek:
+        raise TokenError("audience", "this is a dataplane token, not a user token: dataplane tokens cannot call "
+                                     "the API; " + _hint())
     kid = str(header.get("kid", ""))[:64]
     key = next((k for k in keys if k.kid == kid), None)
     if key is None:
