@@ -24,6 +24,7 @@ from google.protobuf.json_format import MessageToDict
 from dpagent import pki
 from dpagent.controlplane import ca as ca_mod
 from dpagent.controlplane.api import Api
+from dpagent.controlplane.audit_retention import retention
 from dpagent.controlplane.auth import DataplaneAuth
 from dpagent.controlplane.dpserver import DpServer
 from dpagent.controlplane.gui.server import Gui, GuiSources
@@ -345,6 +346,7 @@ class ControlPlane:
                                  mon_guard)
             self.supervisor.start("xds-sync", sync.run, on_restart=sync.resync)
             self.supervisor.start("xds-auth-follow", xauth.run)
+            self.supervisor.start("audit-retention", retention(store, cfg.audit_max_entries, cfg.audit_max_age))
             stack.push_async_callback(self.supervisor.stop)
             kv(log, logging.INFO, "control plane ready", dp_server=f"https://{cfg.bind_address}:{cfg.dp_server_port}",
                xds=f"{cfg.bind_address}:{cfg.xds_port}", api=f"http://{cfg.api_address}:{cfg.api_port}",
