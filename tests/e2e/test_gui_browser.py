@@ -288,7 +288,7 @@ class WideControlPlane(ControlPlaneProc):
 
     def start(self) -> None:
         with open(self.log, "a") as logf:
-            self.proc = subprocess.Popen(self.command(PY, "--api-bind-address", "0.0.0.0"), stdout=logf,
+            self.proc = subprocess.Popen(self.command(PY, "--api-bind-address", "0.0.0.0", "--api-loopback-admin", "true"), stdout=logf,
                                          stderr=subprocess.STDOUT, text=True, env=clean_env())
         wait_for(lambda: httpx.get(self.api, timeout=1).status_code == 200, 20, what="control plane API")
 
