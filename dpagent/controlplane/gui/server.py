@@ -124,6 +124,7 @@ class Gui:
         r.add_get("/gui/api/policies", self.policies)
         r.add_get("/gui/api/policies/{mesh}/{kind}/{name}", self.policy)
         r.add_get("/gui/api/certificates", self.certificates)
+        r.add_get("/gui/api/audit", self.audit)
 
     # ---- pages and login --------------------------------------------------------------------------------------
 
@@ -278,6 +279,13 @@ class Gui:
         items = views.affected(state.ctx, kind, name) if state else []
         return _json({"kind": kind, "mesh": mesh, "name": name, "yaml": yaml.safe_dump(rec.doc, sort_keys=False),
                       "affected": items})
+
+    async def audit(self, request: web.Request) -> web.Response:
+        """The newest entries of the audit log (the API's `/audit` has the filters)."""
+        from dpagent.controlplane.api import audit_json
+        from dpagent.controlplane.store import AuditQuery
+
+        return _json({"items": [audit_json(e) for e in await self.src.store.audit_entries(AuditQuery(limit=200))]})
 
     async def certificates(self, request: web.Request) -> web.Response:
         now = time.time()
