@@ -116,7 +116,11 @@ class Gate:
         return who
 
     async def refused(self, who: Principal, want: Access, why: str) -> None:
+        """Refusals of signed-in callers are recorded; anonymous ones are not, or anyone who can reach the port
+        could push the real entries out of a count-bounded log."""
         assert self.authorizer is not None
+        if who.anonymous:
+            return
         kind = want.kind if want.kind not in (None, UNKNOWN) else ""
         mesh = want.mesh if want.mesh not in (None, UNKNOWN) else ""
         if await self.authorizer.records(want.access, kind or "", mesh or ""):
