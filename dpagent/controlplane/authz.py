@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from dpagent.controlplane.rbac import UNKNOWN, Access, Authorizer, Decision
+from dpagent.controlplane.rbac import UNKNOWN, Access, Authorizer, Decision, effective
 from dpagent.controlplane.store import ResourceStore
 from dpagent.controlplane.tokens import TokenError
 from dpagent.controlplane.usertokens import Principal, UserTokens, admin, anonymous
@@ -30,6 +30,7 @@ from dpagent.errors import DpAgentError
 log = logging.getLogger("dpagent.cp.authz")
 
 PUBLIC = "public"
+READS = frozenset({"GET", "VIEW_CONFIG", "VIEW_SECRETS"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: request -> what it asks for; `PUBLIC` needs nobody
 RouteRule = Callable[[web.Request], Awaitable[Access]] | str
@@ -108,6 +109,7 @@ class Gate:
     async def require(self, request: web.Request, want: Access) -> Principal:
         """The fuller check a handler makes once it knows the body; raises the 403 (or 401) itself."""
         who = request[PRINCIPAL]
+        want = effective(want)
         decision = await self.decide(who, want)
         if not decision.allowed:
             await self.refused(who, want, decision.reason)
@@ -192,7 +194,7 @@ def middleware(gate: Gate, rules: dict[tuple[str, str], RouteRule]) -> Any:
         if rule == PUBLIC:
             return await handler(request)
         assert callable(rule)
-        want = await rule(request)
+        want = effective(await rule(request))
         decision = await gate.decide(who, want)
         if not decision.allowed:
             if who.anonymous and request.method == "GET" and (request.path == "/gui" or (
@@ -202,7 +204,11 @@ def middleware(gate: Gate, rules: dict[tuple[str, str], RouteRule]) -> Any:
             raise _refusal(who, decision)
         request[ACCESS] = want
         try:
-            return await handler(request)
+            response = await handler(request)
+            if want.access in READS and response.status < 400:  # recorded only when an AccessAudit asks for it
+                await gate.record(who, want.access, _known(want.kind), _known(want.mesh), _known(want.name),
+                                  "allowed", f"{request.method} {request.path}")
+            return response
         except (DpAgentError, web.HTTPException) as e:
             if request.method not in ("GET", "HEAD") and not isinstance(e, Refused | web.HTTPRedirection):
                 done = request.get(ACCESS, want)

@@ -254,6 +254,14 @@ def rule_grants(rule: Rule, want: Access) -> bool:
     return all(doc_within(rule, d) for d in want.docs)
 
 
+def effective(want: Access) -> Access:
+    """Secrets' reads count as VIEW_SECRETS, not GET: a reader sees every resource but no secret unless a role
+    says so."""
+    if want.access == "GET" and want.kind in SECRET_KINDS:
+        return Access("VIEW_SECRETS", want.kind, want.mesh, want.name, want.docs)
+    return want
+
+
 # ---- the authorizer --------------------------------------------------------------------------------------------
 
 @dataclass
@@ -304,10 +312,8 @@ class Authorizer:
         return out
 
     async def decide(self, who: Principal, want: Access) -> Decision:
-        """The one authorization decision. Secrets' reads count as VIEW_SECRETS, not GET: a reader sees every
-        resource but no secret unless a role says so."""
-        if want.access == "GET" and want.kind in SECRET_KINDS:
-            want = Access("VIEW_SECRETS", want.kind, want.mesh, want.name, want.docs)
+        """The one authorization decision."""
+        want = effective(want)
         for role, rules in await self.roles_of(who):
             if any(rule_grants(r, want) for r in rules):
                 return Decision(True, f"role {role}")

@@ -212,6 +212,12 @@ async def test_access_audit_chooses_what_is_recorded(env: Env) -> None:
     assert (await env.c.put("/meshes/default/secrets/s", json=secret, headers=bearer(ADMIN))).status == 201
     items = (await (await env.c.get("/audit", headers=bearer(ADMIN))).json())["items"]
     assert len(items) == before + 1 and (items[0]["kind"], items[0]["name"]) == ("Secret", "s")
+    # accessAll includes reads: reading the secret is recorded too (and reading the log is not: another type)
+    assert (await env.c.get("/meshes/default/secrets/s", headers=bearer(env.tokens["reader"]))).status == 403
+    assert (await env.c.get("/meshes/default/secrets/s", headers=bearer(ADMIN))).status == 200
+    items = (await (await env.c.get("/audit", params={"kind": "Secret"}, headers=bearer(ADMIN))).json())["items"]
+    assert [(e["user"], e["access"], e["outcome"]) for e in items[:3]] == [
+        ("admin", "VIEW_SECRETS", "allowed"), ("ann", "VIEW_SECRETS", "denied"), ("admin", "CREATE", "allowed")]
 
 
 # ---- the route matrix ------------------------------------------------------------------------------------------
