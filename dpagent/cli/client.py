@@ -73,21 +73,43 @@ class ApiClient:
         return self.request("GET", path, **kw).json()
 
 
+_TOKEN_KEY = "dpagent.auth_token"
+
+
+def _remember_token(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    ctx.meta[_TOKEN_KEY] = value or ""
+    return value
+
+
 def api_options(fn: Any) -> Any:
+    fn = click.option("--auth-token", envvar="DPAGENT_API_TOKEN", default="", expose_value=False,
+                      callback=_remember_token,
+                      help="a user token or the admin token  [env DPAGENT_API_TOKEN]")(fn)
     fn = click.option("--api-token-file", envvar="DPAGENT_API_TOKEN_FILE", default="",
-                      help="admin token file (needed off-host)  [env DPAGENT_API_TOKEN_FILE]")(fn)
+                      help="file holding the token (e.g. <data-dir>/admin-token)  [env DPAGENT_API_TOKEN_FILE]")(fn)
     fn = click.option("--api-address", envvar="DPAGENT_API_ADDRESS", default=DEFAULT_API, show_default=True,
-                      help="control plane REST API  [env DPAGENT_API_ADDRESS]")(fn)
+                      help="control plane REST API (default: the current `dpagent config control-planes` entry, "
+                           "else this)  [env DPAGENT_API_ADDRESS]")(fn)
     return fn
 
 
 def make_client(api_address: str, api_token_file: str) -> ApiClient:
-    token = ""
-    if api_token_file:
+    """Address and token, first found wins: flags and env, then the current control plane of `dpagent config
+    control-planes`. A context's token is sent only to that context's address, never to one given by flag."""
+    from click.core import ParameterSource
+
+    from dpagent.cli.contexts import current
+
+    ctx = click.get_current_context(silent=True)
+    token = (ctx.meta.get(_TOKEN_KEY, "") if ctx else "") or os.environ.get("DPAGENT_API_TOKEN", "")
+    if not token and api_token_file:
         try:
             token = Path(api_token_file).read_text().strip()
         except OSError as e:
             raise ConfigError(f"cannot read the API token file {api_token_file}: {e.strerror}") from None
-    elif os.environ.get("DPAGENT_API_TOKEN"):
-        token = os.environ["DPAGENT_API_TOKEN"].strip()
-    return ApiClient(api_address, token)
+    given = ctx is not None and ctx.get_parameter_source("api_address") not in (ParameterSource.DEFAULT, None)
+    cp = current()
+    if cp is not None and not given:
+        api_address = cp.address
+        token = token or cp.token
+    return ApiClient(api_address, token.strip())

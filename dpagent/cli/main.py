@@ -19,6 +19,7 @@ LAZY: dict[str, str] = {
     "delete": "dpagent.cli.resources:delete_cmd",
     "inspect": "dpagent.cli.resources:inspect_cmd",
     "token": "dpagent.cli.token:token_group",
+    "audit": "dpagent.cli.audit:audit_cmd",
     "transparent-proxy": "transparent_proxy.cli:cli",
     "install": "dpagent.cli.install:install_cmd",
     "uninstall": "dpagent.cli.install:uninstall_cmd",

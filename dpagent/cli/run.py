@@ -34,7 +34,16 @@ def run_cmd(ctx: click.Context, config_file: str | None, **params: Any) -> None:
 
 @click.group("config")
 def config_group() -> None:
-    """Inspect the effective configuration."""
+    """Inspect the effective configuration; name the control planes the CLI talks to."""
+
+
+def _add_control_planes() -> None:
+    from dpagent.cli.contexts import control_planes_group
+
+    config_group.add_command(control_planes_group)
+
+
+_add_control_planes()
 
 
 @config_group.command("show", context_settings={"max_content_width": 120})

@@ -1,4 +1,4 @@
-"""`dpagent token generate | revoke`."""
+"""`dpagent token generate | revoke | generate-user | revoke-user` and signing-key management."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dpagent.errors import ConfigError
 
 @click.group("token")
 def token_group() -> None:
-    """Issue and revoke dataplane tokens."""
+    """Issue and revoke dataplane tokens and user (API) tokens."""
 
 
 def _tags(values: tuple[str, ...]) -> dict[str, list[str]]:
@@ -93,3 +93,62 @@ def delete_key(serial: int, mesh: str, api_address: str, api_token_file: str) ->
     """Retire key SERIAL: every token signed with it is refused from now on (live streams within seconds)."""
     make_client(api_address, api_token_file).request("DELETE", f"{_keys_path(mesh)}/{serial}")
     click.echo(f"signing key {serial} of mesh {mesh!r} deleted")
+
+
+@token_group.command("generate-user")
+@click.option("--name", required=True, help="the user's name (what the audit log shows)")
+@click.option("--group", "groups", multiple=True, help="a group the user belongs to (repeatable); roles are bound "
+                                                       "to users and groups with AccessRoleBinding")
+@click.option("--valid-for", required=True, help="lifetime, e.g. 24h")
+@api_options
+def generate_user(name: str, groups: tuple[str, ...], valid_for: str, api_address: str, api_token_file: str) -> None:
+    """Print a new user token (Kuma's `generate user-token`); the user passes it with --auth-token,
+    DPAGENT_API_TOKEN or `dpagent config control-planes add --auth-token`."""
+    body = {"name": name, "groups": list(groups), "validFor": valid_for}
+    click.echo(make_client(api_address, api_token_file).request("POST", "/tokens/user", json=body).text.strip())
+
+
+@token_group.command("revoke-user")
+@click.option("--token-file", default="", help="file holding the user token to revoke")
+@click.option("--jti", default="", help="the token's ID (jti claim), if the token itself is gone")
+@api_options
+def revoke_user(token_file: str, jti: str, api_address: str, api_token_file: str) -> None:
+    """Revoke a user token: it is refused from the next request on (other replicas within a second)."""
+    if bool(token_file) == bool(jti):
+        raise ConfigError("give exactly one of --token-file or --jti")
+    body = {"jti": jti}
+    if token_file:
+        try:
+            body["token"] = Path(token_file).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read {token_file}: {e.strerror}") from None
+    out = make_client(api_address, api_token_file).request("POST", "/tokens/user/revocations", json=body).json()
+    click.echo(f"revoked user token {out['revoked']}")
+
+
+@token_group.group("user-signing-key")
+def user_signing_key_group() -> None:
+    """Rotate the signing keys of user tokens (global, apart from the meshes' dataplane-token keys)."""
+
+
+@user_signing_key_group.command("rotate")
+@api_options
+def rotate_user_key(api_address: str, api_token_file: str) -> None:
+    out = make_client(api_address, api_token_file).request("POST", "/user-token-signing-keys").json()
+    click.echo(f"user tokens are now signed with key {out['serial']}; re-issue them, then delete the old key")
+
+
+@user_signing_key_group.command("list")
+@api_options
+def list_user_keys(api_address: str, api_token_file: str) -> None:
+    out = make_client(api_address, api_token_file).get("/user-token-signing-keys")
+    click.echo(" ".join(str(s) for s in out["serials"]))
+
+
+@user_signing_key_group.command("delete")
+@click.argument("serial", type=int)
+@api_options
+def delete_user_key(serial: int, api_address: str, api_token_file: str) -> None:
+    """Retire key SERIAL: every user token signed with it is refused from now on."""
+    make_client(api_address, api_token_file).request("DELETE", f"/user-token-signing-keys/{serial}")
+    click.echo(f"user-token signing key {serial} deleted")

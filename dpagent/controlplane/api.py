@@ -1,14 +1,15 @@
-"""The REST API (Kuma's paths): resource CRUD with pagination, dataplane tokens, and `_inspect`.
+"""The REST API (Kuma's paths): resource CRUD with pagination, dataplane and user tokens, `_inspect`, `/audit`.
 
-Callers on loopback need no credentials (Kuma's default); anyone else presents the admin token as a bearer
-token. Bodies are JSON or YAML; validation errors list every violation with its path.
+Every route passes authz.middleware: callers present the admin token or a user token as a bearer token (loopback
+callers without one count as the admin only while `apiServer.authn.localhostIsAdmin` is on), and each route's
+access is decided from the AccessRoles bound to them (authz_routes.py). Bodies are JSON or YAML; validation errors
+list every violation with its path. Writes carry their audit entry down to the store, which commits it with the
+change.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,14 +18,16 @@ import yaml
 from aiohttp import web
 
 from dpagent import __version__, safe_yaml
-from dpagent.controlplane import secrets
+from dpagent.controlplane import authz_routes, secrets, usertokens
+from dpagent.controlplane.authz import ACCESS, PRINCIPAL, Gate, is_loopback, middleware
 from dpagent.controlplane.http_guard import BodyError, Guard
 from dpagent.controlplane.inspect import Inspector, to_json
 from dpagent.controlplane.kinds import KINDS, Kind, kind_of
 from dpagent.controlplane.leader import LeaderView
 from dpagent.controlplane.policies.registry import POLICY_KINDS
+from dpagent.controlplane.rbac import Access
 from dpagent.controlplane.resources import Resources, record_to_doc
-from dpagent.controlplane.store import StoreUnavailable
+from dpagent.controlplane.store import AuditQuery, StoreUnavailable
 from dpagent.controlplane.tokens import TokenError, issue_token
 from dpagent.durations import parse_duration
 from dpagent.errors import ConfigError, Conflict, DpAgentError, NotFound, ValidationError
@@ -46,38 +49,7 @@ def _error(status: int, title: str, causes: list[tuple[str, str]] | None = None)
     return web.json_response(body, status=status)
 
 
-def is_loopback(remote: str | None) -> bool:
-    try:
-        return remote is not None and ipaddress.ip_address(remote.split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
-def auth_middleware(admin_token: str) -> Any:
-    """Loopback callers pass; others present the admin token as a bearer token. A browser cannot add that header
-    to a page load, so the GUI's login page trades the token for a session cookie (gui/server.py), and that cookie
-    opens *reads under /gui only*: it can show pages but never apply, delete or issue anything, so a request a
-    browser sends on its own (the cookie rides along) has nothing to gain."""
-    from dpagent.controlplane.gui.server import cookie_ok, is_public
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                         ) -> web.StreamResponse:
-        if not is_loopback(request.remote):
-            header = request.headers.get("authorization", "")
-            given = header[7:] if header.lower().startswith("bearer ") else ""
-            gui = request.path == "/gui" or request.path.startswith("/gui/")
-            if gui and (is_public(request.path) or (request.method in ("GET", "HEAD")
-                                                    and cookie_ok(request, admin_token))):
-                return await handler(request)
-            if not given or not hmac.compare_digest(given.encode(), admin_token.encode()):
-                if gui and request.method == "GET" and not request.path.startswith("/gui/api/"):
-                    raise web.HTTPSeeOther("/gui/login")
-                return _error(401, "authentication required: send the admin token as 'Authorization: Bearer <token>' "
-                                   "(dpagent CLI: --api-token-file <data-dir>/admin-token)")
-        return await handler(request)
-
-    return middleware
+__all__ = ["Api", "is_loopback"]
 
 
 @web.middleware
@@ -132,7 +104,7 @@ class Api:
                  certificates: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
                  metrics: Callable[[], Awaitable[str]] | None = None, guard: Guard | None = None,
                  max_token_validity: float = 87600 * 3600.0,
-                 status: Callable[[], Awaitable[LeaderView]] | None = None) -> None:
+                 status: Callable[[], Awaitable[LeaderView]] | None = None, loopback_admin: bool = True) -> None:
         self.resources = resources
         self.guard = guard or Guard("api server", max_connections=1024, read_timeout=30.0)
         self.max_token_validity = max_token_validity
@@ -142,12 +114,24 @@ class Api:
         self.certificates = certificates
         self.metrics_fn = metrics
         self.status_fn = status
+        self.gate = Gate(self.store, admin_token, loopback_admin)
+        self.rules = authz_routes.build(self.store)
+
+    def auth_middleware(self) -> Any:
+        """The one authorization middleware (also for the monitoring port's discovery routes)."""
+        return middleware(self.gate, self.rules)
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self.guard.middleware, auth_middleware(self.admin_token),
-                                           error_middleware], client_max_size=MAX_BODY)
+        app = web.Application(middlewares=[self.guard.middleware, error_middleware, self.auth_middleware()],
+                              client_max_size=MAX_BODY)
         r = app.router
         r.add_get("/", self.index)
+        r.add_post("/tokens/user", self.generate_user_token)
+        r.add_post("/tokens/user/revocations", self.revoke_user_token)
+        r.add_get("/user-token-signing-keys", self.list_user_keys)
+        r.add_post("/user-token-signing-keys", self.rotate_user_key)
+        r.add_delete("/user-token-signing-keys/{serial}", self.delete_user_key)
+        r.add_get("/audit", self.audit_log)
         r.add_post("/tokens/dataplane", self.generate_token)
         r.add_post("/tokens/dataplane/revocations", self.revoke_token)
         r.add_get("/meshes/{mesh}/signing-keys", self.list_signing_keys)
@@ -195,14 +179,24 @@ class Api:
             name = request.match_info["name"]
             if request.method == "GET":
                 return web.json_response(record_to_doc(await self.resources.get(k, mesh, name)))
+            access: Access = request[ACCESS]
+            stored = await self.store.get(k.name, mesh if k.mesh_scoped else "", name) if k.has_spec else None
             if request.method == "DELETE":
-                await self.resources.delete(k, mesh, name)
+                if stored is not None:  # a policy: its targets must be within the caller's rules
+                    await self.gate.require(request, Access("DELETE", k.name, access.mesh, name, (stored.doc,)))
+                entry = await self.gate.entry_for(request[PRINCIPAL], "DELETE", k.name, access.mesh or "", name)
+                await self.resources.delete(k, mesh, name, audit=entry)
                 return web.json_response({})
             if request.method == "PUT":
                 dry = request.query.get("dryRun", "") in ("1", "true")
                 doc = await _body(request, self.guard)
+                if k.has_spec and isinstance(doc, dict):  # the new targets, and the old ones it replaces
+                    docs = (doc, stored.doc) if stored is not None else (doc,)
+                    await self.gate.require(request, Access(access.access, k.name, access.mesh, name, docs))
+                entry = None if dry else await self.gate.entry_for(request[PRINCIPAL], access.access, k.name,
+                                                                   access.mesh or "", name)
                 applied = await self.resources.apply(doc, kind=k, mesh=mesh if k.mesh_scoped else None, name=name,
-                                                     dry_run=dry)
+                                                     dry_run=dry, audit=entry)
                 body = {"created": applied.created, "dryRun": dry}
                 return web.json_response(body, status=201 if applied.created else 200)
             return _error(405, f"{request.method} is not supported on {request.path}; use GET, PUT or DELETE")
@@ -218,11 +212,14 @@ class Api:
             raise ValidationError("token request", problems)
         name, mesh, tags = body.get("name") or "", body.get("mesh") or "default", body.get("tags") or {}
         valid_for = parse_duration(body.get("validFor") or "87600h")
+        who = await self.gate.require(request, Access("GENERATE_DATAPLANE_TOKEN", "Dataplane", mesh, name or None))
         if await self.store.get("Mesh", "", mesh) is None:
             raise NotFound(f'mesh "{mesh}" not found; create it before issuing tokens for it')
         key = await secrets.ensure_signing_key(self.store, mesh)
         token = issue_token(key, name=name, mesh=mesh, tags=tags, valid_for=min(valid_for, self.max_token_validity))
         log.info("issued a dataplane token", extra={"kv": {"mesh": mesh, "name_claim": name or "*"}})
+        await self.gate.record(who, "GENERATE_DATAPLANE_TOKEN", "Dataplane", mesh, name, "allowed",
+                               f"token {_jti_of(token)}, valid for {body.get('validFor') or '87600h'}")
         return web.Response(text=token, content_type="text/plain")
 
     async def revoke_token(self, request: web.Request) -> web.Response:
@@ -239,10 +236,66 @@ class Api:
             jti = _jti_of(body["token"])
         if not isinstance(jti, str) or not jti:
             raise ValidationError("revocation", [("jti", "give the token (token) or its ID (jti)")])
+        who = await self.gate.require(request, Access("GENERATE_DATAPLANE_TOKEN", "Dataplane", mesh))
         if await self.store.get("Mesh", "", mesh) is None:
             raise NotFound(f'mesh "{mesh}" not found; tokens are revoked in the mesh they were issued for')
-        await secrets.revoke(self.store, mesh, jti)
+        entry = await self.gate.entry_for(who, "UPDATE", "Secret", mesh, f"dataplane-token-revocations-{mesh}",
+                                          f"revoked dataplane token {jti}")
+        await secrets.revoke(self.store, mesh, jti, audit=entry)
         return web.json_response({"revoked": jti, "mesh": mesh})
+
+    async def generate_user_token(self, request: web.Request) -> web.Response:
+        """Kuma's `generate user-token`: a signed token naming a user and their groups."""
+        name, groups, seconds = _user_token_request(await _body(request, self.guard), self.max_token_validity)
+        who = request[PRINCIPAL]
+        key = await usertokens.ensure_signing_key(self.store)
+        token = usertokens.issue(key, name=name, groups=groups, valid_for=seconds)
+        await self.gate.record(who, "GENERATE_USER_TOKEN", "", "", name, "allowed",
+                               f"token {_jti_of(token)} for groups {', '.join(groups) or '(none)'}")
+        return web.Response(text=token, content_type="text/plain")
+
+    async def revoke_user_token(self, request: web.Request) -> web.Response:
+        body = await _body(request, self.guard)
+        if not isinstance(body, dict):
+            raise ValidationError("revocation", [("$", "must be an object with token or jti")])
+        jti = body.get("jti") or (_jti_of(body["token"]) if isinstance(body.get("token"), str) else None)
+        if not isinstance(jti, str) or not jti:
+            raise ValidationError("revocation", [("jti", "give the token (token) or its ID (jti)")])
+        entry = await self.gate.entry_for(request[PRINCIPAL], "UPDATE", "GlobalSecret", "", usertokens.REVOCATIONS,
+                                          f"revoked user token {jti}")
+        await usertokens.revoke(self.store, jti, audit=entry)
+        assert self.gate.users is not None
+        self.gate.users.forget()
+        return web.json_response({"revoked": jti})
+
+    async def list_user_keys(self, request: web.Request) -> web.Response:
+        return web.json_response({"serials": [k.serial for k in await usertokens.signing_keys(self.store)]})
+
+    async def rotate_user_key(self, request: web.Request) -> web.Response:
+        entry = await self.gate.entry_for(request[PRINCIPAL], "CREATE", "GlobalSecret", "", "user-token-signing-key",
+                                          "rotated the user-token signing key")
+        key = await usertokens.rotate_signing_key(self.store, audit=entry)
+        assert self.gate.users is not None
+        self.gate.users.forget()
+        return web.json_response({"serial": key.serial}, status=201)
+
+    async def delete_user_key(self, request: web.Request) -> web.Response:
+        try:
+            serial = int(request.match_info["serial"])
+        except ValueError:
+            raise ValidationError("signing key", [("serial", "must be a whole number")]) from None
+        entry = await self.gate.entry_for(request[PRINCIPAL], "DELETE", "GlobalSecret", "",
+                                          f"{usertokens.KEY_PREFIX}{serial}",
+                                          f"deleted user-token signing key {serial}")
+        await usertokens.delete_signing_key(self.store, serial, audit=entry)
+        assert self.gate.users is not None
+        self.gate.users.forget()
+        return web.json_response({"deleted": serial})
+
+    async def audit_log(self, request: web.Request) -> web.Response:
+        """`GET /audit?user=&kind=&mesh=&since=&until=&limit=` (times: RFC 3339 or Unix seconds), newest first."""
+        return web.json_response({"items": [audit_json(e) for e in await self.store.audit_entries(
+            audit_query(request.query))]})
 
     async def dataplanes_insights(self, request: web.Request) -> web.Response:
         """Kuma's combined listing: each Dataplane with what the CP knows about it (certificate, rotation)."""
@@ -294,7 +347,9 @@ class Api:
     async def rotate_signing_key(self, request: web.Request) -> web.Response:
         """Add serial n+1: new tokens use it, tokens from older keys keep working until those keys are deleted."""
         mesh = await self._mesh(request)
-        key = await secrets.rotate_signing_key(self.store, mesh)
+        entry = await self.gate.entry_for(request[PRINCIPAL], "CREATE", "Secret", mesh, "dataplane-token-signing-key",
+                                          "rotated the dataplane-token signing key")
+        key = await secrets.rotate_signing_key(self.store, mesh, audit=entry)
         log.info("rotated the token signing key", extra={"kv": {"mesh": mesh, "serial": key.serial}})
         return web.json_response({"mesh": mesh, "serial": key.serial}, status=201)
 
@@ -304,7 +359,10 @@ class Api:
             serial = int(request.match_info["serial"])
         except ValueError:
             raise ValidationError("signing key", [("serial", "must be a whole number")]) from None
-        await secrets.delete_signing_key(self.store, mesh, serial)
+        entry = await self.gate.entry_for(request[PRINCIPAL], "DELETE", "Secret", mesh,
+                                          f"dataplane-token-signing-key-{mesh}-{serial}",
+                                          f"deleted dataplane-token signing key {serial}")
+        await secrets.delete_signing_key(self.store, mesh, serial, audit=entry)
         return web.json_response({"mesh": mesh, "deleted": serial})
 
     async def inspect(self, request: web.Request) -> web.Response:
@@ -339,6 +397,81 @@ class Api:
             return web.json_response(to_json(await self.inspector.affected(k.name, mesh, name)))
 
         return handler
+
+
+def _user_token_request(body: Any, max_validity: float) -> tuple[str, list[str], float]:
+    """name, groups and validity of a user-token request; every problem reported with its field."""
+    from dpagent.durations import format_duration
+
+    if not isinstance(body, dict):
+        raise ValidationError("user token request", [("$", "must be an object with name, groups and validFor")])
+    problems: list[tuple[str, str]] = []
+    name, groups, valid_for = body.get("name"), body.get("groups") or [], body.get("validFor") or "24h"
+    if not isinstance(name, str) or not name.strip():
+        problems.append(("name", "must be the user's name"))
+    if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+        problems.append(("groups", "must be a list of group names"))
+    elif any(g.startswith("mesh-system:") and g != usertokens.ADMIN_GROUP for g in groups):
+        problems.append(("groups", "mesh-system:authenticated and mesh-system:unauthenticated are given by the "
+                                   "control plane, not by a token"))
+    seconds = 0.0
+    if not isinstance(valid_for, str):
+        problems.append(("validFor", "must be a duration string like 24h"))
+    else:
+        try:
+            seconds = parse_duration(valid_for)
+        except ValueError as e:
+            problems.append(("validFor", str(e)))
+        else:
+            if seconds <= 0:
+                problems.append(("validFor", "must be greater than zero"))
+            elif seconds > max_validity:
+                problems.append(("validFor", f"must be at most {format_duration(max_validity)} (the control "
+                                             "plane's --max-token-validity)"))
+    if problems:
+        raise ValidationError("user token request", problems)
+    return str(name).strip(), list(groups), seconds
+
+
+def _instant(value: str, field: str) -> float:
+    from datetime import datetime
+
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise ValidationError("query", [(field, "must be RFC 3339 (2026-01-02T15:04:05Z) or Unix seconds")]) from None
+
+
+def audit_query(q: Any) -> AuditQuery:
+    problems = [(f, "unknown filter (expected user, kind, mesh, since, until, limit)") for f in q
+                if f not in ("user", "kind", "mesh", "since", "until", "limit")]
+    try:
+        limit = int(q.get("limit", 100))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 10_000:
+        problems.append(("limit", "must be a whole number between 1 and 10000"))
+    if problems:
+        raise ValidationError("query", problems)
+    kind = q.get("kind", "")
+    if kind:
+        kind = kind_of(kind).name
+    return AuditQuery(who=q.get("user", ""), kind=kind, mesh=q.get("mesh"), limit=limit,
+                      since=_instant(q["since"], "since") if q.get("since") else None,
+                      until=_instant(q["until"], "until") if q.get("until") else None)
+
+
+def audit_json(e: Any) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    return {"id": e.id, "time": datetime.fromtimestamp(e.time, UTC).isoformat().replace("+00:00", "Z"),
+            "user": e.who, "groups": list(e.groups), "source": e.source, "access": e.access, "kind": e.kind,
+            "mesh": e.mesh, "name": e.name, "outcome": e.outcome, "detail": e.detail, "before": e.before,
+            "after": e.after}
 
 
 def _jti_of(token: str) -> str:

@@ -25,7 +25,8 @@ from dpagent import pki
 from dpagent.controlplane import ca as ca_mod
 from dpagent.controlplane import cp_tls, replicas
 from dpagent.controlplane import leader as leader_mod
-from dpagent.controlplane.api import Api, auth_middleware
+from dpagent.controlplane.api import Api
+from dpagent.controlplane.audit_retention import retention
 from dpagent.controlplane.auth import DataplaneAuth
 from dpagent.controlplane.bundle_acks import BundleAcks
 from dpagent.controlplane.departures import Departures
@@ -331,7 +332,8 @@ class ControlPlane:
             inspector = Inspector(store, cache, sync.state)
             api = Api(resources, admin_token=admin_token, inspector=inspector,
                       certificates=issuer.certificate_counts, metrics=self.metrics, guard=api_guard,
-                      max_token_validity=cfg.max_token_validity, status=self.status)
+                      max_token_validity=cfg.max_token_validity, status=self.status,
+                      loopback_admin=cfg.loopback_admin)
             discovery = MonitoringDiscovery(store, sync.state, sync.leaving)
             api_app = api.app()
             discovery.add_routes(api_app)
@@ -342,7 +344,7 @@ class ControlPlane:
             if cfg.monitoring_port:  # discovery alone, for a Prometheus elsewhere, without opening the whole API
                 mon_guard = Guard("monitoring server", max_connections=API_MAX_CONNECTIONS,
                                   read_timeout=API_READ_TIMEOUT)
-                mon_app = web.Application(middlewares=[mon_guard.middleware, auth_middleware(admin_token)])
+                mon_app = web.Application(middlewares=[mon_guard.middleware, api.auth_middleware()])
                 discovery.add_routes(mon_app)
                 await self._site(stack, mon_app, cfg.bind_address, cfg.monitoring_port, None, "--monitoring-port",
                                  mon_guard)
@@ -353,6 +355,7 @@ class ControlPlane:
             self.supervisor.start("deregistration-sweep", departures.sweep_forever)
             if self.bundle_acks is not None:
                 self.supervisor.start("bundle-acks", self.bundle_acks.run)
+            self.supervisor.start("audit-retention", retention(store, cfg.audit_max_entries, cfg.audit_max_age))
             stack.push_async_callback(self.supervisor.stop)
             kv(log, logging.INFO, "control plane ready", dp_server=f"https://{cfg.bind_address}:{cfg.dp_server_port}",
                xds=f"{cfg.bind_address}:{cfg.xds_port}", api=f"http://{cfg.api_address}:{cfg.api_port}",

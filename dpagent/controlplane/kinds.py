@@ -60,6 +60,7 @@ class Kind:
 
 
 _SECRETS = "dpagent.controlplane.secret_resources"
+_RBAC = "dpagent.controlplane.rbac"
 
 #: Kinds that are not policies: one row each (policies come from the policy registry below).
 CORE_KINDS: tuple[Kind, ...] = (
@@ -71,6 +72,10 @@ CORE_KINDS: tuple[Kind, ...] = (
     Kind("GlobalSecret", "global-secrets", False, f"{_SECRETS}:validate_global_secret",
          ("globalsecret", "global-secret"), present=f"{_SECRETS}:present", restore=f"{_SECRETS}:restore",
          hidden=f"{_SECRETS}:hidden"),
+    Kind("AccessRole", "access-roles", False, f"{_RBAC}:validate_access_role", ("accessrole", "access-role")),
+    Kind("AccessRoleBinding", "access-role-bindings", False, f"{_RBAC}:validate_access_role_binding",
+         ("accessrolebinding", "access-role-binding")),
+    Kind("AccessAudit", "access-audits", False, f"{_RBAC}:validate_access_audit", ("accessaudit", "access-audit")),
 )
 
 KINDS: tuple[Kind, ...] = (

@@ -3,8 +3,9 @@
 Prometheus' `kuma_sd_configs` reads: REST-JSON xDS, POST /v3/discovery:monitoringassignments, long-polled).
 
 Targets are the Prometheus backends of each dataplane's effective MeshMetric; a dataplane that is leaving (drain
-announced) or deleted drops out at once. The routes sit behind the API's authentication (loopback callers need
-nothing, anyone else the admin token as a bearer token), on the API port and on `--monitoring-port`.
+announced) or deleted drops out at once. The routes sit behind the API's authorization (GET on Dataplane in every
+mesh: the admin token, or a user token whose roles allow it; see authz_routes.py), on the API port and on
+`--monitoring-port`.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import Any
 
 from dpagent.controlplane import datasource, secrets
 from dpagent.controlplane.kinds import Kind, by_type
-from dpagent.controlplane.store import Record, ResourceStore
+from dpagent.controlplane.store import AuditEntry, Record, ResourceStore
 from dpagent.errors import Conflict, NotFound, ValidationError
 from dpagent.model.validation import Violations
 
@@ -109,8 +109,9 @@ class Resources:
         self.store = store
 
     async def apply(self, doc: Any, *, kind: Kind | None = None, mesh: str | None = None, name: str | None = None,
-                    dry_run: bool = False) -> Applied:
-        """Create or update. `kind`/`mesh`/`name` come from the URL when the API is used; they must agree."""
+                    dry_run: bool = False, audit: AuditEntry | None = None) -> Applied:
+        """Create or update. `kind`/`mesh`/`name` come from the URL when the API is used; they must agree.
+        `audit` is stored in the write's own transaction."""
         if not isinstance(doc, dict):
             raise ValidationError("resource", [("$", "must be an object with type, name (and mesh)")])
         doc = {k: v for k, v in doc.items() if k not in _META}
@@ -150,7 +151,7 @@ class Resources:
         existing = await self.store.get(k.name, res_mesh, doc["name"])
         if dry_run:
             return Applied(None, existing is None)
-        rec = await self.store.upsert(k.name, res_mesh, doc["name"], doc)
+        rec = await self.store.upsert(k.name, res_mesh, doc["name"], doc, audit=audit)
         if k.name == "Mesh":
             await self._mesh_side_effects(doc)
             if existing is None:
@@ -208,12 +209,12 @@ class Resources:
         return [f'{kind} "{r.name}" at {path}' for kind, r in docs
                 for path, ref in datasource.secret_refs(r.doc) if ref == name]
 
-    async def delete(self, k: Kind, mesh: str, name: str) -> Record:
+    async def delete(self, k: Kind, mesh: str, name: str, audit: AuditEntry | None = None) -> Record:
         rec = await self.get(k, mesh, name)
         if k.name == "Secret" and (users := await self.secret_users(rec.mesh, name)):
             raise Conflict(f'Secret "{name}" is in use by {"; ".join(users)}; point those at another data source '
                            "first, then delete it")
-        deleted = await self.store.delete(k.name, rec.mesh, name)
+        deleted = await self.store.delete(k.name, rec.mesh, name, audit=audit)
         if k.name == "Mesh":
             await self.store.delete_mesh_scoped(name)
         return deleted

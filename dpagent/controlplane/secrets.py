@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from dpagent.controlplane import ca as ca_mod
-from dpagent.controlplane.store import ResourceStore
+from dpagent.controlplane.store import AuditEntry, ResourceStore
 from dpagent.controlplane.tokens import SigningKey, generate_signing_key
 from dpagent.errors import Conflict
 
@@ -72,7 +72,7 @@ async def ensure_signing_key(store: ResourceStore, mesh: str) -> SigningKey:
     return key
 
 
-async def rotate_signing_key(store: ResourceStore, mesh: str) -> SigningKey:
+async def rotate_signing_key(store: ResourceStore, mesh: str, audit: AuditEntry | None = None) -> SigningKey:
     """Add serial n+1; new tokens use it, old tokens stay valid until their key is deleted. Never overwrites a
     key: when another rotation took serial n+1 first, this one becomes n+2."""
     pem = (await asyncio.to_thread(generate_signing_key, mesh, 0)).private_pem  # RSA: made once, not per retry
@@ -81,7 +81,7 @@ async def rotate_signing_key(store: ResourceStore, mesh: str) -> SigningKey:
         keys = await signing_keys(store, mesh)
         key = SigningKey(mesh=mesh, serial=(keys[-1].serial + 1) if keys else 1, private_pem=pem)
         name = f"{_SIGNING_PREFIX}{mesh}-{key.serial}"
-        await store.create(SECRET, mesh, name, _doc(mesh, name, pem))
+        await store.create(SECRET, mesh, name, _doc(mesh, name, pem), audit=audit)
         return key
 
     return await retry_on_conflict(step, f"rotating the signing key of mesh {mesh!r}")
@@ -104,7 +104,7 @@ async def revoked(store: ResourceStore, mesh: str) -> frozenset[str]:
     return _revoked_in(rec.doc if rec else None)
 
 
-async def revoke(store: ResourceStore, mesh: str, jti: str) -> None:
+async def revoke(store: ResourceStore, mesh: str, jti: str, audit: AuditEntry | None = None) -> None:
     """Add `jti` to the mesh's revocation list. A compare-and-swap on the list's version: a plain read-then-write
     let two concurrent revocations each drop the other's token, leaving a revoked token valid."""
     name = _revocations_name(mesh)
@@ -117,9 +117,9 @@ async def revoke(store: ResourceStore, mesh: str, jti: str) -> None:
             return
         doc = _doc(mesh, name, ",".join(sorted(current | {jti})))
         if rec is None:
-            await store.create(SECRET, mesh, name, doc)
+            await store.create(SECRET, mesh, name, doc, audit=audit)
         else:
-            await store.update(SECRET, mesh, name, doc, version=rec.version)
+            await store.update(SECRET, mesh, name, doc, version=rec.version, audit=audit)
 
     # Revocations through this store take turns: only other replicas' writes can then make the swap fail, instead
     # of every concurrent request here colliding with every other (100 at once took seconds).
@@ -185,7 +185,7 @@ async def existing_builtin_ca(store: ResourceStore, mesh: str, backend: str) -> 
     return (_data(cert.doc), _data(key.doc)) if cert and key else None
 
 
-async def delete_signing_key(store: ResourceStore, mesh: str, serial: int) -> None:
+async def delete_signing_key(store: ResourceStore, mesh: str, serial: int, audit: AuditEntry | None = None) -> None:
     """Retire a key: tokens signed with it stop verifying. The newest key cannot be deleted (tokens need one)."""
     from dpagent.errors import ConfigError, NotFound
 
@@ -196,4 +196,4 @@ async def delete_signing_key(store: ResourceStore, mesh: str, serial: int) -> No
     if serial == keys[-1].serial:
         raise ConfigError(f"signing key {serial} is the newest key of mesh {mesh!r}; rotate first "
                           "(`dpagent token signing-key rotate`), then delete the old one")
-    await store.delete(SECRET, mesh, f"{_SIGNING_PREFIX}{mesh}-{serial}")
+    await store.delete(SECRET, mesh, f"{_SIGNING_PREFIX}{mesh}-{serial}", audit=audit)

@@ -70,7 +70,11 @@ CP_SETTINGS: tuple[Setting, ...] = (
     S("xds_port", "xdsServer.port", 5679, p_port, "DPAGENT_XDS_PORT", "--xds-port", kind="int",
       help="ADS (gRPC over TLS) port advertised in bootstraps"),
     S("api_address", "apiServer.address", "127.0.0.1", p_str, "DPAGENT_API_BIND_ADDRESS", "--api-bind-address",
-      help="REST API bind address (loopback callers need no token)"),
+      help="REST API bind address"),
+    S("api_loopback_admin", "apiServer.authn.localhostIsAdmin", "auto", p_choice("auto", "true", "false"),
+      "KUMA_API_SERVER_AUTHN_LOCALHOST_IS_ADMIN", "--api-loopback-admin",
+      help="callers on loopback without a token act as the admin: auto (the default) allows it only while the "
+           "API binds a loopback address; false requires a token from everyone"),
     S("api_port", "apiServer.port", 5681, p_port, "KUMA_API_SERVER_HTTP_PORT", "--api-port", kind="int",
       help="REST API port"),
     S("monitoring_port", "monitoringAssignmentServer.port", 0, p_nonneg_int, "KUMA_MONITORING_ASSIGNMENT_SERVER_PORT",
@@ -135,6 +139,10 @@ CP_SETTINGS: tuple[Setting, ...] = (
     S("max_token_validity", "apiServer.maxTokenValidity", 87600 * 3600.0, p_positive_duration,
       "DPAGENT_MAX_TOKEN_VALIDITY", "--max-token-validity", kind="duration",
       help="the longest validFor the token API accepts"),
+    S("audit_max_entries", "audit.maxEntries", 100_000, p_nonneg_int, "DPAGENT_AUDIT_MAX_ENTRIES",
+      "--audit-max-entries", kind="int", help="audit log entries kept (older ones are swept; 0: no count limit)"),
+    S("audit_max_age", "audit.maxAge", 90 * 86400.0, p_duration, "DPAGENT_AUDIT_MAX_AGE", "--audit-max-age",
+      kind="duration", help="audit log entries older than this are swept (0: no age limit)"),
 )
 
 
@@ -157,6 +165,9 @@ class CpConfig:
     dp_server_max_connections: int = 1024
     dp_server_read_timeout: float = 10.0
     max_token_validity: float = 87600 * 3600.0
+    api_loopback_admin: str = "auto"
+    audit_max_entries: int = 100_000
+    audit_max_age: float = 90 * 86400.0
     store_type: str = "sqlite"
     pg_host: str = "127.0.0.1"
     pg_port: int = 5432
@@ -172,6 +183,17 @@ class CpConfig:
     pg_connection_timeout: float = 5.0
     secrets_key_file: str = ""
     secrets_key: str = dataclasses.field(default="", repr=False)
+
+    @property
+    def loopback_admin(self) -> bool:
+        """Whether a tokenless loopback caller is the admin: with `auto`, only while no other host can reach the
+        API (its bind address is loopback), so opening the API up also closes the tokenless door."""
+        if self.api_loopback_admin != "auto":
+            return self.api_loopback_admin == "true"
+        try:
+            return ipaddress.ip_address(self.api_address).is_loopback
+        except ValueError:
+            return self.api_address == "localhost"
 
     @property
     def postgres(self) -> PostgresConfig:

@@ -135,7 +135,7 @@ def test_overview_counts_match_the_cli(mesh, cp, browser):
     browser.driver.set_window_size(390, 844)  # phone width: the page itself must not scroll sideways
     try:
         for route in ("overview", "dataplanes", "dataplane/default/web-1", "services/default", "policies",
-                      "certificates"):
+                      "certificates", "audit"):
             browser.show(route)
             time.sleep(0.3)
             assert browser.js("return document.documentElement.scrollWidth <= window.innerWidth + 1"), route
@@ -279,7 +279,10 @@ class WideControlPlane(ControlPlaneProc):
 
     def start(self) -> None:
         with open(self.log, "a") as logf:
-            self.proc = subprocess.Popen(self.command(PY, "--api-bind-address", "0.0.0.0"), stdout=logf,
+            # The test reads the CP from loopback without a token too: keep that door open explicitly (with a
+            # non-loopback bind address it closes by default).
+            self.proc = subprocess.Popen(self.command(PY, "--api-bind-address", "0.0.0.0", "--api-loopback-admin",
+                                                      "true"), stdout=logf,
                                          stderr=subprocess.STDOUT, text=True, env=clean_env())
         wait_for(lambda: httpx.get(self.api, timeout=1).status_code == 200, 20, what="control plane API")
 

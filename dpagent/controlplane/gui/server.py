@@ -34,6 +34,7 @@ from dpagent.model.dataplane import decode_dataplane
 from dpagent.model.mesh import decode_mesh
 
 COOKIE = "dpagent_gui"
+USER_COOKIE_PREFIX = "u."  # a user's session cookie: the user token itself, checked like a bearer token
 STATIC = ("app.js", "app.css", "index.html", "login.html")
 TICK = 15.0  # seconds: the version moves at least this often, so expiry bars and timelines follow the clock
 # Same-origin only: no inline script or style, nothing from elsewhere (an injected <script> cannot run, and the
@@ -123,6 +124,7 @@ class Gui:
         r.add_get("/gui/api/policies", self.policies)
         r.add_get("/gui/api/policies/{mesh}/{kind}/{name}", self.policy)
         r.add_get("/gui/api/certificates", self.certificates)
+        r.add_get("/gui/api/audit", self.audit)
 
     # ---- pages and login --------------------------------------------------------------------------------------
 
@@ -135,20 +137,31 @@ class Gui:
     async def login_page(self, request: web.Request) -> web.Response:
         body = self.assets["login.html"]
         if request.query.get("failed"):
-            message = b'<p class="error" id="login-error">That is not the admin token.</p>'
+            message = b'<p class="error" id="login-error">That is neither the admin token nor a valid user token.</p>'
             body = body.replace(b"<!--MESSAGE-->", message, 1)
         return web.Response(body=body, content_type="text/html", headers=SECURITY_HEADERS)
 
     async def login(self, request: web.Request) -> web.Response:
+        """The admin token or a user token. The admin's cookie is derived from the admin token; a user's cookie
+        is their token (so expiry and revocation apply to the session as they do to the token), and what the user
+        sees is decided by their roles like any API call."""
+        from dpagent.controlplane.tokens import TokenError
+        from dpagent.controlplane.usertokens import UserTokens
+
         form = await request.post()
         token = str(form.get("token", "")).strip()
-        if not token or not hmac.compare_digest(token.encode(), self.src.admin_token.encode()):
-            raise web.HTTPSeeOther("/gui/login?failed=1")
+        if token and hmac.compare_digest(token.encode(), self.src.admin_token.encode()):
+            value = session_value(self.src.admin_token)
+        else:
+            try:
+                await UserTokens(self.src.store).principal(token, request.remote or "")
+            except TokenError:
+                raise web.HTTPSeeOther("/gui/login?failed=1") from None
+            value = USER_COOKIE_PREFIX + token
         resp = web.HTTPSeeOther("/gui/")
         # HttpOnly: page scripts cannot read it; SameSite=Strict: no other site's page or link sends it; the
-        # cookie opens GET requests under /gui only (see api.auth_middleware), so it can never change anything.
-        resp.set_cookie(COOKIE, session_value(self.src.admin_token), path="/gui", httponly=True, samesite="Strict",
-                        secure=request.secure)
+        # cookie opens GET requests under /gui only (see authz.Gate.authenticate), so it can never change anything.
+        resp.set_cookie(COOKIE, value, path="/gui", httponly=True, samesite="Strict", secure=request.secure)
         raise resp
 
     async def logout(self, request: web.Request) -> web.Response:
@@ -266,6 +279,13 @@ class Gui:
         items = views.affected(state.ctx, kind, name) if state else []
         return _json({"kind": kind, "mesh": mesh, "name": name, "yaml": yaml.safe_dump(rec.doc, sort_keys=False),
                       "affected": items})
+
+    async def audit(self, request: web.Request) -> web.Response:
+        """The newest entries of the audit log (the API's `/audit` has the filters)."""
+        from dpagent.controlplane.api import audit_json
+        from dpagent.controlplane.store import AuditQuery
+
+        return _json({"items": [audit_json(e) for e in await self.src.store.audit_entries(AuditQuery(limit=200))]})
 
     async def certificates(self, request: web.Request) -> web.Response:
         now = time.time()

@@ -2,6 +2,8 @@
 
 from dpagent.controlplane.store.base import (
     DEFAULT_MAX_PENDING,
+    AuditEntry,
+    AuditQuery,
     ChangeEvent,
     Record,
     ResourceStore,
@@ -15,6 +17,8 @@ from dpagent.controlplane.store.sqlite import SqliteStore
 
 __all__ = [
     "DEFAULT_MAX_PENDING",
+    "AuditEntry",
+    "AuditQuery",
     "ChangeEvent",
     "MemoryStore",
     "Record",

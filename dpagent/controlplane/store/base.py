@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +49,60 @@ class ChangeEvent:
     op: Op
     version: int
     revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One audit-log row: who did what to which resource, and how it ended.
+
+    A write that carries an entry (`audit=` on create/update/upsert/delete) stores it in the transaction that makes
+    the change, filling `time`, `access` (CREATE or UPDATE for an upsert) and the before/after digests from the rows
+    it reads and writes there: the change and its record commit together or not at all. `digests=False` (secrets)
+    keeps digests out, since a hash of a short secret can be guessed back."""
+
+    who: str
+    groups: tuple[str, ...]
+    source: str
+    access: str  # CREATE, UPDATE, DELETE, GENERATE_USER_TOKEN, ...
+    kind: str
+    mesh: str
+    name: str
+    outcome: str  # "allowed", "denied" or "failed"
+    detail: str = ""
+    before: str = ""
+    after: str = ""
+    time: float = 0.0
+    id: int = 0
+    digests: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Filters of `audit_entries`; empty fields match everything. Newest entries first."""
+
+    who: str = ""
+    kind: str = ""
+    mesh: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 100
+
+
+def digest(text: str | None) -> str:
+    """A short fingerprint of a stored document: tells versions apart in the audit log without copying them."""
+    return "" if text is None else "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stamped(entry: AuditEntry, access: str, before: str | None, after: str | None, now: float) -> AuditEntry:
+    """The entry as a write stores it: its time, the access that happened, and digests when allowed."""
+    return dataclasses.replace(entry, access=access, time=now, before=digest(before) if entry.digests else "",
+                               after=digest(after) if entry.digests else "")
+
+
+def audit_matches(e: AuditEntry, q: AuditQuery) -> bool:
+    return ((not q.who or e.who == q.who) and (not q.kind or e.kind == q.kind)
+            and (q.mesh is None or e.mesh == q.mesh) and (q.since is None or e.time >= q.since)
+            and (q.until is None or e.time < q.until))
 
 
 class StoreClosed(DpAgentError):
@@ -263,13 +319,16 @@ class ResourceStore(Protocol):
     the caller. Every write returns only after it is durable, and its events are published before it returns.
     """
 
-    async def create(self, kind: str, mesh: str, name: str, doc: dict[str, Any]) -> Record: ...
+    async def create(self, kind: str, mesh: str, name: str, doc: dict[str, Any], *,
+                     audit: AuditEntry | None = None) -> Record: ...
 
     async def update(
-        self, kind: str, mesh: str, name: str, doc: dict[str, Any], *, version: int | None = None
+        self, kind: str, mesh: str, name: str, doc: dict[str, Any], *, version: int | None = None,
+        audit: AuditEntry | None = None
     ) -> Record: ...
 
-    async def upsert(self, kind: str, mesh: str, name: str, doc: dict[str, Any]) -> Record: ...
+    async def upsert(self, kind: str, mesh: str, name: str, doc: dict[str, Any], *,
+                     audit: AuditEntry | None = None) -> Record: ...
 
     async def get(self, kind: str, mesh: str, name: str) -> Record | None: ...
 
@@ -279,11 +338,23 @@ class ResourceStore(Protocol):
 
     async def count(self, kind: str, mesh: str | None = None) -> int: ...
 
-    async def delete(self, kind: str, mesh: str, name: str, *, version: int | None = None) -> Record: ...
+    async def delete(self, kind: str, mesh: str, name: str, *, version: int | None = None,
+                     audit: AuditEntry | None = None) -> Record: ...
 
     async def delete_mesh_scoped(self, mesh: str) -> int: ...
 
     async def revision(self) -> int: ...
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        """An audit entry on its own: refusals, failures, and acts that change no resource (issuing a token)."""
+        ...
+
+    async def audit_entries(self, query: AuditQuery) -> list[AuditEntry]: ...
+
+    async def sweep_audit(self, *, keep: int | None = None, older_than: float | None = None) -> int:
+        """Drop entries beyond the newest `keep` and those written before `older_than`; idempotent, so every
+        replica may run it."""
+        ...
 
     async def subscribe(self, *, max_pending: int = DEFAULT_MAX_PENDING) -> Subscription: ...
 

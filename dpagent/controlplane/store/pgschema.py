@@ -57,6 +57,26 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER resources_changed AFTER INSERT OR UPDATE OR DELETE ON resources
         FOR EACH ROW EXECUTE FUNCTION resources_changed();
     """,
+    # The audit log, written in the transaction of the change it records (see store/auditrows.py).
+    """
+    CREATE TABLE audit (
+        id      bigserial PRIMARY KEY,
+        at      double precision NOT NULL,
+        who     text COLLATE "C" NOT NULL,
+        groups_ text NOT NULL,
+        source  text NOT NULL,
+        access  text NOT NULL,
+        kind    text COLLATE "C" NOT NULL,
+        mesh    text COLLATE "C" NOT NULL,
+        name    text COLLATE "C" NOT NULL,
+        outcome text NOT NULL,
+        detail  text NOT NULL,
+        before_digest text NOT NULL,
+        after_digest  text NOT NULL
+    );
+    CREATE INDEX audit_by_who ON audit (who, id);
+    CREATE INDEX audit_by_at ON audit (at);
+    """,
 ]
 
 #: Any constant works; it only has to be the same for every dpagent that migrates this database.

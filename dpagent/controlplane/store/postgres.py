@@ -13,6 +13,7 @@ pglisten), and the writer returns once its own replica's listener has passed the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from operator import itemgetter
@@ -21,8 +22,11 @@ from typing import Any, TypeVar
 import asyncpg
 
 from dpagent.controlplane.store import pgschema
+from dpagent.controlplane.store.auditrows import AUDIT_COLUMNS, audit_entry, audit_row, audit_where
 from dpagent.controlplane.store.base import (
     DEFAULT_MAX_PENDING,
+    AuditEntry,
+    AuditQuery,
     Hub,
     Record,
     StoreClosed,
@@ -34,6 +38,7 @@ from dpagent.controlplane.store.base import (
     decode_doc,
     encode_doc,
     exists_error,
+    stamped,
 )
 from dpagent.controlplane.store.pgconfig import PostgresConfig
 from dpagent.controlplane.store.pglisten import ChangeListener
@@ -44,6 +49,8 @@ _CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.PostgresConnectionError, as
                       asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError)
 _COLUMNS = "kind, mesh, name, version, doc, created, modified"
 _KEY = "kind = $1 AND mesh = $2 AND name = $3"
+_AUDIT_INSERT = (f"INSERT INTO audit ({AUDIT_COLUMNS.partition(', ')[2]}) VALUES "
+                 "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
 
 
 def _record(row: asyncpg.Record) -> Record:
@@ -114,7 +121,14 @@ class PostgresStore:
 
     # ---- ResourceStore ---------------------------------------------------------------------------------------
 
-    async def create(self, kind: str, mesh: str, name: str, doc: dict[str, Any]) -> Record:
+    async def _log(self, conn: asyncpg.Connection, entry: AuditEntry | None, access: str, before: str | None,
+                   after: str | None) -> None:
+        """On the write's own connection, inside its transaction: the entry commits or rolls back with the change."""
+        if entry is not None:
+            await conn.execute(_AUDIT_INSERT, *audit_row(stamped(entry, access, before, after, self._clock())))
+
+    async def create(self, kind: str, mesh: str, name: str, doc: dict[str, Any], *,
+                     audit: AuditEntry | None = None) -> Record:
         check_key(kind, mesh, name)
         text = encode_doc(doc)
 
@@ -127,12 +141,14 @@ class PostgresStore:
             if inserted is None:
                 raise exists_error(kind, mesh, name, await conn.fetchval(f"SELECT version FROM resources WHERE {_KEY}",
                                                                          kind, mesh, name))
+            await self._log(conn, audit, "CREATE", None, text)
             return Record(kind, mesh, name, 1, decode_doc(text), now, now)
 
         return await self._write(body)
 
     async def update(
-        self, kind: str, mesh: str, name: str, doc: dict[str, Any], *, version: int | None = None
+        self, kind: str, mesh: str, name: str, doc: dict[str, Any], *, version: int | None = None,
+        audit: AuditEntry | None = None
     ) -> Record:
         check_key(kind, mesh, name)
         text = encode_doc(doc)
@@ -140,9 +156,10 @@ class PostgresStore:
             await self._precheck(kind, mesh, name, version)
 
         async def body(conn: asyncpg.Connection) -> Record:
-            old = await conn.fetchrow(f"SELECT version, created FROM resources WHERE {_KEY} FOR UPDATE",
+            old = await conn.fetchrow(f"SELECT version, created, doc FROM resources WHERE {_KEY} FOR UPDATE",
                                       kind, mesh, name)
             old = checked_row(kind, mesh, name, old, itemgetter(0), version)
+            await self._log(conn, audit, "UPDATE", old[2], text)
             return await self._replace(conn, kind, mesh, name, text, old[0], old[1])
 
         return await self._write(body)
@@ -153,13 +170,15 @@ class PostgresStore:
         rows = await self._fetch(f"SELECT version FROM resources WHERE {_KEY}", kind, mesh, name)
         checked_row(kind, mesh, name, rows[0] if rows else None, itemgetter(0), version)
 
-    async def upsert(self, kind: str, mesh: str, name: str, doc: dict[str, Any]) -> Record:
+    async def upsert(self, kind: str, mesh: str, name: str, doc: dict[str, Any], *,
+                     audit: AuditEntry | None = None) -> Record:
         check_key(kind, mesh, name)
         text = encode_doc(doc)
 
         async def body(conn: asyncpg.Connection) -> Record:
-            old = await conn.fetchrow(f"SELECT version, created FROM resources WHERE {_KEY} FOR UPDATE",
+            old = await conn.fetchrow(f"SELECT version, created, doc FROM resources WHERE {_KEY} FOR UPDATE",
                                       kind, mesh, name)
+            await self._log(conn, audit, "CREATE" if old is None else "UPDATE", None if old is None else old[2], text)
             if old is not None:
                 return await self._replace(conn, kind, mesh, name, text, old[0], old[1])
             now = self._clock()
@@ -200,13 +219,15 @@ class PostgresStore:
             rows = await self._fetch("SELECT count(*) FROM resources WHERE kind = $1 AND mesh = $2", kind, mesh)
         return int(rows[0][0])
 
-    async def delete(self, kind: str, mesh: str, name: str, *, version: int | None = None) -> Record:
+    async def delete(self, kind: str, mesh: str, name: str, *, version: int | None = None,
+                     audit: AuditEntry | None = None) -> Record:
         if version is not None:
             await self._precheck(kind, mesh, name, version)
 
         async def body(conn: asyncpg.Connection) -> Record:
             old = await conn.fetchrow(f"SELECT {_COLUMNS} FROM resources WHERE {_KEY} FOR UPDATE", kind, mesh, name)
             old = checked_row(kind, mesh, name, old, itemgetter(3), version)
+            await self._log(conn, audit, "DELETE", old[4], None)
             await conn.execute(f"DELETE FROM resources WHERE {_KEY}", kind, mesh, name)
             return _record(old)
 
@@ -232,6 +253,36 @@ class PostgresStore:
     async def revision(self) -> int:
         self._check_open()
         return self.listener.seen
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        """No revision lock: an entry that changes no resource needs no place in the order of writes."""
+        self._check_open()
+        row = audit_row(dataclasses.replace(entry, time=self._clock()))
+        try:
+            await self._pool.execute(_AUDIT_INSERT, *row)
+        except _CONNECTION_ERRORS as e:
+            raise StoreUnavailable(f"the PostgreSQL store {self.cfg.describe()} is unreachable "
+                                   f"({e or type(e).__name__}); retry when it is back") from e
+
+    async def audit_entries(self, query: AuditQuery) -> list[AuditEntry]:
+        where, args = audit_where(query, lambda n: f"${n}")
+        sql = f"SELECT {AUDIT_COLUMNS} FROM audit{where} ORDER BY id DESC LIMIT ${len(args) + 1}"
+        return [audit_entry(r) for r in await self._fetch(sql, *args, query.limit)]
+
+    async def sweep_audit(self, *, keep: int | None = None, older_than: float | None = None) -> int:
+        self._check_open()
+        gone = 0
+        try:
+            if older_than is not None:
+                gone += int((await self._pool.execute("DELETE FROM audit WHERE at < $1", older_than)).split()[-1])
+            if keep is not None:
+                status = await self._pool.execute("DELETE FROM audit WHERE id <= (SELECT id FROM audit ORDER BY id "
+                                                  "DESC LIMIT 1 OFFSET $1)", keep)
+                gone += int(status.split()[-1])
+        except _CONNECTION_ERRORS as e:
+            raise StoreUnavailable(f"the PostgreSQL store {self.cfg.describe()} is unreachable "
+                                   f"({e or type(e).__name__}); retry when it is back") from e
+        return gone
 
     async def subscribe(self, *, max_pending: int = DEFAULT_MAX_PENDING) -> Subscription:
         self._check_open()

@@ -21,7 +21,14 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from dpagent.controlplane.store.base import DEFAULT_MAX_PENDING, Record, ResourceStore, Subscription
+from dpagent.controlplane.store.base import (
+    DEFAULT_MAX_PENDING,
+    AuditEntry,
+    AuditQuery,
+    Record,
+    ResourceStore,
+    Subscription,
+)
 from dpagent.errors import ConfigError, Conflict, NotFound
 
 SEALED_KINDS = frozenset({"Secret", "GlobalSecret"})
@@ -167,16 +174,18 @@ class SealedStore:
         doc = {**rec.doc, "data": self.box.open(data, _aad(rec.kind, rec.mesh, rec.name))}
         return dataclasses.replace(rec, doc=doc)
 
-    async def create(self, kind: str, mesh: str, name: str, doc: dict[str, Any]) -> Record:
-        return self._open(await self.inner.create(kind, mesh, name, self._seal(kind, mesh, name, doc)))
+    async def create(self, kind: str, mesh: str, name: str, doc: dict[str, Any], *,
+                     audit: AuditEntry | None = None) -> Record:
+        return self._open(await self.inner.create(kind, mesh, name, self._seal(kind, mesh, name, doc), audit=audit))
 
     async def update(self, kind: str, mesh: str, name: str, doc: dict[str, Any], *,
-                     version: int | None = None) -> Record:
+                     version: int | None = None, audit: AuditEntry | None = None) -> Record:
         return self._open(await self.inner.update(kind, mesh, name, self._seal(kind, mesh, name, doc),
-                                                  version=version))
+                                                  version=version, audit=audit))
 
-    async def upsert(self, kind: str, mesh: str, name: str, doc: dict[str, Any]) -> Record:
-        return self._open(await self.inner.upsert(kind, mesh, name, self._seal(kind, mesh, name, doc)))
+    async def upsert(self, kind: str, mesh: str, name: str, doc: dict[str, Any], *,
+                     audit: AuditEntry | None = None) -> Record:
+        return self._open(await self.inner.upsert(kind, mesh, name, self._seal(kind, mesh, name, doc), audit=audit))
 
     async def get(self, kind: str, mesh: str, name: str) -> Record | None:
         rec = await self.inner.get(kind, mesh, name)
@@ -190,8 +199,9 @@ class SealedStore:
     async def count(self, kind: str, mesh: str | None = None) -> int:
         return await self.inner.count(kind, mesh)
 
-    async def delete(self, kind: str, mesh: str, name: str, *, version: int | None = None) -> Record:
-        return self._open(await self.inner.delete(kind, mesh, name, version=version))
+    async def delete(self, kind: str, mesh: str, name: str, *, version: int | None = None,
+                     audit: AuditEntry | None = None) -> Record:
+        return self._open(await self.inner.delete(kind, mesh, name, version=version, audit=audit))
 
     async def delete_mesh_scoped(self, mesh: str) -> int:
         return await self.inner.delete_mesh_scoped(mesh)
@@ -201,6 +211,15 @@ class SealedStore:
 
     async def subscribe(self, *, max_pending: int = DEFAULT_MAX_PENDING) -> Subscription:
         return await self.inner.subscribe(max_pending=max_pending)
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        await self.inner.append_audit(entry)
+
+    async def audit_entries(self, query: AuditQuery) -> list[AuditEntry]:
+        return await self.inner.audit_entries(query)
+
+    async def sweep_audit(self, *, keep: int | None = None, older_than: float | None = None) -> int:
+        return await self.inner.sweep_audit(keep=keep, older_than=older_than)
 
     async def close(self) -> None:
         await self.inner.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import queue
 import sqlite3
@@ -31,8 +32,11 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from dpagent.controlplane.store.auditrows import AUDIT_COLUMNS, audit_entry, audit_row, audit_where
 from dpagent.controlplane.store.base import (
     DEFAULT_MAX_PENDING,
+    AuditEntry,
+    AuditQuery,
     ChangeEvent,
     Hub,
     Op,
@@ -45,6 +49,7 @@ from dpagent.controlplane.store.base import (
     decode_doc,
     encode_doc,
     exists_error,
+    stamped,
 )
 from dpagent.errors import ConfigError
 
@@ -70,7 +75,29 @@ MIGRATIONS: list[str] = [
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
     INSERT INTO counters (name, value) VALUES ('revision', 0);
     """,
+    # The audit log: written in the same transaction as the change it records; by-who and by-time indexes keep
+    # `GET /audit?user=` and the retention sweep cheap at tens of thousands of rows.
+    """
+    CREATE TABLE audit (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        at      REAL NOT NULL,
+        who     TEXT NOT NULL,
+        groups_ TEXT NOT NULL,
+        source  TEXT NOT NULL,
+        access  TEXT NOT NULL,
+        kind    TEXT NOT NULL,
+        mesh    TEXT NOT NULL,
+        name    TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        detail  TEXT NOT NULL,
+        before_digest TEXT NOT NULL,
+        after_digest  TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_who ON audit (who, id);
+    CREATE INDEX audit_by_at ON audit (at);
+    """,
 ]
+
 
 _COLUMNS = "kind, mesh, name, version, doc, created, modified"
 _STOP = object()
@@ -182,7 +209,17 @@ class SqliteStore:
 
     # ---- ResourceStore ---------------------------------------------------------------------------------------
 
-    async def create(self, kind: str, mesh: str, name: str, doc: dict[str, Any]) -> Record:
+    def _log(self, entry: AuditEntry | None, access: str, before: str | None, after: str | None) -> None:
+        """Inside the caller's transaction (worker thread): the entry commits or rolls back with the change."""
+        if entry is not None:
+            self._insert_audit(stamped(entry, access, before, after, self._clock()))
+
+    def _insert_audit(self, e: AuditEntry) -> None:
+        self._conn.execute(f"INSERT INTO audit ({AUDIT_COLUMNS.partition(', ')[2]}) VALUES "
+                           "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", audit_row(e))
+
+    async def create(self, kind: str, mesh: str, name: str, doc: dict[str, Any], *,
+                     audit: AuditEntry | None = None) -> Record:
         check_key(kind, mesh, name)
         text = encode_doc(doc)
 
@@ -190,28 +227,33 @@ class SqliteStore:
             old = self._current(kind, mesh, name)
             if old is not None:
                 raise exists_error(kind, mesh, name, old[3])
+            self._log(audit, "CREATE", None, text)
             return self._put(events, kind, mesh, name, text, None, "create")
 
         return await self._submit(lambda: self._write(body))
 
     async def update(
-        self, kind: str, mesh: str, name: str, doc: dict[str, Any], *, version: int | None = None
+        self, kind: str, mesh: str, name: str, doc: dict[str, Any], *, version: int | None = None,
+        audit: AuditEntry | None = None
     ) -> Record:
         check_key(kind, mesh, name)
         text = encode_doc(doc)
 
         def body(events: list[ChangeEvent]) -> Record:
             old = checked_row(kind, mesh, name, self._current(kind, mesh, name), itemgetter(3), version)
+            self._log(audit, "UPDATE", old[4], text)
             return self._put(events, kind, mesh, name, text, old, "update")
 
         return await self._submit(lambda: self._write(body))
 
-    async def upsert(self, kind: str, mesh: str, name: str, doc: dict[str, Any]) -> Record:
+    async def upsert(self, kind: str, mesh: str, name: str, doc: dict[str, Any], *,
+                     audit: AuditEntry | None = None) -> Record:
         check_key(kind, mesh, name)
         text = encode_doc(doc)
 
         def body(events: list[ChangeEvent]) -> Record:
             old = self._current(kind, mesh, name)
+            self._log(audit, "CREATE" if old is None else "UPDATE", None if old is None else old[4], text)
             return self._put(events, kind, mesh, name, text, old, "create" if old is None else "update")
 
         return await self._submit(lambda: self._write(body))
@@ -260,9 +302,11 @@ class SqliteStore:
             sql, params = "SELECT count(*) FROM resources WHERE kind = ? AND mesh = ?", (kind, mesh)
         return await self._read(lambda: int(self._conn.execute(sql, params).fetchone()[0]))
 
-    async def delete(self, kind: str, mesh: str, name: str, *, version: int | None = None) -> Record:
+    async def delete(self, kind: str, mesh: str, name: str, *, version: int | None = None,
+                     audit: AuditEntry | None = None) -> Record:
         def body(events: list[ChangeEvent]) -> Record:
             old = checked_row(kind, mesh, name, self._current(kind, mesh, name), itemgetter(3), version)
+            self._log(audit, "DELETE", old[4], None)
             self._conn.execute("DELETE FROM resources WHERE kind = ? AND mesh = ? AND name = ?", (kind, mesh, name))
             self._event(events, kind, mesh, name, "delete", old[3])
             return _record(old)
@@ -288,6 +332,27 @@ class SqliteStore:
         if self._closed:
             raise StoreClosed(f"the resource store {self.path} is closed")
         return self._revision
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        e = dataclasses.replace(entry, time=self._clock())
+        await self._submit(lambda: self._write(lambda events: self._insert_audit(e)))
+
+    async def audit_entries(self, query: AuditQuery) -> list[AuditEntry]:
+        where, args = audit_where(query, lambda n: "?")
+        sql = f"SELECT {AUDIT_COLUMNS} FROM audit{where} ORDER BY id DESC LIMIT ?"
+        return await self._read(lambda: [audit_entry(r) for r in self._conn.execute(sql, (*args, query.limit))])
+
+    async def sweep_audit(self, *, keep: int | None = None, older_than: float | None = None) -> int:
+        def body(events: list[ChangeEvent]) -> int:
+            gone = 0
+            if older_than is not None:
+                gone += self._conn.execute("DELETE FROM audit WHERE at < ?", (older_than,)).rowcount
+            if keep is not None:
+                gone += self._conn.execute("DELETE FROM audit WHERE id <= (SELECT id FROM audit ORDER BY id DESC "
+                                           "LIMIT 1 OFFSET ?)", (keep,)).rowcount
+            return gone
+
+        return await self._submit(lambda: self._write(body))
 
     async def subscribe(self, *, max_pending: int = DEFAULT_MAX_PENDING) -> Subscription:
         if self._closed:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from dpagent.controlplane import api as api_mod
+from dpagent.controlplane import authz as api_mod
 from dpagent.controlplane.api import Api
 from dpagent.controlplane.monitoring import MADS_PATH, MADS_TYPE_URL, MonitoringDiscovery
 from dpagent.controlplane.resources import Resources

@@ -316,6 +316,17 @@ async function certificates() {
     }));
 }
 
+async function audit() {
+  const d = await api("audit");
+  return h("section", { id: "audit" }, h("h1", {}, "Audit log"),
+    h("p", { class: "muted" }, "The newest " + d.items.length + " entries: every write, token and key change, refusals included (dpagent audit for filters)."),
+    table(["time", "user", "from", "access", "resource", "outcome", "detail"], d.items.map((e) =>
+      h("tr", { "data-id": e.id, class: e.outcome }, h("td", {}, e.time.replace("T", " ").slice(0, 19) + "Z"),
+        h("td", { title: e.groups.join(", ") }, e.user), h("td", {}, e.source), h("td", {}, e.access),
+        h("td", {}, [e.mesh, e.kind, e.name].filter((x) => x).join("/")), h("td", { "data-k": "outcome" }, e.outcome),
+        h("td", {}, e.detail)))));
+}
+
 // ---- routing and live refresh ----------------------------------------------------------------------------------
 
 function route() {
@@ -324,7 +335,7 @@ function route() {
   const pages = {
     overview: () => overview(), dataplanes: () => dataplanes(), dataplane: () => dataplane(parts[1], parts[2]),
     services: () => services(parts[1]), policies: () => policies(), policy: () => policy(parts[1], parts[2], parts[3]),
-    certificates: () => certificates(),
+    certificates: () => certificates(), audit: () => audit(),
   };
   const nav = { dataplane: "dataplanes", policy: "policies" }[page] || page;
   return [nav, pages[page] || pages.overview];

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from dpagent.controlplane import api as api_mod
+from dpagent.controlplane import authz as api_mod
 from dpagent.controlplane.api import Api
 from dpagent.controlplane.gui.server import COOKIE, Gui, GuiSources, session_value
 from dpagent.controlplane.identity import Issuer
@@ -194,3 +194,13 @@ def test_the_cache_counts_what_a_viewer_sees_and_keeps_a_short_connection_histor
     assert len(history) == 20 and history[-1][1] == "disconnected" and history[-2][1] == "connected"
     assert [t for t, _ in history] == sorted(t for t, _ in history)
     assert cache.history("never") == []
+
+
+async def test_the_audit_page_lists_the_writes_newest_first(env) -> None:
+    client, _, _ = env
+    items = (await get(client, "/gui/api/audit"))["items"]
+    assert [(e["access"], e["kind"], e["name"], e["outcome"], e["user"]) for e in items] == [
+        ("CREATE", "MeshTrafficPermission", "allow-all", "allowed", "admin"),
+        ("CREATE", "Dataplane", "web-1", "allowed", "admin"),
+        ("CREATE", "Dataplane", "backend-1", "allowed", "admin"),
+        ("CREATE", "Mesh", "default", "allowed", "admin")]

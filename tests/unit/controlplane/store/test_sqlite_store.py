@@ -98,7 +98,8 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS) + 1,))
     conn.commit()
     conn.close()
-    with pytest.raises(ConfigError, match=r"schema version 2, newer than this dpagent supports \(1\)"):
+    n = len(MIGRATIONS)
+    with pytest.raises(ConfigError, match=rf"schema version {n + 1}, newer than this dpagent supports \({n}\)"):
         await SqliteStore.open(path)
 
 
