@@ -445,7 +445,10 @@ async def run_size(args: argparse.Namespace, n: int, routes: bool = False, resil
         # (median of REPEAT: a change this small is a few CPU ticks, so one sample is mostly the clock's grain)
         ones = []
         for k in range(REPEAT):
-            source, target = service(0), service(1 + k % max(1, res.services - 1))
+            # distinct (source, target) pairs: a repeat of an earlier deny would change nothing (N=50 has 5 services)
+            others = max(1, res.services - 1)
+            src = k // others % res.services
+            source, target = service(src), service((src + 1 + k % others) % res.services)
             expected = [f for f in fakes if f.cluster == target]
             ones.append(await measure_change(cp, fakes, expected, tasks,
                                              deny_policy(f"bench-deny-{k}", source, target), args))
