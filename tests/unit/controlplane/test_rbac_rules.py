@@ -106,3 +106,30 @@ async def test_retention_sweep_by_count_and_age() -> None:
     assert await sweep_once(store, max_entries=0, max_age=10, clock=lambda: 1025.0) == 10  # before t=1015
     assert await sweep_once(store, max_entries=15, max_age=10, clock=lambda: 1025.0) == 0
     assert [e.name for e in await store.audit_entries(AuditQuery())] == [f"m{i}" for i in range(19, 14, -1)]
+
+
+async def test_decisions_survive_a_store_outage() -> None:
+    """While the database is down (an HA outage): the admin is decided without the store, a user keeps the roles
+    read before it, reads are not recorded, and a user never seen before gets the outage's error, not a grant."""
+    from dpagent.controlplane.store.base import StoreUnavailable
+
+    store = await MemoryStore.open()
+    await store.create("AccessRole", "", "r", {"rules": [{"types": ["Mesh"], "access": ["GET"]}]})
+    await store.create("AccessRoleBinding", "", "b", {"subjects": [{"type": "User", "name": "ann"}], "roles": ["r"]})
+    authz = Authorizer(store)
+    ann, root = Principal("ann", ("x",)), Principal("root", ("mesh-system:admin",))
+    assert (await authz.decide(ann, Access("GET", "Mesh", "default", "default"))).allowed
+
+    async def down(*a: Any, **kw: Any) -> Any:
+        raise StoreUnavailable("the store is unreachable")
+
+    store.revision = down  # type: ignore[method-assign]
+    store.list = down  # type: ignore[method-assign]
+    assert (await authz.decide(root, Access("DELETE", "Mesh", "default", "default"))).allowed
+    assert (await authz.decide(ann, Access("GET", "Mesh", "default", "default"))).allowed
+    assert not await authz.records("GET", "Mesh", "default")
+    fresh = Authorizer(store)
+    with pytest.raises(StoreUnavailable):
+        await fresh.decide(ann, Access("GET", "Mesh", "default", "default"))
+    assert (await fresh.decide(root, Access("GET", "Mesh", "default", "default"))).allowed
+    assert not await fresh.records("GET", "Mesh", "default")
