@@ -125,6 +125,7 @@ class Departures:
         if not direct or not (graceful or self.draining(mesh, name)):
             return
         await self._edit(mesh, name, lambda doc: {**doc, "disconnectedAt": self.clock(), "direct": True})
+        await self._refresh((mesh, name))  # this replica's sweep need not wait for the change event
 
     async def connected(self, mesh: str, name: str) -> None:
         """A stream opened: cancel a pending deregistration (read from the cache: no store call per connect)."""
@@ -190,9 +191,15 @@ class Departures:
             kv(log, logging.INFO, "deregistered dataplane after it left", proxy=node_id(mesh, name))
         return done
 
-    async def sweep_forever(self, interval: float = 0.5) -> None:
-        """Supervised: the sweep runs on every replica's clock but acts only while this replica leads."""
+    async def sweep_forever(self, interval: float = 0.5, reread_every: int = 20) -> None:
+        """Supervised: the sweep runs on every replica's clock but acts only while this replica leads. The leader
+        also re-reads every departure record now and then (they are few), so a departure whose change event was
+        missed is still deregistered instead of staying registered for good."""
+        rounds = 0
         while True:
             with contextlib.suppress(StoreUnavailable):  # reported by the store; the next round retries
+                rounds += 1
+                if self.is_leader() and rounds % reread_every == 0:
+                    await self._read_all()
                 await self.sweep()
             await asyncio.sleep(interval)

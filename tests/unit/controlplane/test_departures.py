@@ -132,3 +132,31 @@ async def test_an_older_streams_goodbye_on_one_replica_keeps_a_proxy_live_on_ano
     clock.now += DELAY * 3
     assert await b.dep.sweep() == 0
     assert await store.get("Dataplane", "default", "web-1") is not None
+
+
+async def test_a_departure_is_deregistered_without_its_change_event() -> None:
+    """The replica that saw the proxy go reads its own record back, and the leader re-reads every record now and
+    then, so a change event that never arrives cannot leave a departed proxy registered for good."""
+    store, clock = MemoryStore(), Clock()
+    await store.create("Dataplane", "default", "web-1", {"type": "Dataplane", "mesh": "default", "name": "web-1"})
+    here = Replica(store, clock, leader=True)  # no follow(): no event ever reaches it
+    await here.dep.drain("default", "web-1")
+    await here.dep.disconnected("default", "web-1", direct=True, graceful=True)
+    clock.now += DELAY + 1
+    assert await here.dep.sweep() == 1
+    assert await store.get("Dataplane", "default", "web-1") is None
+
+    await store.create("Dataplane", "default", "web-2", {"type": "Dataplane", "mesh": "default", "name": "web-2"})
+    other = Replica(store, clock, leader=False)  # the replica that saw it go
+    await other.dep.disconnected("default", "web-2", direct=True, graceful=True)
+    clock.now += DELAY + 1
+    assert await here.dep.sweep() == 0  # the leader never heard of it ...
+    task = asyncio.create_task(here.dep.sweep_forever(interval=0.001, reread_every=3))
+    for _ in range(200):
+        await asyncio.sleep(0.002)
+        if await store.get("Dataplane", "default", "web-2") is None:
+            break
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert await store.get("Dataplane", "default", "web-2") is None  # ... until its periodic re-read
