@@ -155,12 +155,13 @@ def test_dataplanes_table_and_a_dataplane_page_with_its_permission(mesh, browser
     browser.js("document.querySelector('th[data-sort=name]').click()")  # descending
     assert browser.js("return [...document.querySelectorAll('#dp-table tbody tr')].map(r => r.dataset.name)") == [
         "web-1", "backend-1"]
-    box = browser.driver.find_element("id", "dp-filter")
-    box.send_keys("web")
+    # Typed in one step: the live refresh rebuilds the table and its filter box (focus is kept), so a WebDriver
+    # element found before a refresh goes stale half-way through send_keys.
+    browser.js("const f = document.getElementById('dp-filter'); f.focus(); f.value = 'web'; "
+               "f.dispatchEvent(new Event('input'))")
     browser.wait(lambda: browser.js("return [...document.querySelectorAll('#dp-table tbody tr')]"
                                     ".map(r => r.dataset.name).join()") == "web-1", 3, what="filtered to web-1")
     browser.shot("dataplanes")
-    box.clear()
     browser.js("document.getElementById('dp-filter').value = ''; "
                "document.getElementById('dp-filter').dispatchEvent(new Event('input'))")
 
