@@ -401,7 +401,6 @@ class Api:
 
 def _user_token_request(body: Any, max_validity: float) -> tuple[str, list[str], float]:
     """name, groups and validity of a user-token request; every problem reported with its field."""
-    from dpagent.durations import format_duration
 
     if not isinstance(body, dict):
         raise ValidationError("user token request", [("$", "must be an object with name, groups and validFor")])
@@ -418,16 +417,7 @@ def _user_token_request(body: Any, max_validity: float) -> tuple[str, list[str],
     if not isinstance(valid_for, str):
         problems.append(("validFor", "must be a duration string like 24h"))
     else:
-        try:
-            seconds = parse_duration(valid_for)
-        except ValueError as e:
-            problems.append(("validFor", str(e)))
-        else:
-            if seconds <= 0:
-                problems.append(("validFor", "must be greater than zero"))
-            elif seconds > max_validity:
-                problems.append(("validFor", f"must be at most {format_duration(max_validity)} (the control "
-                                             "plane's --max-token-validity)"))
+        seconds = _lifetime(valid_for, max_validity, problems)
     if problems:
         raise ValidationError("user token request", problems)
     return str(name).strip(), list(groups), seconds
@@ -490,7 +480,6 @@ def _jti_of(token: str) -> str:
 
 def _token_request_problems(body: dict[str, Any], max_validity: float) -> list[tuple[str, str]]:
     """Every problem of a token request: a token the bootstrap would refuse is never issued."""
-    from dpagent.durations import format_duration
 
     problems: list[tuple[str, str]] = []
     for field in ("name", "mesh"):  # tokens name existing resources: the legacy '_' of older meshes stays usable
@@ -515,16 +504,25 @@ def _token_request_problems(body: dict[str, Any], max_validity: float) -> list[t
     if valid_for is not None and not isinstance(valid_for, str):
         problems.append(("validFor", "must be a duration string like 720h"))
     elif valid_for:
-        try:
-            seconds = parse_duration(valid_for)
-        except ValueError as e:
-            problems.append(("validFor", str(e)))
-        else:
-            if seconds <= 0:
-                problems.append(("validFor", "must be greater than zero"))
-            elif seconds > max_validity:
-                problems.append(("validFor", f"must be at most {format_duration(max_validity)} (the control "
-                                             "plane's --max-token-validity)"))
+        _lifetime(valid_for, max_validity, problems)
     if (body.get("type") or "dataplane") != "dataplane":
         problems.append(("type", "only 'dataplane' tokens are issued"))
     return problems
+
+
+def _lifetime(valid_for: str, max_validity: float, problems: list[tuple[str, str]]) -> float:
+    """A token's `validFor` in seconds (0 when unusable), every problem with it appended: one cap for user and
+    dataplane tokens alike."""
+    from dpagent.durations import format_duration
+
+    try:
+        seconds = parse_duration(valid_for)
+    except ValueError as e:
+        problems.append(("validFor", str(e)))
+        return 0.0
+    if seconds <= 0:
+        problems.append(("validFor", "must be greater than zero"))
+    elif seconds > max_validity:
+        problems.append(("validFor", f"must be at most {format_duration(max_validity)} (the control plane's "
+                                     "--max-token-validity)"))
+    return seconds
