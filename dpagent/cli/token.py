@@ -51,16 +51,22 @@ def generate(name: str, mesh: str, tags: tuple[str, ...], valid_for: str, proxy_
 @api_options
 def revoke(mesh: str, token_file: str, jti: str, api_address: str, api_token_file: str) -> None:
     """Revoke a token: live ADS streams using it are closed within seconds and it is refused from then on."""
+    body = {"mesh": mesh, **revocation(token_file, jti)}
+    out = make_client(api_address, api_token_file).request("POST", "/tokens/dataplane/revocations", json=body).json()
+    click.echo(f"revoked token {out['revoked']} in mesh {out['mesh']!r}")
+
+
+def revocation(token_file: str, jti: str) -> dict[str, str]:
+    """The body naming the token to revoke: its ID, or the token itself read from a file (dataplane or user)."""
     if bool(token_file) == bool(jti):
         raise ConfigError("give exactly one of --token-file or --jti")
-    body = {"mesh": mesh, "jti": jti}
+    body = {"jti": jti}
     if token_file:
         try:
             body["token"] = Path(token_file).read_text().strip()
         except OSError as e:
             raise ConfigError(f"cannot read {token_file}: {e.strerror}") from None
-    out = make_client(api_address, api_token_file).request("POST", "/tokens/dataplane/revocations", json=body).json()
-    click.echo(f"revoked token {out['revoked']} in mesh {out['mesh']!r}")
+    return body
 
 
 @token_group.group("signing-key")
@@ -114,14 +120,7 @@ def generate_user(name: str, groups: tuple[str, ...], valid_for: str, api_addres
 @api_options
 def revoke_user(token_file: str, jti: str, api_address: str, api_token_file: str) -> None:
     """Revoke a user token: it is refused from the next request on (other replicas within a second)."""
-    if bool(token_file) == bool(jti):
-        raise ConfigError("give exactly one of --token-file or --jti")
-    body = {"jti": jti}
-    if token_file:
-        try:
-            body["token"] = Path(token_file).read_text().strip()
-        except OSError as e:
-            raise ConfigError(f"cannot read {token_file}: {e.strerror}") from None
+    body = revocation(token_file, jti)
     out = make_client(api_address, api_token_file).request("POST", "/tokens/user/revocations", json=body).json()
     click.echo(f"revoked user token {out['revoked']}")
 
