@@ -413,3 +413,14 @@ class ControlPlaneProc(LocalControlPlane):
 
     def inspect(self, name: str, mesh: str = "default") -> dict[str, Any]:
         return httpx.get(f"{self.api}/meshes/{mesh}/dataplanes/{name}/_inspect", timeout=5).json()
+
+
+class TickClock:
+    """Deterministic time for stores under test: each reading is one second after the previous one."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now

@@ -10,30 +10,22 @@ from typing import Any
 
 import pytest
 from pgserver import open_pg_store
+from testlib import TickClock
 
 from dpagent.controlplane.store import AuditEntry, AuditQuery, MemoryStore, ResourceStore, SqliteStore
 from dpagent.errors import Conflict, NotFound
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
 @pytest.fixture(params=["sqlite", "memory", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
     if request.param == "sqlite":
-        s: Any = await SqliteStore.open(tmp_path / "store.db", clock=Clock(), synchronous="NORMAL")
+        s: Any = await SqliteStore.open(tmp_path / "store.db", clock=TickClock(), synchronous="NORMAL")
     elif request.param == "postgres":
         server = request.getfixturevalue("pg_server")
         database = await server.create_database()
-        s = await open_pg_store(server, database, clock=Clock())
+        s = await open_pg_store(server, database, clock=TickClock())
     else:
-        s = await MemoryStore.open(clock=Clock())
+        s = await MemoryStore.open(clock=TickClock())
     yield s
     await s.close()
     if request.param == "postgres":

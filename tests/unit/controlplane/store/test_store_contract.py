@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from pgserver import open_pg_store
+from testlib import TickClock
 
 from dpagent.controlplane.store import (
     ChangeEvent,
@@ -22,27 +23,16 @@ from dpagent.controlplane.store import (
 from dpagent.errors import Conflict, NotFound
 
 
-class Clock:
-    """Deterministic time: each reading is one second after the previous one."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
 @pytest.fixture(params=["sqlite", "memory", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ResourceStore]:
     if request.param == "sqlite":
-        s: ResourceStore = await SqliteStore.open(tmp_path / "store.db", clock=Clock())
+        s: ResourceStore = await SqliteStore.open(tmp_path / "store.db", clock=TickClock())
     elif request.param == "postgres":
         server = request.getfixturevalue("pg_server")
         database = await server.create_database()
-        s = await open_pg_store(server, database, clock=Clock())
+        s = await open_pg_store(server, database, clock=TickClock())
     else:
-        s = await MemoryStore.open(clock=Clock())
+        s = await MemoryStore.open(clock=TickClock())
     yield s
     await s.close()
     if request.param == "postgres":
