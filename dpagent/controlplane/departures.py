@@ -50,6 +50,9 @@ class Departures:
         self.is_leader = is_leader
         self.clock = clock
         self.known: dict[Key, tuple[int, dict[str, Any]]] = {}  # (mesh, name) -> (version, doc), from the store
+        # One set per full re-read in flight: the keys read one by one meanwhile, whose reads are newer than the
+        # listing's snapshot (see _read_all).
+        self._in_flight: list[set[Key]] = []
         self.deregistered = 0
 
     # ---- following the store (every replica) --------------------------------------------------------------
@@ -81,17 +84,25 @@ class Departures:
                 await asyncio.sleep(1.0)  # the outage is logged by the store; retry quietly
 
     async def _read_all(self) -> None:
-        fresh = {(r.mesh, r.name): (r.version, r.doc) for r in await self.store.list(DEPARTURE)}
-        for key in set(self.known) - set(fresh):
-            self._set(key, None)
-        for key, value in fresh.items():
-            self._set(key, value)
+        """Replace the cache with a listing of every record, except the keys read one by one while the listing was
+        in flight: a departure recorded meanwhile may be missing from the listing's older snapshot, and dropping
+        it from the cache would keep the proxy registered (and no longer draining) until the next re-read."""
+        touched: set[Key] = set()
+        self._in_flight.append(touched)
+        try:
+            fresh = {(r.mesh, r.name): (r.version, r.doc) for r in await self.store.list(DEPARTURE)}
+        finally:
+            self._in_flight.remove(touched)
+        for key in (set(self.known) | set(fresh)) - touched:
+            self._set(key, fresh.get(key))
 
     async def _refresh(self, key: Key) -> None:
         rec = await self.store.get(DEPARTURE, *key)
         self._set(key, (rec.version, rec.doc) if rec else None)
 
     def _set(self, key: Key, value: tuple[int, dict[str, Any]] | None) -> None:
+        for touched in self._in_flight:
+            touched.add(key)
         if value is None:
             self.known.pop(key, None)
         else:
@@ -160,7 +171,7 @@ class Departures:
 
     # ---- the leader's job ---------------------------------------------------------------------------------
 
-    def due(self, now: float) -> list[tuple[Key, int]]:
+    def due(self, now: float) -> list[tuple[Key, int, dict[str, Any]]]:
         out = []
         for key, (version, doc) in sorted(self.known.items()):
             gone = doc.get("disconnectedAt")
@@ -169,23 +180,29 @@ class Departures:
             start = doc.get("drainingSince")
             start = gone if start is None else min(start, gone)
             if now >= start + self.delay:
-                out.append((key, version))
+                out.append((key, version, doc))
         return out
 
     async def sweep(self) -> int:
-        """Deregister every departed proxy whose delay is over. The record is deleted first with a version check,
-        so a proxy that reconnected meanwhile (on any replica) keeps its Dataplane."""
+        """Deregister every departed proxy whose delay is over.
+
+        The record is claimed first with a version check, so a proxy that reconnected meanwhile (on any replica)
+        keeps its Dataplane. The Dataplane goes before the record: deleting the record ends "draining" on every
+        replica, and a replica that rebuilt its config between the two deletes would otherwise hand the departed
+        proxy's endpoints (and its scrape target) out again for a moment."""
         if not self.is_leader():
             return 0
         done = 0
-        for (mesh, name), version in self.due(self.clock()):
+        for (mesh, name), version, doc in self.due(self.clock()):
             try:
-                await self.store.delete(DEPARTURE, mesh, name, version=version)
+                await self.store.update(DEPARTURE, mesh, name, {**doc, "deregistering": True}, version=version)
             except (Conflict, NotFound):
                 continue
             for kind in ("Dataplane", INSIGHT):
                 with contextlib.suppress(NotFound):
                     await self.store.delete(kind, mesh, name)
+            with contextlib.suppress(NotFound):
+                await self.store.delete(DEPARTURE, mesh, name)
             done += 1
             self.deregistered += 1
             kv(log, logging.INFO, "deregistered dataplane after it left", proxy=node_id(mesh, name))

@@ -53,7 +53,7 @@ class MonitoringDiscovery:
             if state is None:
                 continue
             for t in mesh_targets(state.ctx, state.ctx.parsed_policies):
-                if (t.mesh, t.dataplane) in self.leaving:
+                if (t.mesh, t.dataplane) in self.leaving or t.dataplane in state.leaving:
                     continue
                 if t.client_id and t.client_id != client_id:
                     continue

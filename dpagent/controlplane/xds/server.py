@@ -50,6 +50,7 @@ NodeKey = Callable[[str, AuthInfo], str]
 FIRST_MESSAGE_TIMEOUT = 10.0
 # Envoy keeps one ADS stream per connection (two for a moment while it re-opens one); more is not a proxy.
 MAX_STREAMS_PER_CONNECTION = 8
+CANCEL_SETTLE = 0.25  # how long a stream's end may wait to tell a reset from a goodbye (see _cancelled_soon)
 MAX_PENDING_STREAMS = 50_000
 KEEPALIVE = 60.0  # seconds between the CP's keepalive pings on one ADS connection
 
@@ -298,9 +299,9 @@ class AdsServer:
                     raise exc
                 elif task is tasks[0]:
                     # The proxy half-closed its side: an orderly goodbye. A cancelled call (reset, connection
-                    # gone) can end the request iterator the same way, so ask the call which one it was.
-                    await asyncio.sleep(0)
-                    graceful = not context.cancelled()
+                    # gone) can end the request iterator the same way, and gRPC marks the call cancelled a little
+                    # later, so give it that moment before calling the end a goodbye.
+                    graceful = not await _cancelled_soon(context)
         except StreamError as exc:
             failure = exc
         finally:
@@ -331,47 +332,67 @@ class AdsServer:
 
 
 
+async def _cancelled_soon(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the call turns out cancelled within CANCEL_SETTLE: a reset reaches the request iterator (which then
+    just ends) before gRPC's poller thread marks the call cancelled, by one loop turn or, on a loaded host, by
+    several; a crashed proxy counted as a goodbye would be deregistered."""
+    deadline = asyncio.get_running_loop().time() + CANCEL_SETTLE
+    while not context.cancelled():
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
 class _Rechecker:
     """One timer for every live stream's periodic auth re-check. A sleeping task per stream was most of an idle
     CP's CPU at thousands of streams (each wake-up a timer, a task switch and a store read); one sweep over all
-    streams per interval costs a loop iteration per stream and the hook's cached checks."""
+    streams per interval costs a loop iteration per stream and the hook's cached checks.
+
+    Streams are dealt round-robin into TICKS slots, one slot checked per tick: one pass over 5,000 streams at once
+    held the event loop for tens of milliseconds, delaying every push that fell behind it. A stream joins a slot
+    at once, so it is checked within one interval of opening (a snapshot per pass made a stream that opened just
+    after it wait up to two intervals: a revoked token lived that long)."""
 
     TICKS = 10
 
     def __init__(self, check: Revalidate, interval: float) -> None:
         self.check = check
         self.interval = interval
-        self._live: dict[asyncio.Future[None], AuthInfo] = {}
+        self._slots: list[dict[asyncio.Future[None], AuthInfo]] = [{} for _ in range(self.TICKS)]
+        self._slot_of: dict[asyncio.Future[None], int] = {}
+        self._next = itertools.count()
         self._task: asyncio.Task[None] | None = None
 
     def add(self, auth: AuthInfo) -> asyncio.Future[None]:
         """A future that fails with a StreamError when this stream's re-check fails."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._live[fut] = auth
+        slot = next(self._next) % self.TICKS
+        self._slots[slot][fut] = auth
+        self._slot_of[fut] = slot
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="xds-auth-recheck")
         return fut
 
     def discard(self, fut: asyncio.Future[None]) -> None:
-        self._live.pop(fut, None)
+        slot = self._slot_of.pop(fut, None)
+        if slot is not None:
+            self._slots[slot].pop(fut, None)
 
     async def _run(self) -> None:
-        """Each stream once per interval, in TICKS slices spread over it: one pass over 5,000 streams at once held
-        the event loop for tens of milliseconds, delaying every push that fell behind it."""
-        while self._live:
-            streams = list(self._live.items())
-            per = -(-len(streams) // self.TICKS)
-            for tick in range(self.TICKS):
-                await asyncio.sleep(self.interval / self.TICKS)
-                for fut, auth in streams[tick * per:(tick + 1) * per]:
-                    if fut.done() or fut not in self._live:
-                        continue
-                    try:
-                        await self.check(auth)
-                    except Exception as exc:
-                        if not fut.done():
-                            fut.set_exception(StreamError(grpc.StatusCode.UNAUTHENTICATED,
-                                                          str(exc) or type(exc).__name__))
+        tick = 0
+        while self._slot_of:
+            await asyncio.sleep(self.interval / self.TICKS)
+            for fut, auth in list(self._slots[tick].items()):
+                if fut.done() or fut not in self._slot_of:
+                    continue
+                try:
+                    await self.check(auth)
+                except Exception as exc:
+                    if not fut.done():
+                        fut.set_exception(StreamError(grpc.StatusCode.UNAUTHENTICATED,
+                                                      str(exc) or type(exc).__name__))
+            tick = (tick + 1) % self.TICKS
 
 
 async def serve(

@@ -54,6 +54,10 @@ class MeshState:
     ctx: MeshContext
     by_name: Mapping[str, Dataplane]
     bundle_backends: tuple[str, ...] = ()
+    # Proxies this state was built with as draining. The live draining set can drop a proxy (its departure record
+    # deleted after deregistration) a moment before the state without its Dataplane is in place; readers that list
+    # proxies (scrape targets) check both, so a departed proxy never comes back in between.
+    leaving: frozenset[str] = frozenset()
 
     @property
     def shared(self) -> Mapping[str, Mapping[str, Resource]]:
@@ -106,7 +110,8 @@ def state_from_inputs(inputs: MeshInputs, vips: Mapping[str, str] | None, vip_ci
     ctx = MeshContext(mesh, dps, inputs.parsed_policies(), trust_bundle=inputs.bundle_pem,
                       vips=_allocate(mesh.name, dict(vips or {}), service_protocols(dps), vip_cidr))
     _ = ctx.shared_resources  # built here, in the worker thread, not by the first proxy's snapshot
-    return MeshState(ctx, {d.name: d for d in dps}, inputs.bundle_backends)
+    leaving = frozenset(name for name, (_, draining, _) in inputs.dataplanes.items() if draining)
+    return MeshState(ctx, {d.name: d for d in dps}, inputs.bundle_backends, leaving)
 
 
 def _allocate(mesh: str, existing: dict[str, str], services: Mapping[str, str], cidr: str) -> dict[str, str]:
@@ -508,7 +513,7 @@ class XdsSync:
         else:
             kinds = frozenset(kind for kind, _ in changes)
             state = MeshState(old_ctx.with_policies(inputs.parsed_policies(), kinds), old_state.by_name,
-                              old_state.bundle_backends)
+                              old_state.bundle_backends, old_state.leaving)
         reaches.extend(reach.policy_reach(state.ctx, p) for p in new_policies)
         if not self._install(mesh, seq, state, inputs, t0):
             return self.states.get(mesh), None

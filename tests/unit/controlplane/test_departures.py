@@ -112,16 +112,53 @@ async def test_a_reconnect_that_wins_the_race_with_the_sweep_keeps_the_proxy(zon
     await a.dep.disconnected("default", "web-1", direct=True, graceful=True)
     await settle()
     clock.now += DELAY + 1
-    real_delete = store.delete
+    real_update = store.update
 
-    async def reconnect_first(kind: str, mesh: str, name: str, **kw: object) -> object:
-        if kind == DEPARTURE:  # Envoy reconnects to replica A between the leader's read and its delete
-            await a.dep.connected(mesh, name)
-        return await real_delete(kind, mesh, name, **kw)  # type: ignore[arg-type]
+    async def reconnect_first(kind: str, mesh: str, name: str, doc: dict[str, object], **kw: object) -> object:
+        if kind == DEPARTURE and doc.get("deregistering"):
+            await a.dep.connected(mesh, name)  # Envoy reconnects to replica A between the leader's read and its claim
+        return await real_update(kind, mesh, name, doc, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(store, "delete", reconnect_first)
+    monkeypatch.setattr(store, "update", reconnect_first)
     assert await b.dep.sweep() == 0
     assert await store.get("Dataplane", "default", "web-1") is not None
+
+
+async def test_the_dataplane_is_gone_before_its_proxy_stops_draining(zone) -> None:
+    """Deleting the record ends the drain on every replica; were the Dataplane still there, a replica rebuilding
+    its config at that moment would hand the departed proxy's endpoints out again."""
+    store, clock, a, b = zone
+    await a.dep.drain("default", "web-1")
+    await a.dep.disconnected("default", "web-1", direct=True, graceful=True)
+    await settle()
+    clock.now += DELAY + 1
+    seen: list[tuple[str, bool]] = []
+    real_delete = store.delete
+
+    async def note(kind: str, mesh: str, name: str, **kw: object) -> object:
+        seen.append((kind, await store.get("Dataplane", mesh, name) is not None))
+        return await real_delete(kind, mesh, name, **kw)  # type: ignore[arg-type]
+
+    store.delete = note  # type: ignore[method-assign]
+    assert await b.dep.sweep() == 1
+    assert seen[-1] == (DEPARTURE, False), seen
+
+
+async def test_a_departure_recorded_during_a_full_reread_is_kept(zone) -> None:
+    """A listing whose snapshot predates a departure must not drop the departure read one by one meanwhile."""
+    store, _, _, b = zone
+    real_list = store.list
+    stale = await real_list(DEPARTURE)  # taken before the proxy left
+
+    async def slow_list(kind: str, *args: object, **kw: object) -> object:
+        if kind != DEPARTURE:
+            return await real_list(kind, *args, **kw)  # type: ignore[arg-type]
+        await b.dep.drain("default", "web-1")  # recorded and read back while the listing is in flight
+        return stale
+
+    store.list = slow_list  # type: ignore[method-assign]
+    await b.dep._read_all()
+    assert b.dep.draining("default", "web-1") and ("default", "web-1") in b.sink.leaving
 
 
 async def test_an_older_streams_goodbye_on_one_replica_keeps_a_proxy_live_on_another(zone) -> None:

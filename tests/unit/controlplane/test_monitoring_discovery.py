@@ -108,6 +108,18 @@ async def test_mads_long_poll_and_leave(env: Any) -> None:
     assert [g["labels"]["dataplane"] for g in sd] == ["web-1"]
 
 
+async def test_a_departed_dataplane_stays_out_while_its_deletion_is_applied(env: Any) -> None:
+    """Deregistration ends the drain (the departure record goes) about when the Dataplane goes; until the state
+    without that Dataplane is in place the target must not come back."""
+    client, sync = env
+    sync.set_leaving("default", "backend-1", True)
+    await asyncio.sleep(0.2)  # the state is rebuilt with backend-1 draining
+    sync._wake.clear()
+    sync.leaving.discard(("default", "backend-1"))  # the record is gone; the rebuild without backend-1 is not yet
+    sd = await (await client.get("/prometheus/http_sd")).json()
+    assert [g["labels"]["dataplane"] for g in sd] == ["web-1"]
+
+
 async def test_bad_request_and_authentication(env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     client, _ = env
     r = await client.post(f"{MADS_PATH}?fetch-timeout=soon", json=request())

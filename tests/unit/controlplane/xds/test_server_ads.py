@@ -16,7 +16,7 @@ from google.protobuf import duration_pb2
 from google.rpc import status_pb2
 
 from dpagent.controlplane.xds.cache import SnapshotCache
-from dpagent.controlplane.xds.server import AdsServer, serve
+from dpagent.controlplane.xds.server import AdsServer, StreamError, _Rechecker, serve
 from dpagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, Snapshot
 
 
@@ -387,3 +387,26 @@ async def test_streams_per_connection_are_capped(env):
     await c.recv()
     await send_c
     assert h.cache.is_connected("p3")
+
+
+async def test_a_stream_opened_mid_pass_is_rechecked_within_one_interval() -> None:
+    """A revoked token must not outlive one re-check interval, however its stream's opening fell against the
+    re-checker's pass (a per-pass snapshot left a stream opened just after it unchecked for two intervals)."""
+
+    revoked: set[str] = set()
+
+    async def check(auth: str) -> None:
+        if auth in revoked:
+            raise PermissionError("token revoked")
+
+    rechecker = _Rechecker(check, interval=1.0)
+    rechecker.add("first")
+    await asyncio.sleep(0.05)  # the re-checker's pass is under way
+    late = rechecker.add("late")
+    revoked.add("late")
+    started = time.monotonic()
+    with pytest.raises(StreamError, match="token revoked"):
+        await asyncio.wait_for(late, 1.5)
+    assert time.monotonic() - started < 1.0
+    assert rechecker._task is not None
+    rechecker._task.cancel()
