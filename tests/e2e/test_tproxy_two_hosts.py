@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -73,6 +74,7 @@ class Hosts(NetnsPair):
     def __init__(self, variant: str, root: Path) -> None:
         super().__init__(root, "dpt", {"a": A_IP, "b": B_IP}, nameserver="10.88.0.53")
         self.variant = variant
+        self.cp: subprocess.Popen[str] | None = None
 
     def iptables_save(self, host: str) -> str:
         """Both families, without the timestamp comments and packet counters iptables-save adds."""
@@ -90,6 +92,24 @@ class Hosts(NetnsPair):
             self.run(host, tool, "-A", "INPUT", "-p", "tcp", "--dport", "9998", "-j", "ACCEPT")
 
 
+API = "http://127.0.0.1:15681"
+COMMON = ["--dpagent-uid", str(AGENT_UID), "--redirect-dns"]
+INSTALL_FLAGS = {"a": ["--exclude-inbound-ports", "5678,5679", "--exclude-outbound-ports", "2222"], "b": []}
+
+
+def start_cp(h: Hosts, data: Path) -> None:
+    """The CP on host A (also used to bring it back after a test stopped it); `h.cp` is its process."""
+    h.cp = h.spawn("a", PY, "-m", "dpagent", "cp", "run", "--data-dir", str(data), "--hostname", A_IP,
+                   "--api-port", "15681", log="cp.log")
+    wait_for(lambda: h.run("a", PY, "-m", "dpagent", "get", "meshes", "--api-address", API, check=False)
+             .returncode == 0, 30, interval=0.3, what="control plane")
+
+
+def install(h: Hosts, host: str) -> None:
+    h.run(host, PY, "-m", "transparent_proxy.cli", "install", *COMMON, "--iptables-variant", h.variant,
+          *INSTALL_FLAGS[host])
+
+
 @pytest.fixture(scope="module", params=["nft", "legacy"])
 def mesh(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     variant = request.param
@@ -101,22 +121,16 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     h.up()
     try:
         data = root / "cp"
-        api_port = 15681
-        h.spawn("a", PY, "-m", "dpagent", "cp", "run", "--data-dir", str(data), "--hostname", A_IP,
-                "--api-port", str(api_port), log="cp.log")
-        api = f"http://127.0.0.1:{api_port}"
-        wait_for(lambda: h.run("a", PY, "-m", "dpagent", "get", "meshes", "--api-address", api, check=False)
-                 .returncode == 0, 30, interval=0.3, what="control plane")
+        start_cp(h, data)
+        api = API
         ca = root / "ca.pem"  # the CP's data dir is 0700; agents get the CA like an operator would copy it
         shutil.copy(data / "ca.pem", ca)
         os.chmod(ca, 0o644)
         for host in ("a", "b"):
             h.foreign_rules(host)
         before = {host: h.iptables_save(host) for host in ("a", "b")}
-        common = ["--dpagent-uid", str(AGENT_UID), "--redirect-dns", "--iptables-variant", variant]
-        h.run("a", PY, "-m", "transparent_proxy.cli", "install", *common, "--exclude-inbound-ports", "5678,5679",
-              "--exclude-outbound-ports", "2222")
-        h.run("b", PY, "-m", "transparent_proxy.cli", "install", *common)
+        for host in ("a", "b"):
+            install(h, host)
         for name, host, ip, port, service in (("web-1", "a", A_IP, 9090, "web"), ("backend-1", "b", B_IP, 8080,
                                                                                    "backend")):
             h.start_agent(host, name, dataplane(name, ip, port, service), api=api, cp_url=f"https://{A_IP}:5678", ca=ca,
@@ -128,7 +142,7 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
             wait_for(lambda host=host: "READY" in h.run(host, "curl", "-s", "127.0.0.1:9902/ready",
                                                         check=False).stdout, 40, interval=0.3,
                      what=f"agent on {host} ready (logs in {root})")
-        yield {"hosts": h, "before": before, "api": api, "root": root}
+        yield {"hosts": h, "before": before, "api": api, "root": root, "data": data}
     finally:
         h.down()
         if not os.environ.get("DPT_KEEP"):  # keep the logs for debugging
@@ -140,6 +154,11 @@ def client(m: dict[str, Any], kind: str, target: str, uid: int = APP_UID) -> dic
     if out.returncode != 0:
         raise AssertionError(out.stdout + out.stderr)
     return json.loads(out.stdout)
+
+
+def connected(m: dict[str, Any], name: str) -> bool:
+    out = m["hosts"].run("a", "curl", "-s", f"{m['api']}/meshes/default/dataplanes/{name}/_inspect", check=False)
+    return bool(out.returncode == 0 and json.loads(out.stdout or "{}").get("xds", {}).get("connected"))
 
 
 def envoy_stat(m: dict[str, Any], host: str, wd: str, name: str) -> int:
@@ -179,6 +198,13 @@ def test_direct_access_reaches_that_endpoint_over_mtls(mesh):
     assert "URI=spiffe://default/web" in r["body"]["xfcc"], "direct access keeps mTLS and the caller's identity"
     assert envoy_stat(mesh, "a", "web-1", stat) == before + 1
     assert envoy_stat(mesh, "a", "web-1", "cluster.backend.upstream_rq_total") == via_service
+    # Tests run in random order and share the mesh: leave web-1 as the fixture made it.
+    doc.write_text(dataplane("web-1", A_IP, 9090, "web"))
+    h.run("a", PY, "-m", "dpagent", "apply", "-f", str(doc), "--api-address", mesh["api"])
+    wait_for(lambda: "direct_access" not in h.run("a", "curl", "-s", "--unix-socket",
+                                                   str(mesh["root"] / "web-1" / "work" / "envoy-admin.sock"),
+                                                   "http://admin/listeners").stdout, 20, interval=0.3,
+             what="the direct-access listener gone again")
 
 
 def test_agent_traffic_excluded_ports_and_ssh_are_not_redirected(mesh):
@@ -192,15 +218,23 @@ def test_agent_traffic_excluded_ports_and_ssh_are_not_redirected(mesh):
 
 
 def test_names_keep_resolving_and_traffic_keeps_flowing_while_the_cp_is_away(mesh):
-    cp = mesh["hosts"].procs[0]
-    cp.terminate()
-    cp.wait(15)
-    r = client(mesh, "http", "http://backend.mesh/cp-away")
-    assert r["status"] == 200 and "URI=spiffe://default/web" in r["body"]["xfcc"]
+    h = mesh["hosts"]
+    h.cp.terminate()
+    h.cp.wait(15)
+    try:
+        r = client(mesh, "http", "http://backend.mesh/cp-away")
+        assert r["status"] == 200 and "URI=spiffe://default/web" in r["body"]["xfcc"]
+    finally:  # tests run in random order and share the mesh: bring the CP back, and both proxies onto it
+        start_cp(h, mesh["data"])
+        for name in ("web-1", "backend-1"):
+            wait_for(lambda name=name: connected(mesh, name), 30, interval=0.3, what=f"{name} back on the CP")
 
 
 def test_uninstall_restores_the_exact_previous_rules(mesh):
     h = mesh["hosts"]
     for host in ("a", "b"):
         h.run(host, PY, "-m", "transparent_proxy.cli", "uninstall", "--iptables-variant", h.variant)
-        assert h.iptables_save(host) == mesh["before"][host]
+        try:
+            assert h.iptables_save(host) == mesh["before"][host]
+        finally:
+            install(h, host)  # tests run in random order and share the mesh: redirect again for the others
