@@ -177,6 +177,7 @@ class XdsSync:
         # than the state in place may replace it, so a slow, older rebuild never reinstates stale config.
         self._started = itertools.count(1)
         self._installed: dict[str, int] = {}
+        self._sent_seq: dict[str, int] = {}  # node id -> sequence of the installed state its last config came from
         self._dirty: dict[str, Changes] = {}
         self._wake = asyncio.Event()
         # Proxies that connected and wait for their first snapshot, generated together (see _connect_batches).
@@ -252,7 +253,9 @@ class XdsSync:
         return self.states.get(mesh) or await self._shared_rebuild(mesh)
 
     def on_disconnect(self, mesh: str, name: str) -> None:
-        self.connected.pop(node_id(mesh, name), None)
+        node = node_id(mesh, name)
+        self.connected.pop(node, None)
+        self._sent_seq.pop(node, None)
 
     # ---- change loop ---------------------------------------------------------------------------------------
 
@@ -548,7 +551,17 @@ class XdsSync:
             log.exception("mesh %s: storing virtual IPs failed; they are re-allocated on the next rebuild", mesh)
 
     async def _publish(self, state: MeshState, targets: list[str]) -> None:
-        """Generate the targets' snapshots off the loop, then hand them to the cache on the loop."""
+        """Generate the targets' snapshots off the loop, then hand them to the cache on the loop.
+
+        Publishes overlap (a connecting proxy's first config and a store change's push are built in worker threads
+        at the same time), so each node remembers which installed state its config came from, and a build that
+        finishes after a newer one never replaces it: a first config built before a new service registered,
+        landing after the push that added it, left a proxy without that service until some later change."""
+        mesh = state.ctx.mesh.name
+        current = self.states.get(mesh)
+        if current is not None and current is not state:
+            state = current  # a newer state is in place: hand out that one, never the older
+        seq = self._installed.get(mesh, 0) if current is state else 0
         plan = [(n, state.by_name.get(self.connected.get(n, ("", ""))[1])) for n in targets]
 
         def build() -> list[tuple[str, Snapshot | None]]:
@@ -561,6 +574,9 @@ class XdsSync:
             return out
 
         for n, snap in await asyncio.to_thread(build):
+            if seq < self._sent_seq.get(n, 0):
+                continue  # a newer state's config reached this node while this one was being built
+            self._sent_seq[n] = seq
             if snap is None:
                 self.cache.clear(n)
             elif self.cache.set_snapshot(n, snap):
