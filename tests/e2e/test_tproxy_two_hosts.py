@@ -198,7 +198,7 @@ def test_direct_access_reaches_that_endpoint_over_mtls(mesh):
     assert "URI=spiffe://default/web" in r["body"]["xfcc"], "direct access keeps mTLS and the caller's identity"
     assert envoy_stat(mesh, "a", "web-1", stat) == before + 1
     assert envoy_stat(mesh, "a", "web-1", "cluster.backend.upstream_rq_total") == via_service
-    # Tests run in random order and share the mesh: leave web-1 as the fixture made it.
+    # The tests share the mesh and may run alone or in any order (-k, a rerun): leave web-1 as the fixture made it.
     doc.write_text(dataplane("web-1", A_IP, 9090, "web"))
     h.run("a", PY, "-m", "dpagent", "apply", "-f", str(doc), "--api-address", mesh["api"])
     wait_for(lambda: "direct_access" not in h.run("a", "curl", "-s", "--unix-socket",
@@ -224,7 +224,7 @@ def test_names_keep_resolving_and_traffic_keeps_flowing_while_the_cp_is_away(mes
     try:
         r = client(mesh, "http", "http://backend.mesh/cp-away")
         assert r["status"] == 200 and "URI=spiffe://default/web" in r["body"]["xfcc"]
-    finally:  # tests run in random order and share the mesh: bring the CP back, and both proxies onto it
+    finally:  # the tests share the mesh, in any order: bring the CP back, and both proxies onto it
         start_cp(h, mesh["data"])
         for name in ("web-1", "backend-1"):
             wait_for(lambda name=name: connected(mesh, name), 30, interval=0.3, what=f"{name} back on the CP")
@@ -237,4 +237,4 @@ def test_uninstall_restores_the_exact_previous_rules(mesh):
         try:
             assert h.iptables_save(host) == mesh["before"][host]
         finally:
-            install(h, host)  # tests run in random order and share the mesh: redirect again for the others
+            install(h, host)  # the tests share the mesh, in any order
