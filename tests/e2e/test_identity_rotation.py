@@ -155,10 +155,12 @@ def test_cp_down_across_renewal_keeps_traffic_then_renews(rot, cp):
     serial_before = served_serial(rot["wds"]["web"])
     with Load(rot["url"]) as load:
         cp.stop()
-        # The next renewal falls due at ~24 s (80 % of 30 s); the CP is away from ~1 s until ~25 s after it.
-        time.sleep(max(0.0, renewed_at + 25 - time.monotonic()))
-        assert served_serial(rot["wds"]["web"]) == serial_before, "nothing to renew from while the CP is down"
-        cp.start()
+        try:
+            # The next renewal falls due at ~24 s (80 % of 30 s); the CP is away from ~1 s until ~25 s after it.
+            time.sleep(max(0.0, renewed_at + 25 - time.monotonic()))
+            assert served_serial(rot["wds"]["web"]) == serial_before, "nothing to renew from while the CP is down"
+        finally:
+            cp.start()  # the module's other tests need it, whatever happened here
         wait_for(lambda: served_serial(rot["wds"]["web"]) != serial_before, 15, interval=0.2,
                  what="renewal after the CP came back")
     assert time.monotonic() - renewed_at < 30, "renewed before the old certificate expired"

@@ -72,14 +72,16 @@ def test_backend_inbound_refuses_plaintext_and_unauthenticated_tls(mesh, cp):
 
 def test_deny_gives_403_and_reset_within_2s_then_allow_restores(mesh, cp):
     cp.cli("apply", "-f", "-", input=deny_web("backend"))
-    t0 = time.monotonic()
-    wait_for(lambda: via_web().status_code == 403, 5, interval=0.02, what="403 after Deny")
-    took = time.monotonic() - t0
-    assert took <= 2.0, f"Deny took {took:.2f}s to apply"
-    cp.cli("apply", "-f", "-", input=deny_web("echo").replace("deny-web", "deny-web-echo"))
-    wait_for(lambda: echo_via_web() == b"", 5, what="tcp reset after Deny")
-    cp.cli("delete", "mtp", "deny-web")
-    cp.cli("delete", "mtp", "deny-web-echo")
+    try:
+        t0 = time.monotonic()
+        wait_for(lambda: via_web().status_code == 403, 5, interval=0.02, what="403 after Deny")
+        took = time.monotonic() - t0
+        assert took <= 2.0, f"Deny took {took:.2f}s to apply"
+        cp.cli("apply", "-f", "-", input=deny_web("echo").replace("deny-web", "deny-web-echo"))
+        wait_for(lambda: echo_via_web() == b"", 5, what="tcp reset after Deny")
+    finally:  # a failure here must not leave the module's other tests denied
+        cp.cli("delete", "mtp", "deny-web", check=False)
+        cp.cli("delete", "mtp", "deny-web-echo", check=False)
     wait_for(lambda: via_web().status_code == 200, 5, what="200 after the Deny is gone")
     wait_for(lambda: echo_via_web() == b"ping", 5, what="tcp echo after the Deny is gone")
 
