@@ -4,32 +4,12 @@ real PostgreSQL and the in-memory store alike; filters and retention behave the 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from pgserver import open_pg_store
-from testlib import TickClock
 
 from dpagent.controlplane.store import AuditEntry, AuditQuery, MemoryStore, ResourceStore, SqliteStore
 from dpagent.errors import Conflict, NotFound
-
-
-@pytest.fixture(params=["sqlite", "memory", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    if request.param == "sqlite":
-        s: Any = await SqliteStore.open(tmp_path / "store.db", clock=TickClock(), synchronous="NORMAL")
-    elif request.param == "postgres":
-        server = request.getfixturevalue("pg_server")
-        database = await server.create_database()
-        s = await open_pg_store(server, database, clock=TickClock())
-    else:
-        s = await MemoryStore.open(clock=TickClock())
-    yield s
-    await s.close()
-    if request.param == "postgres":
-        await server.drop_database(database)
 
 
 def who(user: str = "john", **kw: Any) -> AuditEntry:

@@ -4,39 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-from pgserver import open_pg_store
-from testlib import TickClock
 
 from dpagent.controlplane.store import (
     ChangeEvent,
-    MemoryStore,
     ResourceStore,
-    SqliteStore,
     StoreClosed,
     Subscription,
     SubscriptionOverflow,
 )
 from dpagent.errors import Conflict, NotFound
-
-
-@pytest.fixture(params=["sqlite", "memory", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ResourceStore]:
-    if request.param == "sqlite":
-        s: ResourceStore = await SqliteStore.open(tmp_path / "store.db", clock=TickClock())
-    elif request.param == "postgres":
-        server = request.getfixturevalue("pg_server")
-        database = await server.create_database()
-        s = await open_pg_store(server, database, clock=TickClock())
-    else:
-        s = await MemoryStore.open(clock=TickClock())
-    yield s
-    await s.close()
-    if request.param == "postgres":
-        await server.drop_database(database)
 
 
 def dp(name: str, mesh: str = "default", port: int = 8080) -> dict:
