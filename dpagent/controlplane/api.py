@@ -223,19 +223,8 @@ class Api:
         return web.Response(text=token, content_type="text/plain")
 
     async def revoke_token(self, request: web.Request) -> web.Response:
-        body = await _body(request, self.guard)
-        if not isinstance(body, dict):
-            raise ValidationError("revocation", [("$", "must be an object with mesh and token or jti")])
-        problems = [(f, "must be a string") for f in ("mesh", "jti", "token")
-                    if body.get(f) is not None and not isinstance(body[f], str)]
-        if problems:
-            raise ValidationError("revocation", problems)
+        body, jti = _revocation(await _body(request, self.guard), "mesh and token or jti", ("mesh",))
         mesh = body.get("mesh") or "default"
-        jti = body.get("jti")
-        if not jti and body.get("token"):
-            jti = _jti_of(body["token"])
-        if not isinstance(jti, str) or not jti:
-            raise ValidationError("revocation", [("jti", "give the token (token) or its ID (jti)")])
         who = await self.gate.require(request, Access("GENERATE_DATAPLANE_TOKEN", "Dataplane", mesh))
         if await self.store.get("Mesh", "", mesh) is None:
             raise NotFound(f'mesh "{mesh}" not found; tokens are revoked in the mesh they were issued for')
@@ -255,12 +244,7 @@ class Api:
         return web.Response(text=token, content_type="text/plain")
 
     async def revoke_user_token(self, request: web.Request) -> web.Response:
-        body = await _body(request, self.guard)
-        if not isinstance(body, dict):
-            raise ValidationError("revocation", [("$", "must be an object with token or jti")])
-        jti = body.get("jti") or (_jti_of(body["token"]) if isinstance(body.get("token"), str) else None)
-        if not isinstance(jti, str) or not jti:
-            raise ValidationError("revocation", [("jti", "give the token (token) or its ID (jti)")])
+        _, jti = _revocation(await _body(request, self.guard), "token or jti")
         entry = await self.gate.entry_for(request[PRINCIPAL], "UPDATE", "GlobalSecret", "", usertokens.REVOCATIONS,
                                           f"revoked user token {jti}")
         await usertokens.revoke(self.store, jti, audit=entry)
@@ -462,6 +446,21 @@ def audit_json(e: Any) -> dict[str, Any]:
             "user": e.who, "groups": list(e.groups), "source": e.source, "access": e.access, "kind": e.kind,
             "mesh": e.mesh, "name": e.name, "outcome": e.outcome, "detail": e.detail, "before": e.before,
             "after": e.after}
+
+
+def _revocation(body: Any, expected: str, extra: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
+    """A revocation request (dataplane or user token): the body and the ID of the token it names, given as the
+    token itself or its `jti`; every field must be a string."""
+    if not isinstance(body, dict):
+        raise ValidationError("revocation", [("$", f"must be an object with {expected}")])
+    problems = [(f, "must be a string") for f in (*extra, "jti", "token")
+                if body.get(f) is not None and not isinstance(body[f], str)]
+    if problems:
+        raise ValidationError("revocation", problems)
+    jti = body.get("jti") or (_jti_of(body["token"]) if body.get("token") else None)
+    if not jti:
+        raise ValidationError("revocation", [("jti", "give the token (token) or its ID (jti)")])
+    return body, jti
 
 
 def _jti_of(token: str) -> str:

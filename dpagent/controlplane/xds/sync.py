@@ -559,9 +559,9 @@ class XdsSync:
         landing after the push that added it, left a proxy without that service until some later change."""
         mesh = state.ctx.mesh.name
         current = self.states.get(mesh)
-        if current is not None and current is not state:
-            state = current  # a newer state is in place: hand out that one, never the older
-        seq = self._installed.get(mesh, 0) if current is state else 0
+        seq = 0  # a state of a mesh no longer installed: never replaces what a node has
+        if current is not None:
+            state, seq = current, self._installed.get(mesh, 0)  # a newer state in place is handed out instead
         plan = [(n, state.by_name.get(self.connected.get(n, ("", ""))[1])) for n in targets]
 
         def build() -> list[tuple[str, Snapshot | None]]:

@@ -292,10 +292,8 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("KUMA_", "DPAGENT_"))}
 
 
-@pytest.fixture(scope="module")
-def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalControlPlane]:
-    root = tmp_path_factory.mktemp("parity-cp")
-    cp = LocalControlPlane(root / "data")
+def _running(cp: LocalControlPlane, root: Path) -> Iterator[LocalControlPlane]:
+    """The control plane as a process, logging to <root>/cp.log, for as long as the caller's fixture lives."""
     log = (root / "cp.log").open("w")
     proc = subprocess.Popen(cp.command(sys.executable), stdout=log, stderr=subprocess.STDOUT, env=_env())
     try:
@@ -305,6 +303,13 @@ def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalControlPlane]:
     finally:
         terminate(proc)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalControlPlane]:
+    root = tmp_path_factory.mktemp("parity-cp")
+    cp = LocalControlPlane(root / "data")
+    yield from _running(cp, root)
 
 
 def _cli(cp: LocalControlPlane, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -379,15 +384,7 @@ def legacy_cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalControl
             await store.create("Dataplane", "old_mesh", "web_1", LEGACY_DP)
 
     asyncio.run(seed())
-    log = (root / "cp.log").open("w")
-    proc = subprocess.Popen(cp.command(sys.executable), stdout=log, stderr=subprocess.STDOUT, env=_env())
-    try:
-        wait_for(lambda: proc.poll() is None and httpx.get(cp.api, timeout=1).status_code == 200, 30,
-                 what=f"control plane API (log: {root / 'cp.log'})")
-        yield cp
-    finally:
-        terminate(proc)
-        log.close()
+    yield from _running(cp, root)
 
 
 def test_cli_reaches_resources_stored_under_older_rules(legacy_cp: LocalControlPlane, tmp_path: Path) -> None:
